@@ -1,0 +1,170 @@
+"""The versioned model repository: ``<root>/<model>/<version>/{model.onnx,metadata.json}``.
+
+This is the one place that knows the on-disk layout (the Triton / TF Serving
+layout). The training job publishes through :func:`publish_version`; the server
+reads through :func:`list_versions` and :func:`read_version`. Versions are
+positive integers; anything else in a model directory (temporary directories
+of an export in progress, stray files) is ignored, so a reader never sees a
+half-written version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from server.errors import ModelLoadError, VersionNotFound
+
+MODEL_NAME = "fashion"
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "metadata.json"
+# Temporary directories start with a dot and are never integers, so readers skip them.
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One published version: where its files are and what metadata.json says."""
+
+    version: int
+    path: Path
+    metadata: dict[str, Any]
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+
+def model_dir(root: Path, model: str = MODEL_NAME) -> Path:
+    return Path(root) / model
+
+
+def list_versions(root: Path, model: str = MODEL_NAME) -> list[int]:
+    """Published version numbers, ascending. Missing repository -> empty list."""
+    directory = model_dir(root, model)
+    try:
+        entries = list(directory.iterdir())
+    except FileNotFoundError:
+        return []
+    versions = []
+    for entry in entries:
+        name = entry.name
+        if name.isdigit() and not name.startswith("0") and entry.is_dir():
+            versions.append(int(name))
+    return sorted(versions)
+
+
+def latest_version(root: Path, model: str = MODEL_NAME) -> int | None:
+    versions = list_versions(root, model)
+    return versions[-1] if versions else None
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_version(root: Path, version: int, model: str = MODEL_NAME) -> ModelVersion:
+    """Read and check one version: metadata present and parseable, checksum matches.
+
+    Raises VersionNotFound when the directory does not exist and ModelLoadError
+    when it exists but is incomplete or corrupt.
+    """
+    path = model_dir(root, model) / str(version)
+    if not path.is_dir():
+        raise VersionNotFound(f"model {model!r} has no version {version} in {Path(root)}")
+    meta_path = path / METADATA_FILE
+    try:
+        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"version {version}: {meta_path} is missing") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"version {version}: {meta_path} is unreadable: {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise ModelLoadError(f"version {version}: {meta_path} is not a JSON object")
+    model_path = path / MODEL_FILE
+    if not model_path.is_file():
+        raise ModelLoadError(f"version {version}: {model_path} is missing")
+    expected = metadata.get("model_sha256")
+    if not isinstance(expected, str):
+        raise ModelLoadError(f"version {version}: metadata.json has no model_sha256")
+    actual = sha256_file(model_path)
+    if actual != expected:
+        raise ModelLoadError(
+            f"version {version}: sha256 of {model_path} is {actual}, metadata.json says {expected}"
+        )
+    return ModelVersion(version=version, path=path, metadata=metadata)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def staging_dir(root: Path, model: str = MODEL_NAME) -> Iterator[Path]:
+    """A private temporary directory on the repository's filesystem.
+
+    Removed on any exception (including KeyboardInterrupt). A ``kill -9`` can
+    leave it behind, but its dotted name means no reader ever takes it for a version.
+    """
+    directory = model_dir(root, model)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def publish_version(
+    staged: Path,
+    root: Path,
+    *,
+    write_metadata: Any,
+    model: str = MODEL_NAME,
+    max_attempts: int = 100,
+) -> int:
+    """Atomically turn ``staged`` into the next version number and return it.
+
+    ``write_metadata(staged_dir, version)`` is called for each attempted number
+    so the metadata records the version it is published under. Files are fsynced,
+    then the directory is renamed; a rename onto an existing version fails
+    (ENOTEMPTY/EEXIST), so two concurrent publishers never collide: the loser
+    retries with the next number.
+    """
+    directory = model_dir(root, model)
+    for _ in range(max_attempts):
+        version = (latest_version(root, model) or 0) + 1
+        write_metadata(staged, version)
+        for file in staged.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(staged)
+        target = directory / str(version)
+        try:
+            os.rename(staged, target)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                continue
+            raise
+        _fsync_dir(directory)
+        return version
+    raise ModelLoadError(f"could not allocate a version number in {directory}")
