@@ -1,0 +1,138 @@
+"""The composition root: builds every piece from Settings and owns start/stop order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
+from server.batcher import DynamicBatcher
+from server.config import Settings
+from server.manager import ModelManager
+from server.metrics import Metrics
+from server.model import LoadedModel
+from server.servicer import SERVICE_NAME, Gate, PredictionServicer
+
+logger = logging.getLogger(__name__)
+
+# The named health service that turns SERVING once the model is warm and
+# NOT_SERVING when shutdown starts: point readiness probes at it.
+READINESS_SERVICE = SERVICE_NAME
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _bind_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def grpc_options(settings: Settings) -> list[tuple[str, Any]]:
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # On by default on Linux: a second server would silently share the port.
+        ("grpc.so_reuseport", 0),
+    ]
+    if settings.max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.grace_s * 1000)),
+        ]
+    return options
+
+
+class App:
+    """``await open()`` (listening, NOT_SERVING) -> ``await load()`` (SERVING) -> ``await stop()``."""
+
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.gate = Gate()
+        self.manager = ModelManager(
+            settings.model_repo,
+            pinned_version=settings.model_version,
+            device=settings.device,
+            threads=settings.threads,
+            metrics=self.metrics,
+            max_batch_size=settings.max_batch_size,
+        )
+        self.batcher: DynamicBatcher[LoadedModel] = DynamicBatcher(
+            self.manager.run,
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_batch_delay_s,
+            max_queue=settings.max_queue,
+            concurrency=settings.batch_concurrency,
+            metrics=self.metrics,
+        )
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self._metrics_http: Any = None
+
+    async def open(self) -> None:
+        """Bind and start answering: health NOT_SERVING, predictions UNAVAILABLE until load()."""
+        s = self.settings
+        await self.health.set("", NOT_SERVING)
+        await self.health.set(READINESS_SERVICE, NOT_SERVING)
+        server = grpc.aio.server(options=grpc_options(s))
+        pb_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(manager=self.manager, batcher=self.batcher, metrics=self.metrics,
+                               settings=s, gate=self.gate),
+            server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [READINESS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        self.port = server.add_insecure_port(_bind_address(s.host, s.port))
+        await server.start()
+        self.server = server
+        if s.metrics_port >= 0:
+            httpd, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
+            self._metrics_http = httpd
+            self.metrics_port = httpd.server_address[1]
+        logger.info("listening on %s (gRPC), metrics on port %s",
+                    _bind_address(s.host, self.port), self.metrics_port or "off")
+
+    async def load(self) -> None:
+        """Load and warm the model off the event loop, then report SERVING."""
+        await asyncio.to_thread(self.manager.load_initial)
+        await self.batcher.start()
+        self.gate.open = True
+        await self.health.set("", SERVING)
+        await self.health.set(READINESS_SERVICE, SERVING)
+        logger.info("ready: version %d", self.manager.current.version)
+
+    async def start(self) -> None:
+        await self.open()
+        try:
+            await self.load()
+        except BaseException:
+            await self.stop(grace_s=0)
+            raise
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING -> refuse new RPCs -> let in-flight ones finish -> drain the batcher."""
+        grace = self.settings.grace_s if grace_s is None else grace_s
+        self.gate.shutting_down = True
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+        await self.batcher.stop()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+            self._metrics_http = None
+        logger.info("stopped")
+
+
+def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> App:
+    return App(settings, registry=registry)

@@ -1,0 +1,263 @@
+"""Dynamic batcher: merges concurrent requests into batches counted in images.
+
+Transport-agnostic (no grpc). Flush rules, in order:
+
+* ``full``: the queue holds ``max_batch_size`` images or more;
+* ``idle``: no batch is running, so nobody gains from waiting: a lone request is
+  computed at once and never pays the batching delay;
+* ``delay``: another batch is running, a slot is free, and the oldest queued
+  request has waited ``max_wait_s``;
+* ``shutdown``: :meth:`stop` drains what is left.
+
+While every slot is busy the queue simply fills; under load that is what forms
+large batches, with no timer involved. Requests whose caller went away
+(cancelled future) or whose deadline passed are dropped at flush time, never
+computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+import numpy as np
+
+from server.errors import DeadlineExpired, ModelNotReady, Overloaded
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# predict(batch) -> (outputs with one row per input row, tag). The tag (e.g. the
+# model version that ran) is handed back to every caller of that batch.
+PredictFn = Callable[[np.ndarray], tuple[np.ndarray, T]]
+
+
+class BatcherMetrics(Protocol):
+    def observe_batch(self, images: int, reason: str, inference_s: float) -> None: ...
+    def observe_queue_wait(self, seconds: float) -> None: ...
+    def set_queue_depth(self, images: int) -> None: ...
+    def count_rejected(self, reason: str) -> None: ...
+
+
+@dataclass(eq=False)
+class _Pending(Generic[T]):
+    rows: np.ndarray
+    future: asyncio.Future[tuple[np.ndarray, T]]
+    enqueued: float
+    deadline: float | None
+    started: float = field(default=0.0)
+
+
+class DynamicBatcher(Generic[T]):
+    def __init__(
+        self,
+        predict: PredictFn[T],
+        *,
+        max_batch_size: int = 64,
+        max_wait_s: float = 0.002,
+        max_queue: int = 1024,
+        concurrency: int = 1,
+        metrics: BatcherMetrics | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1 or concurrency < 1 or max_wait_s < 0:
+            raise ValueError("max_batch_size, max_queue, concurrency >= 1 and max_wait_s >= 0")
+        self._predict = predict
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.concurrency = concurrency
+        self._metrics = metrics
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(concurrency, thread_name_prefix="infer")
+        self._queue: collections.deque[_Pending[T]] = collections.deque()
+        self._queued_images = 0
+        self._running: set[asyncio.Task[None]] = set()
+        self._wakeup = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._accepting = False
+
+    @property
+    def queued_images(self) -> int:
+        return self._queued_images
+
+    async def start(self) -> None:
+        if self._loop_task is not None:
+            raise RuntimeError("batcher already started")
+        self._accepting = True
+        self._loop_task = asyncio.create_task(self._run(), name="batcher")
+
+    async def submit(
+        self, rows: np.ndarray, *, deadline: float | None = None
+    ) -> tuple[np.ndarray, T]:
+        """Queue ``rows`` (first axis = images) and wait for their outputs.
+
+        ``deadline`` is in ``loop.time()`` seconds. Raises Overloaded when the
+        queue is full, ModelNotReady when stopped, DeadlineExpired when the
+        deadline passes before the rows are computed.
+        """
+        n = len(rows)
+        if not self._accepting:
+            raise ModelNotReady("the server is shutting down")
+        if n == 0:
+            raise ValueError("empty batch")
+        if n > self.max_queue:
+            raise Overloaded(f"{n} images can never fit the queue of {self.max_queue}")
+        if self._queued_images + n > self.max_queue:
+            self._count_rejected("queue_full")
+            raise Overloaded(
+                f"queue full ({self._queued_images} of {self.max_queue} images waiting); "
+                "retry with backoff"
+            )
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if deadline is not None and deadline <= now:
+            self._count_rejected("deadline")
+            raise DeadlineExpired("the deadline passed before the request was queued")
+        pending: _Pending[T] = _Pending(rows, loop.create_future(), now, deadline)
+        self._queue.append(pending)
+        self._queued_images += n
+        self._set_depth()
+        self._wakeup.set()
+        return await pending.future
+
+    async def stop(self) -> None:
+        """Refuse new work, compute everything already queued, wait for running batches."""
+        self._accepting = False
+        self._wakeup.set()
+        if self._loop_task is not None:
+            await self._loop_task
+            self._loop_task = None
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        if self._own_executor:
+            self._executor.shutdown(wait=True)
+
+    # -- the scheduling loop -------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._drop_dead(loop.time())
+            if not self._queue:
+                if not self._accepting:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if len(self._running) >= self.concurrency:
+                await self._wait_for_slot()
+                continue
+            reason = self._flush_reason(loop.time())
+            if reason is None:
+                await self._wait_for_change(self._queue[0].enqueued + self.max_wait_s)
+                continue
+            self._dispatch(self._take_batch(), reason)
+
+    def _flush_reason(self, now: float) -> str | None:
+        if self._queued_images >= self.max_batch_size:
+            return "full"
+        if not self._accepting:
+            return "shutdown"
+        if not self._running:
+            return "idle"
+        if now - self._queue[0].enqueued >= self.max_wait_s:
+            return "delay"
+        return None
+
+    async def _wait_for_slot(self) -> None:
+        await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+
+    async def _wait_for_change(self, until: float) -> None:
+        """Sleep until ``until``, a new request, or a running batch finishing."""
+        self._wakeup.clear()
+        waker = asyncio.create_task(self._wakeup.wait())
+        timeout = max(0.0, until - asyncio.get_running_loop().time())
+        try:
+            await asyncio.wait({waker, *self._running}, timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+
+    def _drop_dead(self, now: float) -> None:
+        """Remove cancelled callers and expired deadlines from the head and the body."""
+        if not self._queue:
+            return
+        alive: collections.deque[_Pending[T]] = collections.deque()
+        for p in self._queue:
+            if p.future.done():  # caller cancelled (client went away)
+                self._queued_images -= len(p.rows)
+                self._count_rejected("cancelled")
+            elif p.deadline is not None and p.deadline <= now:
+                self._queued_images -= len(p.rows)
+                self._count_rejected("deadline")
+                p.future.set_exception(
+                    DeadlineExpired(
+                        f"deadline passed after {now - p.enqueued:.3f} s in the queue; not computed"
+                    )
+                )
+            else:
+                alive.append(p)
+        if len(alive) != len(self._queue):
+            self._queue = alive
+            self._set_depth()
+
+    def _take_batch(self) -> list[_Pending[T]]:
+        """Whole requests, FIFO, up to max_batch_size images (a bigger request goes alone)."""
+        batch = [self._queue.popleft()]
+        size = len(batch[0].rows)
+        while self._queue and size + len(self._queue[0].rows) <= self.max_batch_size:
+            p = self._queue.popleft()
+            batch.append(p)
+            size += len(p.rows)
+        self._queued_images -= size
+        self._set_depth()
+        return batch
+
+    def _dispatch(self, batch: list[_Pending[T]], reason: str) -> None:
+        task = asyncio.create_task(self._compute(batch, reason))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _compute(self, batch: list[_Pending[T]], reason: str) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        inputs = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
+        t0 = time.perf_counter()
+        try:
+            outputs, tag = await loop.run_in_executor(self._executor, self._predict, inputs)
+            if len(outputs) != len(inputs):
+                raise RuntimeError(f"model returned {len(outputs)} rows for {len(inputs)} inputs")
+        except BaseException as exc:
+            logger.exception("batch of %d images failed", len(inputs))
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        inference_s = time.perf_counter() - t0
+        if self._metrics is not None:
+            self._metrics.observe_batch(len(inputs), reason, inference_s)
+        offset = 0
+        for p in batch:
+            n = len(p.rows)
+            if self._metrics is not None:
+                self._metrics.observe_queue_wait(started - p.enqueued)
+            if not p.future.done():
+                p.future.set_result((outputs[offset : offset + n], tag))
+            offset += n
+
+    def _set_depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.set_queue_depth(self._queued_images)
+
+    def _count_rejected(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.count_rejected(reason)

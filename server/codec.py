@@ -1,0 +1,121 @@
+"""Predict API: protobuf <-> numpy. Pure functions; every bad input is InvalidInput."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image as PILImage
+
+from server._proto.fashion.v1 import prediction_pb2 as pb
+from server.errors import InvalidInput, TooLarge
+from server.model import IMAGE_SHAPE, NUM_CLASSES
+
+IMAGE_BYTES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+_ENCODED_FORMATS = {"PNG", "JPEG"}
+# Modes with more than 8 bits per channel: converting them to 8-bit would silently
+# rescale or clip the pixels, so they are refused instead.
+_REFUSED_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+def decode_encoded(data: bytes, index: int) -> np.ndarray:
+    """A PNG/JPEG of a 28x28 image -> uint8 [28, 28]."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            image = PILImage.open(io.BytesIO(data))
+            fmt = image.format
+            if fmt not in _ENCODED_FORMATS:
+                raise InvalidInput(
+                    f"image {index}: encoded image is {fmt}, expected PNG or JPEG"
+                )
+            # Check the header's size before decoding any pixel data.
+            if image.size != IMAGE_SHAPE[::-1]:
+                raise InvalidInput(
+                    f"image {index}: {fmt} is {image.size[0]}x{image.size[1]}, expected 28x28"
+                )
+            if image.mode in _REFUSED_MODES:
+                raise InvalidInput(
+                    f"image {index}: {fmt} mode {image.mode} has more than 8 bits per pixel; "
+                    "send an 8-bit grayscale image"
+                )
+            image.load()
+            if image.mode != "L":
+                image = image.convert("L")
+            return np.asarray(image, dtype=np.uint8)
+    except InvalidInput:
+        raise
+    except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError,
+            PILImage.DecompressionBombWarning, EOFError) as exc:
+        # PIL's messages describe the file, never our internals.
+        raise InvalidInput(f"image {index}: cannot decode as PNG or JPEG ({exc})") from None
+
+
+def decode_images(request: pb.PredictRequest, max_images: int) -> np.ndarray:
+    """The request's images -> uint8 [n, 28, 28], in request order."""
+    images = request.images
+    n = len(images)
+    if n == 0:
+        raise InvalidInput("the request has no images; send 1 or more")
+    if n > max_images:
+        raise TooLarge(
+            f"the request has {n} images; this server accepts at most {max_images} per request"
+        )
+    raws = [image.raw for image in images]
+    # Fast path: every image raw and the right size -> one join, one frombuffer.
+    if all(len(r) == IMAGE_BYTES for r in raws) and not any(im.encoded for im in images):
+        return np.frombuffer(b"".join(raws), dtype=np.uint8).reshape(n, *IMAGE_SHAPE)
+    out = np.empty((n, *IMAGE_SHAPE), dtype=np.uint8)
+    for i, image in enumerate(images):
+        if image.raw and image.encoded:
+            raise InvalidInput(f"image {i}: set exactly one of raw or encoded, not both")
+        if image.raw:
+            if len(image.raw) != IMAGE_BYTES:
+                raise InvalidInput(
+                    f"image {i}: raw image has {len(image.raw)} bytes, expected "
+                    f"{IMAGE_BYTES} (28x28 uint8, row-major)"
+                )
+            out[i] = np.frombuffer(image.raw, dtype=np.uint8).reshape(IMAGE_SHAPE)
+        elif image.encoded:
+            out[i] = decode_encoded(image.encoded, i)
+        else:
+            raise InvalidInput(
+                f"image {i}: empty; set raw (784 bytes) or encoded (a PNG/JPEG file)"
+            )
+    return out
+
+
+def check_top_k(top_k: int) -> None:
+    if top_k > NUM_CLASSES:
+        raise InvalidInput(f"top_k is {top_k}; it must be between 0 and {NUM_CLASSES}")
+
+
+def encode_predictions(
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    version: int,
+    include_probabilities: bool = False,
+    top_k: int = 0,
+) -> pb.PredictResponse:
+    """float32 [n, 10] -> PredictResponse with one Prediction per row."""
+    labels = probabilities.argmax(axis=1)
+    confidences = probabilities[np.arange(len(labels)), labels].tolist()
+    response = pb.PredictResponse(model_version=version)
+    add = response.predictions.add
+    if not include_probabilities and not top_k:
+        for label, confidence in zip(labels.tolist(), confidences, strict=True):
+            add(label=label, class_name=class_names[label], confidence=confidence)
+        return response
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k] if top_k else None
+    rows = probabilities.tolist()
+    for i, (label, confidence) in enumerate(zip(labels.tolist(), confidences, strict=True)):
+        prediction = add(label=label, class_name=class_names[label], confidence=confidence)
+        if include_probabilities:
+            prediction.probabilities.extend(rows[i])
+        if order is not None:
+            for k in order[i].tolist():
+                prediction.top_k.add(label=k, class_name=class_names[k], probability=rows[i][k])
+    return response

@@ -1,0 +1,143 @@
+"""Which model version is served: the first load, and atomic swaps to newer versions.
+
+The batcher calls :meth:`ModelManager.run` from an executor thread. It reads
+``self._current`` once per batch, so a whole batch runs on one version and a
+swap (a single attribute assignment) never splits or fails a batch: batches
+already running finish on the old version, the next ones use the new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from server.errors import ModelLoadError, ModelNotReady, ServingError, VersionNotFound
+from server.metrics import Metrics
+from server.model import LoadedModel
+from server.repository import latest_version, list_versions, read_version
+
+logger = logging.getLogger(__name__)
+
+# Batch sizes run once before a version is reported ready: the first request of
+# each size otherwise pays onnxruntime's allocation cost.
+WARM_UP_BATCHES = (1, 8, 32, 64)
+
+
+class ModelManager:
+    def __init__(
+        self,
+        repo: Path,
+        *,
+        pinned_version: int = 0,
+        device: str = "cpu",
+        threads: int = 0,
+        metrics: Metrics,
+        max_batch_size: int = 64,
+    ) -> None:
+        self.repo = Path(repo)
+        self.pinned_version = pinned_version
+        self.device = device
+        self.threads = threads
+        self.metrics = metrics
+        self._warm_sizes = tuple(sorted({1, *(n for n in WARM_UP_BATCHES if n < max_batch_size),
+                                         max_batch_size}))
+        self._current: LoadedModel | None = None
+        self._refused: set[int] = set()
+        self._lock = threading.Lock()  # one load at a time
+
+    @property
+    def current(self) -> LoadedModel:
+        model = self._current
+        if model is None:
+            raise ModelNotReady("the model is not loaded yet; retry shortly")
+        return model
+
+    @property
+    def loaded(self) -> bool:
+        return self._current is not None
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, LoadedModel]:
+        """The batcher's predict function (executor thread)."""
+        model = self.current
+        probabilities = model.predict(images)
+        self.metrics.count_predictions(probabilities)
+        return probabilities, model
+
+    def install(self, model: LoadedModel) -> None:
+        """Serve ``model`` from the next batch on."""
+        previous = self._current
+        self._current = model
+        self.metrics.set_class_names(model.class_names)
+        self.metrics.set_model(model.version, model.provider, model.architecture)
+        logger.info(
+            "serving %s version %d on %s (%d threads)%s",
+            self.repo, model.version, model.provider, model.threads,
+            f", replacing version {previous.version}" if previous else "",
+        )
+
+    def load_version(self, version: int) -> LoadedModel:
+        """Load, verify and warm one version (blocking: call from a thread)."""
+        with self._lock:
+            try:
+                model = LoadedModel(read_version(self.repo, version),
+                                    device=self.device, threads=self.threads)
+                model.warm_up(self._warm_sizes)
+            except ServingError:
+                self.metrics.model_loads.labels("refused").inc()
+                raise
+            self.metrics.model_loads.labels("loaded").inc()
+            return model
+
+    def load_initial(self) -> LoadedModel:
+        """The pinned version, or the newest one. Raises if there is none or it is invalid."""
+        version = self.pinned_version or latest_version(self.repo)
+        if version is None:
+            raise VersionNotFound(
+                f"no model version in {self.repo}/fashion/; run fashion-train first"
+            )
+        model = self.load_version(version)
+        self.install(model)
+        return model
+
+    def check_for_update(self) -> LoadedModel | None:
+        """Load and install a newer version if one appeared (blocking: call from a thread).
+
+        An invalid version is refused once (logged and counted) and remembered,
+        so a broken upload is not retried on every poll; the current version
+        keeps serving.
+        """
+        if self.pinned_version:
+            return None
+        current = self._current.version if self._current else 0
+        candidates = [v for v in list_versions(self.repo) if v > current and v not in self._refused]
+        for version in reversed(candidates):
+            try:
+                model = self.load_version(version)
+            except ServingError as exc:
+                self._refused.add(version)
+                logger.error("refusing model version %d: %s", version, exc)
+                continue
+            self.install(model)
+            return model
+        return None
+
+    def versions_on_disk(self) -> list[int]:
+        return list_versions(self.repo)
+
+    def resolve(self, requested: int) -> LoadedModel:
+        """The served model if ``requested`` is 0 or its version, else NOT_FOUND."""
+        model = self.current
+        if requested and requested != model.version:
+            on_disk = requested in list_versions(self.repo)
+            where = "exists in the repository but is not" if on_disk else "is not"
+            raise VersionNotFound(
+                f"model version {requested} {where} served; this server serves version "
+                f"{model.version} (send 0 for the served version)"
+            )
+        return model
+
+
+__all__ = ["ModelLoadError", "ModelManager"]

@@ -1,0 +1,103 @@
+"""All Prometheus metrics, created on an injected registry (prefix ``fashion_``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# A CNN batch takes ~0.1-5 ms here: the default buckets start at 5 ms and would
+# put every request into the first one.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
+    0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry, class_names: Sequence[str] = ()) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "fashion_requests", "RPCs handled, by method and gRPC status code",
+            ["method", "code"], registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "fashion_request_duration_seconds", "RPC latency inside the server, by method",
+            ["method"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.queue_wait_seconds = Histogram(
+            "fashion_queue_wait_seconds", "Time a request waited in the batcher queue",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.inference_seconds = Histogram(
+            "fashion_inference_duration_seconds", "onnxruntime time per batch",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.batch_images = Histogram(
+            "fashion_batch_size_images", "Images per batch handed to the model",
+            buckets=BATCH_BUCKETS, registry=registry,
+        )
+        self.batch_flushes = Counter(
+            "fashion_batch_flushes", "Batches flushed, by reason (full, idle, delay, shutdown)",
+            ["reason"], registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "fashion_queue_depth_images", "Images waiting in the batcher queue", registry=registry,
+        )
+        self.images = Counter(
+            "fashion_images", "Images classified", registry=registry,
+        )
+        self.predictions = Counter(
+            "fashion_predictions", "Predictions by predicted class", ["class_name"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "fashion_rejected_requests",
+            "Requests refused or dropped before inference, by reason "
+            "(queue_full, deadline, cancelled, shutdown)",
+            ["reason"], registry=registry,
+        )
+        self.model_info = Gauge(
+            "fashion_model_info", "The model being served (value 1)",
+            ["version", "provider", "architecture"], registry=registry,
+        )
+        self.model_loads = Counter(
+            "fashion_model_loads", "Model version loads, by result (loaded, refused)",
+            ["result"], registry=registry,
+        )
+        self._class_names: tuple[str, ...] = ()
+        self._class_counters: list[Counter] = []
+        self.set_class_names(class_names)
+
+    def set_class_names(self, class_names: Sequence[str]) -> None:
+        self._class_names = tuple(class_names)
+        self._class_counters = [self.predictions.labels(name) for name in self._class_names]
+
+    def set_model(self, version: int, provider: str, architecture: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(str(version), provider, architecture).set(1)
+
+    # BatcherMetrics protocol
+    def observe_batch(self, images: int, reason: str, inference_s: float) -> None:
+        self.batch_images.observe(images)
+        self.batch_flushes.labels(reason).inc()
+        self.inference_seconds.observe(inference_s)
+        self.images.inc(images)
+
+    def observe_queue_wait(self, seconds: float) -> None:
+        self.queue_wait_seconds.observe(seconds)
+
+    def set_queue_depth(self, images: int) -> None:
+        self.queue_depth.set(images)
+
+    def count_rejected(self, reason: str) -> None:
+        self.rejected.labels(reason).inc()
+
+    def count_predictions(self, probabilities: np.ndarray) -> None:
+        """Called once per batch (off the event loop): one bincount, ten increments."""
+        counts = np.bincount(probabilities.argmax(axis=1), minlength=len(self._class_counters))
+        for counter, count in zip(self._class_counters, counts.tolist(), strict=False):
+            if count:
+                counter.inc(count)

@@ -1,0 +1,168 @@
+"""One loaded model version: an onnxruntime session, its signature, warm-up and predict().
+
+Synchronous on purpose: the batcher calls :meth:`LoadedModel.predict` from an
+executor thread (``session.run`` releases the GIL), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from server.errors import ConfigError, ModelLoadError
+from server.repository import ModelVersion
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "probabilities"
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+_ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]  # -1 = variable (batch) dimension
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: affinity mask and cgroup v2 quota.
+
+    onnxruntime sizes its pool from the host's core count, which oversubscribes
+    a container limited to fewer CPUs.
+    """
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    count = count or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return count
+
+
+def _session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or available_cpus()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning burns ~1 core per idle pool for no throughput gain (NOTES.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+def _providers(device: str) -> list[Any]:
+    if device == "cpu":
+        return [CPU]
+    # HEURISTIC: EXHAUSTIVE re-benchmarks cuDNN for every new batch size (0.3-1.3 s each).
+    return [(CUDA, {"cudnn_conv_algo_search": "HEURISTIC"}), CPU]
+
+
+def create_session(path: Path, device: str, threads: int) -> ort.InferenceSession:
+    """Create the session and make sure it runs where it was asked to.
+
+    onnxruntime never raises when CUDA is unavailable; it silently falls back to
+    CPU. The only reliable check is the provider list of the created session.
+    """
+    if device == "cuda" and CUDA not in ort.get_available_providers():
+        raise ConfigError(
+            f"--device cuda: this onnxruntime build has no {CUDA} "
+            f"(available: {', '.join(ort.get_available_providers())}); install the 'gpu' extra "
+            "(onnxruntime-gpu) instead of onnxruntime, or use --device cpu/auto"
+        )
+    try:
+        session = ort.InferenceSession(
+            str(path), sess_options=_session_options(threads), providers=_providers(device)
+        )
+    except Exception as exc:  # onnxruntime raises several unrelated types
+        raise ModelLoadError(f"onnxruntime cannot load {path}: {exc}") from exc
+    active = session.get_providers()[0]
+    if device == "cuda" and active != CUDA:
+        raise ConfigError(
+            f"--device cuda: the session runs on {active}, not {CUDA} (no CUDA device or CUDA/cuDNN "
+            "libraries not found); refusing to fall back silently. Use --device auto to allow CPU"
+        )
+    if device == "auto":
+        logger.info("--device auto: running on %s", active)
+    return session
+
+
+def _spec(arg: Any) -> TensorSpec:
+    dtype = _ORT_DTYPES.get(arg.type, arg.type)
+    shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
+    return TensorSpec(arg.name, dtype, shape)
+
+
+def check_signature(session: ort.InferenceSession) -> tuple[TensorSpec, TensorSpec]:
+    """The server's contract with training: uint8 images [-1,28,28] -> float32 [-1,10]."""
+    inputs = [_spec(i) for i in session.get_inputs()]
+    outputs = [_spec(o) for o in session.get_outputs()]
+    expected_in = TensorSpec(INPUT_NAME, "uint8", (-1, *IMAGE_SHAPE))
+    expected_out = TensorSpec(OUTPUT_NAME, "float32", (-1, NUM_CLASSES))
+    if inputs != [expected_in] or expected_out not in outputs:
+        raise ModelLoadError(
+            f"model signature is inputs={inputs} outputs={outputs}; expected one input "
+            f"{expected_in} and an output {expected_out}"
+        )
+    return expected_in, expected_out
+
+
+class LoadedModel:
+    """A model version ready to run: verified, signature-checked and warmed up."""
+
+    def __init__(self, version: ModelVersion, *, device: str = "cpu", threads: int = 0) -> None:
+        self.version = version.version
+        self.metadata = version.metadata
+        self.model_sha256: str = str(version.metadata.get("model_sha256", ""))
+        self._session = create_session(version.model_path, device, threads)
+        self.input_spec, self.output_spec = check_signature(self._session)
+        self.provider: str = self._session.get_providers()[0]
+        self.class_names = self._class_names()
+        self.threads = self._session.get_session_options().intra_op_num_threads
+
+    def _class_names(self) -> tuple[str, ...]:
+        names = self.metadata.get("class_names")
+        if names is None:
+            raw = self._session.get_modelmeta().custom_metadata_map.get("class_names")
+            names = json.loads(raw) if raw else None
+        if not (isinstance(names, list) and len(names) == NUM_CLASSES):
+            raise ModelLoadError(
+                f"version {self.version}: expected {NUM_CLASSES} class names, got {names!r}"
+            )
+        return tuple(str(n) for n in names)
+
+    @property
+    def test_accuracy(self) -> float:
+        value = self.metadata.get("test_accuracy")
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    @property
+    def architecture(self) -> str:
+        return str(self.metadata.get("architecture", ""))
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [n, 28, 28] -> float32 [n, 10]. Thread-safe; releases the GIL."""
+        (probabilities,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: images})
+        return np.asarray(probabilities)
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Run every batch size once so the first real request pays no allocation cost."""
+        for n in batch_sizes:
+            out = self.predict(np.zeros((n, *IMAGE_SHAPE), dtype=np.uint8))
+            if out.shape != (n, NUM_CLASSES) or not np.all(np.isfinite(out)):
+                raise ModelLoadError(f"version {self.version}: warm-up output is {out.shape}")
