@@ -114,9 +114,7 @@ def parse_idx_labels(payload: bytes, path: Path) -> np.ndarray:
         )
     labels = np.frombuffer(payload, np.uint8, offset=8)
     if labels.size and int(labels.max()) >= len(CLASS_NAMES):
-        raise DataError(
-            f"{path}: label {int(labels.max())} out of range 0..{len(CLASS_NAMES) - 1}"
-        )
+        raise DataError(f"{path}: label {int(labels.max())} out of range 0..{len(CLASS_NAMES) - 1}")
     return labels
 
 
@@ -194,7 +192,9 @@ def _download_with_keras() -> Path:
     paths = []
     for name in FILE_NAMES:
         try:
-            paths.append(Path(get_file(name, origin=KERAS_ORIGIN + name, cache_subdir=cache_subdir)))
+            paths.append(
+                Path(get_file(name, origin=KERAS_ORIGIN + name, cache_subdir=cache_subdir))
+            )
         except Exception as exc:  # get_file raises bare Exception on network failures
             raise DataError(
                 f"{name}: not found locally (searched --data-dir, ${ENV_DATA_DIR}, {DEBIAN_DIR}, "
@@ -214,7 +214,8 @@ def load_fashion_mnist(
     if directory is None:
         if not allow_download:
             raise DataError(
-                f"Fashion-MNIST not found: searched ${ENV_DATA_DIR}, {DEBIAN_DIR} and the Keras cache"
+                f"Fashion-MNIST not found: searched ${ENV_DATA_DIR}, {DEBIAN_DIR} "
+                "and the Keras cache"
             )
         directory = _download_with_keras()
     return load_from_dir(directory)

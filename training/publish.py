@@ -1,0 +1,54 @@
+"""Atomic publication of one model version through server.repository.
+
+The model file is written into a private staging directory on the repository's
+filesystem; metadata.json is written for the version number being attempted, then
+server.repository fsyncs and renames. A crash or Ctrl-C before the rename leaves no
+version; two publishers at once get different numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from server.repository import (
+    METADATA_FILE,
+    MODEL_FILE,
+    MODEL_NAME,
+    model_dir,
+    publish_version,
+    sha256_file,
+    staging_dir,
+)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def publish_model(
+    root: Path,
+    write_model: Callable[[Path], None],
+    make_metadata: Callable[[int, str], dict[str, Any]],
+    *,
+    model: str = MODEL_NAME,
+) -> tuple[int, Path]:
+    """Stage ``model.onnx`` via ``write_model(path)`` and publish it as the next version.
+
+    ``make_metadata(version, model_sha256)`` returns metadata.json's content; it may be
+    called more than once if another publisher takes a number first.
+    Returns the version number and its directory.
+    """
+    root = Path(root)
+    with staging_dir(root, model) as staged:
+        model_path = staged / MODEL_FILE
+        write_model(model_path)
+        digest = sha256_file(model_path)
+
+        def write_metadata(directory: Path, version: int) -> None:
+            write_json(directory / METADATA_FILE, make_metadata(version, digest))
+
+        version = publish_version(staged, root, write_metadata=write_metadata, model=model)
+    return version, model_dir(root, model) / str(version)
