@@ -1,0 +1,254 @@
+"""DynamicBatcher alone, behind a plain Python predict (no model, no grpc)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+
+import numpy as np
+import pytest
+
+from server.batcher import DynamicBatcher
+from server.errors import DeadlineExpired, ModelNotReady, Overloaded
+
+
+class Recorder:
+    """Records every batch; optionally blocks until released, to hold a batch 'running'."""
+
+    def __init__(self, *, block: bool = False) -> None:
+        self.batches: list[np.ndarray] = []
+        self.release = threading.Event()
+        if not block:
+            self.release.set()
+        self.started = threading.Event()
+
+    def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, str]:
+        self.batches.append(rows.copy())
+        self.started.set()
+        assert self.release.wait(10)
+        return rows * 2, f"batch{len(self.batches)}"
+
+
+class Flushes:
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+        self.rejected: list[str] = []
+        self.depth = 0
+
+    def observe_batch(self, images: int, reason: str, inference_s: float) -> None:
+        self.reasons.append(reason)
+
+    def observe_queue_wait(self, seconds: float) -> None:
+        pass
+
+    def set_queue_depth(self, images: int) -> None:
+        self.depth = images
+
+    def count_rejected(self, reason: str) -> None:
+        self.rejected.append(reason)
+
+
+def rows(n: int, value: int = 1) -> np.ndarray:
+    return np.full((n, 2), value, dtype=np.int64)
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < end, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+@pytest.fixture
+async def make():
+    made: list[DynamicBatcher] = []
+
+    async def factory(predict, **kwargs) -> DynamicBatcher:
+        batcher = DynamicBatcher(predict, **kwargs)
+        await batcher.start()
+        made.append(batcher)
+        return batcher
+
+    yield factory
+    for batcher in made:
+        await batcher.stop()
+
+
+async def test_lone_request_is_not_delayed(make) -> None:
+    flushes = Flushes()
+    batcher = await make(Recorder(), max_batch_size=64, max_wait_s=5.0, metrics=flushes)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    out, tag = await batcher.submit(rows(1, 3))
+    # The 5 s delay would show; an idle flush takes milliseconds.
+    assert loop.time() - t0 < 1.0
+    assert out.tolist() == [[6, 6]] and tag == "batch1"
+    assert flushes.reasons == ["idle"]
+
+
+async def test_full_batch_flushes_at_once_while_another_runs(make) -> None:
+    predict = Recorder(block=True)
+    flushes = Flushes()
+    batcher = await make(predict, max_batch_size=4, max_wait_s=5.0, concurrency=2,
+                         metrics=flushes)
+    first = asyncio.create_task(batcher.submit(rows(1)))
+    await asyncio.to_thread(predict.started.wait, 5)
+    second = [asyncio.create_task(batcher.submit(rows(2, v))) for v in (1, 2)]
+    await wait_until(lambda: len(predict.batches) == 2)
+    predict.release.set()
+    await asyncio.gather(first, *second)
+    assert flushes.reasons == ["idle", "full"]
+    assert [len(b) for b in predict.batches] == [1, 4]
+
+
+async def test_partial_batch_flushes_after_max_wait(make) -> None:
+    predict = Recorder(block=True)
+    flushes = Flushes()
+    batcher = await make(predict, max_batch_size=64, max_wait_s=0.05, concurrency=2,
+                         metrics=flushes)
+    first = asyncio.create_task(batcher.submit(rows(1)))
+    await asyncio.to_thread(predict.started.wait, 5)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    second = asyncio.create_task(batcher.submit(rows(3)))
+    await wait_until(lambda: len(predict.batches) == 2)
+    waited = loop.time() - t0
+    predict.release.set()
+    await asyncio.gather(first, second)
+    # Both batches finish together, so their metrics may come in either order.
+    assert sorted(flushes.reasons) == ["delay", "idle"]
+    assert waited >= 0.05
+
+
+async def test_queue_accumulates_while_the_only_slot_is_busy(make) -> None:
+    predict = Recorder(block=True)
+    flushes = Flushes()
+    batcher = await make(predict, max_batch_size=64, max_wait_s=0.0, metrics=flushes)
+    first = asyncio.create_task(batcher.submit(rows(1)))
+    await asyncio.to_thread(predict.started.wait, 5)
+    rest = [asyncio.create_task(batcher.submit(rows(1, v))) for v in range(5)]
+    await wait_until(lambda: batcher.queued_images == 5)
+    predict.release.set()
+    await asyncio.gather(first, *rest)
+    assert [len(b) for b in predict.batches] == [1, 5]
+
+
+async def test_results_reach_the_right_callers_under_random_concurrency(make) -> None:
+    def predict(batch: np.ndarray) -> tuple[np.ndarray, None]:
+        return batch * 10 + 1, None
+
+    batcher = await make(predict, max_batch_size=16, max_wait_s=0.001, concurrency=2)
+    rng = random.Random(7)
+
+    async def client(i: int) -> None:
+        for j in range(20):
+            n = rng.randint(1, 9)
+            x = np.arange(n * 2, dtype=np.int64).reshape(n, 2) + 1000 * i + 100 * j
+            out, _ = await batcher.submit(x)
+            np.testing.assert_array_equal(out, x * 10 + 1)
+            await asyncio.sleep(rng.random() * 0.002)
+
+    await asyncio.gather(*(client(i) for i in range(16)))
+
+
+async def test_one_failure_reaches_every_waiter_of_its_batch(make) -> None:
+    predict = Recorder(block=True)
+    calls = 0
+
+    def failing(batch: np.ndarray) -> tuple[np.ndarray, str]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("boom")
+        return predict(batch)
+
+    batcher = await make(failing, max_batch_size=64)
+    first = asyncio.create_task(batcher.submit(rows(1)))
+    await asyncio.to_thread(predict.started.wait, 5)
+    victims = [asyncio.create_task(batcher.submit(rows(1))) for _ in range(3)]
+    await wait_until(lambda: batcher.queued_images == 3)
+    predict.release.set()
+    await first
+    for victim in victims:
+        with pytest.raises(RuntimeError, match="boom"):
+            await victim
+    # The batcher survives the failure.
+    out, _ = await batcher.submit(rows(1, 4))
+    assert out.tolist() == [[8, 8]]
+
+
+async def test_cancelled_callers_are_skipped(make) -> None:
+    predict = Recorder(block=True)
+    flushes = Flushes()
+    batcher = await make(predict, max_batch_size=64, metrics=flushes)
+    first = asyncio.create_task(batcher.submit(rows(1)))
+    await asyncio.to_thread(predict.started.wait, 5)
+    gone = asyncio.create_task(batcher.submit(rows(1, 7)))
+    kept = asyncio.create_task(batcher.submit(rows(1, 8)))
+    await wait_until(lambda: batcher.queued_images == 2)
+    gone.cancel()
+    await asyncio.sleep(0)
+    predict.release.set()
+    await first
+    out, _ = await kept
+    assert out.tolist() == [[16, 16]]
+    assert [b.tolist() for b in predict.batches[1:]] == [[[8, 8]]]
+    assert "cancelled" in flushes.rejected
+
+
+async def test_expired_deadline_is_dropped_not_computed(make) -> None:
+    predict = Recorder(block=True)
+    batcher = await make(predict, max_batch_size=64)
+    first = asyncio.create_task(batcher.submit(rows(1)))
+    await asyncio.to_thread(predict.started.wait, 5)
+    loop = asyncio.get_running_loop()
+    late = asyncio.create_task(batcher.submit(rows(1, 5), deadline=loop.time() + 0.02))
+    await asyncio.sleep(0.05)
+    predict.release.set()
+    await first
+    with pytest.raises(DeadlineExpired):
+        await late
+    assert len(predict.batches) == 1
+
+
+async def test_past_deadline_is_refused_at_submit(make) -> None:
+    batcher = await make(Recorder())
+    loop = asyncio.get_running_loop()
+    with pytest.raises(DeadlineExpired):
+        await batcher.submit(rows(1), deadline=loop.time() - 1)
+
+
+async def test_full_queue_rejects_at_once(make) -> None:
+    predict = Recorder(block=True)
+    flushes = Flushes()
+    batcher = await make(predict, max_batch_size=64, max_queue=4, metrics=flushes)
+    first = asyncio.create_task(batcher.submit(rows(1)))
+    await asyncio.to_thread(predict.started.wait, 5)
+    queued = asyncio.create_task(batcher.submit(rows(3)))
+    await wait_until(lambda: batcher.queued_images == 3)
+    with pytest.raises(Overloaded, match="queue full"):
+        await batcher.submit(rows(2))
+    assert flushes.rejected == ["queue_full"]
+    predict.release.set()
+    await asyncio.gather(first, queued)
+
+
+async def test_stop_drains_queued_requests_then_refuses(make) -> None:
+    predict = Recorder(block=True)
+    flushes = Flushes()
+    batcher = await make(predict, max_batch_size=2, metrics=flushes)
+    first = asyncio.create_task(batcher.submit(rows(1)))
+    await asyncio.to_thread(predict.started.wait, 5)
+    queued = [asyncio.create_task(batcher.submit(rows(1, v))) for v in range(3)]
+    await wait_until(lambda: batcher.queued_images == 3)
+    stopping = asyncio.create_task(batcher.stop())
+    await asyncio.sleep(0.01)
+    with pytest.raises(ModelNotReady):
+        await batcher.submit(rows(1))
+    predict.release.set()
+    await stopping
+    results = await asyncio.gather(first, *queued)
+    assert [r[0][0, 0] for r in results] == [2, 0, 2, 4]
+    assert flushes.reasons == ["idle", "full", "shutdown"]

@@ -1,0 +1,93 @@
+"""Predict codec: request images -> uint8 arrays, probabilities -> responses."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from server._proto.fashion.v1 import prediction_pb2 as pb
+from server.codec import decode_images, encode_predictions
+from server.errors import InvalidInput, TooLarge
+
+NAMES = [f"c{i}" for i in range(10)]
+
+
+def encoded(array: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def pixels(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (28, 28), dtype=np.uint8)
+
+
+def test_raw_images_keep_order_and_values() -> None:
+    images = [pixels(i) for i in range(3)]
+    request = pb.PredictRequest(images=[pb.Image(raw=a.tobytes()) for a in images])
+    np.testing.assert_array_equal(decode_images(request, 10), np.stack(images))
+
+
+def test_png_is_lossless_and_mixes_with_raw() -> None:
+    a, b = pixels(1), pixels(2)
+    request = pb.PredictRequest(images=[pb.Image(encoded=encoded(a)), pb.Image(raw=b.tobytes())])
+    np.testing.assert_array_equal(decode_images(request, 10), np.stack([a, b]))
+
+
+def test_jpeg_and_rgb_png_become_grayscale() -> None:
+    flat = np.full((28, 28), 120, dtype=np.uint8)
+    request = pb.PredictRequest(images=[
+        pb.Image(encoded=encoded(flat, "JPEG")), pb.Image(encoded=encoded(flat, "PNG", "RGB")),
+    ])
+    out = decode_images(request, 10)
+    assert out.shape == (2, 28, 28) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - 120).max() <= 2
+
+
+@pytest.mark.parametrize(
+    ("images", "error", "message"),
+    [
+        ([], InvalidInput, "no images"),
+        ([pb.Image(raw=b"x" * 700)], InvalidInput, "image 0: raw image has 700 bytes, expected 784"),
+        ([pb.Image(raw=b"x" * 784), pb.Image()], InvalidInput, "image 1: empty"),
+        ([pb.Image(raw=b"x" * 784, encoded=b"png")], InvalidInput, "not both"),
+        ([pb.Image(encoded=b"\x89PNG\r\n\x1a\nbroken")], InvalidInput, "cannot decode"),
+        ([pb.Image(encoded=encoded(np.zeros((32, 32), np.uint8)))], InvalidInput,
+         "PNG is 32x32, expected 28x28"),
+        ([pb.Image(encoded=encoded(np.zeros((28, 28), np.uint8), "GIF"))], InvalidInput,
+         "encoded image is GIF, expected PNG or JPEG"),
+        ([pb.Image(raw=b"x" * 784)] * 5, TooLarge, "5 images; this server accepts at most 4"),
+    ],
+)
+def test_bad_images_are_named(images, error, message) -> None:
+    with pytest.raises(error) as info:
+        decode_images(pb.PredictRequest(images=images), 4)
+    assert message in str(info.value)
+
+
+def test_sixteen_bit_png_is_refused() -> None:
+    data = encoded(np.zeros((28, 28), np.uint16) + 1000)
+    with pytest.raises(InvalidInput, match="more than 8 bits"):
+        decode_images(pb.PredictRequest(images=[pb.Image(encoded=data)]), 4)
+
+
+def test_encode_predictions_top_k_and_probabilities() -> None:
+    probs = np.full((2, 10), 0.01, dtype=np.float32)
+    probs[0, 3], probs[0, 5] = 0.6, 0.31
+    probs[1, 9] = 0.91
+    response = encode_predictions(probs, NAMES, version=7, include_probabilities=True, top_k=2)
+    assert response.model_version == 7
+    first, second = response.predictions
+    assert (first.label, first.class_name) == (3, "c3")
+    assert first.confidence == pytest.approx(0.6)
+    assert [s.label for s in first.top_k] == [3, 5]
+    assert list(first.probabilities) == pytest.approx(probs[0].tolist())
+    assert second.label == 9 and second.top_k[0].class_name == "c9"
+    plain = encode_predictions(probs, NAMES, version=7)
+    assert not plain.predictions[0].probabilities and not plain.predictions[0].top_k
