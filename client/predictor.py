@@ -1,0 +1,137 @@
+"""A small synchronous client for fashion.v1.PredictionService (used by fashion-predict).
+
+Deadlines on every call. Retries only where they are safe: Predict and
+GetModelInfo are pure, so UNAVAILABLE (server starting, draining, or a
+replica going away) and RESOURCE_EXHAUSTED (queue full) are retried with
+exponential backoff by gRPC's own retry policy; nothing else is retried.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+import numpy as np
+
+from server._proto.fashion.v1 import prediction_pb2 as pb
+from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+_RETRY_POLICY = {
+    "methodConfig": [{
+        "name": [{"service": "fashion.v1.PredictionService"}],
+        "retryPolicy": {
+            "maxAttempts": 4,
+            "initialBackoff": "0.05s",
+            "maxBackoff": "1s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+        },
+    }]
+}
+
+
+class PredictError(Exception):
+    """A failed call: the gRPC status code and the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """PEM files: the CA that signed the server, and our own pair for mTLS."""
+
+    ca_cert: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: Path | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client certificate and key go together")
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_cert),
+            private_key=read(self.client_key),
+            certificate_chain=read(self.client_cert),
+        )
+
+
+class PredictClient:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float = 10.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        tls: TlsConfig | None = None,
+        retries: bool = True,
+    ) -> None:
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.enable_retries", 1 if retries else 0),
+            ("grpc.service_config", json.dumps(_RETRY_POLICY if retries else {})),
+        ]
+        if tls is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(target, tls.credentials(), options=options)
+        self._stub = pb_grpc.PredictionServiceStub(self._channel)
+        self.timeout_s = timeout_s
+
+    def __enter__(self) -> PredictClient:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            raise PredictError(grpc.StatusCode.UNAVAILABLE,
+                               f"no server answered within {timeout_s} s") from None
+
+    def _call(self, method: str, request: object) -> object:
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise PredictError(exc.code(), exc.details() or "") from None
+
+    def predict(
+        self,
+        images: np.ndarray | Sequence[bytes],
+        *,
+        top_k: int = 0,
+        include_probabilities: bool = False,
+        model_version: int = 0,
+    ) -> pb.PredictResponse:
+        """``images``: uint8 [n, 28, 28] pixels, or a sequence of PNG/JPEG file contents."""
+        if isinstance(images, np.ndarray):
+            array = np.ascontiguousarray(images, dtype=np.uint8).reshape(-1, 784)
+            messages = [pb.Image(raw=row.tobytes()) for row in array]
+        else:
+            messages = [pb.Image(encoded=bytes(data)) for data in images]
+        request = pb.PredictRequest(images=messages, top_k=top_k,
+                                    include_probabilities=include_probabilities,
+                                    model_version=model_version)
+        response = self._call("Predict", request)
+        assert isinstance(response, pb.PredictResponse)
+        return response
+
+    def model_info(self) -> pb.ModelInfo:
+        response = self._call("GetModelInfo", pb.GetModelInfoRequest())
+        assert isinstance(response, pb.ModelInfo)
+        return response
