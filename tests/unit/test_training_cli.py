@@ -1,0 +1,45 @@
+"""fashion-train's arguments. Parsing only: nothing here trains or imports TensorFlow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.train import ENV_MODEL_REPO, parse_args
+
+
+def test_defaults() -> None:
+    args = parse_args([], {})
+    assert args.model_repo == Path("./models")
+    assert (args.epochs, args.patience, args.batch_size) == (20, 3, 128)
+    assert (args.learning_rate, args.validation_split, args.seed) == (1e-3, 0.1, 42)
+    assert args.limit is None and args.data_dir is None and args.arch == "course_cnn"
+
+
+def test_environment_overrides_default_repo_and_flag_overrides_environment() -> None:
+    assert parse_args([], {ENV_MODEL_REPO: "/srv/models"}).model_repo == Path("/srv/models")
+    args = parse_args(["--model-repo", "/tmp/x"], {ENV_MODEL_REPO: "/srv/models"})
+    assert args.model_repo == Path("/tmp/x")
+
+
+def test_all_flags_parse() -> None:
+    args = parse_args(
+        "--epochs 2 --batch-size 64 --learning-rate 0.01 --validation-split 0.2 --seed 7 "
+        "--limit 3000 --data-dir /d --model-repo /m --patience 5".split(),
+        {},
+    )
+    assert (args.epochs, args.batch_size, args.learning_rate) == (2, 64, 0.01)
+    assert (args.validation_split, args.seed, args.limit, args.patience) == (0.2, 7, 3000, 5)
+    assert args.data_dir == Path("/d") and args.model_repo == Path("/m")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--epochs", "0"], ["--batch-size", "0"], ["--validation-split", "1.0"], ["--limit", "0"],
+     ["--learning-rate", "-1"], ["--arch", "resnet"]],
+)  # fmt: skip
+def test_invalid_values_exit_with_usage_error(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        parse_args(argv, {})
+    assert excinfo.value.code == 2
