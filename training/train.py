@@ -36,18 +36,20 @@ def parse_args(argv: Sequence[str] | None, environ: dict[str, str]) -> argparse.
     )
     parser.add_argument("--epochs", type=int, default=20, help="maximum epochs (early stopping)")
     parser.add_argument("--patience", type=int, default=3, help="epochs without val_loss gain")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=128, help="images per step")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
-    parser.add_argument("--validation-split", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--validation-split", type=float, default=0.1, help="held-out fraction for early stopping"
+    )
+    parser.add_argument("--seed", type=int, default=42, help="seeds Python, numpy and TF")
     parser.add_argument("--limit", type=int, default=None, help="train on the first N images")
-    parser.add_argument("--arch", choices=ARCHITECTURES, default="course_cnn")
+    parser.add_argument("--arch", choices=ARCHITECTURES, default="course_cnn", help="network")
     parser.add_argument("--data-dir", type=Path, default=None, help="dir with the IDX gz files")
     parser.add_argument(
         "--model-repo",
         type=Path,
         default=Path(environ.get(ENV_MODEL_REPO) or DEFAULT_MODEL_REPO),
-        help=f"model repository root (default from ${ENV_MODEL_REPO})",
+        help=f"model repository root; ${ENV_MODEL_REPO} overrides the default",
     )
     args = parser.parse_args(argv)
     if args.epochs < 1:
