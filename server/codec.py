@@ -47,6 +47,8 @@ def decode_encoded(data: bytes, index: int) -> np.ndarray:
             return np.asarray(image, dtype=np.uint8)
     except InvalidInput:
         raise
+    except PILImage.UnidentifiedImageError:
+        raise InvalidInput(f"image {index}: encoded bytes are not a PNG or JPEG file") from None
     except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError,
             PILImage.DecompressionBombWarning, EOFError) as exc:
         # PIL's messages describe the file, never our internals.

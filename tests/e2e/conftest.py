@@ -1,0 +1,76 @@
+"""A real grpc.aio server on 127.0.0.1 port 0, in process, with its own metrics registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
+from server.app import App, create_app
+from server.config import Settings
+from training.data import load_fashion_mnist
+
+
+def make_settings(repo: Path, **overrides: object) -> Settings:
+    base = Settings(model_repo=repo, host="127.0.0.1", port=0, metrics_port=0, grace_s=5.0)
+    return dataclasses.replace(base, **overrides)
+
+
+@pytest.fixture
+async def start_app(model_repo: Path) -> AsyncIterator:
+    apps: list[App] = []
+
+    async def start(repo: Path | None = None, *, load: bool = True, **overrides: object) -> App:
+        app = create_app(make_settings(repo or model_repo, **overrides))
+        apps.append(app)
+        if load:
+            await app.start()
+        else:
+            await app.open()
+        return app
+
+    yield start
+    for app in apps:
+        await app.stop(grace_s=1.0)
+
+
+@pytest.fixture
+async def app(start_app) -> App:
+    return await start_app()
+
+
+@pytest.fixture
+async def channel(app: App) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> pb_grpc.PredictionServiceStub:
+    return pb_grpc.PredictionServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def test_set() -> tuple[np.ndarray, np.ndarray]:
+    data = load_fashion_mnist(allow_download=False)
+    return data.test_images, data.test_labels
+
+
+def scrape(app: App) -> dict[str, float]:
+    """GET /metrics over HTTP -> {sample name{labels}: value}."""
+    url = f"http://127.0.0.1:{app.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}"] = s.value
+    return samples

@@ -1,0 +1,103 @@
+"""Predict and GetModelInfo through a real server, against in-process onnxruntime."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from server._proto.fashion.v1 import prediction_pb2 as pb
+from server.repository import read_version
+from tests.e2e.conftest import scrape
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def test_predictions_equal_in_process_onnxruntime(app, stub, model_repo, test_set) -> None:
+    images, _ = test_set
+    batch = images[:50]
+    session = ort.InferenceSession(str(read_version(model_repo, 1).model_path))
+    (expected,) = session.run(["probabilities"], {"images": batch})
+    request = pb.PredictRequest(
+        images=[pb.Image(raw=a.tobytes()) for a in batch[:25]]
+        + [pb.Image(encoded=png(a)) for a in batch[25:]],
+        include_probabilities=True,
+        top_k=3,
+    )
+    response = await stub.Predict(request, timeout=10)
+    assert response.model_version == 1
+    got = np.array([list(p.probabilities) for p in response.predictions], dtype=np.float32)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    labels = [p.label for p in response.predictions]
+    assert labels == expected.argmax(axis=1).tolist()
+    names = app.manager.current.class_names
+    assert [p.class_name for p in response.predictions] == [names[i] for i in labels]
+    assert [p.top_k[0].label for p in response.predictions] == labels
+    assert all(len(p.top_k) == 3 for p in response.predictions)
+
+
+async def test_concurrent_clients_are_batched(start_app, test_set) -> None:
+    import grpc
+
+    from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
+
+    app = await start_app(max_batch_size=32)
+    images, _ = test_set
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.PredictionServiceStub(channel)
+
+        async def client(i: int) -> list[int]:
+            labels = []
+            for j in range(10):
+                image = images[(i * 10 + j) % len(images)]
+                r = await stub.Predict(pb.PredictRequest(images=[pb.Image(raw=image.tobytes())]))
+                labels.append(r.predictions[0].label)
+            return labels
+
+        results = await asyncio.gather(*(client(i) for i in range(32)))
+    assert sum(len(r) for r in results) == 320
+    metrics = scrape(app)
+    batches = metrics["fashion_batch_size_images_count{}"]
+    assert metrics["fashion_batch_size_images_sum{}"] == 320
+    # 320 single-image requests from 32 concurrent clients took fewer than 320 batches.
+    assert batches < 320
+    assert metrics["fashion_batch_size_images_bucket{le=1.0}"] < batches
+
+
+async def test_model_info_describes_the_served_model(app, stub, model_repo) -> None:
+    info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+    metadata = read_version(model_repo, 1).metadata
+    assert info.name == "fashion" and info.version == 1
+    assert list(info.class_names) == metadata["class_names"]
+    assert info.test_accuracy == metadata["test_accuracy"]
+    assert info.execution_provider == "CPUExecutionProvider"
+    assert info.model_sha256 == metadata["model_sha256"]
+    assert (info.inputs[0].name, info.inputs[0].dtype, list(info.inputs[0].shape)) == (
+        "images", "uint8", [-1, 28, 28])
+    assert (info.outputs[0].name, list(info.outputs[0].shape)) == ("probabilities", [-1, 10])
+    assert info.batching.max_batch_size == app.settings.max_batch_size
+
+
+async def test_metrics_are_served_over_http(app, stub, test_set) -> None:
+    images, _ = test_set
+    await stub.Predict(pb.PredictRequest(images=[pb.Image(raw=images[0].tobytes())] * 3))
+    metrics = scrape(app)
+    assert metrics["fashion_requests_total{code=OK,method=Predict}"] == 1
+    assert metrics["fashion_images_total{}"] == 3
+    assert metrics["fashion_request_duration_seconds_count{method=Predict}"] == 1
+    assert metrics["fashion_inference_duration_seconds_count{}"] == 1
+    assert metrics["fashion_queue_wait_seconds_count{}"] == 1
+    assert metrics["fashion_batch_flushes_total{reason=idle}"] == 1
+    assert metrics["fashion_queue_depth_images{}"] == 0
+    assert sum(v for k, v in metrics.items() if k.startswith("fashion_predictions_total")) == 3
+    info = [k for k in metrics if k.startswith("fashion_model_info{")]
+    assert info == [
+        "fashion_model_info{architecture=course_cnn,provider=CPUExecutionProvider,version=1}"
+    ]
