@@ -50,7 +50,7 @@ class DataError(Exception):
     """The data set is missing or a file is invalid; the message names the file and the problem."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous
 class FashionMNIST:
     """The train and test splits as uint8 arrays, plus where they came from."""
 

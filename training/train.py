@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -175,6 +177,20 @@ def run(args: argparse.Namespace, command_line: list[str]) -> tuple[int, Path, d
     return version, path, written
 
 
+def exit_on_sigterm() -> Any:
+    """Turn SIGTERM into SystemExit so the staging directory is cleaned up like on Ctrl-C.
+
+    Returns the previous handler, or None when not on the main thread (signals unavailable).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     environ = dict(os.environ)
     args = parse_args(argv, environ)
@@ -182,12 +198,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     command_line = list(sys.argv) if argv is None else ["fashion-train", *argv]
+    previous = exit_on_sigterm()
     try:
         version, path, _ = run(args, command_line)
     except (DataError, ExportError) as exc:
         # Known failures get one clear line; nothing was published.
         print(f"fashion-train: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print(f"published version {version} to {path}", flush=True)
     return 0
 

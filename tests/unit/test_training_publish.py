@@ -23,6 +23,9 @@ CHILD = textwrap.dedent(
     import sys
     from pathlib import Path
     from training.publish import publish_model
+    from training.train import exit_on_sigterm
+
+    exit_on_sigterm()  # what fashion-train's main() installs
 
     def write_model(path):
         path.write_bytes(b"model-bytes-" + sys.argv[2].encode())
@@ -112,6 +115,14 @@ def test_ctrl_c_in_another_process_leaves_no_version(tmp_path: Path) -> None:
     assert child.returncode != 0
     assert list(model_dir(tmp_path).iterdir()) == []  # staging directory cleaned up
     assert publish_model(tmp_path, write_bytes_model(), metadata)[0] == 1
+
+
+def test_sigterm_mid_export_cleans_up_like_ctrl_c(tmp_path: Path) -> None:
+    child = start_child(tmp_path, "a")
+    child.terminate()
+    child.communicate(timeout=30)
+    assert child.returncode == 128 + signal.SIGTERM
+    assert list(model_dir(tmp_path).iterdir()) == []
 
 
 def test_kill_9_mid_export_leaves_no_version_and_next_number_is_right(tmp_path: Path) -> None:
