@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 # The named health service that turns SERVING once the model is warm and
 # NOT_SERVING when shutdown starts: point readiness probes at it.
 READINESS_SERVICE = SERVICE_NAME
+SETTLE_S = 0.2
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -125,6 +126,11 @@ class App:
         self.gate.shutting_down = True
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
+            # Calls that reached the transport but not yet a handler would be
+            # CANCELLED by server.stop(), leaving the client unsure whether they
+            # ran. A short settle window lets each of them reach the closed gate
+            # and get an explicit, retryable UNAVAILABLE instead.
+            await asyncio.sleep(min(SETTLE_S, grace))
             await self.server.stop(grace)
         await self.batcher.stop()
         if self._metrics_http is not None:
