@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: install, fetch the data, train and publish a
+# model if the repository has none, then serve it on 127.0.0.1:50051 (Ctrl-C stops).
+# Extra arguments go to fashion-serve, e.g. ./scripts/up.sh --port 6000
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+
+ensure_venv train
+ensure_data
+export FASHION_MODEL_REPO="${FASHION_MODEL_REPO:-$ROOT/models}"
+if ! ls "$FASHION_MODEL_REPO/fashion" 2>/dev/null | grep -qE '^[1-9][0-9]*$'; then
+  echo "==> no model in $FASHION_MODEL_REPO: training one (about 5-10 minutes on 2 cores)"
+  "$VENV/bin/fashion-train" --model-repo "$FASHION_MODEL_REPO"
+fi
+echo "==> serving $FASHION_MODEL_REPO (gRPC 127.0.0.1:50051, metrics http://127.0.0.1:9090/metrics)"
+exec "$VENV/bin/fashion-serve" --model-repo "$FASHION_MODEL_REPO" "$@"
