@@ -12,7 +12,8 @@ from training.train import ENV_MODEL_REPO, parse_args
 def test_defaults() -> None:
     args = parse_args([], {})
     assert args.model_repo == Path("./models")
-    assert (args.epochs, args.patience, args.batch_size) == (20, 3, 128)
+    assert (args.epochs, args.patience, args.batch_size) == (20, 4, 128)
+    assert (args.lr_patience, args.lr_factor) == (1, 0.2)
     assert (args.learning_rate, args.validation_split, args.seed) == (1e-3, 0.1, 42)
     assert args.limit is None and args.data_dir is None and args.arch == "course_cnn"
 
@@ -37,7 +38,8 @@ def test_all_flags_parse() -> None:
 @pytest.mark.parametrize(
     "argv",
     [["--epochs", "0"], ["--batch-size", "0"], ["--validation-split", "1.0"], ["--limit", "0"],
-     ["--learning-rate", "-1"], ["--arch", "resnet"]],
+     ["--learning-rate", "-1"], ["--arch", "resnet"], ["--lr-factor", "1.5"],
+     ["--patience", "-1"]],
 )  # fmt: skip
 def test_invalid_values_exit_with_usage_error(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as excinfo:
