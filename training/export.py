@@ -101,8 +101,11 @@ def _check_signature(model: onnx.ModelProto) -> None:
         )
 
 
-def to_onnx(model: keras.Model, class_names: list[str], *, opset: int = OPSET) -> onnx.ModelProto:
-    """Convert through ``tf2onnx.convert.from_function`` (``from_keras`` is broken on Keras 3)."""
+def to_onnx(model: keras.Model, class_names: list[str]) -> onnx.ModelProto:
+    """Convert through ``tf2onnx.convert.from_function`` (``from_keras`` is broken on Keras 3).
+
+    The opset is pinned (OPSET), not a parameter: metadata.json and the server rely on it.
+    """
     import onnx
     import tensorflow as tf
     import tf2onnx
@@ -115,11 +118,11 @@ def to_onnx(model: keras.Model, class_names: list[str], *, opset: int = OPSET) -
         # A dict output names the graph output; training=False pins inference behaviour.
         return {OUTPUT_NAME: model(tf.expand_dims(scaled, -1), training=False)}
 
-    proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=opset)
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=OPSET)
     _rename_batch_dim(proto)
     onnx.helper.set_model_props(
         proto,
-        {"class_names": json.dumps(list(class_names)), "opset": str(opset)},
+        {"class_names": json.dumps(list(class_names)), "opset": str(OPSET)},
     )
     proto.doc_string = "Fashion-MNIST classifier; input raw uint8 pixels, preprocessing in-graph"
     _check_signature(proto)
