@@ -12,11 +12,14 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
+from server._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from server.batcher import DynamicBatcher
 from server.config import Settings
 from server.manager import ModelManager
 from server.metrics import Metrics
 from server.model import LoadedModel
+from server.oip import SERVICE_NAME as OIP_SERVICE
+from server.oip import InferenceServicer
 from server.servicer import SERVICE_NAME, Gate, PredictionServicer
 
 logger = logging.getLogger(__name__)
@@ -84,14 +87,13 @@ class App:
         await self.health.set("", NOT_SERVING)
         await self.health.set(READINESS_SERVICE, NOT_SERVING)
         server = grpc.aio.server(options=grpc_options(s))
-        pb_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(manager=self.manager, batcher=self.batcher, metrics=self.metrics,
-                               settings=s, gate=self.gate),
-            server,
-        )
+        parts = dict(manager=self.manager, batcher=self.batcher, metrics=self.metrics,
+                     settings=s, gate=self.gate)
+        pb_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(**parts), server)
+        oip_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(**parts), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            [READINESS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            [READINESS_SERVICE, OIP_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         self.port = server.add_insecure_port(_bind_address(s.host, s.port))
         await server.start()

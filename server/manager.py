@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.errors import ModelLoadError, ModelNotReady, ServingError, VersionNotFound
+from server.errors import ModelNotReady, ServingError, VersionNotFound
 from server.metrics import Metrics
 from server.model import LoadedModel
 from server.repository import latest_version, list_versions, read_version
@@ -139,5 +139,11 @@ class ModelManager:
             )
         return model
 
-
-__all__ = ["ModelLoadError", "ModelManager"]
+    @staticmethod
+    def confirm(requested: int, model: LoadedModel) -> None:
+        """After inference: a request pinned to a version must not be answered by another."""
+        if requested and model.version != requested:
+            raise VersionNotFound(
+                f"model version {requested} was replaced by version {model.version} while the "
+                "request was queued; retry"
+            )

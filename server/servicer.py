@@ -11,7 +11,7 @@ from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server.batcher import DynamicBatcher
 from server.codec import check_top_k, decode_images, encode_predictions
 from server.config import Settings
-from server.errors import ModelNotReady, VersionNotFound
+from server.errors import ModelNotReady
 from server.manager import ModelManager
 from server.metrics import Metrics
 from server.model import LoadedModel
@@ -67,11 +67,7 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):
         self.manager.resolve(request.model_version)
         images = decode_images(request, self.settings.max_images_per_request)
         probabilities, model = await self.batcher.submit(images, deadline=deadline_of(context))
-        if request.model_version and model.version != request.model_version:
-            raise VersionNotFound(
-                f"model version {request.model_version} was replaced by version "
-                f"{model.version} while the request was queued; retry"
-            )
+        self.manager.confirm(request.model_version, model)
         return encode_predictions(
             probabilities,
             model.class_names,

@@ -99,7 +99,7 @@ async def test_full_batch_flushes_at_once_while_another_runs(make) -> None:
     await wait_until(lambda: len(predict.batches) == 2)
     predict.release.set()
     await asyncio.gather(first, *second)
-    assert flushes.reasons == ["idle", "full"]
+    assert sorted(flushes.reasons) == ["full", "idle"]
     assert [len(b) for b in predict.batches] == [1, 4]
 
 

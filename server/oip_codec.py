@@ -1,0 +1,145 @@
+"""Open Inference Protocol tensors <-> numpy. Pure functions; bad input is InvalidInput.
+
+The model takes ``images`` uint8 [N, 28, 28]. Accepted on the wire:
+
+* datatype UINT8 (native) or FP32 holding ``pixel / 255`` (converted back exactly:
+  every value must be a multiple of 1/255 in [0, 1], anything else is refused
+  rather than silently rounded);
+* shape [N, 28, 28] or [N, 28, 28, 1];
+* the data in ``raw_input_contents`` (the fast path, zero-copy) or in typed
+  ``contents`` (``uint_contents`` for UINT8, ``fp32_contents`` for FP32), never both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from server._proto.inference import grpc_predict_v2_pb2 as oip
+from server.errors import InvalidInput, TooLarge
+from server.model import IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
+
+_DTYPES = {"UINT8": np.dtype("u1"), "FP32": np.dtype("<f4")}
+_TYPED_FIELD = {"UINT8": "uint_contents", "FP32": "fp32_contents"}
+# float32(k / 255) * 255 lands within a few ulps of k; 1e-3 is far below the
+# 1/255 spacing, so only true multiples of 1/255 pass.
+_FP32_TOLERANCE = 1e-3
+
+
+def _shape(tensor: oip.ModelInferRequest.InferInputTensor, max_images: int) -> int:
+    shape = list(tensor.shape)
+    if len(shape) not in (3, 4) or shape[1:3] != list(IMAGE_SHAPE) or shape[3:] not in ([], [1]):
+        raise InvalidInput(
+            f"input {INPUT_NAME!r} has shape {shape}; expected [N, 28, 28] or [N, 28, 28, 1]"
+        )
+    n = shape[0]
+    if n < 1:
+        raise InvalidInput(f"input {INPUT_NAME!r} has batch size {n}; expected at least 1")
+    if n > max_images:
+        raise TooLarge(
+            f"input {INPUT_NAME!r} has {n} images; this server accepts at most {max_images} "
+            "per request"
+        )
+    return n
+
+
+def _from_fp32(values: np.ndarray) -> np.ndarray:
+    scaled = values.astype(np.float64) * 255.0
+    rounded = np.rint(scaled)
+    if not (np.all(np.isfinite(scaled)) and np.all((rounded >= 0) & (rounded <= 255))
+            and np.all(np.abs(scaled - rounded) <= _FP32_TOLERANCE)):
+        raise InvalidInput(
+            "FP32 pixels must be uint8 values divided by 255 (multiples of 1/255 in [0, 1]); "
+            "send UINT8 to avoid the conversion"
+        )
+    return rounded.astype(np.uint8)
+
+
+def decode_infer_request(request: oip.ModelInferRequest, max_images: int) -> np.ndarray:
+    """The request's ``images`` tensor -> uint8 [N, 28, 28]."""
+    if request.parameters:
+        raise InvalidInput(f"request parameters {sorted(request.parameters)} are not supported")
+    if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
+        names = [t.name for t in request.inputs]
+        raise InvalidInput(f"expected exactly one input named {INPUT_NAME!r}, got {names}")
+    tensor = request.inputs[0]
+    if tensor.parameters:
+        raise InvalidInput(f"input parameters {sorted(tensor.parameters)} are not supported")
+    dtype = _DTYPES.get(tensor.datatype)
+    if dtype is None:
+        raise InvalidInput(
+            f"input {INPUT_NAME!r} has datatype {tensor.datatype!r}; expected UINT8 "
+            "(or FP32 pixel values in [0, 1])"
+        )
+    n = _shape(tensor, max_images)
+    count = n * IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+    has_typed = tensor.HasField("contents") and any(
+        len(getattr(tensor.contents, f.name)) for f in tensor.contents.DESCRIPTOR.fields
+    )
+    has_raw = len(request.raw_input_contents) > 0
+    if has_raw and has_typed:
+        raise InvalidInput("send the input either in raw_input_contents or in contents, not both")
+    if has_raw:
+        if len(request.raw_input_contents) != 1:
+            raise InvalidInput(
+                f"raw_input_contents has {len(request.raw_input_contents)} entries; expected 1 "
+                "(one per input)"
+            )
+        raw = request.raw_input_contents[0]
+        if len(raw) != count * dtype.itemsize:
+            raise InvalidInput(
+                f"raw_input_contents[0] has {len(raw)} bytes; shape {list(tensor.shape)} of "
+                f"{tensor.datatype} needs {count * dtype.itemsize}"
+            )
+        values = np.frombuffer(raw, dtype=dtype)
+    elif has_typed:
+        field = _TYPED_FIELD[tensor.datatype]
+        typed = getattr(tensor.contents, field)
+        others = [f.name for f in tensor.contents.DESCRIPTOR.fields
+                  if f.name != field and len(getattr(tensor.contents, f.name))]
+        if others:
+            raise InvalidInput(f"{tensor.datatype} data goes in contents.{field}, not {others}")
+        if len(typed) != count:
+            raise InvalidInput(
+                f"contents.{field} has {len(typed)} values; shape {list(tensor.shape)} needs {count}"
+            )
+        if tensor.datatype == "UINT8":
+            wide = np.asarray(typed, dtype=np.uint32)
+            if wide.max(initial=0) > 255:
+                raise InvalidInput("UINT8 values must be between 0 and 255")
+            values = wide.astype(np.uint8)
+        else:
+            values = np.asarray(typed, dtype=np.float32)
+    else:
+        raise InvalidInput(
+            f"input {INPUT_NAME!r} has no data; fill raw_input_contents (fast) or contents"
+        )
+    if tensor.datatype == "FP32":
+        values = _from_fp32(values)
+    return values.reshape(n, *IMAGE_SHAPE)
+
+
+def requested_outputs(request: oip.ModelInferRequest) -> None:
+    """Only ``probabilities`` exists; anything else is an error, not silently dropped."""
+    for output in request.outputs:
+        if output.name != OUTPUT_NAME:
+            raise InvalidInput(
+                f"unknown output {output.name!r}; this model has one output {OUTPUT_NAME!r}"
+            )
+        if output.parameters:
+            raise InvalidInput(
+                f"output parameters {sorted(output.parameters)} are not supported"
+            )
+
+
+def encode_infer_response(
+    probabilities: np.ndarray, *, model_name: str, version: int, request_id: str
+) -> oip.ModelInferResponse:
+    n = len(probabilities)
+    return oip.ModelInferResponse(
+        model_name=model_name,
+        model_version=str(version),
+        id=request_id,
+        outputs=[oip.ModelInferResponse.InferOutputTensor(
+            name=OUTPUT_NAME, datatype="FP32", shape=[n, NUM_CLASSES])],
+        raw_output_contents=[np.ascontiguousarray(probabilities, dtype="<f4").tobytes()],
+    )
