@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: install (with the train and dev extras),
-# fetch the data, then pytest. Extra arguments go to pytest, e.g. -m "not slow".
+# fetch the data, then two pytest sessions: tests/ and tests_tritonclient/
+# (tritonclient's protobuf messages cannot share a process with the server's).
+# Arguments, if any, are passed to a single pytest session instead, e.g.
+#   ./scripts/test.sh tests/unit -q
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 
 ensure_venv train,dev
 ensure_data
 cd "$ROOT"
-exec "$VENV/bin/python" -m pytest "$@"
+if [ "$#" -gt 0 ]; then
+  exec "$VENV/bin/python" -m pytest "$@"
+fi
+# One small model, trained once by the first session, reused by the second.
+FASHION_TEST_MODEL_REPO="$(mktemp -d)"
+export FASHION_TEST_MODEL_REPO
+trap 'rm -rf "$FASHION_TEST_MODEL_REPO"' EXIT
+"$VENV/bin/python" -m pytest tests_tritonclient
+"$VENV/bin/python" -m pytest tests

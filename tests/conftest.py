@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Set by .ci/run (or by hand) to reuse one exported model across runs; the
-# fixture trains one otherwise.
+# Set by scripts/test.sh so its two pytest sessions share one exported model;
+# the fixture trains into it when it holds none (or into a temp dir when unset).
 CACHE_ENV = "FASHION_TEST_MODEL_REPO"
 
 
@@ -27,10 +27,9 @@ def _train(repo: Path) -> None:
 def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository holding version 1 of a small real model (read-only for tests)."""
     cached = os.environ.get(CACHE_ENV)
-    if cached and (Path(cached) / "fashion" / "1" / "model.onnx").is_file():
-        return Path(cached)
-    repo = tmp_path_factory.mktemp("model_repo")
-    _train(repo)
+    repo = Path(cached) if cached else tmp_path_factory.mktemp("model_repo")
+    if not (repo / "fashion" / "1" / "model.onnx").is_file():
+        _train(repo)
     return repo
 
 

@@ -1,0 +1,122 @@
+"""Open Inference Protocol conformance through the reference client, tritonclient.grpc."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.grpc import service_pb2
+
+from client.predictor import PredictClient
+from training.data import load_fashion_mnist
+
+
+@pytest.fixture(scope="module")
+def client(server: str):
+    with triton.InferenceServerClient(server) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return load_fashion_mnist(allow_download=False).test_images[:32]
+
+
+def test_server_and_model_are_live_and_ready(client) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("fashion")
+    assert client.is_model_ready("fashion", "1")
+
+
+def test_metadata_describes_the_real_signature(client) -> None:
+    server = client.get_server_metadata(as_json=True)
+    assert server["name"] == "fashion-serving"
+    meta = client.get_model_metadata("fashion", as_json=True)
+    assert meta["name"] == "fashion" and meta["versions"] == ["1"]
+    assert meta["platform"] == "onnxruntime_onnx"
+    assert meta["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": ["-1", "28", "28"]}]
+    assert meta["outputs"] == [
+        {"name": "probabilities", "datatype": "FP32", "shape": ["-1", "10"]}]
+
+
+def _infer(client, array: np.ndarray, datatype: str, outputs=None, request_id: str = ""):
+    tensor = triton.InferInput("images", list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return client.infer("fashion", [tensor], outputs=outputs, request_id=request_id)
+
+
+def test_uint8_and_fp32_inference_equal_predict(client, server, images) -> None:
+    with PredictClient(server) as predict:
+        expected = np.array([list(p.probabilities) for p in predict.predict(
+            images, include_probabilities=True).predictions], dtype=np.float32)
+    plain = _infer(client, images, "UINT8", request_id="abc")
+    assert plain.get_response().id == "abc"
+    assert plain.get_response().model_version == "1"
+    np.testing.assert_array_equal(plain.as_numpy("probabilities"), expected)
+    requested = _infer(client, images, "UINT8",
+                       outputs=[triton.InferRequestedOutput("probabilities")])
+    np.testing.assert_array_equal(requested.as_numpy("probabilities"), expected)
+    fp32 = _infer(client, (images / np.float32(255)).astype(np.float32)[..., None], "FP32")
+    np.testing.assert_array_equal(fp32.as_numpy("probabilities"), expected)
+
+
+@pytest.mark.parametrize(
+    ("call", "status", "fragment"),
+    [
+        (lambda c: _infer(c, np.zeros((1, 28, 28), np.int32), "INT32"),
+         "INVALID_ARGUMENT", "expected UINT8"),
+        (lambda c: _infer(c, np.zeros((1, 28, 27), np.uint8), "UINT8"),
+         "INVALID_ARGUMENT", "expected [N, 28, 28]"),
+        (lambda c: _infer(c, np.zeros((1, 28, 28), np.uint8), "UINT8",
+                          outputs=[triton.InferRequestedOutput("logits")]),
+         "INVALID_ARGUMENT", "unknown output 'logits'"),
+        (lambda c: c.get_model_metadata("fashion", "9"), "NOT_FOUND", "not served"),
+        (lambda c: c.get_model_metadata("resnet"), "NOT_FOUND", "unknown model"),
+    ],
+    ids=["datatype", "shape", "output", "version", "model"],
+)
+def test_errors_reach_the_client_with_status(client, call, status, fragment) -> None:
+    with pytest.raises(triton.InferenceServerException) as info:
+        call(client)
+    assert status in str(info.value.status())
+    assert fragment in info.value.message()
+    assert client.is_server_ready()
+
+
+def test_proto_matches_the_reference_descriptors() -> None:
+    """Every message and field of our .proto exists in tritonclient's, same number and type."""
+    dump = subprocess.run(
+        [sys.executable, "-c", DUMP_OURS], capture_output=True, text=True, check=True).stdout
+    ours = json.loads(dump)
+    reference = service_pb2.DESCRIPTOR
+    for message, fields in ours["messages"].items():
+        ref = reference.pool.FindMessageTypeByName(message)
+        for name, (number, ftype, repeated) in fields.items():
+            rf = ref.fields_by_name.get(name)
+            assert rf is not None, f"{message}.{name} is not in the reference"
+            assert (rf.number, rf.type, rf.is_repeated) == (number, ftype, repeated), f"{message}.{name}"
+    service = reference.services_by_name["GRPCInferenceService"]
+    for method, (request, response) in ours["methods"].items():
+        ref = service.methods_by_name[method]
+        assert (ref.input_type.full_name, ref.output_type.full_name) == (request, response)
+
+
+DUMP_OURS = """
+import json
+from server._proto.inference import grpc_predict_v2_pb2 as m
+messages = {}
+def walk(d):
+    messages[d.full_name] = {f.name: (f.number, f.type, f.is_repeated) for f in d.fields}
+    for n in d.nested_types:
+        walk(n)
+for d in m.DESCRIPTOR.message_types_by_name.values():
+    walk(d)
+service = m.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+methods = {x.name: (x.input_type.full_name, x.output_type.full_name) for x in service.methods}
+print(json.dumps({"messages": messages, "methods": methods}))
+"""
