@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -51,6 +52,22 @@ def grpc_options(settings: Settings) -> list[tuple[str, Any]]:
     return options
 
 
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials:
+    """TLS, and mTLS when a client CA is given (clients without a valid certificate are refused)."""
+    def read(path: str) -> bytes:
+        return Path(path).read_bytes()
+
+    client_ca = read(settings.tls_client_ca) if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(read(settings.tls_key), read(settings.tls_cert))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
 class App:
     """``await open()`` (listening, NOT_SERVING) -> ``await load()`` (SERVING) -> ``await stop()``."""
 
@@ -80,6 +97,8 @@ class App:
         self.port = 0
         self.metrics_port = 0
         self._metrics_http: Any = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._reload = asyncio.Event()
 
     async def open(self) -> None:
         """Bind and start answering: health NOT_SERVING, predictions UNAVAILABLE until load()."""
@@ -95,7 +114,14 @@ class App:
         reflection.enable_server_reflection(
             [READINESS_SERVICE, OIP_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        self.port = server.add_insecure_port(_bind_address(s.host, s.port))
+        address = _bind_address(s.host, s.port)
+        if s.tls:
+            self.port = server.add_secure_port(address, server_credentials(s))
+        else:
+            if s.host not in LOOPBACK:
+                logger.warning("serving plaintext on %s: use --tls-cert/--tls-key, or a mesh "
+                               "that encrypts pod traffic", s.host)
+            self.port = server.add_insecure_port(address)
         await server.start()
         self.server = server
         if s.metrics_port >= 0:
@@ -109,6 +135,8 @@ class App:
         """Load and warm the model off the event loop, then report SERVING."""
         await asyncio.to_thread(self.manager.load_initial)
         await self.batcher.start()
+        if not self.settings.model_version:
+            self._watcher = asyncio.create_task(self._watch(), name="model-watcher")
         self.gate.open = True
         await self.health.set("", SERVING)
         await self.health.set(READINESS_SERVICE, SERVING)
@@ -122,9 +150,39 @@ class App:
             await self.stop(grace_s=0)
             raise
 
+    def request_reload(self) -> None:
+        """Look for a new model version now (SIGHUP)."""
+        if self.settings.model_version:
+            logger.info("model version %d is pinned; not looking for new versions",
+                        self.settings.model_version)
+            return
+        self._reload.set()
+
+    async def reload(self) -> LoadedModel | None:
+        """Check the repository once; returns the newly installed model, if any."""
+        return await asyncio.to_thread(self.manager.check_for_update)
+
+    async def _watch(self) -> None:
+        """Poll the repository (and wake on SIGHUP); a failed check never stops serving."""
+        interval = self.settings.poll_interval_s or None
+        while True:
+            try:
+                await asyncio.wait_for(self._reload.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+            self._reload.clear()
+            try:
+                await self.reload()
+            except Exception:
+                logger.exception("checking %s for new model versions failed",
+                                 self.settings.model_repo)
+
     async def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING -> refuse new RPCs -> let in-flight ones finish -> drain the batcher."""
         grace = self.settings.grace_s if grace_s is None else grace_s
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         self.gate.shutting_down = True
         await self.health.enter_graceful_shutdown()
         if self.server is not None:

@@ -68,6 +68,14 @@ class Settings:
         "close client connections after this long so clients rebalance across replicas (0 = never)",
         min=0.0,
     )
+    poll_interval_s: float = _setting(
+        5.0, "how often to look for a newer model version (0 = only on SIGHUP)", min=0.0
+    )
+    tls_cert: str = _setting("", "PEM certificate chain: serve TLS (with --tls-key)")
+    tls_key: str = _setting("", "PEM private key of --tls-cert")
+    tls_client_ca: str = _setting(
+        "", "PEM CA bundle: require client certificates signed by it (mTLS)"
+    )
     log_level: str = _setting("info", "log level", choices=LOG_LEVELS)
 
     def __post_init__(self) -> None:
@@ -78,6 +86,22 @@ class Settings:
                 f"--max-images-per-request ({self.max_images_per_request}) must not exceed "
                 f"--max-queue ({self.max_queue}): such a request could never be queued"
             )
+
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together (FASHION_TLS_CERT/KEY)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{_names(name)}: no such file {path!r}")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
 
     @property
     def max_batch_delay_s(self) -> float:

@@ -17,7 +17,7 @@ import numpy as np
 from server.errors import ModelNotReady, ServingError, VersionNotFound
 from server.metrics import Metrics
 from server.model import LoadedModel
-from server.repository import latest_version, list_versions, read_version
+from server.repository import latest_version, list_versions, read_version, version_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class ModelManager:
         self._warm_sizes = tuple(sorted({1, *(n for n in WARM_UP_BATCHES if n < max_batch_size),
                                          max_batch_size}))
         self._current: LoadedModel | None = None
-        self._refused: set[int] = set()
+        self._refused: dict[int, tuple[int, ...]] = {}
         self._lock = threading.Lock()  # one load at a time
 
     @property
@@ -103,22 +103,26 @@ class ModelManager:
         return model
 
     def check_for_update(self) -> LoadedModel | None:
-        """Load and install a newer version if one appeared (blocking: call from a thread).
+        """Load and install the newest valid version above the current one (blocking).
 
-        An invalid version is refused once (logged and counted) and remembered,
-        so a broken upload is not retried on every poll; the current version
-        keeps serving.
+        An invalid version (no metadata, checksum mismatch, unloadable ONNX, wrong
+        signature) is refused: logged, counted, and remembered with its files'
+        fingerprint so it is not reloaded on every poll (it is retried if the files
+        change). The current version keeps serving.
         """
         if self.pinned_version:
             return None
         current = self._current.version if self._current else 0
-        candidates = [v for v in list_versions(self.repo) if v > current and v not in self._refused]
-        for version in reversed(candidates):
+        for version in reversed([v for v in list_versions(self.repo) if v > current]):
+            fingerprint = version_fingerprint(self.repo, version)
+            if self._refused.get(version) == fingerprint:
+                continue
             try:
                 model = self.load_version(version)
             except ServingError as exc:
-                self._refused.add(version)
-                logger.error("refusing model version %d: %s", version, exc)
+                self._refused[version] = fingerprint
+                logger.error("refusing model version %d (still serving %s): %s",
+                             version, current or "none", exc)
                 continue
             self.install(model)
             return model

@@ -68,6 +68,19 @@ def latest_version(root: Path, model: str = MODEL_NAME) -> int | None:
     return versions[-1] if versions else None
 
 
+def version_fingerprint(root: Path, version: int, model: str = MODEL_NAME) -> tuple[int, ...]:
+    """Sizes and mtimes of a version's files: changes when the files change."""
+    path = model_dir(root, model) / str(version)
+    out: list[int] = []
+    for name in (MODEL_FILE, METADATA_FILE):
+        try:
+            st = (path / name).stat()
+            out += [st.st_size, st.st_mtime_ns]
+        except OSError:
+            out += [-1, -1]
+    return tuple(out)
+
+
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
