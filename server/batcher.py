@@ -82,6 +82,8 @@ class DynamicBatcher(Generic[T]):
         self._wakeup = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._accepting = False
+        # Running estimate of inference seconds per image, for deadline checks.
+        self._s_per_image = 0.0
 
     @property
     def queued_images(self) -> int:
@@ -117,9 +119,18 @@ class DynamicBatcher(Generic[T]):
             )
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if deadline is not None and deadline <= now:
-            self._count_rejected("deadline")
-            raise DeadlineExpired("the deadline passed before the request was queued")
+        if deadline is not None:
+            if deadline <= now:
+                self._count_rejected("deadline")
+                raise DeadlineExpired("the deadline passed before the request was queued")
+            expected_s = (self._queued_images + n) * self._s_per_image / self.concurrency
+            if deadline - now < expected_s:
+                # Fail fast instead of computing an answer nobody will read.
+                self._count_rejected("deadline_unmeetable")
+                raise DeadlineExpired(
+                    f"the deadline ({(deadline - now) * 1000:.1f} ms away) cannot be met: about "
+                    f"{expected_s * 1000:.1f} ms of work is queued; retry later or allow more time"
+                )
         pending: _Pending[T] = _Pending(rows, loop.create_future(), now, deadline)
         self._queue.append(pending)
         self._queued_images += n
@@ -243,6 +254,9 @@ class DynamicBatcher(Generic[T]):
                 raise
             return
         inference_s = time.perf_counter() - t0
+        per_image = inference_s / len(inputs)
+        self._s_per_image = per_image if not self._s_per_image else (
+            0.8 * self._s_per_image + 0.2 * per_image)
         if self._metrics is not None:
             self._metrics.observe_batch(len(inputs), reason, inference_s)
         offset = 0

@@ -252,3 +252,19 @@ async def test_stop_drains_queued_requests_then_refuses(make) -> None:
     results = await asyncio.gather(first, *queued)
     assert [r[0][0, 0] for r in results] == [2, 0, 2, 4]
     assert flushes.reasons == ["idle", "full", "shutdown"]
+
+
+async def test_unmeetable_deadline_fails_fast(make) -> None:
+    def slow(batch: np.ndarray) -> tuple[np.ndarray, None]:
+        threading.Event().wait(0.01 * len(batch))  # 10 ms per image
+        return batch, None
+
+    flushes = Flushes()
+    batcher = await make(slow, max_batch_size=64, metrics=flushes)
+    await batcher.submit(rows(2))  # teaches the batcher ~10 ms per image
+    loop = asyncio.get_running_loop()
+    with pytest.raises(DeadlineExpired, match="cannot be met"):
+        await batcher.submit(rows(50), deadline=loop.time() + 0.1)  # needs ~500 ms
+    assert flushes.rejected == ["deadline_unmeetable"]
+    out, _ = await batcher.submit(rows(1), deadline=loop.time() + 5)
+    assert out.shape == (1, 2)
