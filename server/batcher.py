@@ -51,7 +51,7 @@ class _Pending(Generic[T]):
     future: asyncio.Future[tuple[np.ndarray, T]]
     enqueued: float
     deadline: float | None
-    started: float = field(default=0.0)
+    queued: bool = field(default=True)  # counted in queued_images, not yet taken or dropped
 
 
 class DynamicBatcher(Generic[T]):
@@ -136,7 +136,19 @@ class DynamicBatcher(Generic[T]):
         self._queued_images += n
         self._set_depth()
         self._wakeup.set()
-        return await pending.future
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            # The caller went away: free its queue space now, not at the next flush.
+            if pending.queued:
+                self._forget(pending, "cancelled")
+            raise
+
+    def _forget(self, pending: _Pending[T], reason: str) -> None:
+        pending.queued = False
+        self._queued_images -= len(pending.rows)
+        self._set_depth()
+        self._count_rejected(reason)
 
     async def stop(self) -> None:
         """Refuse new work, compute everything already queued, wait for running batches."""
@@ -197,27 +209,23 @@ class DynamicBatcher(Generic[T]):
             waker.cancel()
 
     def _drop_dead(self, now: float) -> None:
-        """Remove cancelled callers and expired deadlines from the head and the body."""
+        """Remove forgotten callers and expired deadlines, so the head is live."""
         if not self._queue:
             return
         alive: collections.deque[_Pending[T]] = collections.deque()
         for p in self._queue:
-            if p.future.done():  # caller cancelled (client went away)
-                self._queued_images -= len(p.rows)
-                self._count_rejected("cancelled")
-            elif p.deadline is not None and p.deadline <= now:
-                self._queued_images -= len(p.rows)
-                self._count_rejected("deadline")
+            if p.queued and p.future.done():  # cancelled without passing through submit()
+                self._forget(p, "cancelled")
+            elif p.queued and p.deadline is not None and p.deadline <= now:
+                self._forget(p, "deadline")
                 p.future.set_exception(
                     DeadlineExpired(
                         f"deadline passed after {now - p.enqueued:.3f} s in the queue; not computed"
                     )
                 )
-            else:
+            if p.queued:
                 alive.append(p)
-        if len(alive) != len(self._queue):
-            self._queue = alive
-            self._set_depth()
+        self._queue = alive
 
     def _take_batch(self) -> list[_Pending[T]]:
         """Whole requests, FIFO, up to max_batch_size images (a bigger request goes alone)."""
@@ -227,6 +235,8 @@ class DynamicBatcher(Generic[T]):
             p = self._queue.popleft()
             batch.append(p)
             size += len(p.rows)
+        for p in batch:
+            p.queued = False
         self._queued_images -= size
         self._set_depth()
         return batch

@@ -268,3 +268,21 @@ async def test_unmeetable_deadline_fails_fast(make) -> None:
     assert flushes.rejected == ["deadline_unmeetable"]
     out, _ = await batcher.submit(rows(1), deadline=loop.time() + 5)
     assert out.shape == (1, 2)
+
+
+async def test_cancelled_caller_frees_its_queue_space_at_once(make) -> None:
+    predict = Recorder(block=True)
+    batcher = await make(predict, max_batch_size=64, max_queue=4)
+    first = asyncio.create_task(batcher.submit(rows(1)))
+    await asyncio.to_thread(predict.started.wait, 5)
+    gone = asyncio.create_task(batcher.submit(rows(4)))
+    await wait_until(lambda: batcher.queued_images == 4)
+    gone.cancel()
+    await asyncio.sleep(0)
+    assert batcher.queued_images == 0
+    kept = asyncio.create_task(batcher.submit(rows(4, 3)))  # fits again, no Overloaded
+    await wait_until(lambda: batcher.queued_images == 4)
+    predict.release.set()
+    await first
+    assert (await kept)[0].tolist() == [[6, 6]] * 4
+    assert [len(b) for b in predict.batches] == [1, 4]

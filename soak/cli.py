@@ -1,0 +1,144 @@
+"""``fashion-soak``: start a server on a private copy of a model repository, drive steady
+mixed traffic for a fixed time, inject a hot reload and a client cancellation storm in
+the middle, and check: zero unexpected errors, every valid answer correct, resident
+memory growth under 10 % after warm-up. Prints (and optionally writes) a JSON report;
+exit status 1 when a check fails."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+
+from server.repository import latest_version, read_version, sha256_file
+from soak.traffic import Traffic
+from training.data import load_fashion_mnist
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def publish_copy(repo: Path) -> int:
+    """Publish the newest version again as a new version (atomic rename), like training does."""
+    current = latest_version(repo)
+    assert current is not None
+    source = read_version(repo, current)
+    staged = repo / "fashion" / f".tmp-soak-{os.getpid()}"
+    shutil.copytree(source.path, staged)
+    metadata = dict(source.metadata, version=current + 1,
+                    model_sha256=sha256_file(staged / "model.onnx"))
+    (staged / "metadata.json").write_text(json.dumps(metadata))
+    os.rename(staged, repo / "fashion" / str(current + 1))
+    return current + 1
+
+
+def start_server(repo: Path, extra: Sequence[str]) -> tuple[subprocess.Popen[str], int]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.main", "--model-repo", str(repo), "--port", "0",
+         "--metrics-port", "-1", "--poll-interval-s", "0", *extra],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if "serving on port" not in line:
+        process.kill()
+        raise SystemExit(f"fashion-soak: server did not start ({line!r})")
+    return process, int(line.split("serving on port ")[1].split()[0])
+
+
+async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
+    data = load_fashion_mnist(args.data_dir, allow_download=False)
+    images = data.test_images[: args.images]
+    session = ort.InferenceSession(str(read_version(repo, latest_version(repo) or 1).model_path))
+    (probabilities,) = session.run(["probabilities"], {"images": images})
+    labels = probabilities.argmax(axis=1)
+    process, port = start_server(repo, args.server_arg)
+    report: dict[str, Any] = {"duration_s": args.duration_s, "clients": args.clients}
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            traffic = Traffic(channel, images, labels, seed=args.seed)
+            stop = asyncio.Event()
+            workers = [asyncio.create_task(traffic.worker(stop)) for _ in range(args.clients)]
+            await asyncio.sleep(args.warmup_s)
+            rss_start = rss_bytes(process.pid)
+            await asyncio.sleep(args.duration_s / 2)
+            report["reloaded_to_version"] = publish_copy(repo)
+            process.send_signal(signal.SIGHUP)
+            await traffic.cancellation_storm(args.storm)
+            await asyncio.sleep(args.duration_s / 2)
+            rss_end = rss_bytes(process.pid)
+            stop.set()
+            await asyncio.gather(*workers)
+        process.terminate()
+        report["server_exit_code"] = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    tally = traffic.tally
+    lat = np.array(tally.latencies_s) * 1000
+    report.update(
+        sent=dict(tally.sent), ok=dict(tally.ok), expected_errors=dict(tally.expected_errors),
+        unexpected_errors=dict(tally.unexpected), wrong_answers=tally.wrong_answers,
+        cancelled_by_client=tally.cancelled_by_client,
+        versions_seen=sorted(tally.versions_seen),
+        requests_per_s=round(sum(tally.sent.values()) / (args.duration_s + args.warmup_s), 1),
+        latency_ms={"p50": round(float(np.percentile(lat, 50)), 2),
+                    "p99": round(float(np.percentile(lat, 99)), 2),
+                    "max": round(float(lat.max()), 2)},
+        rss_mib={"after_warmup": round(rss_start / 2**20, 1), "end": round(rss_end / 2**20, 1)},
+        rss_growth_pct=round(100 * (rss_end - rss_start) / rss_start, 2),
+    )
+    report["passed"] = (not tally.unexpected and tally.wrong_answers == 0
+                        and report["rss_growth_pct"] < 10 and report["server_exit_code"] == 0
+                        and str(report["reloaded_to_version"]) in tally.versions_seen)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fashion-soak", description=__doc__)
+    p.add_argument("--model-repo", type=Path, default=Path(os.environ.get(
+        "FASHION_MODEL_REPO", "models")), help="repository to copy (never modified)")
+    p.add_argument("--duration-s", type=float, default=180.0, help="measured traffic time")
+    p.add_argument("--warmup-s", type=float, default=5.0)
+    p.add_argument("--clients", type=int, default=16, help="concurrent closed-loop clients")
+    p.add_argument("--storm", type=int, default=200, help="calls in the cancellation storm")
+    p.add_argument("--images", type=int, default=2000, help="test images to draw from")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
+    p.add_argument("--server-arg", action="append", default=[],
+                   help="extra fashion-serve argument (repeatable), e.g. --server-arg=--threads=1")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="fashion-soak-") as tmp:
+        repo = Path(tmp) / "repo"
+        shutil.copytree(args.model_repo / "fashion", repo / "fashion",
+                        ignore=shutil.ignore_patterns(".tmp-*"))
+        t0 = time.monotonic()
+        report = asyncio.run(run(args, repo))
+        report["wall_s"] = round(time.monotonic() - t0, 1)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

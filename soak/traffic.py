@@ -1,0 +1,107 @@
+"""The soak's request mix: valid Predict/ModelInfer calls checked for correctness, and
+invalid calls that must get INVALID_ARGUMENT. Everything else counts as unexpected."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from server._proto.fashion.v1 import prediction_pb2 as pb
+from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
+from server._proto.inference import grpc_predict_v2_pb2 as oip
+from server._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+
+
+@dataclass
+class Tally:
+    sent: Counter[str] = field(default_factory=Counter)
+    ok: Counter[str] = field(default_factory=Counter)
+    expected_errors: Counter[str] = field(default_factory=Counter)
+    unexpected: Counter[str] = field(default_factory=Counter)
+    wrong_answers: int = 0
+    cancelled_by_client: int = 0
+    versions_seen: set[str] = field(default_factory=set)
+    latencies_s: list[float] = field(default_factory=list)
+
+
+class Traffic:
+    def __init__(self, channel: grpc.aio.Channel, images: np.ndarray, labels: np.ndarray,
+                 seed: int) -> None:
+        self.predict = pb_grpc.PredictionServiceStub(channel)
+        self.oip = oip_grpc.GRPCInferenceServiceStub(channel)
+        self.images, self.labels = images, labels  # labels = the model's own argmax
+        self.rng = random.Random(seed)
+        self.tally = Tally()
+
+    def _pick(self, n: int) -> np.ndarray:
+        start = self.rng.randrange(0, len(self.images) - n)
+        return np.arange(start, start + n)
+
+    async def one(self) -> None:
+        kind = self.rng.choices(
+            ["predict1", "predict32", "infer1", "infer16", "invalid_raw", "invalid_oip"],
+            weights=[40, 10, 30, 10, 5, 5])[0]
+        self.tally.sent[kind] += 1
+        t0 = time.perf_counter()
+        try:
+            if kind.startswith("predict"):
+                idx = self._pick(1 if kind == "predict1" else 32)
+                r = await self.predict.Predict(pb.PredictRequest(
+                    images=[pb.Image(raw=self.images[i].tobytes()) for i in idx]), timeout=10)
+                got = [p.label for p in r.predictions]
+                version = str(r.model_version)
+            elif kind.startswith("infer"):
+                idx = self._pick(1 if kind == "infer1" else 16)
+                batch = self.images[idx]
+                r2 = await self.oip.ModelInfer(oip.ModelInferRequest(
+                    model_name="fashion", inputs=[oip.ModelInferRequest.InferInputTensor(
+                        name="images", datatype="UINT8", shape=list(batch.shape))],
+                    raw_input_contents=[batch.tobytes()]), timeout=10)
+                probabilities = np.frombuffer(r2.raw_output_contents[0], "<f4").reshape(-1, 10)
+                got = probabilities.argmax(axis=1).tolist()
+                version = r2.model_version
+            elif kind == "invalid_raw":
+                await self.predict.Predict(pb.PredictRequest(
+                    images=[pb.Image(raw=bytes(self.rng.randrange(0, 784)))]), timeout=10)
+                self.tally.unexpected[f"{kind}:accepted"] += 1
+                return
+            else:
+                await self.oip.ModelInfer(oip.ModelInferRequest(
+                    model_name="fashion", inputs=[oip.ModelInferRequest.InferInputTensor(
+                        name="images", datatype="UINT8", shape=[1, 28, 28])],
+                    raw_input_contents=[bytes(100)]), timeout=10)
+                self.tally.unexpected[f"{kind}:accepted"] += 1
+                return
+        except grpc.aio.AioRpcError as exc:
+            if kind.startswith("invalid") and exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                self.tally.expected_errors[kind] += 1
+            else:
+                self.tally.unexpected[f"{kind}:{exc.code().name}"] += 1
+            return
+        self.tally.latencies_s.append(time.perf_counter() - t0)
+        self.tally.ok[kind] += 1
+        self.tally.versions_seen.add(version)
+        if got != self.labels[idx].tolist():
+            self.tally.wrong_answers += 1
+
+    async def worker(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.one()
+
+    async def cancellation_storm(self, calls: int) -> None:
+        """Many clients that give up mid-call: must not disturb anyone else."""
+        request = pb.PredictRequest(images=[pb.Image(raw=self.images[0].tobytes())])
+        pending = [asyncio.ensure_future(self.predict.Predict(request, timeout=10))
+                   for _ in range(calls)]
+        await asyncio.sleep(0.002)
+        for call in pending:
+            call.cancel()
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        self.tally.cancelled_by_client += sum(
+            isinstance(r, asyncio.CancelledError | grpc.aio.AioRpcError) for r in results)

@@ -1,0 +1,24 @@
+"""The short CI version of `fashion-soak` (the long one is in docs/RELIABILITY.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_short_soak_has_no_unexpected_errors_and_no_wrong_answers(model_repo, tmp_path) -> None:
+    out = tmp_path / "soak.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "soak.cli", "--model-repo", str(model_repo), "--duration-s", "8",
+         "--warmup-s", "3", "--clients", "8", "--storm", "100", "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    report = json.loads(out.read_text())
+    assert result.returncode == 0, report
+    assert report["unexpected_errors"] == {} and report["wrong_answers"] == 0
+    assert report["expected_errors"]  # invalid requests were sent and refused correctly
+    assert report["versions_seen"] == ["1", "2"]  # the hot reload happened under traffic
+    assert report["cancelled_by_client"] > 0
+    assert report["rss_growth_pct"] < 10
+    assert report["server_exit_code"] == 0
