@@ -104,10 +104,11 @@ def container_env(
 
 @dataclass
 class Dockerfile:
-    """The instructions of a Dockerfile's final stage (continuations joined)."""
+    """A Dockerfile's instructions, continuations joined: every stage, and the final one."""
 
     path: Path
     bases: list[str] = field(default_factory=list)
+    every: list[tuple[str, str]] = field(default_factory=list)
     final: list[tuple[str, str]] = field(default_factory=list)
 
     @classmethod
@@ -131,10 +132,16 @@ class Dockerfile:
                 parsed.bases.append(rest.split()[0])
                 parsed.final = []
             parsed.final.append((instruction, rest.strip()))
+            parsed.every.append((instruction, rest.strip()))
         return parsed
 
     def all(self, instruction: str) -> list[str]:
+        """The final stage's instructions of this kind (what the image runs with)."""
         return [rest for name, rest in self.final if name == instruction]
+
+    def runs(self) -> str:
+        """Every RUN of every stage, joined."""
+        return " ".join(rest for name, rest in self.every if name == "RUN")
 
     def exec_form(self, instruction: str) -> list[str]:
         (rest,) = self.all(instruction)

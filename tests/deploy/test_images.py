@@ -65,7 +65,7 @@ def test_server_image_settings_are_valid_and_bind_every_interface(name: str) -> 
 @pytest.mark.parametrize("name", SERVER_IMAGES)
 def test_server_images_hold_no_training_stack(name: str) -> None:
     text = (DOCKER / name).read_text()
-    runs = " ".join(dockerfile(name).all("RUN"))
+    runs = dockerfile(name).runs()
     assert "[train]" not in runs and "tensorflow" not in runs.lower()
     assert not re.search(r"COPY\s+training\b", text), "the server image needs no training code"
 
@@ -73,13 +73,13 @@ def test_server_images_hold_no_training_stack(name: str) -> None:
 def test_gpu_image_replaces_onnxruntime_with_the_pinned_gpu_extra() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     (gpu_requirement,) = project["optional-dependencies"]["gpu"]
-    runs = " ".join(dockerfile("server-gpu.Dockerfile").all("RUN"))
+    runs = dockerfile("server-gpu.Dockerfile").runs()
     assert f'"{gpu_requirement}"' in runs, f"the GPU image must install {gpu_requirement}"
     assert runs.index("pip uninstall -y onnxruntime ") < runs.index(gpu_requirement)
 
 
 def test_trainer_image_installs_the_train_extra_and_the_data_set() -> None:
-    runs = " ".join(dockerfile("trainer.Dockerfile").all("RUN"))
+    runs = dockerfile("trainer.Dockerfile").runs()
     assert '".[train]"' in runs and "dataset-fashion-mnist" in runs
 
 
