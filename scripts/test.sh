@@ -14,8 +14,8 @@ if [ "$#" -gt 0 ]; then
   exec "$VENV/bin/python" -m pytest "$@"
 fi
 # One small model, trained once by the first session, reused by the second.
-FASHION_TEST_MODEL_REPO="$(mktemp -d)"
-export FASHION_TEST_MODEL_REPO
-trap 'rm -rf "$FASHION_TEST_MODEL_REPO"' EXIT
+TEST_MODEL_REPO_DIR="$(mktemp -d)"
+export TEST_MODEL_REPO_DIR
+trap 'rm -rf "$TEST_MODEL_REPO_DIR"' EXIT
 "$VENV/bin/python" -m pytest tests_tritonclient
 "$VENV/bin/python" -m pytest tests

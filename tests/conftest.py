@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # Set by scripts/test.sh so its two pytest sessions share one exported model;
 # the fixture trains into it when it holds none (or into a temp dir when unset).
-CACHE_ENV = "FASHION_TEST_MODEL_REPO"
+CACHE_ENV = "TEST_MODEL_REPO_DIR"
 
 
 def _train(repo: Path) -> None:
