@@ -45,3 +45,12 @@ def test_invalid_values_name_the_setting(argv, env, message) -> None:
 
 def test_training_variables_are_not_unknown() -> None:
     assert load_settings([], {"FASHION_MNIST_DIR": "/data"}).port == 50051
+
+
+def test_readme_documents_every_server_flag() -> None:
+    import dataclasses
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [f.name for f in dataclasses.fields(Settings)
+               if f"--{f.name.replace('_', '-')}" not in readme]
+    assert not missing, f"README's fashion-serve table lacks {missing}"
