@@ -1,0 +1,327 @@
+"""deploy/k8s: every kustomization renders, passes strict schema validation for a range of
+Kubernetes versions, and agrees with the server's settings, the images and itself."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from server.app import READINESS_SERVICE, SETTLE_S
+from server.config import ENV_PREFIX, Settings, load_settings
+from tests.deploy.manifests import (
+    CRD_KINDS,
+    IMAGES,
+    K8S,
+    KUSTOMIZATIONS,
+    OVERLAYS,
+    ROOT,
+    SERVICEMONITOR,
+    container_env,
+    containers,
+    cpu_cores,
+    dockerfile,
+    image_name_and_tag,
+    one,
+    pod_specs,
+    render,
+    render_text,
+)
+
+# Native gRPC probes are GA in 1.27, `preStop: sleep` exists from 1.30 (beta, on by default).
+MIN_KUBERNETES = (1, 30)
+# After server.stop(grace) returns, the batcher drains and the process exits.
+EXIT_MARGIN_S = 5.0
+GPU = "nvidia.com/gpu"
+KNOWN_SETTINGS = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.__dataclass_fields__}
+
+
+def kubernetes_versions() -> list[str]:
+    utils = pytest.importorskip("kubernetes_validate.utils",
+                                reason="kubernetes-validate (dev extra) is not installed")
+    versions = sorted({tuple(int(p) for p in v.split(".")[:2]) for v in utils.all_versions()})
+    supported = [f"{major}.{minor}" for major, minor in versions if (major, minor) >= MIN_KUBERNETES]
+    assert len(supported) >= 4, f"kubernetes-validate knows too few versions: {versions}"
+    return supported
+
+
+def kubernetes_validate_cli() -> str:
+    path = shutil.which("kubernetes-validate") or str(Path(sys.executable).parent /
+                                                       "kubernetes-validate")
+    if not Path(path).is_file():
+        pytest.skip("kubernetes-validate (dev extra) is not installed")
+    return path
+
+
+def server_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (container,) = one(docs, "Deployment", "fashion-serving")["spec"]["template"]["spec"][
+        "containers"]
+    return container
+
+
+def settings_of(overlay: str) -> Settings:
+    docs = render(f"overlays/{overlay}")
+    container = server_container(docs)
+    image = dockerfile(IMAGES[image_name_and_tag(container["image"])[0]])
+    base = {k: v for k, v in image.env().items() if k.startswith(ENV_PREFIX)}
+    return load_settings(container.get("args", []), container_env(container, docs, base))
+
+
+def validate_strict(paths: list[Path], version: str) -> None:
+    result = subprocess.run([kubernetes_validate_cli(), "--strict", "-k", version, *map(str, paths)],
+                            capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    # A missing schema is only a warning: acceptable for CRDs, never for a core kind
+    # (a typo in apiVersion would otherwise pass unchecked).
+    for kind in re.findall(r"Couldn't find schema for kind (\S+)", output):
+        assert kind in CRD_KINDS, output
+
+
+@pytest.fixture(scope="module")
+def rendered_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    directory = tmp_path_factory.mktemp("rendered")
+    paths = []
+    for name in KUSTOMIZATIONS:
+        path = directory / (name.replace("/", "-") + ".yaml")
+        path.write_text(render_text(name))
+        paths.append(path)
+    # The KServe predictor is a PodSpec plus a few KServe fields: validate that PodSpec
+    # strictly as a Pod (the InferenceService itself has no schema offline).
+    predictor = dict(one(render("kserve"), "InferenceService")["spec"]["predictor"])
+    for kserve_field in ("minReplicas", "maxReplicas"):
+        predictor.pop(kserve_field)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kserve-predictor"},
+           "spec": predictor}
+    (directory / "kserve-predictor-pod.yaml").write_text(yaml.safe_dump(pod))
+    paths.append(directory / "kserve-predictor-pod.yaml")
+    return paths
+
+
+def test_every_kustomization_passes_strict_validation_for_each_kubernetes_version(
+    rendered_files: list[Path],
+) -> None:
+    for version in kubernetes_versions():
+        validate_strict(rendered_files, version)
+
+
+def render_with_servicemonitor(tmp_path: Path) -> list[dict[str, Any]]:
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        # kustomize refuses absolute paths to bases and components.
+        "resources": [os.path.relpath(K8S / "overlays" / "cpu", tmp_path)],
+        "components": [os.path.relpath(SERVICEMONITOR, tmp_path)],
+    }))
+    return render(tmp_path)
+
+
+def test_servicemonitor_component_scrapes_the_metrics_port_instead_of_annotations(
+    tmp_path: Path,
+) -> None:
+    docs = render_with_servicemonitor(tmp_path)
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    port_names = {e["port"] for e in monitor["spec"]["endpoints"]}
+    services = [s for s in docs if s["kind"] == "Service"
+                and selector.items() <= s["metadata"]["labels"].items()]
+    metrics_ports = [p for s in services for p in s["spec"]["ports"] if p["name"] in port_names]
+    assert len(metrics_ports) == 1, "exactly one Service port to scrape per pod"
+    settings = settings_of("cpu")
+    container = server_container(docs)
+    by_name = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert by_name[metrics_ports[0]["targetPort"]] == settings.metrics_port
+    annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "false", "would be scraped twice"
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump_all(docs))
+    validate_strict([rendered], kubernetes_versions()[-1])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probe_ports_container_ports_and_configured_ports_agree(overlay: str) -> None:
+    docs = render(f"overlays/{overlay}")
+    settings = settings_of(overlay)
+    container = server_container(docs)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": settings.port, "metrics": settings.metrics_port}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == settings.port, probe  # numeric, not a name
+    assert container["startupProbe"]["grpc"]["service"] == READINESS_SERVICE
+    assert container["readinessProbe"]["grpc"]["service"] == READINESS_SERVICE
+    annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(settings.metrics_port)
+    for service in (d for d in docs if d["kind"] == "Service"):
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in ports, f"{service['metadata']['name']}: {port}"
+            if port["targetPort"] == "grpc":
+                assert port["appProtocol"] in ("kubernetes.io/h2c", "h2c")
+    policy = one(docs, "NetworkPolicy")
+    allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert allowed == {settings.port, settings.metrics_port}
+    assert all("from" not in rule or rule["from"] for rule in policy["spec"]["ingress"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_fashion_variable_is_a_real_setting_with_a_valid_value(overlay: str) -> None:
+    docs = render(f"overlays/{overlay}")
+    env = container_env(server_container(docs), docs)
+    unknown = {k for k in env if k.startswith(ENV_PREFIX)} - KNOWN_SETTINGS
+    assert not unknown, f"not server settings: {unknown}"
+    settings = settings_of(overlay)  # raises ConfigError on any invalid value
+    assert settings.host in ("0.0.0.0", "::"), "probes and Services reach the pod IP"
+    assert settings.max_connection_age_s > 0, "long-lived clients must rebalance on scale-out"
+    assert settings.metrics_port > 0 and settings.port > 0
+    assert settings.device == ("cuda" if overlay == "gpu" else "cpu")
+    limit = server_container(docs)["resources"]["limits"]["cpu"]
+    assert settings.threads == math.ceil(cpu_cores(limit)), "onnxruntime threads = CPU limit"
+
+
+def test_kserve_predictor_settings_are_valid() -> None:
+    isvc = one(render("kserve"), "InferenceService")
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    env = container_env(container, [])
+    assert {k for k in env if k.startswith(ENV_PREFIX)} <= KNOWN_SETTINGS
+    settings = load_settings(container.get("args", []), env)
+    assert container["ports"] == [{"name": "h2c", "containerPort": settings.port,
+                                   "protocol": "TCP"}]
+    assert container["readinessProbe"]["grpc"] == {"port": settings.port,
+                                                   "service": READINESS_SERVICE}
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert str(settings.model_repo) in mounts
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_termination_grace_covers_prestop_and_the_server_drain(overlay: str) -> None:
+    docs = render(f"overlays/{overlay}")
+    settings = settings_of(overlay)
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    container = server_container(docs)
+    pre_stop_s = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    needed = pre_stop_s + SETTLE_S + settings.grace_s + EXIT_MARGIN_S
+    assert spec["terminationGracePeriodSeconds"] >= needed
+    # While draining the server reports NOT_SERVING: liveness must not kill it meanwhile.
+    live = container["livenessProbe"]
+    assert live["periodSeconds"] * live["failureThreshold"] > SETTLE_S + settings.grace_s
+
+
+def all_pods() -> list[tuple[str, str, dict[str, Any]]]:
+    return [(name, where, spec) for name in KUSTOMIZATIONS
+            for where, spec in pod_specs(render(name))]
+
+
+def test_gpu_is_requested_only_by_the_gpu_overlay() -> None:
+    for name, where, spec in all_pods():
+        for container in containers(spec):
+            wants_gpu = GPU in container["resources"].get("limits", {})
+            assert wants_gpu == (name == "overlays/gpu"), f"{name}: {where}/{container['name']}"
+            assert GPU not in container["resources"].get("requests", {}), "GPUs go in limits"
+    spec = one(render("overlays/gpu"), "Deployment")["spec"]["template"]["spec"]
+    assert server_container(render("overlays/gpu"))["resources"]["limits"][GPU] == 1
+    assert any(t["key"] == GPU for t in spec["tolerations"])
+    image = server_container(render("overlays/gpu"))["image"]
+    assert image_name_and_tag(image)[0] == "fashion-serving-gpu"
+
+
+def test_images_are_pinned_to_the_project_version_and_built_here() -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for name, where, spec in all_pods():
+        for container in containers(spec):
+            image, tag = image_name_and_tag(container["image"])
+            assert tag not in (None, "latest"), f"{name}: {where}: {container['image']}"
+            assert tag == version, f"{name}: {where}: {container['image']} (project {version})"
+            assert image in IMAGES, f"{name}: {where}: no Dockerfile builds {image}"
+            command = container["command"]
+            assert command == dockerfile(IMAGES[image]).exec_form("ENTRYPOINT"), where
+
+
+def test_every_container_sets_cpu_and_memory_requests_and_limits() -> None:
+    for name, where, spec in all_pods():
+        for container in containers(spec):
+            resources = container.get("resources", {})
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= resources.get(kind, {}).keys(), (
+                    f"{name}: {where}/{container['name']} lacks {kind}")
+
+
+def test_every_pod_is_hardened() -> None:
+    for name, where, spec in all_pods():
+        context = spec["securityContext"]
+        assert context["runAsNonRoot"] is True, where
+        assert context["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert spec.get("automountServiceAccountToken") is False, where
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for container in containers(spec):
+            c = container["securityContext"]
+            assert c["allowPrivilegeEscalation"] is False, where
+            assert c["readOnlyRootFilesystem"] is True, where
+            assert c["capabilities"]["drop"] == ["ALL"] and "add" not in c["capabilities"]
+            assert c.get("privileged", False) is False
+            tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+            assert tmp and "emptyDir" in volumes[tmp[0]["name"]], f"{name}: {where}: /tmp"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_budget_policy_and_autoscaler_select_the_server_pods(overlay: str) -> None:
+    docs = render(f"overlays/{overlay}")
+    deployment = one(docs, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert "replicas" not in deployment["spec"], "the HorizontalPodAutoscaler owns replicas"
+    for service in (d for d in docs if d["kind"] == "Service"):
+        assert service["spec"]["selector"].items() <= labels.items()
+    headless = one(docs, "Service", "fashion-serving-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert one(docs, "Service", "fashion-serving")["spec"]["type"] == "ClusterIP"
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert one(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"].items() <= \
+        labels.items()
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": deployment["metadata"]["name"]}
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    # A budget that allows no disruption at minReplicas would block every node drain.
+    assert pdb["spec"]["maxUnavailable"] >= 1
+
+
+def test_server_reads_and_the_job_writes_the_same_model_volume() -> None:
+    pvc = one(render("storage"), "PersistentVolumeClaim")
+    namespace = pvc["metadata"]["namespace"]
+    for name in KUSTOMIZATIONS:
+        for doc in render(name):
+            assert doc["metadata"].get("namespace") == namespace, f"{name}: {doc['kind']}"
+
+    def models_mount(spec: dict[str, Any], container: dict[str, Any]) -> dict[str, Any]:
+        claims = {v["name"] for v in spec["volumes"]
+                  if v.get("persistentVolumeClaim", {}).get("claimName") ==
+                  pvc["metadata"]["name"]}
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] in claims]
+        return mount
+
+    for overlay in OVERLAYS:
+        spec = one(render(f"overlays/{overlay}"), "Deployment")["spec"]["template"]["spec"]
+        mount = models_mount(spec, server_container(render(f"overlays/{overlay}")))
+        assert mount.get("readOnly") is True
+        assert str(settings_of(overlay).model_repo) == mount["mountPath"]
+
+    job = one(render("training"), "Job")
+    spec = job["spec"]["template"]["spec"]
+    (trainer,) = spec["containers"]
+    mount = models_mount(spec, trainer)
+    assert not mount.get("readOnly", False), "the Job publishes into the volume"
+    assert spec["restartPolicy"] == "Never"
+    from training.train import parse_args  # numpy only; no TensorFlow at import
+
+    image_env = dockerfile("trainer.Dockerfile").env()
+    args = parse_args(trainer.get("args", []), {**image_env, **container_env(trainer, [])})
+    assert str(args.model_repo) == mount["mountPath"]
