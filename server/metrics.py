@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -67,9 +68,23 @@ class Metrics:
             "fashion_model_loads", "Model version loads, by result (loaded, refused)",
             ["result"], registry=registry,
         )
+        self._rpc_counters: dict[tuple[str, str], Any] = {}
+        self._rpc_histograms: dict[str, Any] = {}
         self._class_names: tuple[str, ...] = ()
         self._class_counters: list[Counter] = []
         self.set_class_names(class_names)
+
+    def observe_rpc(self, method: str, code: str, seconds: float) -> None:
+        """Count and time one RPC. Label children are cached: labels() costs a lock and a lookup."""
+        key = (method, code)
+        counter = self._rpc_counters.get(key)
+        if counter is None:
+            counter = self._rpc_counters[key] = self.requests.labels(method, code)
+        counter.inc()
+        histogram = self._rpc_histograms.get(method)
+        if histogram is None:
+            histogram = self._rpc_histograms[method] = self.request_seconds.labels(method)
+        histogram.observe(seconds)
 
     def set_class_names(self, class_names: Sequence[str]) -> None:
         self._class_names = tuple(class_names)
@@ -82,7 +97,7 @@ class Metrics:
     # BatcherMetrics protocol
     def observe_batch(self, images: int, reason: str, inference_s: float) -> None:
         self.batch_images.observe(images)
-        self.batch_flushes.labels(reason).inc()
+        self.batch_flushes.labels(reason).inc()  # once per batch, not per request
         self.inference_seconds.observe(inference_s)
         self.images.inc(images)
 

@@ -81,8 +81,7 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
                 logger.exception("%s failed with an unexpected error", method)
                 await context.abort(code, GENERIC_INTERNAL)
             finally:
-                metrics.requests.labels(method, code.name).inc()
-                metrics.request_seconds.labels(method).observe(time.perf_counter() - t0)
+                metrics.observe_rpc(method, code.name, time.perf_counter() - t0)
 
         return wrapper  # type: ignore[return-value]
 
