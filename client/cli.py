@@ -20,13 +20,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline per call, seconds")
     p.add_argument("--top-k", type=int, default=0, help="also print the k most probable classes")
-    p.add_argument("--evaluate", action="store_true",
-                   help="send the real 10k test set and print the accuracy")
+    p.add_argument(
+        "--evaluate", action="store_true", help="send the real 10k test set and print the accuracy"
+    )
     p.add_argument("--limit", type=int, default=None, help="with --evaluate: first N images")
     p.add_argument("--batch-size", type=int, default=64, help="with --evaluate: images per request")
     p.add_argument("--data-dir", type=Path, default=None, help="Fashion-MNIST IDX directory")
     p.add_argument("--info", action="store_true", help="print the served model's description")
-    p.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) to verify the server: enables TLS")
+    p.add_argument(
+        "--tls-ca", type=Path, help="CA certificate (PEM) to verify the server: enables TLS"
+    )
     p.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for mTLS")
     p.add_argument("--tls-key", type=Path, help="client private key (PEM) for mTLS")
     return p
@@ -41,11 +44,17 @@ def _tls(args: argparse.Namespace) -> TlsConfig | None:
 def _predict_files(client: PredictClient, files: Sequence[Path], top_k: int) -> None:
     response = client.predict([f.read_bytes() for f in files], top_k=top_k)
     for path, p in zip(files, response.predictions, strict=True):
-        line: dict[str, object] = {"file": str(path), "label": p.label, "class": p.class_name,
-                                   "confidence": round(p.confidence, 6)}
+        line: dict[str, object] = {
+            "file": str(path),
+            "label": p.label,
+            "class": p.class_name,
+            "confidence": round(p.confidence, 6),
+        }
         if top_k:
-            line["top_k"] = [{"label": s.label, "class": s.class_name,
-                              "probability": round(s.probability, 6)} for s in p.top_k]
+            line["top_k"] = [
+                {"label": s.label, "class": s.class_name, "probability": round(s.probability, 6)}
+                for s in p.top_k
+            ]
         print(json.dumps(line))
 
 
@@ -66,13 +75,17 @@ def _evaluate(client: PredictClient, args: argparse.Namespace) -> None:
             p.label for p in response.predictions
         ]
     seconds = time.perf_counter() - t0
-    print(json.dumps({
-        "images": len(labels),
-        "accuracy": round(float((predicted == labels).mean()), 6),
-        "seconds": round(seconds, 3),
-        "images_per_second": round(len(labels) / seconds, 1),
-        "model_version": version,
-    }))
+    print(
+        json.dumps(
+            {
+                "images": len(labels),
+                "accuracy": round(float((predicted == labels).mean()), 6),
+                "seconds": round(seconds, 3),
+                "images_per_second": round(len(labels) / seconds, 1),
+                "model_version": version,
+            }
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

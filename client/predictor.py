@@ -22,16 +22,18 @@ from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 _RETRY_POLICY = {
-    "methodConfig": [{
-        "name": [{"service": "fashion.v1.PredictionService"}],
-        "retryPolicy": {
-            "maxAttempts": 4,
-            "initialBackoff": "0.05s",
-            "maxBackoff": "1s",
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
-        },
-    }]
+    "methodConfig": [
+        {
+            "name": [{"service": "fashion.v1.PredictionService"}],
+            "retryPolicy": {
+                "maxAttempts": 4,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+            },
+        }
+    ]
 }
 
 
@@ -101,8 +103,9 @@ class PredictClient:
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
         except grpc.FutureTimeoutError:
-            raise PredictError(grpc.StatusCode.UNAVAILABLE,
-                               f"no server answered within {timeout_s} s") from None
+            raise PredictError(
+                grpc.StatusCode.UNAVAILABLE, f"no server answered within {timeout_s} s"
+            ) from None
 
     def _call(self, method: str, request: object) -> object:
         try:
@@ -124,9 +127,12 @@ class PredictClient:
             messages = [pb.Image(raw=row.tobytes()) for row in array]
         else:
             messages = [pb.Image(encoded=bytes(data)) for data in images]
-        request = pb.PredictRequest(images=messages, top_k=top_k,
-                                    include_probabilities=include_probabilities,
-                                    model_version=model_version)
+        request = pb.PredictRequest(
+            images=messages,
+            top_k=top_k,
+            include_probabilities=include_probabilities,
+            model_version=model_version,
+        )
         response = self._call("Predict", request)
         assert isinstance(response, pb.PredictResponse)
         return response

@@ -21,7 +21,7 @@ from server.metrics import Metrics
 from server.model import LoadedModel
 from server.oip import SERVICE_NAME as OIP_SERVICE
 from server.oip import InferenceServicer
-from server.servicer import SERVICE_NAME, Gate, PredictionServicer
+from server.servicer import SERVICE_NAME, Gate, PredictionServicer, Serving
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials:
     """TLS, and mTLS when a client CA is given (clients without a valid certificate are refused)."""
+
     def read(path: str) -> bytes:
         return Path(path).read_bytes()
 
@@ -69,7 +70,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials:
 
 
 class App:
-    """``await open()`` (listening, NOT_SERVING) -> ``await load()`` (SERVING) -> ``await stop()``."""
+    """Lifecycle: ``open()`` (listening, NOT_SERVING) -> ``load()`` (SERVING) -> ``stop()``."""
 
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
@@ -106,10 +107,13 @@ class App:
         await self.health.set("", NOT_SERVING)
         await self.health.set(READINESS_SERVICE, NOT_SERVING)
         server = grpc.aio.server(options=grpc_options(s))
-        parts = dict(manager=self.manager, batcher=self.batcher, metrics=self.metrics,
-                     settings=s, gate=self.gate)
-        pb_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(**parts), server)
-        oip_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(**parts), server)
+        serving = Serving(self.manager, self.batcher, self.metrics, s, self.gate)
+        pb_grpc.add_PredictionServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            PredictionServicer(serving), server
+        )
+        oip_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            InferenceServicer(serving), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [READINESS_SERVICE, OIP_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -119,8 +123,11 @@ class App:
             self.port = server.add_secure_port(address, server_credentials(s))
         else:
             if s.host not in LOOPBACK:
-                logger.warning("serving plaintext on %s: use --tls-cert/--tls-key, or a mesh "
-                               "that encrypts pod traffic", s.host)
+                logger.warning(
+                    "serving plaintext on %s: use --tls-cert/--tls-key, or a mesh "
+                    "that encrypts pod traffic",
+                    s.host,
+                )
             self.port = server.add_insecure_port(address)
         await server.start()
         self.server = server
@@ -128,8 +135,11 @@ class App:
             httpd, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
             self._metrics_http = httpd
             self.metrics_port = httpd.server_address[1]
-        logger.info("listening on %s (gRPC), metrics on port %s",
-                    _bind_address(s.host, self.port), self.metrics_port or "off")
+        logger.info(
+            "listening on %s (gRPC), metrics on port %s",
+            _bind_address(s.host, self.port),
+            self.metrics_port or "off",
+        )
 
     async def load(self) -> None:
         """Load and warm the model off the event loop, then report SERVING."""
@@ -153,8 +163,10 @@ class App:
     def request_reload(self) -> None:
         """Look for a new model version now (SIGHUP)."""
         if self.settings.model_version:
-            logger.info("model version %d is pinned; not looking for new versions",
-                        self.settings.model_version)
+            logger.info(
+                "model version %d is pinned; not looking for new versions",
+                self.settings.model_version,
+            )
             return
         self._reload.set()
 
@@ -174,8 +186,9 @@ class App:
             try:
                 await self.reload()
             except Exception:
-                logger.exception("checking %s for new model versions failed",
-                                 self.settings.model_repo)
+                logger.exception(
+                    "checking %s for new model versions failed", self.settings.model_repo
+                )
 
     async def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING -> refuse new RPCs -> let in-flight ones finish -> drain the batcher."""

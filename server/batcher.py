@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -204,11 +204,12 @@ class DynamicBatcher(Generic[T]):
     async def _wait_for_change(self, until: float) -> None:
         """Sleep until ``until``, a new request, or a running batch finishing."""
         self._wakeup.clear()
-        waker = asyncio.create_task(self._wakeup.wait())
+        waker: asyncio.Future[Any] = asyncio.ensure_future(self._wakeup.wait())
         timeout = max(0.0, until - asyncio.get_running_loop().time())
         try:
-            await asyncio.wait({waker, *self._running}, timeout=timeout,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {waker, *self._running}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             waker.cancel()
 
@@ -256,7 +257,8 @@ class DynamicBatcher(Generic[T]):
         future = loop.run_in_executor(self._executor, self._timed_predict, inputs)
         self._running.add(future)
         future.add_done_callback(
-            lambda done: self._deliver(done, batch, reason, started, len(inputs)))
+            lambda done: self._deliver(done, batch, reason, started, len(inputs))
+        )
 
     def _timed_predict(self, inputs: np.ndarray) -> tuple[np.ndarray, T, float]:
         """Runs in the executor thread (onnxruntime releases the GIL)."""
@@ -286,8 +288,9 @@ class DynamicBatcher(Generic[T]):
             return
         outputs, tag, inference_s = done.result()
         per_image = inference_s / images
-        self._s_per_image = per_image if not self._s_per_image else (
-            0.8 * self._s_per_image + 0.2 * per_image)
+        self._s_per_image = (
+            per_image if not self._s_per_image else (0.8 * self._s_per_image + 0.2 * per_image)
+        )
         if self._metrics is not None:
             self._metrics.observe_batch(images, reason, inference_s)
         offset = 0

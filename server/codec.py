@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
 
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server.errors import InvalidInput, TooLarge
@@ -28,9 +29,7 @@ def decode_encoded(data: bytes, index: int) -> np.ndarray:
             image = PILImage.open(io.BytesIO(data))
             fmt = image.format
             if fmt not in _ENCODED_FORMATS:
-                raise InvalidInput(
-                    f"image {index}: encoded image is {fmt}, expected PNG or JPEG"
-                )
+                raise InvalidInput(f"image {index}: encoded image is {fmt}, expected PNG or JPEG")
             # Check the header's size before decoding any pixel data.
             if image.size != IMAGE_SHAPE[::-1]:
                 raise InvalidInput(
@@ -42,15 +41,20 @@ def decode_encoded(data: bytes, index: int) -> np.ndarray:
                     "send an 8-bit grayscale image"
                 )
             image.load()
-            if image.mode != "L":
-                image = image.convert("L")
-            return np.asarray(image, dtype=np.uint8)
+            gray = image if image.mode == "L" else image.convert("L")
+            return np.asarray(gray, dtype=np.uint8)
     except InvalidInput:
         raise
-    except PILImage.UnidentifiedImageError:
+    except UnidentifiedImageError:
         raise InvalidInput(f"image {index}: encoded bytes are not a PNG or JPEG file") from None
-    except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError,
-            PILImage.DecompressionBombWarning, EOFError) as exc:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        PILImage.DecompressionBombError,
+        PILImage.DecompressionBombWarning,
+        EOFError,
+    ) as exc:
         # PIL's messages describe the file, never our internals.
         raise InvalidInput(f"image {index}: cannot decode as PNG or JPEG ({exc})") from None
 

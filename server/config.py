@@ -28,9 +28,14 @@ def _setting(default: Any, help: str, **checks: Any) -> Any:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything ``fashion-serve`` can be told. Field name ``x_y`` = flag ``--x-y`` = ``FASHION_X_Y``."""
+    """Everything ``fashion-serve`` can be told.
 
-    model_repo: Path = _setting(Path("models"), "model repository root (<repo>/fashion/<version>/)")
+    Field ``x_y`` = flag ``--x-y`` = variable ``FASHION_X_Y``.
+    """
+
+    model_repo: Path = _setting(  # noqa: RUF009 (Path is immutable)
+        Path("models"), "model repository root (<repo>/fashion/<version>/)"
+    )
     model_version: int = _setting(
         0, "serve this version and never switch (0 = the newest, following new versions)", min=0
     )
@@ -39,8 +44,12 @@ class Settings:
     metrics_port: int = _setting(
         9090, "HTTP port for /metrics (0 = any free port, -1 = off)", min=-1, max=65535
     )
-    device: str = _setting("cpu", "execution provider: cpu, cuda (no fallback) or auto", choices=DEVICES)
-    max_batch_size: int = _setting(64, "largest batch handed to the model, in images", min=1, max=4096)
+    device: str = _setting(
+        "cpu", "execution provider: cpu, cuda (no fallback) or auto", choices=DEVICES
+    )
+    max_batch_size: int = _setting(
+        64, "largest batch handed to the model, in images", min=1, max=4096
+    )
     max_batch_delay_ms: float = _setting(
         2.0,
         "how long a partial batch may wait for more images while another batch runs; "
@@ -57,8 +66,10 @@ class Settings:
         4 * 1024 * 1024, "largest gRPC message accepted or sent, in bytes", min=1024
     )
     threads: int = _setting(
-        0, "onnxruntime intra-op threads (0 = the CPUs this process may use, cgroup limit included)",
-        min=0, max=256,
+        0,
+        "onnxruntime intra-op threads (0 = the CPUs this process may use, cgroup limit included)",
+        min=0,
+        max=256,
     )
     grace_s: float = _setting(
         10.0, "on SIGTERM, how long in-flight requests may take to finish", min=0.0, max=3600.0

@@ -42,8 +42,9 @@ class ModelManager:
         self.device = device
         self.threads = threads
         self.metrics = metrics
-        self._warm_sizes = tuple(sorted({1, *(n for n in WARM_UP_BATCHES if n < max_batch_size),
-                                         max_batch_size}))
+        self._warm_sizes = tuple(
+            sorted({1, *(n for n in WARM_UP_BATCHES if n < max_batch_size), max_batch_size})
+        )
         self._current: LoadedModel | None = None
         self._refused: dict[int, tuple[int, ...]] = {}
         self._lock = threading.Lock()  # one load at a time
@@ -74,7 +75,10 @@ class ModelManager:
         self.metrics.set_model(model.version, model.provider, model.architecture)
         logger.info(
             "serving %s version %d on %s (%d threads)%s",
-            self.repo, model.version, model.provider, model.threads,
+            self.repo,
+            model.version,
+            model.provider,
+            model.threads,
             f", replacing version {previous.version}" if previous else "",
         )
 
@@ -82,8 +86,9 @@ class ModelManager:
         """Load, verify and warm one version (blocking: call from a thread)."""
         with self._lock:
             try:
-                model = LoadedModel(read_version(self.repo, version),
-                                    device=self.device, threads=self.threads)
+                model = LoadedModel(
+                    read_version(self.repo, version), device=self.device, threads=self.threads
+                )
                 model.warm_up(self._warm_sizes)
             except ServingError:
                 self.metrics.model_loads.labels("refused").inc()
@@ -121,8 +126,12 @@ class ModelManager:
                 model = self.load_version(version)
             except ServingError as exc:
                 self._refused[version] = fingerprint
-                logger.error("refusing model version %d (still serving %s): %s",
-                             version, current or "none", exc)
+                logger.error(
+                    "refusing model version %d (still serving %s): %s",
+                    version,
+                    current or "none",
+                    exc,
+                )
                 continue
             self.install(model)
             return model

@@ -11,8 +11,25 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 # A CNN batch takes ~0.1-5 ms here: the default buckets start at 5 ms and would
 # put every request into the first one.
 LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
-    0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -21,52 +38,76 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry, class_names: Sequence[str] = ()) -> None:
         self.registry = registry
         self.requests = Counter(
-            "fashion_requests", "RPCs handled, by method and gRPC status code",
-            ["method", "code"], registry=registry,
+            "fashion_requests",
+            "RPCs handled, by method and gRPC status code",
+            ["method", "code"],
+            registry=registry,
         )
         self.request_seconds = Histogram(
-            "fashion_request_duration_seconds", "RPC latency inside the server, by method",
-            ["method"], buckets=LATENCY_BUCKETS, registry=registry,
+            "fashion_request_duration_seconds",
+            "RPC latency inside the server, by method",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.queue_wait_seconds = Histogram(
-            "fashion_queue_wait_seconds", "Time a request waited in the batcher queue",
-            buckets=LATENCY_BUCKETS, registry=registry,
+            "fashion_queue_wait_seconds",
+            "Time a request waited in the batcher queue",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.inference_seconds = Histogram(
-            "fashion_inference_duration_seconds", "onnxruntime time per batch",
-            buckets=LATENCY_BUCKETS, registry=registry,
+            "fashion_inference_duration_seconds",
+            "onnxruntime time per batch",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.batch_images = Histogram(
-            "fashion_batch_size_images", "Images per batch handed to the model",
-            buckets=BATCH_BUCKETS, registry=registry,
+            "fashion_batch_size_images",
+            "Images per batch handed to the model",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
         )
         self.batch_flushes = Counter(
-            "fashion_batch_flushes", "Batches flushed, by reason (full, idle, delay, shutdown)",
-            ["reason"], registry=registry,
+            "fashion_batch_flushes",
+            "Batches flushed, by reason (full, idle, delay, shutdown)",
+            ["reason"],
+            registry=registry,
         )
         self.queue_depth = Gauge(
-            "fashion_queue_depth_images", "Images waiting in the batcher queue", registry=registry,
+            "fashion_queue_depth_images",
+            "Images waiting in the batcher queue",
+            registry=registry,
         )
         self.images = Counter(
-            "fashion_images", "Images classified", registry=registry,
+            "fashion_images",
+            "Images classified",
+            registry=registry,
         )
         self.predictions = Counter(
-            "fashion_predictions", "Predictions by predicted class", ["class_name"],
+            "fashion_predictions",
+            "Predictions by predicted class",
+            ["class_name"],
             registry=registry,
         )
         self.rejected = Counter(
             "fashion_rejected_requests",
             "Requests refused or dropped before inference, by reason "
             "(queue_full, deadline, cancelled, shutdown)",
-            ["reason"], registry=registry,
+            ["reason"],
+            registry=registry,
         )
         self.model_info = Gauge(
-            "fashion_model_info", "The model being served (value 1)",
-            ["version", "provider", "architecture"], registry=registry,
+            "fashion_model_info",
+            "The model being served (value 1)",
+            ["version", "provider", "architecture"],
+            registry=registry,
         )
         self.model_loads = Counter(
-            "fashion_model_loads", "Model version loads, by result (loaded, refused)",
-            ["result"], registry=registry,
+            "fashion_model_loads",
+            "Model version loads, by result (loaded, refused)",
+            ["result"],
+            registry=registry,
         )
         self._rpc_counters: dict[tuple[str, str], Any] = {}
         self._rpc_histograms: dict[str, Any] = {}

@@ -94,7 +94,8 @@ def create_session(path: Path, device: str, threads: int) -> ort.InferenceSessio
     active = session.get_providers()[0]
     if device == "cuda" and active != CUDA:
         raise ConfigError(
-            f"--device cuda: the session runs on {active}, not {CUDA} (no CUDA device or CUDA/cuDNN "
+            f"--device cuda: the session runs on {active}, not {CUDA} "
+            "(no CUDA device, or CUDA/cuDNN "
             "libraries not found); refusing to fall back silently. Use --device auto to allow CPU"
         )
     if device == "auto":

@@ -8,15 +8,11 @@ import grpc
 
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
-from server.batcher import DynamicBatcher
-from server.config import Settings
 from server.errors import VersionNotFound
-from server.manager import ModelManager
-from server.metrics import Metrics
-from server.model import LoadedModel, TensorSpec
+from server.model import TensorSpec
 from server.oip_codec import decode_infer_request, encode_infer_response, requested_outputs
 from server.repository import MODEL_NAME
-from server.servicer import Gate, deadline_of
+from server.servicer import ServicerBase, Serving, deadline_of
 from server.status import rpc
 
 SERVICE_NAME = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -33,7 +29,8 @@ def _server_version() -> str:
 
 def _tensor_metadata(spec: TensorSpec) -> oip.ModelMetadataResponse.TensorMetadata:
     return oip.ModelMetadataResponse.TensorMetadata(
-        name=spec.name, datatype=_DATATYPES[spec.dtype], shape=spec.shape)
+        name=spec.name, datatype=_DATATYPES[spec.dtype], shape=spec.shape
+    )
 
 
 def parse_version(name: str, version: str) -> int:
@@ -49,21 +46,9 @@ def parse_version(name: str, version: str) -> int:
     return int(version)
 
 
-class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
-    def __init__(
-        self,
-        *,
-        manager: ModelManager,
-        batcher: DynamicBatcher[LoadedModel],
-        metrics: Metrics,
-        settings: Settings,
-        gate: Gate,
-    ) -> None:
-        self.manager = manager
-        self.batcher = batcher
-        self.metrics = metrics
-        self.settings = settings
-        self.gate = gate
+class InferenceServicer(ServicerBase, oip_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, serving: Serving) -> None:
+        super().__init__(serving)
         self._version = _server_version()
 
     def _ready(self) -> bool:
@@ -99,8 +84,9 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: oip.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> oip.ServerMetadataResponse:
-        return oip.ServerMetadataResponse(name="fashion-serving", version=self._version,
-                                          extensions=[])
+        return oip.ServerMetadataResponse(
+            name="fashion-serving", version=self._version, extensions=[]
+        )
 
     @rpc("ModelMetadata")
     async def ModelMetadata(
@@ -126,5 +112,6 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         images = decode_infer_request(request, self.settings.max_images_per_request)
         probabilities, model = await self.batcher.submit(images, deadline=deadline_of(context))
         self.manager.confirm(wanted, model)
-        return encode_infer_response(probabilities, model_name=MODEL_NAME,
-                                     version=model.version, request_id=request.id)
+        return encode_infer_response(
+            probabilities, model_name=MODEL_NAME, version=model.version, request_id=request.id
+        )

@@ -18,7 +18,7 @@ from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server.errors import InvalidInput, TooLarge
 from server.model import IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
 
-_DTYPES = {"UINT8": np.dtype("u1"), "FP32": np.dtype("<f4")}
+_DTYPES: dict[str, np.dtype[np.generic]] = {"UINT8": np.dtype("u1"), "FP32": np.dtype("<f4")}
 _TYPED_FIELD = {"UINT8": "uint_contents", "FP32": "fp32_contents"}
 # float32(k / 255) * 255 lands within a few ulps of k; 1e-3 is far below the
 # 1/255 spacing, so only true multiples of 1/255 pass.
@@ -31,7 +31,7 @@ def _shape(tensor: oip.ModelInferRequest.InferInputTensor, max_images: int) -> i
         raise InvalidInput(
             f"input {INPUT_NAME!r} has shape {shape}; expected [N, 28, 28] or [N, 28, 28, 1]"
         )
-    n = shape[0]
+    n = int(shape[0])
     if n < 1:
         raise InvalidInput(f"input {INPUT_NAME!r} has batch size {n}; expected at least 1")
     if n > max_images:
@@ -45,8 +45,11 @@ def _shape(tensor: oip.ModelInferRequest.InferInputTensor, max_images: int) -> i
 def _from_fp32(values: np.ndarray) -> np.ndarray:
     scaled = values.astype(np.float64) * 255.0
     rounded = np.rint(scaled)
-    if not (np.all(np.isfinite(scaled)) and np.all((rounded >= 0) & (rounded <= 255))
-            and np.all(np.abs(scaled - rounded) <= _FP32_TOLERANCE)):
+    if not (
+        np.all(np.isfinite(scaled))
+        and np.all((rounded >= 0) & (rounded <= 255))
+        and np.all(np.abs(scaled - rounded) <= _FP32_TOLERANCE)
+    ):
         raise InvalidInput(
             "FP32 pixels must be uint8 values divided by 255 (multiples of 1/255 in [0, 1]); "
             "send UINT8 to avoid the conversion"
@@ -94,13 +97,17 @@ def decode_infer_request(request: oip.ModelInferRequest, max_images: int) -> np.
     elif has_typed:
         field = _TYPED_FIELD[tensor.datatype]
         typed = getattr(tensor.contents, field)
-        others = [f.name for f in tensor.contents.DESCRIPTOR.fields
-                  if f.name != field and len(getattr(tensor.contents, f.name))]
+        others = [
+            f.name
+            for f in tensor.contents.DESCRIPTOR.fields
+            if f.name != field and len(getattr(tensor.contents, f.name))
+        ]
         if others:
             raise InvalidInput(f"{tensor.datatype} data goes in contents.{field}, not {others}")
         if len(typed) != count:
             raise InvalidInput(
-                f"contents.{field} has {len(typed)} values; shape {list(tensor.shape)} needs {count}"
+                f"contents.{field} has {len(typed)} values; "
+                f"shape {list(tensor.shape)} needs {count}"
             )
         if tensor.datatype == "UINT8":
             wide = np.asarray(typed, dtype=np.uint32)
@@ -115,7 +122,8 @@ def decode_infer_request(request: oip.ModelInferRequest, max_images: int) -> np.
         )
     if tensor.datatype == "FP32":
         values = _from_fp32(values)
-    return values.reshape(n, *IMAGE_SHAPE)
+    images: np.ndarray = values.reshape(n, *IMAGE_SHAPE)
+    return images
 
 
 def requested_outputs(request: oip.ModelInferRequest) -> None:
@@ -126,9 +134,7 @@ def requested_outputs(request: oip.ModelInferRequest) -> None:
                 f"unknown output {output.name!r}; this model has one output {OUTPUT_NAME!r}"
             )
         if output.parameters:
-            raise InvalidInput(
-                f"output parameters {sorted(output.parameters)} are not supported"
-            )
+            raise InvalidInput(f"output parameters {sorted(output.parameters)} are not supported")
 
 
 def encode_infer_response(
@@ -139,7 +145,10 @@ def encode_infer_response(
         model_name=model_name,
         model_version=str(version),
         id=request_id,
-        outputs=[oip.ModelInferResponse.InferOutputTensor(
-            name=OUTPUT_NAME, datatype="FP32", shape=[n, NUM_CLASSES])],
+        outputs=[
+            oip.ModelInferResponse.InferOutputTensor(
+                name=OUTPUT_NAME, datatype="FP32", shape=[n, NUM_CLASSES]
+            )
+        ],
         raw_output_contents=[np.ascontiguousarray(probabilities, dtype="<f4").tobytes()],
     )

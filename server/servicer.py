@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import grpc
 
@@ -36,28 +37,33 @@ class Gate:
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     """The RPC deadline as a ``loop.time()`` instant, or None."""
-    remaining = context.time_remaining()
+    remaining: float | None = context.time_remaining()
     if remaining is None:
         return None
     return asyncio.get_running_loop().time() + remaining
 
 
-class PredictionServicer(pb_grpc.PredictionServiceServicer):
-    def __init__(
-        self,
-        *,
-        manager: ModelManager,
-        batcher: DynamicBatcher[LoadedModel],
-        metrics: Metrics,
-        settings: Settings,
-        gate: Gate,
-    ) -> None:
-        self.manager = manager
-        self.batcher = batcher
-        self.metrics = metrics
-        self.settings = settings
-        self.gate = gate
+@dataclass(frozen=True)
+class Serving:
+    """What every servicer works with; both APIs share one of these (one batcher, one model)."""
 
+    manager: ModelManager
+    batcher: DynamicBatcher[LoadedModel]
+    metrics: Metrics
+    settings: Settings
+    gate: Gate
+
+
+class ServicerBase:
+    def __init__(self, serving: Serving) -> None:
+        self.manager = serving.manager
+        self.batcher = serving.batcher
+        self.metrics = serving.metrics  # read by the @rpc wrapper
+        self.settings = serving.settings
+        self.gate = serving.gate
+
+
+class PredictionServicer(ServicerBase, pb_grpc.PredictionServiceServicer):
     @rpc("Predict")
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
@@ -86,10 +92,14 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):
             name="fashion",
             version=model.version,
             class_names=model.class_names,
-            inputs=[pb.TensorSpec(name=t.name, dtype=t.dtype, shape=t.shape)
-                    for t in (model.input_spec,)],
-            outputs=[pb.TensorSpec(name=t.name, dtype=t.dtype, shape=t.shape)
-                     for t in (model.output_spec,)],
+            inputs=[
+                pb.TensorSpec(name=t.name, dtype=t.dtype, shape=t.shape)
+                for t in (model.input_spec,)
+            ],
+            outputs=[
+                pb.TensorSpec(name=t.name, dtype=t.dtype, shape=t.shape)
+                for t in (model.output_spec,)
+            ],
             execution_provider=model.provider,
             test_accuracy=model.test_accuracy,
             architecture=model.architecture,

@@ -45,7 +45,7 @@ GENERIC_INTERNAL = "internal error while handling the request; it has been logge
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """(code, client-safe message). Unknown exceptions never leak their text."""
     for cls in type(exc).__mro__:
-        code = STATUS_FOR.get(cls)  # type: ignore[call-overload]
+        code = STATUS_FOR.get(cls)
         if code is not None:
             return code, str(exc)
     return grpc.StatusCode.INTERNAL, GENERIC_INTERNAL

@@ -43,8 +43,9 @@ def publish_copy(repo: Path) -> int:
     source = read_version(repo, current)
     staged = repo / "fashion" / f".tmp-soak-{os.getpid()}"
     shutil.copytree(source.path, staged)
-    metadata = dict(source.metadata, version=current + 1,
-                    model_sha256=sha256_file(staged / "model.onnx"))
+    metadata = dict(
+        source.metadata, version=current + 1, model_sha256=sha256_file(staged / "model.onnx")
+    )
     (staged / "metadata.json").write_text(json.dumps(metadata))
     os.rename(staged, repo / "fashion" / str(current + 1))
     return current + 1
@@ -52,9 +53,24 @@ def publish_copy(repo: Path) -> int:
 
 def start_server(repo: Path, extra: Sequence[str]) -> tuple[subprocess.Popen[str], int]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.main", "--model-repo", str(repo), "--port", "0",
-         "--metrics-port", "-1", "--poll-interval-s", "0", *extra],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        [
+            sys.executable,
+            "-m",
+            "server.main",
+            "--model-repo",
+            str(repo),
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+            "--poll-interval-s",
+            "0",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert process.stdout is not None
     line = process.stdout.readline()
     if "serving on port" not in line:
@@ -94,27 +110,40 @@ async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
     tally = traffic.tally
     lat = np.array(tally.latencies_s) * 1000
     report.update(
-        sent=dict(tally.sent), ok=dict(tally.ok), expected_errors=dict(tally.expected_errors),
-        unexpected_errors=dict(tally.unexpected), wrong_answers=tally.wrong_answers,
+        sent=dict(tally.sent),
+        ok=dict(tally.ok),
+        expected_errors=dict(tally.expected_errors),
+        unexpected_errors=dict(tally.unexpected),
+        wrong_answers=tally.wrong_answers,
         cancelled_by_client=tally.cancelled_by_client,
         versions_seen=sorted(tally.versions_seen),
         requests_per_s=round(sum(tally.sent.values()) / (args.duration_s + args.warmup_s), 1),
-        latency_ms={"p50": round(float(np.percentile(lat, 50)), 2),
-                    "p99": round(float(np.percentile(lat, 99)), 2),
-                    "max": round(float(lat.max()), 2)},
+        latency_ms={
+            "p50": round(float(np.percentile(lat, 50)), 2),
+            "p99": round(float(np.percentile(lat, 99)), 2),
+            "max": round(float(lat.max()), 2),
+        },
         rss_mib={"after_warmup": round(rss_start / 2**20, 1), "end": round(rss_end / 2**20, 1)},
         rss_growth_pct=round(100 * (rss_end - rss_start) / rss_start, 2),
     )
-    report["passed"] = (not tally.unexpected and tally.wrong_answers == 0
-                        and report["rss_growth_pct"] < 10 and report["server_exit_code"] == 0
-                        and str(report["reloaded_to_version"]) in tally.versions_seen)
+    report["passed"] = (
+        not tally.unexpected
+        and tally.wrong_answers == 0
+        and report["rss_growth_pct"] < 10
+        and report["server_exit_code"] == 0
+        and str(report["reloaded_to_version"]) in tally.versions_seen
+    )
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fashion-soak", description=__doc__)
-    p.add_argument("--model-repo", type=Path, default=Path(os.environ.get(
-        "FASHION_MODEL_REPO", "models")), help="repository to copy (never modified)")
+    p.add_argument(
+        "--model-repo",
+        type=Path,
+        default=Path(os.environ.get("FASHION_MODEL_REPO", "models")),
+        help="repository to copy (never modified)",
+    )
     p.add_argument("--duration-s", type=float, default=180.0, help="measured traffic time")
     p.add_argument("--warmup-s", type=float, default=5.0)
     p.add_argument("--clients", type=int, default=16, help="concurrent closed-loop clients")
@@ -123,13 +152,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
-    p.add_argument("--server-arg", action="append", default=[],
-                   help="extra fashion-serve argument (repeatable), e.g. --server-arg=--threads=1")
+    p.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra fashion-serve argument (repeatable), e.g. --server-arg=--threads=1",
+    )
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fashion-soak-") as tmp:
         repo = Path(tmp) / "repo"
-        shutil.copytree(args.model_repo / "fashion", repo / "fashion",
-                        ignore=shutil.ignore_patterns(".tmp-*"))
+        shutil.copytree(
+            args.model_repo / "fashion", repo / "fashion", ignore=shutil.ignore_patterns(".tmp-*")
+        )
         t0 = time.monotonic()
         report = asyncio.run(run(args, repo))
         report["wall_s"] = round(time.monotonic() - t0, 1)

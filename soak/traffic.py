@@ -31,8 +31,9 @@ class Tally:
 
 
 class Traffic:
-    def __init__(self, channel: grpc.aio.Channel, images: np.ndarray, labels: np.ndarray,
-                 seed: int) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, images: np.ndarray, labels: np.ndarray, seed: int
+    ) -> None:
         self.predict = pb_grpc.PredictionServiceStub(channel)
         self.oip = oip_grpc.GRPCInferenceServiceStub(channel)
         self.images, self.labels = images, labels  # labels = the model's own argmax
@@ -46,36 +47,57 @@ class Traffic:
     async def one(self) -> None:
         kind = self.rng.choices(
             ["predict1", "predict32", "infer1", "infer16", "invalid_raw", "invalid_oip"],
-            weights=[40, 10, 30, 10, 5, 5])[0]
+            weights=[40, 10, 30, 10, 5, 5],
+        )[0]
         self.tally.sent[kind] += 1
         t0 = time.perf_counter()
         try:
             if kind.startswith("predict"):
                 idx = self._pick(1 if kind == "predict1" else 32)
-                r = await self.predict.Predict(pb.PredictRequest(
-                    images=[pb.Image(raw=self.images[i].tobytes()) for i in idx]), timeout=10)
+                r = await self.predict.Predict(
+                    pb.PredictRequest(images=[pb.Image(raw=self.images[i].tobytes()) for i in idx]),
+                    timeout=10,
+                )
                 got = [p.label for p in r.predictions]
                 version = str(r.model_version)
             elif kind.startswith("infer"):
                 idx = self._pick(1 if kind == "infer1" else 16)
                 batch = self.images[idx]
-                r2 = await self.oip.ModelInfer(oip.ModelInferRequest(
-                    model_name="fashion", inputs=[oip.ModelInferRequest.InferInputTensor(
-                        name="images", datatype="UINT8", shape=list(batch.shape))],
-                    raw_input_contents=[batch.tobytes()]), timeout=10)
+                r2 = await self.oip.ModelInfer(
+                    oip.ModelInferRequest(
+                        model_name="fashion",
+                        inputs=[
+                            oip.ModelInferRequest.InferInputTensor(
+                                name="images", datatype="UINT8", shape=list(batch.shape)
+                            )
+                        ],
+                        raw_input_contents=[batch.tobytes()],
+                    ),
+                    timeout=10,
+                )
                 probabilities = np.frombuffer(r2.raw_output_contents[0], "<f4").reshape(-1, 10)
                 got = probabilities.argmax(axis=1).tolist()
                 version = r2.model_version
             elif kind == "invalid_raw":
-                await self.predict.Predict(pb.PredictRequest(
-                    images=[pb.Image(raw=bytes(self.rng.randrange(0, 784)))]), timeout=10)
+                await self.predict.Predict(
+                    pb.PredictRequest(images=[pb.Image(raw=bytes(self.rng.randrange(0, 784)))]),
+                    timeout=10,
+                )
                 self.tally.unexpected[f"{kind}:accepted"] += 1
                 return
             else:
-                await self.oip.ModelInfer(oip.ModelInferRequest(
-                    model_name="fashion", inputs=[oip.ModelInferRequest.InferInputTensor(
-                        name="images", datatype="UINT8", shape=[1, 28, 28])],
-                    raw_input_contents=[bytes(100)]), timeout=10)
+                await self.oip.ModelInfer(
+                    oip.ModelInferRequest(
+                        model_name="fashion",
+                        inputs=[
+                            oip.ModelInferRequest.InferInputTensor(
+                                name="images", datatype="UINT8", shape=[1, 28, 28]
+                            )
+                        ],
+                        raw_input_contents=[bytes(100)],
+                    ),
+                    timeout=10,
+                )
                 self.tally.unexpected[f"{kind}:accepted"] += 1
                 return
         except grpc.aio.AioRpcError as exc:
@@ -97,11 +119,13 @@ class Traffic:
     async def cancellation_storm(self, calls: int) -> None:
         """Many clients that give up mid-call: must not disturb anyone else."""
         request = pb.PredictRequest(images=[pb.Image(raw=self.images[0].tobytes())])
-        pending = [asyncio.ensure_future(self.predict.Predict(request, timeout=10))
-                   for _ in range(calls)]
+        pending = [
+            asyncio.ensure_future(self.predict.Predict(request, timeout=10)) for _ in range(calls)
+        ]
         await asyncio.sleep(0.002)
         for call in pending:
             call.cancel()
         results = await asyncio.gather(*pending, return_exceptions=True)
         self.tally.cancelled_by_client += sum(
-            isinstance(r, asyncio.CancelledError | grpc.aio.AioRpcError) for r in results)
+            isinstance(r, asyncio.CancelledError | grpc.aio.AioRpcError) for r in results
+        )

@@ -18,8 +18,19 @@ CACHE_ENV = "TEST_MODEL_REPO_DIR"
 
 def _train(repo: Path) -> None:
     # A subprocess keeps TensorFlow out of the test process (and proves the CLI).
-    command = [sys.executable, "-m", "training.train", "--model-repo", str(repo),
-               "--limit", "3000", "--epochs", "1", "--seed", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "training.train",
+        "--model-repo",
+        str(repo),
+        "--limit",
+        "3000",
+        "--epochs",
+        "1",
+        "--seed",
+        "1",
+    ]
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
 
 

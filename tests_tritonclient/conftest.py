@@ -22,9 +22,22 @@ from tests.conftest import model_repo  # noqa: F401  (re-exported fixture)
 def server(model_repo: Path) -> Iterator[str]:  # noqa: F811
     """A server process on 127.0.0.1 port 0 -> its "host:port"."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.main", "--model-repo", str(model_repo), "--port", "0",
-         "--metrics-port", "-1", "--max-images-per-request", "64"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "server.main",
+            "--model-repo",
+            str(model_repo),
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+            "--max-images-per-request",
+            "64",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert process.stdout is not None

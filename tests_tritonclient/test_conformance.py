@@ -40,8 +40,7 @@ def test_metadata_describes_the_real_signature(client) -> None:
     assert meta["name"] == "fashion" and meta["versions"] == ["1"]
     assert meta["platform"] == "onnxruntime_onnx"
     assert meta["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": ["-1", "28", "28"]}]
-    assert meta["outputs"] == [
-        {"name": "probabilities", "datatype": "FP32", "shape": ["-1", "10"]}]
+    assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": ["-1", "10"]}]
 
 
 def _infer(client, array: np.ndarray, datatype: str, outputs=None, request_id: str = ""):
@@ -52,14 +51,20 @@ def _infer(client, array: np.ndarray, datatype: str, outputs=None, request_id: s
 
 def test_uint8_and_fp32_inference_equal_predict(client, server, images) -> None:
     with PredictClient(server) as predict:
-        expected = np.array([list(p.probabilities) for p in predict.predict(
-            images, include_probabilities=True).predictions], dtype=np.float32)
+        expected = np.array(
+            [
+                list(p.probabilities)
+                for p in predict.predict(images, include_probabilities=True).predictions
+            ],
+            dtype=np.float32,
+        )
     plain = _infer(client, images, "UINT8", request_id="abc")
     assert plain.get_response().id == "abc"
     assert plain.get_response().model_version == "1"
     np.testing.assert_array_equal(plain.as_numpy("probabilities"), expected)
-    requested = _infer(client, images, "UINT8",
-                       outputs=[triton.InferRequestedOutput("probabilities")])
+    requested = _infer(
+        client, images, "UINT8", outputs=[triton.InferRequestedOutput("probabilities")]
+    )
     np.testing.assert_array_equal(requested.as_numpy("probabilities"), expected)
     fp32 = _infer(client, (images / np.float32(255)).astype(np.float32)[..., None], "FP32")
     np.testing.assert_array_equal(fp32.as_numpy("probabilities"), expected)
@@ -68,13 +73,26 @@ def test_uint8_and_fp32_inference_equal_predict(client, server, images) -> None:
 @pytest.mark.parametrize(
     ("call", "status", "fragment"),
     [
-        (lambda c: _infer(c, np.zeros((1, 28, 28), np.int32), "INT32"),
-         "INVALID_ARGUMENT", "expected UINT8"),
-        (lambda c: _infer(c, np.zeros((1, 28, 27), np.uint8), "UINT8"),
-         "INVALID_ARGUMENT", "expected [N, 28, 28]"),
-        (lambda c: _infer(c, np.zeros((1, 28, 28), np.uint8), "UINT8",
-                          outputs=[triton.InferRequestedOutput("logits")]),
-         "INVALID_ARGUMENT", "unknown output 'logits'"),
+        (
+            lambda c: _infer(c, np.zeros((1, 28, 28), np.int32), "INT32"),
+            "INVALID_ARGUMENT",
+            "expected UINT8",
+        ),
+        (
+            lambda c: _infer(c, np.zeros((1, 28, 27), np.uint8), "UINT8"),
+            "INVALID_ARGUMENT",
+            "expected [N, 28, 28]",
+        ),
+        (
+            lambda c: _infer(
+                c,
+                np.zeros((1, 28, 28), np.uint8),
+                "UINT8",
+                outputs=[triton.InferRequestedOutput("logits")],
+            ),
+            "INVALID_ARGUMENT",
+            "unknown output 'logits'",
+        ),
         (lambda c: c.get_model_metadata("fashion", "9"), "NOT_FOUND", "not served"),
         (lambda c: c.get_model_metadata("resnet"), "NOT_FOUND", "unknown model"),
     ],
@@ -91,7 +109,8 @@ def test_errors_reach_the_client_with_status(client, call, status, fragment) -> 
 def test_proto_matches_the_reference_descriptors() -> None:
     """Every message and field of our .proto exists in tritonclient's, same number and type."""
     dump = subprocess.run(
-        [sys.executable, "-c", DUMP_OURS], capture_output=True, text=True, check=True).stdout
+        [sys.executable, "-c", DUMP_OURS], capture_output=True, text=True, check=True
+    ).stdout
     ours = json.loads(dump)
     reference = service_pb2.DESCRIPTOR
     for message, fields in ours["messages"].items():
@@ -99,7 +118,9 @@ def test_proto_matches_the_reference_descriptors() -> None:
         for name, (number, ftype, repeated) in fields.items():
             rf = ref.fields_by_name.get(name)
             assert rf is not None, f"{message}.{name} is not in the reference"
-            assert (rf.number, rf.type, rf.is_repeated) == (number, ftype, repeated), f"{message}.{name}"
+            assert (rf.number, rf.type, rf.is_repeated) == (number, ftype, repeated), (
+                f"{message}.{name}"
+            )
     service = reference.services_by_name["GRPCInferenceService"]
     for method, (request, response) in ours["methods"].items():
         ref = service.methods_by_name[method]

@@ -35,24 +35,60 @@ async def assert_still_serving(stub) -> None:
     ("request_", "code", "fragment"),
     [
         (pb.PredictRequest(), INVALID, "no images"),
-        (pb.PredictRequest(images=[pb.Image(raw=bytes(783))]), INVALID,
-         "raw image has 783 bytes, expected 784"),
-        (pb.PredictRequest(images=[pb.Image(raw=bytes(784), encoded=b"x")]), INVALID,
-         "exactly one of raw or encoded"),
+        (
+            pb.PredictRequest(images=[pb.Image(raw=bytes(783))]),
+            INVALID,
+            "raw image has 783 bytes, expected 784",
+        ),
+        (
+            pb.PredictRequest(images=[pb.Image(raw=bytes(784), encoded=b"x")]),
+            INVALID,
+            "exactly one of raw or encoded",
+        ),
         (pb.PredictRequest(images=[OK_IMAGE, pb.Image()]), INVALID, "image 1: empty"),
-        (pb.PredictRequest(images=[pb.Image(encoded=b"GIF89a or anything else")]), INVALID,
-         "not a PNG or JPEG file"),
-        (pb.PredictRequest(images=[pb.Image(encoded=png(np.random.default_rng(0).integers(0, 256, (28, 28), np.uint8))[:100])]),
-         INVALID, "cannot decode as PNG or JPEG (image file is truncated)"),
-        (pb.PredictRequest(images=[pb.Image(encoded=png(np.zeros((64, 64), np.uint8)))]),
-         INVALID, "PNG is 64x64, expected 28x28"),
+        (
+            pb.PredictRequest(images=[pb.Image(encoded=b"GIF89a or anything else")]),
+            INVALID,
+            "not a PNG or JPEG file",
+        ),
+        (
+            pb.PredictRequest(
+                images=[
+                    pb.Image(
+                        encoded=png(np.random.default_rng(0).integers(0, 256, (28, 28), np.uint8))[
+                            :100
+                        ]
+                    )
+                ]
+            ),
+            INVALID,
+            "cannot decode as PNG or JPEG (image file is truncated)",
+        ),
+        (
+            pb.PredictRequest(images=[pb.Image(encoded=png(np.zeros((64, 64), np.uint8)))]),
+            INVALID,
+            "PNG is 64x64, expected 28x28",
+        ),
         (pb.PredictRequest(images=[OK_IMAGE] * 9), INVALID, "at most 8 per request"),
         (pb.PredictRequest(images=[OK_IMAGE], top_k=11), INVALID, "top_k is 11"),
-        (pb.PredictRequest(images=[OK_IMAGE], model_version=99), grpc.StatusCode.NOT_FOUND,
-         "model version 99 is not served; this server serves version 1"),
+        (
+            pb.PredictRequest(images=[OK_IMAGE], model_version=99),
+            grpc.StatusCode.NOT_FOUND,
+            "model version 99 is not served; this server serves version 1",
+        ),
     ],
-    ids=["empty", "raw-length", "both", "neither", "undecodable", "corrupt-png", "not-28x28", "too-many",
-         "top-k", "unknown-version"],
+    ids=[
+        "empty",
+        "raw-length",
+        "both",
+        "neither",
+        "undecodable",
+        "corrupt-png",
+        "not-28x28",
+        "too-many",
+        "top-k",
+        "unknown-version",
+    ],
 )
 async def test_bad_request_gets_precise_status(start_app, request_, code, fragment) -> None:
     app = await start_app(max_images_per_request=8)
@@ -69,8 +105,9 @@ async def test_message_above_limit_is_refused_by_size(start_app) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}", options=options) as channel:
         stub = pb_grpc.PredictionServiceStub(channel)
         big = pb.PredictRequest(images=[OK_IMAGE] * 100)  # ~79 KiB
-        await assert_status(stub.Predict(big, timeout=5), grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            "larger than max")
+        await assert_status(
+            stub.Predict(big, timeout=5), grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"
+        )
         await assert_still_serving(stub)
 
 
@@ -78,10 +115,16 @@ async def test_not_ready_is_unavailable_then_serves(start_app) -> None:
     app = await start_app(load=False)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.PredictionServiceStub(channel)
-        await assert_status(stub.Predict(pb.PredictRequest(images=[OK_IMAGE]), timeout=5),
-                            grpc.StatusCode.UNAVAILABLE, "still loading")
-        await assert_status(stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5),
-                            grpc.StatusCode.UNAVAILABLE, "not loaded yet")
+        await assert_status(
+            stub.Predict(pb.PredictRequest(images=[OK_IMAGE]), timeout=5),
+            grpc.StatusCode.UNAVAILABLE,
+            "still loading",
+        )
+        await assert_status(
+            stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5),
+            grpc.StatusCode.UNAVAILABLE,
+            "not loaded yet",
+        )
         await app.load()
         await assert_still_serving(stub)
 
@@ -112,8 +155,11 @@ async def test_full_queue_is_resource_exhausted(start_app, monkeypatch) -> None:
         queued = asyncio.ensure_future(stub.Predict(pb.PredictRequest(images=[OK_IMAGE] * 3)))
         while app.batcher.queued_images < 3:
             await asyncio.sleep(0.001)
-        await assert_status(stub.Predict(pb.PredictRequest(images=[OK_IMAGE] * 2), timeout=5),
-                            grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
+        await assert_status(
+            stub.Predict(pb.PredictRequest(images=[OK_IMAGE] * 2), timeout=5),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "queue full",
+        )
         blocker.release.set()
         assert len((await running).predictions) == 1
         assert len((await queued).predictions) == 3
@@ -129,7 +175,8 @@ async def test_deadline_passed_in_queue_is_not_computed(start_app, monkeypatch) 
         await asyncio.to_thread(blocker.entered.wait, 5)
         await assert_status(
             stub.Predict(pb.PredictRequest(images=[OK_IMAGE] * 2), timeout=0.2),
-            grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline",
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "Deadline",
         )
         blocker.release.set()
         await running
@@ -137,8 +184,11 @@ async def test_deadline_passed_in_queue_is_not_computed(start_app, monkeypatch) 
     metrics = scrape(app)
     # The expired 2-image request never reached the model: 1 + 1 images computed.
     assert metrics["fashion_images_total{}"] == 2
-    assert metrics.get("fashion_rejected_requests_total{reason=deadline}", 0) + metrics.get(
-        "fashion_rejected_requests_total{reason=cancelled}", 0) == 1
+    assert (
+        metrics.get("fashion_rejected_requests_total{reason=deadline}", 0)
+        + metrics.get("fashion_rejected_requests_total{reason=cancelled}", 0)
+        == 1
+    )
 
 
 async def test_unexpected_error_is_internal_without_details(start_app, monkeypatch, caplog) -> None:

@@ -41,7 +41,8 @@ async def test_health_not_serving_until_warm_then_serving_then_not_serving(start
     app = await start_app(load=False)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(
-            health_pb2.HealthCheckRequest(service=READINESS_SERVICE))
+            health_pb2.HealthCheckRequest(service=READINESS_SERVICE)
+        )
         assert (await watch.read()).status == NOT_SERVING
         assert await check(channel, "") == NOT_SERVING
         await app.load()
@@ -68,9 +69,23 @@ async def test_reflection_lists_the_services(app, channel) -> None:
 def start_process(model_repo: Path, *extra: str) -> tuple[subprocess.Popen[str], int, int]:
     """A `fashion-serve` process with TensorFlow unimportable -> (process, port, metrics port)."""
     process = subprocess.Popen(
-        [sys.executable, "-c", NO_TENSORFLOW, "--model-repo", str(model_repo), "--port", "0",
-         "--metrics-port", "0", "--grace-s", "10", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            NO_TENSORFLOW,
+            "--model-repo",
+            str(model_repo),
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--grace-s",
+            "10",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert process.stdout is not None
@@ -93,14 +108,15 @@ def queued_images(metrics_port: int) -> float:
 
 async def test_sigterm_loses_no_in_flight_request(model_repo) -> None:
     process, port, metrics_port = start_process(
-        model_repo, "--max-batch-size", "8", "--max-queue", "8192", "--threads", "1")
+        model_repo, "--max-batch-size", "8", "--max-queue", "8192", "--threads", "1"
+    )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.PredictionServiceStub(channel)
-            request = pb.PredictRequest(images=[pb.Image(raw=bytes(range(256)) * 3 + bytes(16))]
-                                        * 64)
-            waiting = [asyncio.ensure_future(stub.Predict(request, timeout=30))
-                       for _ in range(64)]
+            request = pb.PredictRequest(
+                images=[pb.Image(raw=bytes(range(256)) * 3 + bytes(16))] * 64
+            )
+            waiting = [asyncio.ensure_future(stub.Predict(request, timeout=30)) for _ in range(64)]
             # SIGTERM only once most requests are inside the server, queued.
             while await asyncio.to_thread(queued_images, metrics_port) < 32 * 64:
                 assert not all(w.done() for w in waiting), "server finished before SIGTERM"
@@ -115,8 +131,7 @@ async def test_sigterm_loses_no_in_flight_request(model_repo) -> None:
             # Anything else was explicitly refused as retryable, never cancelled or lost.
             assert all(r.code() == grpc.StatusCode.UNAVAILABLE for r in refused), refused[:3]
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.Predict(pb.PredictRequest(images=[pb.Image(raw=bytes(784))]),
-                                   timeout=5)
+                await stub.Predict(pb.PredictRequest(images=[pb.Image(raw=bytes(784))]), timeout=5)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert process.wait(timeout=15) == 0
     finally:
@@ -127,9 +142,22 @@ async def test_sigterm_loses_no_in_flight_request(model_repo) -> None:
 
 def test_cuda_without_cuda_refuses_to_start(model_repo) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", NO_TENSORFLOW, "--model-repo", str(model_repo), "--port", "0",
-         "--metrics-port", "-1", "--device", "cuda"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            NO_TENSORFLOW,
+            "--model-repo",
+            str(model_repo),
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+            "--device",
+            "cuda",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "CUDAExecutionProvider" in result.stderr and "--device" in result.stderr
@@ -138,7 +166,10 @@ def test_cuda_without_cuda_refuses_to_start(model_repo) -> None:
 def test_invalid_setting_exits_2_with_the_name(model_repo) -> None:
     result = subprocess.run(
         [sys.executable, "-c", NO_TENSORFLOW, "--model-repo", str(model_repo)],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "FASHION_PORT": "x"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "FASHION_PORT": "x"},
     )
     assert result.returncode == 2
     assert "FASHION_PORT must be an integer" in result.stderr
@@ -146,9 +177,20 @@ def test_invalid_setting_exits_2_with_the_name(model_repo) -> None:
 
 def test_empty_repository_exits_1_with_advice(tmp_path) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", NO_TENSORFLOW, "--model-repo", str(tmp_path), "--port", "0",
-         "--metrics-port", "-1"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            NO_TENSORFLOW,
+            "--model-repo",
+            str(tmp_path),
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "no model version" in result.stderr and "fashion-train" in result.stderr

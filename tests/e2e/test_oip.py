@@ -27,8 +27,9 @@ NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
 def infer_request(images: np.ndarray, **fields) -> oip.ModelInferRequest:
     tensor = Tensor(name="images", datatype="UINT8", shape=list(images.shape))
-    return oip.ModelInferRequest(model_name="fashion", inputs=[tensor],
-                                 raw_input_contents=[images.tobytes()], **fields)
+    return oip.ModelInferRequest(
+        model_name="fashion", inputs=[tensor], raw_input_contents=[images.tobytes()], **fields
+    )
 
 
 @pytest.fixture
@@ -43,27 +44,51 @@ async def test_model_infer_equals_predict(app, oip_stub, stub, test_set) -> None
     (output,) = response.outputs
     assert (output.name, output.datatype, list(output.shape)) == ("probabilities", "FP32", [16, 10])
     probabilities = np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(16, 10)
-    predicted = await stub.Predict(pb.PredictRequest(
-        images=[pb.Image(raw=a.tobytes()) for a in images], include_probabilities=True))
+    predicted = await stub.Predict(
+        pb.PredictRequest(
+            images=[pb.Image(raw=a.tobytes()) for a in images], include_probabilities=True
+        )
+    )
     expected = np.array([list(p.probabilities) for p in predicted.predictions], np.float32)
     np.testing.assert_array_equal(probabilities, expected)
 
 
-async def test_fp32_and_typed_contents_and_nhwc_give_the_same_result(app, oip_stub, test_set) -> None:
+async def test_fp32_and_typed_contents_and_nhwc_give_the_same_result(
+    app, oip_stub, test_set
+) -> None:
     images = test_set[0][:4]
     base = await oip_stub.ModelInfer(infer_request(images))
     fp32 = (images.astype(np.float32) / 255.0).reshape(4, 28, 28, 1)
     variants = [
-        oip.ModelInferRequest(model_name="fashion", inputs=[
-            Tensor(name="images", datatype="FP32", shape=[4, 28, 28, 1])],
-            raw_input_contents=[fp32.astype("<f4").tobytes()]),
-        oip.ModelInferRequest(model_name="fashion", inputs=[
-            Tensor(name="images", datatype="FP32", shape=[4, 28, 28],
-                   contents=oip.InferTensorContents(fp32_contents=fp32.ravel().tolist()))]),
-        oip.ModelInferRequest(model_name="fashion", model_version="1", inputs=[
-            Tensor(name="images", datatype="UINT8", shape=[4, 28, 28],
-                   contents=oip.InferTensorContents(uint_contents=images.ravel().tolist()))],
-            outputs=[oip.ModelInferRequest.InferRequestedOutputTensor(name="probabilities")]),
+        oip.ModelInferRequest(
+            model_name="fashion",
+            inputs=[Tensor(name="images", datatype="FP32", shape=[4, 28, 28, 1])],
+            raw_input_contents=[fp32.astype("<f4").tobytes()],
+        ),
+        oip.ModelInferRequest(
+            model_name="fashion",
+            inputs=[
+                Tensor(
+                    name="images",
+                    datatype="FP32",
+                    shape=[4, 28, 28],
+                    contents=oip.InferTensorContents(fp32_contents=fp32.ravel().tolist()),
+                )
+            ],
+        ),
+        oip.ModelInferRequest(
+            model_name="fashion",
+            model_version="1",
+            inputs=[
+                Tensor(
+                    name="images",
+                    datatype="UINT8",
+                    shape=[4, 28, 28],
+                    contents=oip.InferTensorContents(uint_contents=images.ravel().tolist()),
+                )
+            ],
+            outputs=[oip.ModelInferRequest.InferRequestedOutputTensor(name="probabilities")],
+        ),
     ]
     for request in variants:
         response = await oip_stub.ModelInfer(request, timeout=10)
@@ -71,57 +96,161 @@ async def test_fp32_and_typed_contents_and_nhwc_give_the_same_result(app, oip_st
 
 
 def _raw(datatype: str, shape: list[int], data: bytes, **kw) -> oip.ModelInferRequest:
-    return oip.ModelInferRequest(model_name="fashion", inputs=[
-        Tensor(name="images", datatype=datatype, shape=shape)], raw_input_contents=[data], **kw)
+    return oip.ModelInferRequest(
+        model_name="fashion",
+        inputs=[Tensor(name="images", datatype=datatype, shape=shape)],
+        raw_input_contents=[data],
+        **kw,
+    )
 
 
 BAD = [
-    ("wrong-datatype", _raw("INT32", [1, 28, 28], bytes(784 * 4)), INVALID,
-     "datatype 'INT32'; expected UINT8"),
-    ("wrong-shape", _raw("UINT8", [1, 784], bytes(784)), INVALID,
-     "shape [1, 784]; expected [N, 28, 28] or [N, 28, 28, 1]"),
+    (
+        "wrong-datatype",
+        _raw("INT32", [1, 28, 28], bytes(784 * 4)),
+        INVALID,
+        "datatype 'INT32'; expected UINT8",
+    ),
+    (
+        "wrong-shape",
+        _raw("UINT8", [1, 784], bytes(784)),
+        INVALID,
+        "shape [1, 784]; expected [N, 28, 28] or [N, 28, 28, 1]",
+    ),
     ("zero-batch", _raw("UINT8", [0, 28, 28], b""), INVALID, "batch size 0"),
-    ("byte-count", _raw("UINT8", [2, 28, 28], bytes(784)), INVALID,
-     "has 784 bytes; shape [2, 28, 28] of UINT8 needs 1568"),
-    ("both-contents", oip.ModelInferRequest(model_name="fashion", inputs=[Tensor(
-        name="images", datatype="UINT8", shape=[1, 28, 28],
-        contents=oip.InferTensorContents(uint_contents=[0] * 784))],
-        raw_input_contents=[bytes(784)]), INVALID, "not both"),
-    ("no-contents", oip.ModelInferRequest(model_name="fashion", inputs=[Tensor(
-        name="images", datatype="UINT8", shape=[1, 28, 28])]), INVALID, "has no data"),
-    ("typed-count", oip.ModelInferRequest(model_name="fashion", inputs=[Tensor(
-        name="images", datatype="UINT8", shape=[1, 28, 28],
-        contents=oip.InferTensorContents(uint_contents=[0] * 10))]), INVALID,
-     "contents.uint_contents has 10 values; shape [1, 28, 28] needs 784"),
-    ("typed-range", oip.ModelInferRequest(model_name="fashion", inputs=[Tensor(
-        name="images", datatype="UINT8", shape=[1, 28, 28],
-        contents=oip.InferTensorContents(uint_contents=[256] * 784))]), INVALID,
-     "between 0 and 255"),
-    ("fp32-not-pixels", _raw("FP32", [1, 28, 28], np.full(784, 0.5, "<f4").tobytes()), INVALID,
-     "multiples of 1/255"),
-    ("fp32-nan", _raw("FP32", [1, 28, 28], np.full(784, np.nan, "<f4").tobytes()), INVALID,
-     "multiples of 1/255"),
-    ("input-name", oip.ModelInferRequest(model_name="fashion", inputs=[Tensor(
-        name="x", datatype="UINT8", shape=[1, 28, 28])], raw_input_contents=[bytes(784)]),
-     INVALID, "exactly one input named 'images', got ['x']"),
-    ("unknown-output", _raw("UINT8", [1, 28, 28], bytes(784), outputs=[
-        oip.ModelInferRequest.InferRequestedOutputTensor(name="logits")]), INVALID,
-     "unknown output 'logits'"),
+    (
+        "byte-count",
+        _raw("UINT8", [2, 28, 28], bytes(784)),
+        INVALID,
+        "has 784 bytes; shape [2, 28, 28] of UINT8 needs 1568",
+    ),
+    (
+        "both-contents",
+        oip.ModelInferRequest(
+            model_name="fashion",
+            inputs=[
+                Tensor(
+                    name="images",
+                    datatype="UINT8",
+                    shape=[1, 28, 28],
+                    contents=oip.InferTensorContents(uint_contents=[0] * 784),
+                )
+            ],
+            raw_input_contents=[bytes(784)],
+        ),
+        INVALID,
+        "not both",
+    ),
+    (
+        "no-contents",
+        oip.ModelInferRequest(
+            model_name="fashion",
+            inputs=[Tensor(name="images", datatype="UINT8", shape=[1, 28, 28])],
+        ),
+        INVALID,
+        "has no data",
+    ),
+    (
+        "typed-count",
+        oip.ModelInferRequest(
+            model_name="fashion",
+            inputs=[
+                Tensor(
+                    name="images",
+                    datatype="UINT8",
+                    shape=[1, 28, 28],
+                    contents=oip.InferTensorContents(uint_contents=[0] * 10),
+                )
+            ],
+        ),
+        INVALID,
+        "contents.uint_contents has 10 values; shape [1, 28, 28] needs 784",
+    ),
+    (
+        "typed-range",
+        oip.ModelInferRequest(
+            model_name="fashion",
+            inputs=[
+                Tensor(
+                    name="images",
+                    datatype="UINT8",
+                    shape=[1, 28, 28],
+                    contents=oip.InferTensorContents(uint_contents=[256] * 784),
+                )
+            ],
+        ),
+        INVALID,
+        "between 0 and 255",
+    ),
+    (
+        "fp32-not-pixels",
+        _raw("FP32", [1, 28, 28], np.full(784, 0.5, "<f4").tobytes()),
+        INVALID,
+        "multiples of 1/255",
+    ),
+    (
+        "fp32-nan",
+        _raw("FP32", [1, 28, 28], np.full(784, np.nan, "<f4").tobytes()),
+        INVALID,
+        "multiples of 1/255",
+    ),
+    (
+        "input-name",
+        oip.ModelInferRequest(
+            model_name="fashion",
+            inputs=[Tensor(name="x", datatype="UINT8", shape=[1, 28, 28])],
+            raw_input_contents=[bytes(784)],
+        ),
+        INVALID,
+        "exactly one input named 'images', got ['x']",
+    ),
+    (
+        "unknown-output",
+        _raw(
+            "UINT8",
+            [1, 28, 28],
+            bytes(784),
+            outputs=[oip.ModelInferRequest.InferRequestedOutputTensor(name="logits")],
+        ),
+        INVALID,
+        "unknown output 'logits'",
+    ),
     ("too-many", _raw("UINT8", [9, 28, 28], bytes(784 * 9)), INVALID, "at most 8 per request"),
-    ("parameter", _raw("UINT8", [1, 28, 28], bytes(784), parameters={
-        "priority": oip.InferParameter(int64_param=1)}), INVALID,
-     "request parameters ['priority'] are not supported"),
-    ("unknown-model", oip.ModelInferRequest(model_name="mnist"), NOT_FOUND,
-     "unknown model 'mnist'"),
-    ("unknown-version", _raw("UINT8", [1, 28, 28], bytes(784), model_version="7"), NOT_FOUND,
-     "model version 7 is not served"),
-    ("bad-version", _raw("UINT8", [1, 28, 28], bytes(784), model_version="latest"), NOT_FOUND,
-     "versions are positive integers"),
+    (
+        "parameter",
+        _raw(
+            "UINT8",
+            [1, 28, 28],
+            bytes(784),
+            parameters={"priority": oip.InferParameter(int64_param=1)},
+        ),
+        INVALID,
+        "request parameters ['priority'] are not supported",
+    ),
+    (
+        "unknown-model",
+        oip.ModelInferRequest(model_name="mnist"),
+        NOT_FOUND,
+        "unknown model 'mnist'",
+    ),
+    (
+        "unknown-version",
+        _raw("UINT8", [1, 28, 28], bytes(784), model_version="7"),
+        NOT_FOUND,
+        "model version 7 is not served",
+    ),
+    (
+        "bad-version",
+        _raw("UINT8", [1, 28, 28], bytes(784), model_version="latest"),
+        NOT_FOUND,
+        "versions are positive integers",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("request_", "code", "fragment"), [b[1:] for b in BAD],
-                         ids=[b[0] for b in BAD])
+@pytest.mark.parametrize(
+    ("request_", "code", "fragment"), [b[1:] for b in BAD], ids=[b[0] for b in BAD]
+)
 async def test_malformed_infer_request_is_refused(start_app, request_, code, fragment) -> None:
     app = await start_app(max_images_per_request=8)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
@@ -141,17 +270,28 @@ async def test_metadata_and_readiness(start_app) -> None:
         await app.load()
         assert (await stub.ServerReady(oip.ServerReadyRequest())).ready
         assert (await stub.ModelReady(oip.ModelReadyRequest(name="fashion", version="1"))).ready
-        await assert_status(stub.ModelReady(oip.ModelReadyRequest(name="fashion", version="3")),
-                            NOT_FOUND, "has no version 3")
-        await assert_status(stub.ModelMetadata(oip.ModelMetadataRequest(name="cifar")),
-                            NOT_FOUND, "unknown model 'cifar'")
+        await assert_status(
+            stub.ModelReady(oip.ModelReadyRequest(name="fashion", version="3")),
+            NOT_FOUND,
+            "has no version 3",
+        )
+        await assert_status(
+            stub.ModelMetadata(oip.ModelMetadataRequest(name="cifar")),
+            NOT_FOUND,
+            "unknown model 'cifar'",
+        )
         meta = await stub.ModelMetadata(oip.ModelMetadataRequest(name="fashion"))
-        assert (meta.name, list(meta.versions), meta.platform) == ("fashion", ["1"],
-                                                                   "onnxruntime_onnx")
+        assert (meta.name, list(meta.versions), meta.platform) == (
+            "fashion",
+            ["1"],
+            "onnxruntime_onnx",
+        )
         assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
-            ("images", "UINT8", [-1, 28, 28])]
+            ("images", "UINT8", [-1, 28, 28])
+        ]
         assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [
-            ("probabilities", "FP32", [-1, 10])]
+            ("probabilities", "FP32", [-1, 10])
+        ]
         server = await stub.ServerMetadata(oip.ServerMetadataRequest())
         assert server.name == "fashion-serving" and server.version
         stopping = asyncio.create_task(app.stop(grace_s=1.0))
@@ -173,10 +313,13 @@ async def test_concurrent_model_infer_and_predict_share_batches(start_app, test_
 
         async def predict_client(i: int) -> None:
             for j in range(15):
-                await stub.Predict(pb.PredictRequest(images=[pb.Image(raw=images[i + j].tobytes())]))
+                await stub.Predict(
+                    pb.PredictRequest(images=[pb.Image(raw=images[i + j].tobytes())])
+                )
 
-        await asyncio.gather(*(infer_client(i) for i in range(16)),
-                             *(predict_client(i) for i in range(16)))
+        await asyncio.gather(
+            *(infer_client(i) for i in range(16)), *(predict_client(i) for i in range(16))
+        )
     metrics = scrape(app)
     assert metrics["fashion_requests_total{code=OK,method=ModelInfer}"] == 240
     assert metrics["fashion_requests_total{code=OK,method=Predict}"] == 240
@@ -193,11 +336,17 @@ async def test_one_predict_and_one_model_infer_land_in_one_batch(start_app, monk
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.PredictionServiceStub(channel)
         oip_stub = oip_grpc.GRPCInferenceServiceStub(channel)
-        first = asyncio.ensure_future(stub.Predict(pb.PredictRequest(images=[pb.Image(raw=bytes(784))])))
+        first = asyncio.ensure_future(
+            stub.Predict(pb.PredictRequest(images=[pb.Image(raw=bytes(784))]))
+        )
         await asyncio.to_thread(blocker.entered.wait, 5)
         mixed = [
-            asyncio.ensure_future(stub.Predict(pb.PredictRequest(images=[pb.Image(raw=bytes(784))]))),
-            asyncio.ensure_future(oip_stub.ModelInfer(infer_request(np.zeros((2, 28, 28), np.uint8)))),
+            asyncio.ensure_future(
+                stub.Predict(pb.PredictRequest(images=[pb.Image(raw=bytes(784))]))
+            ),
+            asyncio.ensure_future(
+                oip_stub.ModelInfer(infer_request(np.zeros((2, 28, 28), np.uint8)))
+            ),
         ]
         while app.batcher.queued_images < 3:
             await asyncio.sleep(0.001)

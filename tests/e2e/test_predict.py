@@ -80,7 +80,10 @@ async def test_model_info_describes_the_served_model(app, stub, model_repo) -> N
     assert info.execution_provider == "CPUExecutionProvider"
     assert info.model_sha256 == metadata["model_sha256"]
     assert (info.inputs[0].name, info.inputs[0].dtype, list(info.inputs[0].shape)) == (
-        "images", "uint8", [-1, 28, 28])
+        "images",
+        "uint8",
+        [-1, 28, 28],
+    )
     assert (info.outputs[0].name, list(info.outputs[0].shape)) == ("probabilities", [-1, 10])
     assert info.batching.max_batch_size == app.settings.max_batch_size
 

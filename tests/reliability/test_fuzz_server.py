@@ -8,7 +8,6 @@ import threading
 from collections.abc import Iterator
 
 import grpc
-import numpy as np
 import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -53,8 +52,11 @@ def channel(target) -> Iterator[grpc.Channel]:
         yield ch
 
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[
-    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def _code(call) -> grpc.StatusCode:
@@ -74,8 +76,11 @@ def test_fuzzed_predict_requests(channel, image_list, top_k, version) -> None:
 
 
 @FUZZ
-@given(infer_requests(), st.sampled_from(["", "1", "2", "x", "-1"]),
-       st.sampled_from(["fashion", "", "other"]))
+@given(
+    infer_requests(),
+    st.sampled_from(["", "1", "2", "x", "-1"]),
+    st.sampled_from(["fashion", "", "other"]),
+)
 def test_fuzzed_model_infer_requests(channel, request, version, name) -> None:
     request.model_version, request.model_name = version, name
     stub = oip_grpc.GRPCInferenceServiceStub(channel)
@@ -91,7 +96,9 @@ def test_still_correct_after_fuzzing(channel, model_repo) -> None:
     stub = pb_grpc.PredictionServiceStub(channel)
     labels = []
     for start in range(0, 64, 8):
-        response = stub.Predict(pb.PredictRequest(
-            images=[pb.Image(raw=a.tobytes()) for a in batch[start : start + 8]]), timeout=10)
+        response = stub.Predict(
+            pb.PredictRequest(images=[pb.Image(raw=a.tobytes()) for a in batch[start : start + 8]]),
+            timeout=10,
+        )
         labels += [p.label for p in response.predictions]
     assert labels == expected.argmax(axis=1).tolist()

@@ -26,8 +26,14 @@ from tests.e2e.test_lifecycle import start_process
 IMAGE = pb.Image(raw=bytes(784))
 
 
-def add_version(repo: Path, version: int, *, model_bytes: bytes | None = None,
-                metadata: dict | None = None, write_metadata: bool = True) -> Path:
+def add_version(
+    repo: Path,
+    version: int,
+    *,
+    model_bytes: bytes | None = None,
+    metadata: dict | None = None,
+    write_metadata: bool = True,
+) -> Path:
     """Publish a copy of version 1 (or given bytes) as ``version`` the way training does."""
     source = repo / "fashion" / "1"
     staged = repo / "fashion" / f".tmp-test-{version}"
@@ -46,7 +52,8 @@ def add_version(repo: Path, version: int, *, model_bytes: bytes | None = None,
 
 def wrong_signature_model() -> bytes:
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "wrong",
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "wrong",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
     )
@@ -84,7 +91,12 @@ async def test_new_version_swaps_in_without_failed_requests(start_app, private_r
         info = await stub.GetModelInfo(pb.GetModelInfoRequest())
         assert (info.version, info.test_accuracy) == (2, 0.5)
     metrics = scrape(app)
-    assert metrics["fashion_model_info{architecture=course_cnn,provider=CPUExecutionProvider,version=2}"] == 1
+    assert (
+        metrics[
+            "fashion_model_info{architecture=course_cnn,provider=CPUExecutionProvider,version=2}"
+        ]
+        == 1
+    )
     assert not any(k.startswith("fashion_model_info{") and "version=1" in k for k in metrics)
     assert metrics["fashion_model_loads_total{result=loaded}"] == 2
 
@@ -168,7 +180,7 @@ async def test_kill_9_during_export_leaves_no_visible_version(start_app, private
     app = await start_app(private_repo, poll_interval_s=0)
     assert await app.reload() is None
     assert app.manager.current.version == 1
-    shutil.rmtree(private_repo / "fashion" / [n for n in leftovers if n.startswith(".tmp-")][0])
+    shutil.rmtree(private_repo / "fashion" / next(n for n in leftovers if n.startswith(".tmp-")))
 
 
 def test_wrong_signature_model_is_itself_valid_onnx() -> None:

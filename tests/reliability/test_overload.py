@@ -49,8 +49,9 @@ async def test_overload_is_refused_fast_and_admitted_latency_stays_bounded(start
     assert codes["OK"] > 0 and codes["RESOURCE_EXHAUSTED"] > 0
     assert depth_seen <= 128
     metrics = scrape(app)
-    assert metrics["fashion_rejected_requests_total{reason=queue_full}"] == codes[
-        "RESOURCE_EXHAUSTED"]
+    assert (
+        metrics["fashion_rejected_requests_total{reason=queue_full}"] == codes["RESOURCE_EXHAUSTED"]
+    )
     # Generous bounds (10x and more above what this machine shows): they catch an
     # unbounded queue, not a slow machine.
     assert float(np.percentile(admitted, 99)) < 2.0

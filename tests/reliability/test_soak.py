@@ -10,9 +10,26 @@ import sys
 def test_short_soak_has_no_unexpected_errors_and_no_wrong_answers(model_repo, tmp_path) -> None:
     out = tmp_path / "soak.json"
     result = subprocess.run(
-        [sys.executable, "-m", "soak.cli", "--model-repo", str(model_repo), "--duration-s", "8",
-         "--warmup-s", "3", "--clients", "8", "--storm", "100", "--out", str(out)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "soak.cli",
+            "--model-repo",
+            str(model_repo),
+            "--duration-s",
+            "8",
+            "--warmup-s",
+            "3",
+            "--clients",
+            "8",
+            "--storm",
+            "100",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     report = json.loads(out.read_text())
     assert result.returncode == 0, report

@@ -43,16 +43,20 @@ async def test_tls_serves_encrypted_and_refuses_plaintext(start_app, pki) -> Non
 
 
 async def test_mtls_requires_a_client_certificate_from_the_ca(start_app, pki) -> None:
-    app = await start_app(tls_cert=str(pki["server"].cert), tls_key=str(pki["server"].key),
-                          tls_client_ca=str(pki["ca"].pair.cert))
+    app = await start_app(
+        tls_cert=str(pki["server"].cert),
+        tls_key=str(pki["server"].key),
+        tls_client_ca=str(pki["ca"].pair.cert),
+    )
     target = f"localhost:{app.port}"
     ca = pki["ca"].pair.cert
     good = TlsConfig(ca_cert=ca, client_cert=pki["client"].cert, client_key=pki["client"].key)
     assert await asyncio.to_thread(predict, target, good) == 2
     for refused in (
         TlsConfig(ca_cert=ca),  # no client certificate
-        TlsConfig(ca_cert=ca, client_cert=pki["rogue_client"].cert,
-                  client_key=pki["rogue_client"].key),  # signed by another CA
+        TlsConfig(
+            ca_cert=ca, client_cert=pki["rogue_client"].cert, client_key=pki["rogue_client"].key
+        ),  # signed by another CA
     ):
         with pytest.raises(PredictError) as info:
             await asyncio.to_thread(predict, target, refused)
@@ -64,19 +68,31 @@ async def test_mtls_requires_a_client_certificate_from_the_ca(start_app, pki) ->
 async def test_fashion_predict_cli_speaks_mtls(start_app, pki, tmp_path, capsys) -> None:
     from PIL import Image
 
-    app = await start_app(tls_cert=str(pki["server"].cert), tls_key=str(pki["server"].key),
-                          tls_client_ca=str(pki["ca"].pair.cert))
+    app = await start_app(
+        tls_cert=str(pki["server"].cert),
+        tls_key=str(pki["server"].key),
+        tls_client_ca=str(pki["ca"].pair.cert),
+    )
     image = tmp_path / "shirt.png"
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
-    argv = ["--target", f"localhost:{app.port}", "--tls-ca", str(pki["ca"].pair.cert),
-            "--tls-cert", str(pki["client"].cert), "--tls-key", str(pki["client"].key), str(image)]
+    argv = [
+        "--target",
+        f"localhost:{app.port}",
+        "--tls-ca",
+        str(pki["ca"].pair.cert),
+        "--tls-cert",
+        str(pki["client"].cert),
+        "--tls-key",
+        str(pki["client"].key),
+        str(image),
+    ]
     assert await asyncio.to_thread(predict_main, argv) == 0
     line = json.loads(capsys.readouterr().out.strip())
     assert line["file"] == str(image) and 0 <= line["label"] <= 9
 
 
 def test_tls_settings_are_validated(pki, tmp_path) -> None:
-    cert, key = str(pki["server"].cert), str(pki["server"].key)
+    cert = str(pki["server"].cert)
     with pytest.raises(ConfigError, match="go together"):
         Settings(tls_cert=cert)
     with pytest.raises(ConfigError, match="needs --tls-cert"):

@@ -91,8 +91,7 @@ async def test_lone_request_is_not_delayed(make) -> None:
 async def test_full_batch_flushes_at_once_while_another_runs(make) -> None:
     predict = Recorder(block=True)
     flushes = Flushes()
-    batcher = await make(predict, max_batch_size=4, max_wait_s=5.0, concurrency=2,
-                         metrics=flushes)
+    batcher = await make(predict, max_batch_size=4, max_wait_s=5.0, concurrency=2, metrics=flushes)
     first = asyncio.create_task(batcher.submit(rows(1)))
     await asyncio.to_thread(predict.started.wait, 5)
     second = [asyncio.create_task(batcher.submit(rows(2, v))) for v in (1, 2)]
@@ -106,8 +105,9 @@ async def test_full_batch_flushes_at_once_while_another_runs(make) -> None:
 async def test_partial_batch_flushes_after_max_wait(make) -> None:
     predict = Recorder(block=True)
     flushes = Flushes()
-    batcher = await make(predict, max_batch_size=64, max_wait_s=0.05, concurrency=2,
-                         metrics=flushes)
+    batcher = await make(
+        predict, max_batch_size=64, max_wait_s=0.05, concurrency=2, metrics=flushes
+    )
     first = asyncio.create_task(batcher.submit(rows(1)))
     await asyncio.to_thread(predict.started.wait, 5)
     loop = asyncio.get_running_loop()

@@ -42,9 +42,12 @@ def test_png_is_lossless_and_mixes_with_raw() -> None:
 
 def test_jpeg_and_rgb_png_become_grayscale() -> None:
     flat = np.full((28, 28), 120, dtype=np.uint8)
-    request = pb.PredictRequest(images=[
-        pb.Image(encoded=encoded(flat, "JPEG")), pb.Image(encoded=encoded(flat, "PNG", "RGB")),
-    ])
+    request = pb.PredictRequest(
+        images=[
+            pb.Image(encoded=encoded(flat, "JPEG")),
+            pb.Image(encoded=encoded(flat, "PNG", "RGB")),
+        ]
+    )
     out = decode_images(request, 10)
     assert out.shape == (2, 28, 28) and out.dtype == np.uint8
     assert np.abs(out.astype(int) - 120).max() <= 2
@@ -54,16 +57,29 @@ def test_jpeg_and_rgb_png_become_grayscale() -> None:
     ("images", "error", "message"),
     [
         ([], InvalidInput, "no images"),
-        ([pb.Image(raw=b"x" * 700)], InvalidInput, "image 0: raw image has 700 bytes, expected 784"),
+        (
+            [pb.Image(raw=b"x" * 700)],
+            InvalidInput,
+            "image 0: raw image has 700 bytes, expected 784",
+        ),
         ([pb.Image(raw=b"x" * 784), pb.Image()], InvalidInput, "image 1: empty"),
         ([pb.Image(raw=b"x" * 784, encoded=b"png")], InvalidInput, "not both"),
         ([pb.Image(encoded=b"\x89PNG\r\n\x1a\nbroken")], InvalidInput, "not a PNG or JPEG file"),
-        ([pb.Image(encoded=encoded(pixels(5))[:100])], InvalidInput,
-         "cannot decode as PNG or JPEG (image file is truncated)"),
-        ([pb.Image(encoded=encoded(np.zeros((32, 32), np.uint8)))], InvalidInput,
-         "PNG is 32x32, expected 28x28"),
-        ([pb.Image(encoded=encoded(np.zeros((28, 28), np.uint8), "GIF"))], InvalidInput,
-         "encoded image is GIF, expected PNG or JPEG"),
+        (
+            [pb.Image(encoded=encoded(pixels(5))[:100])],
+            InvalidInput,
+            "cannot decode as PNG or JPEG (image file is truncated)",
+        ),
+        (
+            [pb.Image(encoded=encoded(np.zeros((32, 32), np.uint8)))],
+            InvalidInput,
+            "PNG is 32x32, expected 28x28",
+        ),
+        (
+            [pb.Image(encoded=encoded(np.zeros((28, 28), np.uint8), "GIF"))],
+            InvalidInput,
+            "encoded image is GIF, expected PNG or JPEG",
+        ),
         ([pb.Image(raw=b"x" * 784)] * 5, TooLarge, "5 images; this server accepts at most 4"),
     ],
 )

@@ -51,6 +51,9 @@ def test_readme_documents_every_server_flag() -> None:
     import dataclasses
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    missing = [f.name for f in dataclasses.fields(Settings)
-               if f"--{f.name.replace('_', '-')}" not in readme]
+    missing = [
+        f.name
+        for f in dataclasses.fields(Settings)
+        if f"--{f.name.replace('_', '-')}" not in readme
+    ]
     assert not missing, f"README's fashion-serve table lacks {missing}"

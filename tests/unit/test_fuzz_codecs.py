@@ -25,8 +25,12 @@ def _encoded(fmt: str, size: tuple[int, int], mode: str) -> bytes:
     return buffer.getvalue()
 
 
-VALID_FILES = [_encoded(f, s, m) for f in ("PNG", "JPEG") for s in ((28, 28), (27, 28), (56, 56))
-               for m in ("L", "RGB")]
+VALID_FILES = [
+    _encoded(f, s, m)
+    for f in ("PNG", "JPEG")
+    for s in ((28, 28), (27, 28), (56, 56))
+    for m in ("L", "RGB")
+]
 
 
 @st.composite
@@ -71,18 +75,29 @@ dims = st.one_of(st.integers(-3, 40), st.sampled_from([28, 1, 2**40, -(2**40)]))
 @st.composite
 def infer_requests(draw: st.DrawFn) -> oip.ModelInferRequest:
     datatype = draw(st.sampled_from(["UINT8", "FP32", "INT32", "BYTES", "FP16", "", "uint8"]))
-    shape = draw(st.one_of(st.lists(dims, max_size=5),
-                           st.tuples(st.integers(-1, 5), st.just(28), st.just(28)).map(list)))
-    contents = draw(st.one_of(
-        st.none(),
-        st.builds(oip.InferTensorContents,
-                  uint_contents=st.lists(st.integers(0, 2**32 - 1), max_size=1600)),
-        st.builds(oip.InferTensorContents,
-                  fp32_contents=st.lists(st.floats(width=32, allow_nan=True), max_size=1600)),
-        st.builds(oip.InferTensorContents, int_contents=st.lists(st.integers(-5, 5), max_size=9)),
-    ))
-    tensor = Tensor(name=draw(st.sampled_from(["images", "x", ""])), datatype=datatype,
-                    shape=shape)
+    shape = draw(
+        st.one_of(
+            st.lists(dims, max_size=5),
+            st.tuples(st.integers(-1, 5), st.just(28), st.just(28)).map(list),
+        )
+    )
+    contents = draw(
+        st.one_of(
+            st.none(),
+            st.builds(
+                oip.InferTensorContents,
+                uint_contents=st.lists(st.integers(0, 2**32 - 1), max_size=1600),
+            ),
+            st.builds(
+                oip.InferTensorContents,
+                fp32_contents=st.lists(st.floats(width=32, allow_nan=True), max_size=1600),
+            ),
+            st.builds(
+                oip.InferTensorContents, int_contents=st.lists(st.integers(-5, 5), max_size=9)
+            ),
+        )
+    )
+    tensor = Tensor(name=draw(st.sampled_from(["images", "x", ""])), datatype=datatype, shape=shape)
     if contents is not None:
         tensor.contents.CopyFrom(contents)
     raw = draw(st.lists(st.binary(max_size=3200), max_size=2))
