@@ -34,14 +34,17 @@ POD_OWNERS = ("Deployment", "Job")
 def kubectl() -> str:
     path = shutil.which("kubectl")
     if path is None:
-        pytest.skip("kubectl (with its built-in kustomize) is not installed: cannot render deploy/k8s")
+        pytest.skip(
+            "kubectl (with its built-in kustomize) is not installed: cannot render deploy/k8s"
+        )
     return path
 
 
 @functools.cache
 def _render_cached(directory: str) -> str:
-    result = subprocess.run([kubectl(), "kustomize", directory], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [kubectl(), "kustomize", directory], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
     return result.stdout
 

@@ -27,15 +27,16 @@ def hadolint() -> str:
 
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_dockerfile_passes_hadolint(name: str) -> None:
-    result = subprocess.run([hadolint(), str(DOCKER / name)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [hadolint(), str(DOCKER / name)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_base_images_are_pinned_by_tag(name: str) -> None:
     for base in dockerfile(name).bases:
-        repository, _, tag = base.partition(":")
+        _repository, _, tag = base.partition(":")
         assert tag and tag != "latest", f"{name}: FROM {base} must name a version tag"
 
 
@@ -55,8 +56,9 @@ def test_runs_as_a_numeric_non_root_user_with_an_exec_form_entrypoint(name: str)
 def test_server_image_settings_are_valid_and_bind_every_interface(name: str) -> None:
     image = dockerfile(name)
     args = image.exec_form("CMD") if image.all("CMD") else []
-    settings = load_settings(args, {k: v for k, v in image.env().items()
-                                    if k.startswith("FASHION_")})
+    settings = load_settings(
+        args, {k: v for k, v in image.env().items() if k.startswith("FASHION_")}
+    )
     assert settings.host == "0.0.0.0"
     assert str(settings.model_repo) == "/models"
     assert settings.device == ("cuda" if "gpu" in name else "cpu")
@@ -99,7 +101,7 @@ def _dockerignore_regex(pattern: str) -> re.Pattern[str]:
             i += 1
         elif pattern[i] == "[":
             end = pattern.index("]", i)
-            out += pattern[i:end + 1]
+            out += pattern[i : end + 1]
             i = end + 1
         else:
             out += re.escape(pattern[i])
@@ -135,10 +137,18 @@ def test_every_copied_source_is_in_the_build_context(name: str) -> None:
             assert not excluded_by_dockerignore(probe), f"{name}: COPY {source} is dockerignored"
 
 
-@pytest.mark.parametrize("path", [
-    ".venv/bin/python", ".git/HEAD", "models/fashion/1/model.onnx", "tests/conftest.py",
-    "data/train-images-idx3-ubyte.gz", "server/__pycache__/app.cpython-311.pyc", ".env",
-    "deploy/k8s/base/deployment.yaml",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".venv/bin/python",
+        ".git/HEAD",
+        "models/fashion/1/model.onnx",
+        "tests/conftest.py",
+        "data/train-images-idx3-ubyte.gz",
+        "server/__pycache__/app.cpython-311.pyc",
+        ".env",
+        "deploy/k8s/base/deployment.yaml",
+    ],
+)
 def test_dockerignore_keeps_local_state_out_of_the_context(path: str) -> None:
     assert excluded_by_dockerignore(path)

@@ -46,17 +46,21 @@ KNOWN_SETTINGS = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.__dataclass
 
 
 def kubernetes_versions() -> list[str]:
-    utils = pytest.importorskip("kubernetes_validate.utils",
-                                reason="kubernetes-validate (dev extra) is not installed")
+    utils = pytest.importorskip(
+        "kubernetes_validate.utils", reason="kubernetes-validate (dev extra) is not installed"
+    )
     versions = sorted({tuple(int(p) for p in v.split(".")[:2]) for v in utils.all_versions()})
-    supported = [f"{major}.{minor}" for major, minor in versions if (major, minor) >= MIN_KUBERNETES]
+    supported = [
+        f"{major}.{minor}" for major, minor in versions if (major, minor) >= MIN_KUBERNETES
+    ]
     assert len(supported) >= 4, f"kubernetes-validate knows too few versions: {versions}"
     return supported
 
 
 def kubernetes_validate_cli() -> str:
-    path = shutil.which("kubernetes-validate") or str(Path(sys.executable).parent /
-                                                       "kubernetes-validate")
+    path = shutil.which("kubernetes-validate") or str(
+        Path(sys.executable).parent / "kubernetes-validate"
+    )
     if not Path(path).is_file():
         pytest.skip("kubernetes-validate (dev extra) is not installed")
     return path
@@ -64,7 +68,8 @@ def kubernetes_validate_cli() -> str:
 
 def server_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     (container,) = one(docs, "Deployment", "fashion-serving")["spec"]["template"]["spec"][
-        "containers"]
+        "containers"
+    ]
     return container
 
 
@@ -77,8 +82,12 @@ def settings_of(overlay: str) -> Settings:
 
 
 def validate_strict(paths: list[Path], version: str) -> None:
-    result = subprocess.run([kubernetes_validate_cli(), "--strict", "-k", version, *map(str, paths)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [kubernetes_validate_cli(), "--strict", "-k", version, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     # A missing schema is only a warning: acceptable for CRDs, never for a core kind
@@ -100,8 +109,12 @@ def rendered_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     predictor = dict(one(render("kserve"), "InferenceService")["spec"]["predictor"])
     for kserve_field in ("minReplicas", "maxReplicas"):
         predictor.pop(kserve_field)
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kserve-predictor"},
-           "spec": predictor}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "kserve-predictor"},
+        "spec": predictor,
+    }
     (directory / "kserve-predictor-pod.yaml").write_text(yaml.safe_dump(pod))
     paths.append(directory / "kserve-predictor-pod.yaml")
     return paths
@@ -115,12 +128,17 @@ def test_every_kustomization_passes_strict_validation_for_each_kubernetes_versio
 
 
 def render_with_servicemonitor(tmp_path: Path) -> list[dict[str, Any]]:
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        # kustomize refuses absolute paths to bases and components.
-        "resources": [os.path.relpath(K8S / "overlays" / "cpu", tmp_path)],
-        "components": [os.path.relpath(SERVICEMONITOR, tmp_path)],
-    }))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                # kustomize refuses absolute paths to bases and components.
+                "resources": [os.path.relpath(K8S / "overlays" / "cpu", tmp_path)],
+                "components": [os.path.relpath(SERVICEMONITOR, tmp_path)],
+            }
+        )
+    )
     return render(tmp_path)
 
 
@@ -132,8 +150,11 @@ def test_servicemonitor_component_scrapes_the_metrics_port_instead_of_annotation
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     selector = monitor["spec"]["selector"]["matchLabels"]
     port_names = {e["port"] for e in monitor["spec"]["endpoints"]}
-    services = [s for s in docs if s["kind"] == "Service"
-                and selector.items() <= s["metadata"]["labels"].items()]
+    services = [
+        s
+        for s in docs
+        if s["kind"] == "Service" and selector.items() <= s["metadata"]["labels"].items()
+    ]
     metrics_ports = [p for s in services for p in s["spec"]["ports"] if p["name"] in port_names]
     assert len(metrics_ports) == 1, "exactly one Service port to scrape per pod"
     settings = settings_of("cpu")
@@ -192,10 +213,13 @@ def test_kserve_predictor_settings_are_valid() -> None:
     env = container_env(container, [])
     assert {k for k in env if k.startswith(ENV_PREFIX)} <= KNOWN_SETTINGS
     settings = load_settings(container.get("args", []), env)
-    assert container["ports"] == [{"name": "h2c", "containerPort": settings.port,
-                                   "protocol": "TCP"}]
-    assert container["readinessProbe"]["grpc"] == {"port": settings.port,
-                                                   "service": READINESS_SERVICE}
+    assert container["ports"] == [
+        {"name": "h2c", "containerPort": settings.port, "protocol": "TCP"}
+    ]
+    assert container["readinessProbe"]["grpc"] == {
+        "port": settings.port,
+        "service": READINESS_SERVICE,
+    }
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert str(settings.model_repo) in mounts
 
@@ -215,8 +239,9 @@ def test_termination_grace_covers_prestop_and_the_server_drain(overlay: str) -> 
 
 
 def all_pods() -> list[tuple[str, str, dict[str, Any]]]:
-    return [(name, where, spec) for name in KUSTOMIZATIONS
-            for where, spec in pod_specs(render(name))]
+    return [
+        (name, where, spec) for name in KUSTOMIZATIONS for where, spec in pod_specs(render(name))
+    ]
 
 
 def test_gpu_is_requested_only_by_the_gpu_overlay() -> None:
@@ -250,7 +275,8 @@ def test_every_container_sets_cpu_and_memory_requests_and_limits() -> None:
             resources = container.get("resources", {})
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= resources.get(kind, {}).keys(), (
-                    f"{name}: {where}/{container['name']} lacks {kind}")
+                    f"{name}: {where}/{container['name']} lacks {kind}"
+                )
 
 
 def test_every_pod_is_hardened() -> None:
@@ -284,11 +310,15 @@ def test_services_budget_policy_and_autoscaler_select_the_server_pods(overlay: s
     assert one(docs, "Service", "fashion-serving")["spec"]["type"] == "ClusterIP"
     pdb = one(docs, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert one(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"].items() <= \
-        labels.items()
+    assert (
+        one(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    )
     hpa = one(docs, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     # A budget that allows no disruption at minReplicas would block every node drain.
     assert pdb["spec"]["maxUnavailable"] >= 1
@@ -302,9 +332,11 @@ def test_server_reads_and_the_job_writes_the_same_model_volume() -> None:
             assert doc["metadata"].get("namespace") == namespace, f"{name}: {doc['kind']}"
 
     def models_mount(spec: dict[str, Any], container: dict[str, Any]) -> dict[str, Any]:
-        claims = {v["name"] for v in spec["volumes"]
-                  if v.get("persistentVolumeClaim", {}).get("claimName") ==
-                  pvc["metadata"]["name"]}
+        claims = {
+            v["name"]
+            for v in spec["volumes"]
+            if v.get("persistentVolumeClaim", {}).get("claimName") == pvc["metadata"]["name"]
+        }
         (mount,) = [m for m in container["volumeMounts"] if m["name"] in claims]
         return mount
 
