@@ -80,6 +80,7 @@ class App:
         self.manager = ModelManager(
             settings.model_repo,
             pinned_version=settings.model_version,
+            variant=settings.model_variant,
             device=settings.device,
             threads=settings.threads,
             metrics=self.metrics,

@@ -19,6 +19,7 @@ from server.errors import ConfigError
 
 ENV_PREFIX = "FASHION_"
 DEVICES = ("cpu", "cuda", "auto")
+VARIANTS = ("float", "int8")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -38,6 +39,12 @@ class Settings:
     )
     model_version: int = _setting(
         0, "serve this version and never switch (0 = the newest, following new versions)", min=0
+    )
+    model_variant: str = _setting(
+        "float",
+        "which model file of a version to serve: float (model.onnx) or int8 (the quantized "
+        "variant listed in metadata.json)",
+        choices=VARIANTS,
     )
     host: str = _setting("127.0.0.1", "address to bind (0.0.0.0 in containers)")
     port: int = _setting(50051, "gRPC port (0 = any free port, printed at start)", min=0, max=65535)

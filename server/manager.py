@@ -32,6 +32,7 @@ class ModelManager:
         repo: Path,
         *,
         pinned_version: int = 0,
+        variant: str = "float",
         device: str = "cpu",
         threads: int = 0,
         metrics: Metrics,
@@ -39,6 +40,7 @@ class ModelManager:
     ) -> None:
         self.repo = Path(repo)
         self.pinned_version = pinned_version
+        self.variant = variant
         self.device = device
         self.threads = threads
         self.metrics = metrics
@@ -72,7 +74,7 @@ class ModelManager:
         previous = self._current
         self._current = model
         self.metrics.set_class_names(model.class_names)
-        self.metrics.set_model(model.version, model.provider, model.architecture)
+        self.metrics.set_model(model.version, model.provider, model.architecture, model.variant)
         logger.info(
             "serving %s version %d on %s (%d threads)%s",
             self.repo,
@@ -87,7 +89,9 @@ class ModelManager:
         with self._lock:
             try:
                 model = LoadedModel(
-                    read_version(self.repo, version), device=self.device, threads=self.threads
+                    read_version(self.repo, version, variant=self.variant),
+                    device=self.device,
+                    threads=self.threads,
                 )
                 model.warm_up(self._warm_sizes)
             except ServingError:

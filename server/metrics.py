@@ -100,7 +100,7 @@ class Metrics:
         self.model_info = Gauge(
             "fashion_model_info",
             "The model being served (value 1)",
-            ["version", "provider", "architecture"],
+            ["version", "provider", "architecture", "variant"],
             registry=registry,
         )
         self.model_loads = Counter(
@@ -131,9 +131,9 @@ class Metrics:
         self._class_names = tuple(class_names)
         self._class_counters = [self.predictions.labels(name) for name in self._class_names]
 
-    def set_model(self, version: int, provider: str, architecture: str) -> None:
+    def set_model(self, version: int, provider: str, architecture: str, variant: str) -> None:
         self.model_info.clear()
-        self.model_info.labels(str(version), provider, architecture).set(1)
+        self.model_info.labels(str(version), provider, architecture, variant).set(1)
 
     # BatcherMetrics protocol
     def observe_batch(self, images: int, reason: str, inference_s: float) -> None:

@@ -129,7 +129,8 @@ class LoadedModel:
     def __init__(self, version: ModelVersion, *, device: str = "cpu", threads: int = 0) -> None:
         self.version = version.version
         self.metadata = version.metadata
-        self.model_sha256: str = str(version.metadata.get("model_sha256", ""))
+        self.model_sha256 = version.model_sha256
+        self.variant = version.variant
         self._session = create_session(version.model_path, device, threads)
         self.input_spec, self.output_spec = check_signature(self._session)
         self.provider: str = self._session.get_providers()[0]

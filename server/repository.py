@@ -27,6 +27,9 @@ from server.errors import ModelLoadError, VersionNotFound
 MODEL_NAME = "fashion"
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
+# The float model is model.onnx. Optional extra variants (e.g. a quantized INT8 model)
+# are listed in metadata.json as {"variants": {"int8": {"file": ..., "sha256": ...}}}.
+FLOAT_VARIANT = "float"
 # Temporary directories start with a dot and are never integers, so readers skip them.
 TMP_PREFIX = ".tmp-"
 
@@ -38,10 +41,13 @@ class ModelVersion:
     version: int
     path: Path
     metadata: dict[str, Any]
+    variant: str = FLOAT_VARIANT
+    model_file: str = MODEL_FILE
+    model_sha256: str = ""
 
     @property
     def model_path(self) -> Path:
-        return self.path / MODEL_FILE
+        return self.path / self.model_file
 
 
 def model_dir(root: Path, model: str = MODEL_NAME) -> Path:
@@ -89,11 +95,13 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def read_version(root: Path, version: int, model: str = MODEL_NAME) -> ModelVersion:
+def read_version(
+    root: Path, version: int, model: str = MODEL_NAME, *, variant: str = FLOAT_VARIANT
+) -> ModelVersion:
     """Read and check one version: metadata present and parseable, checksum matches.
 
     Raises VersionNotFound when the directory does not exist and ModelLoadError
-    when it exists but is incomplete or corrupt.
+    when it exists but is incomplete, corrupt, or lacks the requested variant.
     """
     path = model_dir(root, model) / str(version)
     if not path.is_dir():
@@ -107,18 +115,37 @@ def read_version(root: Path, version: int, model: str = MODEL_NAME) -> ModelVers
         raise ModelLoadError(f"version {version}: {meta_path} is unreadable: {exc}") from exc
     if not isinstance(metadata, dict):
         raise ModelLoadError(f"version {version}: {meta_path} is not a JSON object")
-    model_path = path / MODEL_FILE
+    file_name, expected = _variant_file(metadata, version, variant)
+    model_path = path / file_name
     if not model_path.is_file():
         raise ModelLoadError(f"version {version}: {model_path} is missing")
-    expected = metadata.get("model_sha256")
-    if not isinstance(expected, str):
-        raise ModelLoadError(f"version {version}: metadata.json has no model_sha256")
     actual = sha256_file(model_path)
     if actual != expected:
         raise ModelLoadError(
             f"version {version}: sha256 of {model_path} is {actual}, metadata.json says {expected}"
         )
-    return ModelVersion(version=version, path=path, metadata=metadata)
+    return ModelVersion(version, path, metadata, variant, file_name, actual)
+
+
+def _variant_file(metadata: dict[str, Any], version: int, variant: str) -> tuple[str, str]:
+    """(file name, expected sha256) of ``variant`` as metadata.json describes it."""
+    if variant == FLOAT_VARIANT:
+        expected = metadata.get("model_sha256")
+        if not isinstance(expected, str):
+            raise ModelLoadError(f"version {version}: metadata.json has no model_sha256")
+        return MODEL_FILE, expected
+    entry = (metadata.get("variants") or {}).get(variant)
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("file"), str)
+        or not isinstance(entry.get("sha256"), str)
+    ):
+        available = [FLOAT_VARIANT, *sorted(metadata.get("variants") or {})]
+        raise ModelLoadError(
+            f"version {version} has no {variant!r} model (available: {', '.join(available)})"
+        )
+    name = Path(entry["file"]).name  # never a path outside the version directory
+    return name, entry["sha256"]
 
 
 def _fsync_dir(path: Path) -> None:

@@ -104,6 +104,7 @@ class PredictionServicer(ServicerBase, pb_grpc.PredictionServiceServicer):
             test_accuracy=model.test_accuracy,
             architecture=model.architecture,
             model_sha256=model.model_sha256,
+            model_variant=model.variant,
             batching=pb.BatchingInfo(
                 max_batch_size=s.max_batch_size,
                 max_batch_delay_ms=s.max_batch_delay_ms,

@@ -79,6 +79,7 @@ async def test_model_info_describes_the_served_model(app, stub, model_repo) -> N
     assert info.test_accuracy == metadata["test_accuracy"]
     assert info.execution_provider == "CPUExecutionProvider"
     assert info.model_sha256 == metadata["model_sha256"]
+    assert info.model_variant == "float"
     assert (info.inputs[0].name, info.inputs[0].dtype, list(info.inputs[0].shape)) == (
         "images",
         "uint8",
@@ -102,5 +103,24 @@ async def test_metrics_are_served_over_http(app, stub, test_set) -> None:
     assert sum(v for k, v in metrics.items() if k.startswith("fashion_predictions_total")) == 3
     info = [k for k in metrics if k.startswith("fashion_model_info{")]
     assert info == [
-        "fashion_model_info{architecture=course_cnn,provider=CPUExecutionProvider,version=1}"
+        "fashion_model_info{architecture=course_cnn,provider=CPUExecutionProvider,"
+        "variant=float,version=1}"
     ]
+
+
+async def test_int8_variant_is_served_when_asked(start_app, private_repo) -> None:
+    import json
+    import shutil
+
+    from server.repository import sha256_file
+
+    path = private_repo / "fashion" / "1"
+    # Stand-in for the quantized file (a real ONNX model with the same signature).
+    shutil.copy(path / "model.onnx", path / "model.int8.onnx")
+    meta = json.loads((path / "metadata.json").read_text())
+    meta["variants"] = {"int8": {"file": "model.int8.onnx",
+                                 "sha256": sha256_file(path / "model.int8.onnx")}}
+    (path / "metadata.json").write_text(json.dumps(meta))
+    app = await start_app(private_repo, model_variant="int8")
+    assert app.manager.current.variant == "int8"
+    assert "variant=int8" in next(k for k in scrape(app) if k.startswith("fashion_model_info{"))

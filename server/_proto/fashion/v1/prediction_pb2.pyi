@@ -87,7 +87,7 @@ class BatchingInfo(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_batch_delay_ms: _Optional[float] = ..., max_queue_images: _Optional[int] = ..., max_images_per_request: _Optional[int] = ..., concurrency: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "class_names", "inputs", "outputs", "execution_provider", "test_accuracy", "architecture", "batching", "model_sha256")
+    __slots__ = ("name", "version", "class_names", "inputs", "outputs", "execution_provider", "test_accuracy", "architecture", "batching", "model_sha256", "model_variant")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class ModelInfo(_message.Message):
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     BATCHING_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VARIANT_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     class_names: _containers.RepeatedScalarFieldContainer[str]
@@ -108,4 +109,5 @@ class ModelInfo(_message.Message):
     architecture: str
     batching: BatchingInfo
     model_sha256: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., execution_provider: _Optional[str] = ..., test_accuracy: _Optional[float] = ..., architecture: _Optional[str] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., model_sha256: _Optional[str] = ...) -> None: ...
+    model_variant: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., execution_provider: _Optional[str] = ..., test_accuracy: _Optional[float] = ..., architecture: _Optional[str] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., model_sha256: _Optional[str] = ..., model_variant: _Optional[str] = ...) -> None: ...
