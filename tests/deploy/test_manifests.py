@@ -203,6 +203,8 @@ def test_every_fashion_variable_is_a_real_setting_with_a_valid_value(overlay: st
     assert settings.max_connection_age_s > 0, "long-lived clients must rebalance on scale-out"
     assert settings.metrics_port > 0 and settings.port > 0
     assert settings.device == ("cuda" if overlay == "gpu" else "cpu")
+    # The kubelet's gRPC probes speak plaintext only: a TLS server would never turn Ready.
+    assert not getattr(settings, "tls_cert", ""), "native gRPC probes cannot use TLS"
     limit = server_container(docs)["resources"]["limits"]["cpu"]
     assert settings.threads == math.ceil(cpu_cores(limit)), "onnxruntime threads = CPU limit"
 

@@ -118,8 +118,9 @@ async def test_int8_variant_is_served_when_asked(start_app, private_repo) -> Non
     # Stand-in for the quantized file (a real ONNX model with the same signature).
     shutil.copy(path / "model.onnx", path / "model.int8.onnx")
     meta = json.loads((path / "metadata.json").read_text())
-    meta["variants"] = {"int8": {"file": "model.int8.onnx",
-                                 "sha256": sha256_file(path / "model.int8.onnx")}}
+    meta["variants"] = {
+        "int8": {"file": "model.int8.onnx", "sha256": sha256_file(path / "model.int8.onnx")}
+    }
     (path / "metadata.json").write_text(json.dumps(meta))
     app = await start_app(private_repo, model_variant="int8")
     assert app.manager.current.variant == "int8"

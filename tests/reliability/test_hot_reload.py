@@ -93,7 +93,7 @@ async def test_new_version_swaps_in_without_failed_requests(start_app, private_r
     metrics = scrape(app)
     assert (
         metrics[
-            "fashion_model_info{architecture=course_cnn,provider=CPUExecutionProvider,version=2}"
+            "fashion_model_info{architecture=course_cnn,provider=CPUExecutionProvider,variant=float,version=2}"
         ]
         == 1
     )

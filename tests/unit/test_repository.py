@@ -46,8 +46,9 @@ def test_int8_variant_is_read_and_checked(tmp_path) -> None:
     path = make_version(tmp_path, 1)
     (path / "model.int8.onnx").write_bytes(b"int8 model")
     meta = json.loads((path / "metadata.json").read_text())
-    meta["variants"] = {"int8": {"file": "model.int8.onnx",
-                                 "sha256": sha256_file(path / "model.int8.onnx")}}
+    meta["variants"] = {
+        "int8": {"file": "model.int8.onnx", "sha256": sha256_file(path / "model.int8.onnx")}
+    }
     (path / "metadata.json").write_text(json.dumps(meta))
     version = read_version(tmp_path, 1, variant="int8")
     assert version.model_path == path / "model.int8.onnx" and version.variant == "int8"
@@ -62,7 +63,12 @@ def test_missing_variant_names_what_exists(tmp_path) -> None:
 
 def test_variant_file_cannot_escape_the_version_directory(tmp_path) -> None:
     (tmp_path / "secret.onnx").write_bytes(b"x")
-    make_version(tmp_path, 1, variants={"int8": {"file": "../../secret.onnx",
-                                                 "sha256": sha256_file(tmp_path / "secret.onnx")}})
+    make_version(
+        tmp_path,
+        1,
+        variants={
+            "int8": {"file": "../../secret.onnx", "sha256": sha256_file(tmp_path / "secret.onnx")}
+        },
+    )
     with pytest.raises(ModelLoadError, match="secret.onnx is missing"):
         read_version(tmp_path, 1, variant="int8")
