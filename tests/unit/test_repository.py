@@ -36,7 +36,7 @@ def test_only_positive_integer_directories_are_versions(tmp_path) -> None:
 def test_checksum_mismatch_is_refused(tmp_path) -> None:
     path = make_version(tmp_path, 1)
     (path / "model.onnx").write_bytes(b"tampered")
-    with pytest.raises(ModelLoadError, match="sha256 of .* metadata.json says"):
+    with pytest.raises(ModelLoadError, match=r"sha256 of .* metadata\.json says"):
         read_version(tmp_path, 1)
     with pytest.raises(VersionNotFound, match="no version 2"):
         read_version(tmp_path, 2)
@@ -70,5 +70,5 @@ def test_variant_file_cannot_escape_the_version_directory(tmp_path) -> None:
             "int8": {"file": "../../secret.onnx", "sha256": sha256_file(tmp_path / "secret.onnx")}
         },
     )
-    with pytest.raises(ModelLoadError, match="secret.onnx is missing"):
+    with pytest.raises(ModelLoadError, match=r"secret\.onnx is missing"):
         read_version(tmp_path, 1, variant="int8")
