@@ -15,6 +15,11 @@ from training.train import fit, main, parse_args, seed_everything
 
 pytestmark = [
     pytest.mark.slow,
+    # Keras 3.15 turns the learning-rate Variable (logged by ReduceLROnPlateau) into numpy via
+    # np.array(), and TF's Variable.__array__ lacks numpy 2's copy keyword: third-party noise.
+    pytest.mark.filterwarnings(
+        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+    ),
     pytest.mark.skipif(
         not (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file(),
         reason="real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
