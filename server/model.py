@@ -85,6 +85,10 @@ def create_session(path: Path, device: str, threads: int) -> ort.InferenceSessio
             f"(available: {', '.join(ort.get_available_providers())}); install the 'gpu' extra "
             "(onnxruntime-gpu) instead of onnxruntime, or use --device cpu/auto"
         )
+    if device != "cpu" and CUDA in ort.get_available_providers() and hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu's [cuda,cudnn] extras ship the CUDA/cuDNN libraries as wheels;
+        # this puts them on the loader path before the CUDA provider looks for them.
+        ort.preload_dlls()
     try:
         session = ort.InferenceSession(
             str(path), sess_options=_session_options(threads), providers=_providers(device)
