@@ -1,0 +1,1 @@
+"""``fashion-bench``: closed-loop gRPC load generator, in-process onnxruntime limit, report."""

@@ -1,0 +1,42 @@
+"""The compute limit: onnxruntime in this process, same model, same session settings.
+
+The session is built by the server's own ``create_session`` (same intra-op thread
+count, no spinning, sequential execution), so the only difference from a served
+request is everything around ``session.run``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from bench.payload import images
+from server.model import INPUT_NAME, OUTPUT_NAME, available_cpus, create_session
+from server.repository import latest_version, read_version
+
+
+def model_path(model_repo: Path, version: int = 0) -> Path:
+    chosen = version or latest_version(model_repo)
+    if chosen is None:
+        raise FileNotFoundError(f"no model version under {model_repo}/fashion/")
+    return read_version(model_repo, chosen).model_path
+
+
+def images_per_second(path: Path, batch_sizes: Iterable[int], *, threads: int = 0,
+                      duration_s: float = 2.0) -> dict[int, float]:
+    """Back-to-back ``session.run`` for ``duration_s`` per batch size -> images/s."""
+    session = create_session(path, "cpu", threads or available_cpus())
+    out: dict[int, float] = {}
+    for n in batch_sizes:
+        batch = images(n, seed=n)
+        for _ in range(20):  # allocations for this shape
+            session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+        runs = 0
+        t0 = time.perf_counter()
+        end = t0 + duration_s
+        while (now := time.perf_counter()) < end or runs == 0:
+            session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+            runs += 1
+        out[n] = round(runs * n / (now - t0), 1)
+    return out

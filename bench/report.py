@@ -1,0 +1,110 @@
+"""Results -> results.json, results.md (markdown tables) and throughput.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+API_LABEL = {"predict": "Predict", "oip": "ModelInfer (OIP)"}
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def points_table(points: list[dict[str, Any]]) -> str:
+    head = ("| API | images/req | conc. | req/s | images/s | % of limit | p50 ms | p90 ms | p99 ms "
+            "| errors | server CPU | client CPU | mean batch |")
+    lines = [head, "|" + "---|" * 13]
+    for p in points:
+        lat = p["latency_ms"]
+        frac = p.get("fraction_of_limit")
+        lines.append(
+            f"| {API_LABEL.get(p['api'], p['api'])} | {p['size']} | {p['concurrency']} "
+            f"| {_fmt(p['requests_per_s'], 0)} | {_fmt(p['images_per_s'], 0)} "
+            f"| {_fmt(None if frac is None else 100 * frac, 0)} % "
+            f"| {_fmt(lat['p50'], 2)} | {_fmt(lat['p90'], 2)} | {_fmt(lat['p99'], 2)} "
+            f"| {p['errors'] + p['bad_responses']} | {_fmt(p['server_cpu_cores'], 2)} "
+            f"| {_fmt(p['client_cpu_cores'], 2)} | {_fmt(p['mean_batch_size'], 1)} |")
+    return "\n".join(lines)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    limit = results["inprocess_images_per_s"]
+    server = results.get("server") or {}
+    parts = [
+        f"Command: `{results['command']}`",
+        "",
+        f"Machine: {results['machine']}",
+        "",
+        "In-process onnxruntime (the compute limit, same session settings, "
+        f"{results['limit_threads']} intra-op threads): "
+        + ", ".join(f"batch {n}: {_fmt(v, 0)} images/s" for n, v in limit.items()),
+        "",
+        points_table(results["points"]),
+    ]
+    if server:
+        parts += [
+            "",
+            f"Server: cold start to SERVING {_fmt(server.get('cold_start_s'), 2)} s "
+            f"(repeats: {server.get('cold_starts_s')}); resident memory after warm-up "
+            f"{_fmt(server.get('rss_after_warmup_mib'))} MiB, at the end "
+            f"{_fmt(server.get('rss_end_mib'))} MiB (peak {_fmt(server.get('peak_rss_mib'))} MiB); "
+            f"exit code after SIGTERM {server.get('exit_code')}.",
+        ]
+    return "\n".join(parts) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    """Throughput and p99 against concurrency; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (ax_tp, ax_p99) = plt.subplots(1, 2, figsize=(12, 4.5))
+    series: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for p in results["points"]:
+        series.setdefault((p["api"], p["size"]), []).append(p)
+    for (api, size), pts in sorted(series.items()):
+        pts.sort(key=lambda p: p["concurrency"])
+        conc = [p["concurrency"] for p in pts]
+        label = f"{API_LABEL.get(api, api)}, {size} img/req"
+        style = "-o" if api == "predict" else "--s"
+        ax_tp.plot(conc, [p["images_per_s"] for p in pts], style, label=label)
+        ax_p99.plot(conc, [p["latency_ms"]["p99"] for p in pts], style, label=label)
+    for n, value in results["inprocess_images_per_s"].items():
+        ax_tp.axhline(value, color="grey", linestyle=":", linewidth=1)
+        ax_tp.annotate(f"in-process, batch {n}", (1, value), fontsize=8, color="grey",
+                       xytext=(0, 2), textcoords="offset points")
+    for ax, title, unit in ((ax_tp, "Throughput", "images/s"), (ax_p99, "p99 latency", "ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    ax_p99.set_yscale("log")
+    ax_tp.legend(fontsize=8)
+    fig.suptitle(f"fashion-serve, closed loop over loopback gRPC ({results['machine']})",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "results.json", out_dir / "results.md"]
+    written[0].write_text(json.dumps(results, indent=2) + "\n")
+    written[1].write_text(markdown(results))
+    if plot(results, out_dir / "throughput.png"):
+        written.append(out_dir / "throughput.png")
+    return written

@@ -1,0 +1,104 @@
+"""Start and stop a ``fashion-serve`` process, and read its cold start, memory and CPU.
+
+Cold start = ``Popen`` -> the ``fashion-serve: serving on port N metrics M`` line,
+which the server prints only after the model is loaded, warmed and health is SERVING.
+CPU and memory come from ``/proc`` (Linux), for the process and all its threads.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+READY_MARK = "fashion-serve: serving on port "
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all threads), from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """Resident memory now (VmRSS) and its peak (VmHWM), MiB."""
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out["rss_mib" if key == "VmRSS" else "peak_rss_mib"] = round(
+                int(value.split()[0]) / 1024, 1)
+    return out
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[str]
+    port: int
+    metrics_port: int
+    cold_start_s: float
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM (graceful drain), then SIGKILL if it does not exit in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return self.process.returncode
+
+
+def start_server(model_repo: Path, extra_args: Sequence[str] = (), *,
+                 timeout_s: float = 60.0) -> ServerProcess:
+    """Start ``python -m server.main`` on loopback, any free port, and wait until SERVING."""
+    command = [sys.executable, "-m", "server.main", "--model-repo", str(model_repo),
+               "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
+               "--log-level", "warning", *extra_args]
+    t0 = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert process.stdout is not None
+    deadline = t0 + timeout_s
+    while True:
+        ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        line = process.stdout.readline() if ready else ""
+        if READY_MARK in line:
+            cold_start_s = time.monotonic() - t0
+            break
+        if not ready or not line or time.monotonic() > deadline:
+            process.kill()
+            process.wait(5)
+            raise RuntimeError(f"fashion-serve did not report SERVING within {timeout_s} s "
+                               f"(exit code {process.returncode}); command: {' '.join(command)}")
+    words = line[len(READY_MARK):].split()  # "N metrics M"
+    return ServerProcess(process, int(words[0]), int(words[2]), cold_start_s)
+
+
+def cold_starts(model_repo: Path, extra_args: Sequence[str], repeats: int) -> list[float]:
+    """Start and stop the server ``repeats`` times; seconds to SERVING each time."""
+    times = []
+    for _ in range(repeats):
+        server = start_server(model_repo, extra_args)
+        times.append(round(server.cold_start_s, 3))
+        server.stop()
+    return times

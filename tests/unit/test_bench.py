@@ -1,0 +1,97 @@
+"""fashion-bench: a --quick run against a server it starts, and its pure helpers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import cli
+from bench.loadgen import split
+from bench.profile import summarise
+from bench.report import markdown
+
+POINT_FIELDS = {
+    "api", "size", "concurrency", "duration_s", "requests", "requests_per_s", "images_per_s",
+    "latency_ms", "errors", "errors_by_code", "bad_responses", "server_errors",
+    "server_cpu_cores", "client_cpu_cores", "client_processes", "mean_batch_size",
+    "limit_images_per_s", "fraction_of_limit",
+}
+
+
+def test_quick_run_reports_every_field_with_zero_errors(model_repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "perf"
+    code = cli.main(["--quick", "--model-repo", str(model_repo), "--apis", "predict,oip",
+                     "--sizes", "1", "--concurrency", "4", "--duration-s", "1",
+                     "--warmup-s", "0.3", "--limit-s", "0.2", "--cold-starts", "1",
+                     "--out", str(out)])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [(p["api"], p["size"], p["concurrency"]) for p in results["points"]] == [
+        ("predict", 1, 4), ("oip", 1, 4)]
+    assert float(results["inprocess_images_per_s"]["1"]) > 0
+    for p in results["points"]:
+        assert POINT_FIELDS <= p.keys()
+        assert p["errors"] == 0 and p["bad_responses"] == 0 and p["server_errors"] == 0
+        assert p["requests"] > 10
+        assert p["images_per_s"] == pytest.approx(p["requests_per_s"], rel=0.01)
+        lat = p["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert 1.0 <= p["mean_batch_size"] <= 4.0  # 4 one-image clients
+        assert p["server_cpu_cores"] > 0 and p["client_cpu_cores"] > 0
+        assert 0 < p["fraction_of_limit"]
+    server = results["server"]
+    assert 0 < server["cold_start_s"] < 30 and len(server["cold_starts_s"]) == 1
+    # VmHWM lags VmRSS by the kernel's per-CPU counter slack: no strict order.
+    assert 20 < server["rss_after_warmup_mib"] < 2000 and 20 < server["peak_rss_mib"] < 2000
+    assert server["exit_code"] == 0
+    assert (out / "throughput.png").stat().st_size > 1000
+    assert "| Predict | 1 | 4 |" in (out / "results.md").read_text()
+
+
+def test_clients_are_spread_over_processes() -> None:
+    assert split(32, 2) == [16, 16]
+    assert split(5, 2) == [3, 2]
+    assert split(1, 4) == [1]
+
+
+def test_target_must_be_loopback() -> None:
+    parser = cli.build_parser()
+    assert parser.parse_args(["--target", "127.0.0.1:5"]).target == "127.0.0.1:5"
+    assert parser.parse_args(["--target", "[::1]:5"]).target == "[::1]:5"
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli._loopback("10.0.0.1:50051")
+
+
+def test_server_threads_are_read_from_pass_through_flags() -> None:
+    assert cli._server_threads(["--threads=1"]) == 1
+    assert cli._server_threads(["--max-batch-size", "32", "--threads", "2"]) == 2
+    assert cli._server_threads([]) == 0
+
+
+def test_profile_summary_leaves_out_waiting_threads() -> None:
+    raw = "\n".join([
+        "thread (1): MainThread;run (asyncio/base_events.py:1);epoll_wait (libc.so.6) 50",
+        "thread (1): MainThread;_run_once (asyncio/base_events.py:9);"
+        "0x7f (grpc/_cython/cygrpc.so);sendmsg (libc.so.6) 30",
+        "thread (2): infer_0;predict (server/model.py:1);"
+        "run (onnxruntime/capi/onnxruntime_inference_collection.py:3) 10",
+    ])
+    summary = summarise(raw)
+    assert summary["busy_samples"] == 40 and summary["idle_samples"] == 50
+    buckets = {b["name"]: b["share"] for b in summary["buckets"]}
+    assert buckets == {"grpc core / cython": 0.75, "onnxruntime session.run": 0.25}
+    assert summary["threads"][0] == {"name": "MainThread", "share": 0.75}
+
+
+def test_markdown_reports_fraction_of_limit() -> None:
+    point = {"api": "oip", "size": 32, "concurrency": 8, "requests_per_s": 100.0,
+             "images_per_s": 3200.0, "fraction_of_limit": 0.5,
+             "latency_ms": {"p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0}, "errors": 0,
+             "bad_responses": 0, "server_cpu_cores": 1.0, "client_cpu_cores": 0.5,
+             "mean_batch_size": 32.0}
+    text = markdown({"command": "fashion-bench", "machine": "m", "limit_threads": 2,
+                     "inprocess_images_per_s": {"32": 6400.0}, "points": [point]})
+    assert "| ModelInfer (OIP) | 32 | 8 | 100 | 3,200 | 50 % |" in text
