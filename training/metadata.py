@@ -60,9 +60,17 @@ def accuracies(
 
 
 def build_metadata(
-    report: RunReport, *, version: int, model_sha256: str, created_at: datetime | None = None
+    report: RunReport,
+    *,
+    version: int,
+    model_sha256: str,
+    created_at: datetime | None = None,
+    extras: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The flat JSON object the server reads; read_version() checks its model_sha256."""
+    """The flat JSON object the server reads; read_version() checks its model_sha256.
+
+    ``extras`` (variants, report files, per-epoch history, ...) are appended as given.
+    """
     created = (created_at or datetime.now(UTC)).astimezone(UTC)
     return {
         "format": FORMAT,
@@ -86,4 +94,5 @@ def build_metadata(
         "parity": report.parity.as_dict(),
         "seed": report.seed,
         "hyperparameters": dict(report.hyperparameters),
+        **dict(extras or {}),
     }

@@ -33,9 +33,13 @@ def publish_model(
     write_model: Callable[[Path], None],
     make_metadata: Callable[[int, str], dict[str, Any]],
     *,
+    write_extras: Callable[[Path], None] | None = None,
     model: str = MODEL_NAME,
 ) -> tuple[int, Path]:
     """Stage ``model.onnx`` via ``write_model(path)`` and publish it as the next version.
+
+    ``write_extras(staged_dir)`` adds other files (an INT8 variant, the training report)
+    to the staged directory, so they appear atomically with the version.
 
     ``make_metadata(version, model_sha256)`` returns metadata.json's content; it may be
     called more than once if another publisher takes a number first.
@@ -46,6 +50,8 @@ def publish_model(
         model_path = staged / MODEL_FILE
         write_model(model_path)
         digest = sha256_file(model_path)
+        if write_extras is not None:
+            write_extras(staged)
 
         def write_metadata(directory: Path, version: int) -> None:
             write_json(directory / METADATA_FILE, make_metadata(version, digest))

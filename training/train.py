@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import signal
@@ -15,19 +16,36 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.data import CLASS_NAMES, DataError, FashionMNIST, load_fashion_mnist
-from training.export import ExportError, check_parity, scale_images, to_onnx
+from training.export import ExportError, check_parity, onnx_predict, scale_images, to_onnx
 from training.metadata import RunReport, accuracies, build_metadata, library_versions
 from training.model import ARCHITECTURES, build_model
 from training.publish import publish_model
+from training.quantize import (
+    CALIBRATION_IMAGES,
+    INT8_FILE,
+    SPEED_THREADS,
+    accuracy_gate,
+    calibration_sample,
+    images_per_second,
+    quantize_int8,
+    refusal_entry,
+    variant_entry,
+)
+from training.report import summary_from_metadata, write_report
 
 if TYPE_CHECKING:
     import keras
+    import onnx
 
 logger = logging.getLogger(__name__)
 
 ENV_MODEL_REPO = "FASHION_MODEL_REPO"
 DEFAULT_MODEL_REPO = "./models"
 PREDICT_BATCH = 1000
+# --epochs default per architecture: bn_cnn's epochs cost ~1.5x course_cnn's; 15 keep it
+# within 15 minutes on 2 cores.
+DEFAULT_EPOCHS: dict[str, int] = {"course_cnn": 20, "bn_cnn": 15}
+QUANTIZE_CHOICES: tuple[str, ...] = ("none", "int8")
 
 
 def parse_args(argv: Sequence[str] | None, environ: dict[str, str]) -> argparse.Namespace:
@@ -36,7 +54,12 @@ def parse_args(argv: Sequence[str] | None, environ: dict[str, str]) -> argparse.
         description="Train the Fashion-MNIST CNN, export it to ONNX and publish a new version.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=int, default=20, help="maximum epochs (early stopping)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"maximum epochs (early stopping); default per --arch: {DEFAULT_EPOCHS}",
+    )
     parser.add_argument(
         "--patience", type=int, default=4, help="stop after this many epochs without val_loss gain"
     )
@@ -56,6 +79,14 @@ def parse_args(argv: Sequence[str] | None, environ: dict[str, str]) -> argparse.
     parser.add_argument("--seed", type=int, default=42, help="seeds Python, numpy and TF")
     parser.add_argument("--limit", type=int, default=None, help="train on the first N images")
     parser.add_argument("--arch", choices=ARCHITECTURES, default="course_cnn", help="network")
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        default="none",
+        help="int8: also publish a static INT8 (QDQ) model.int8.onnx when its test accuracy "
+        "is within 0.3 points of the float model",
+    )
+    parser.add_argument("--no-report", action="store_true", help="skip report.md and its plots")
     parser.add_argument("--data-dir", type=Path, default=None, help="dir with the IDX gz files")
     parser.add_argument(
         "--model-repo",
@@ -64,6 +95,8 @@ def parse_args(argv: Sequence[str] | None, environ: dict[str, str]) -> argparse.
         help=f"model repository root; ${ENV_MODEL_REPO} overrides the default",
     )
     args = parser.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = DEFAULT_EPOCHS[args.arch]
     if args.epochs < 1:
         parser.error("--epochs must be >= 1")
     if args.batch_size < 1:
@@ -95,18 +128,39 @@ class FitResult:
     epochs_run: int
     best_epoch: int | None
     training_seconds: float
+    history: dict[str, list[float]]
+    distribution: str
+
+
+def distribution_strategy() -> Any:
+    """MirroredStrategy over all GPUs when more than one is visible, else None (no change)."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) < 2:
+        return None
+    return tf.distribute.MirroredStrategy([gpu.name for gpu in gpus])
 
 
 def fit(data: FashionMNIST, args: argparse.Namespace) -> FitResult:
+    import contextlib
+
     import keras
 
     images = data.train_images[: args.limit]
     labels = data.train_labels[: args.limit]
-    model = build_model(args.arch)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=args.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+    strategy = distribution_strategy()
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    with scope:
+        # Under MirroredStrategy each step's batch is split across the replicas.
+        model = build_model(args.arch)
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=args.learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+    distribution = (
+        f"MirroredStrategy({strategy.num_replicas_in_sync} replicas)" if strategy else "none"
     )
     callbacks: list[keras.callbacks.Callback] = []
     stopper = None
@@ -141,7 +195,12 @@ def fit(data: FashionMNIST, args: argparse.Namespace) -> FitResult:
     )
     seconds = time.monotonic() - started
     best = stopper.best_epoch + 1 if stopper is not None else None
-    return FitResult(model, len(history.history["loss"]), best, seconds)
+    per_epoch = {
+        key: [float(value) for value in values]
+        for key, values in history.history.items()
+        if key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+    }
+    return FitResult(model, len(per_epoch["loss"]), best, seconds, per_epoch, distribution)
 
 
 def run(args: argparse.Namespace, command_line: list[str]) -> tuple[int, Path, dict[str, Any]]:
@@ -164,6 +223,7 @@ def run(args: argparse.Namespace, command_line: list[str]) -> tuple[int, Path, d
     proto = to_onnx(result.model, list(CLASS_NAMES))
     parity = check_parity(proto, data.test_images, keras_probs)
     print(f"parity: max |delta| {parity.max_abs_diff:.3g}, argmax equal", flush=True)
+    onnx_probs = onnx_predict(proto, data.test_images)
 
     report = RunReport(
         architecture=args.arch,
@@ -188,22 +248,84 @@ def run(args: argparse.Namespace, command_line: list[str]) -> tuple[int, Path, d
             "validation_split": args.validation_split,
             "limit": args.limit,
             "train_images": len(data.train_images[: args.limit]),
+            "distribution": result.distribution,
         },
         command_line=command_line,
         library_versions=library_versions(),
     )
+    extras: dict[str, Any] = {"history": result.history}
+    extra_files: dict[str, bytes] = {}
+    if args.quantize == "int8":
+        variant, refusal, int8_bytes = quantize_variant(proto, data, test_accuracy, args.seed)
+        if variant is not None and int8_bytes is not None:
+            extras["variants"] = {"int8": variant}
+            extra_files[INT8_FILE] = int8_bytes
+        else:
+            extras["variants_refused"] = {"int8": refusal}
+
+    def write_extras(staged: Path) -> None:
+        for name, payload in extra_files.items():
+            (staged / name).write_bytes(payload)
+        if not args.no_report:
+            preview = build_metadata(report, version=0, model_sha256="", extras=extras)
+            files = write_report(
+                staged,
+                images=data.test_images,
+                labels=data.test_labels,
+                probabilities=onnx_probs,
+                class_names=CLASS_NAMES,
+                history=result.history,
+                title=f"Training report: {args.arch}",
+                summary=summary_from_metadata(preview),
+            )
+            extras["report"] = {"file": files[0], "images": files[1:]}
+
     written: dict[str, Any] = {}
 
     def make_metadata(version: int, model_sha256: str) -> dict[str, Any]:
         written.clear()
-        written.update(build_metadata(report, version=version, model_sha256=model_sha256))
+        written.update(
+            build_metadata(report, version=version, model_sha256=model_sha256, extras=extras)
+        )
         return written
 
     def write_model(target: Path) -> None:
         target.write_bytes(proto.SerializeToString())
 
-    version, path = publish_model(args.model_repo, write_model, make_metadata)
+    version, path = publish_model(
+        args.model_repo, write_model, make_metadata, write_extras=write_extras
+    )
     return version, path, written
+
+
+def quantize_variant(
+    proto: onnx.ModelProto, data: FashionMNIST, float_accuracy: float, seed: int
+) -> tuple[dict[str, Any] | None, dict[str, Any], bytes | None]:
+    """(variants entry or None, refusal entry, INT8 model bytes or None)."""
+    calibration = calibration_sample(data.train_images, CALIBRATION_IMAGES, seed)
+    quantized = quantize_int8(proto, calibration)
+    int8_probs = onnx_predict(quantized, data.test_images)
+    int8_accuracy, _ = accuracies(data.test_labels, int8_probs.argmax(1), CLASS_NAMES)
+    gate = accuracy_gate(float_accuracy, int8_accuracy)
+    if not gate.accepted:
+        logger.warning("int8 model refused: %s", gate.reason)
+        return None, refusal_entry(gate, len(calibration)), None
+    payload = quantized.SerializeToString()
+    speed = {
+        "float": images_per_second(proto.SerializeToString(), data.test_images),
+        "int8": images_per_second(payload, data.test_images),
+        "threads": SPEED_THREADS,
+    }
+    logger.info("int8 model accepted: %s; images/s %s", gate.reason, speed)
+    print(f"int8: {gate.reason}; images/s {speed}", flush=True)
+    entry = variant_entry(
+        sha256=hashlib.sha256(payload).hexdigest(),
+        gate=gate,
+        speed=speed,
+        size_bytes=len(payload),
+        calibration_images=len(calibration),
+    )
+    return entry, {}, payload
 
 
 def exit_on_sigterm() -> Any:
