@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
@@ -12,12 +14,16 @@ from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server.batcher import DynamicBatcher
 from server.codec import check_top_k, decode_images, encode_predictions
 from server.config import Settings
-from server.errors import ModelNotReady
+from server.errors import ModelNotReady, ServingError
 from server.manager import ModelManager
 from server.metrics import Metrics
 from server.model import LoadedModel
-from server.status import rpc
+from server.status import GENERIC_INTERNAL, rpc, status_for
 
+logger = logging.getLogger(__name__)
+
+# Requests of one stream submitted ahead of the response being written.
+STREAM_PIPELINE_DEPTH = 64
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PredictionService"].full_name
 
 
@@ -64,15 +70,14 @@ class ServicerBase:
 
 
 class PredictionServicer(ServicerBase, pb_grpc.PredictionServiceServicer):
-    @rpc("Predict")
-    async def Predict(
-        self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
+    async def _predict(
+        self, request: pb.PredictRequest, deadline: float | None
     ) -> pb.PredictResponse:
         self.gate.check()
         check_top_k(request.top_k)
         self.manager.resolve(request.model_version)
         images = decode_images(request, self.settings.max_images_per_request)
-        probabilities, model = await self.batcher.submit(images, deadline=deadline_of(context))
+        probabilities, model = await self.batcher.submit(images, deadline=deadline)
         self.manager.confirm(request.model_version, model)
         return encode_predictions(
             probabilities,
@@ -81,6 +86,59 @@ class PredictionServicer(ServicerBase, pb_grpc.PredictionServiceServicer):
             include_probabilities=request.include_probabilities,
             top_k=request.top_k,
         )
+
+    @rpc("Predict")
+    async def Predict(
+        self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PredictResponse:
+        return await self._predict(request, deadline_of(context))
+
+    async def PredictStream(
+        self,
+        requests: AsyncIterator[pb.PredictRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.PredictResponse]:
+        """Pipelined: a reader submits each request at once, responses go out in order."""
+        deadline = deadline_of(context)
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Queue[tuple[asyncio.Future[pb.PredictResponse], float] | None] = (
+            asyncio.Queue(maxsize=STREAM_PIPELINE_DEPTH)
+        )
+
+        async def read() -> None:
+            async for request in requests:
+                future = asyncio.ensure_future(self._predict(request, deadline))
+                await pending.put((future, loop.time()))
+            await pending.put(None)
+
+        reader = asyncio.create_task(read())
+        outstanding: list[asyncio.Future[pb.PredictResponse]] = []
+        try:
+            while (item := await pending.get()) is not None:
+                future, started = item
+                outstanding = [future]
+                code = "OK"
+                try:
+                    response = await future
+                except ServingError as exc:
+                    status, message = status_for(exc)
+                    code = status.name
+                    await context.abort(status, message)
+                except Exception:
+                    code = "INTERNAL"
+                    logger.exception("PredictStream failed with an unexpected error")
+                    await context.abort(grpc.StatusCode.INTERNAL, GENERIC_INTERNAL)
+                finally:
+                    self.metrics.observe_rpc("PredictStream", code, loop.time() - started)
+                yield response
+            await reader  # surfaces a broken request stream
+        finally:
+            reader.cancel()
+            for future in outstanding:
+                future.cancel()
+            while not pending.empty():
+                if (item := pending.get_nowait()) is not None:
+                    item[0].cancel()
 
     @rpc("GetModelInfo")
     async def GetModelInfo(

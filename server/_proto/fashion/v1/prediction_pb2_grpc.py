@@ -40,6 +40,11 @@ class PredictionServiceStub(object):
                 request_serializer=server_dot___proto_dot_fashion_dot_v1_dot_prediction__pb2.PredictRequest.SerializeToString,
                 response_deserializer=server_dot___proto_dot_fashion_dot_v1_dot_prediction__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.PredictStream = channel.stream_stream(
+                '/fashion.v1.PredictionService/PredictStream',
+                request_serializer=server_dot___proto_dot_fashion_dot_v1_dot_prediction__pb2.PredictRequest.SerializeToString,
+                response_deserializer=server_dot___proto_dot_fashion_dot_v1_dot_prediction__pb2.PredictResponse.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/fashion.v1.PredictionService/GetModelInfo',
                 request_serializer=server_dot___proto_dot_fashion_dot_v1_dot_prediction__pb2.GetModelInfoRequest.SerializeToString,
@@ -63,6 +68,17 @@ class PredictionServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PredictStream(self, request_iterator, context):
+        """Predict over one long-lived stream, for high-throughput clients: each request
+        message gets exactly one response message, in the same order. Requests may be
+        pipelined (sent before earlier responses arrive); they are batched like Predict
+        calls. The first request that fails ends the stream with that request's status
+        (the responses already received are the requests before it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelInfo(self, request, context):
         """Describes the model being served and the server's batching settings.
         """
@@ -75,6 +91,11 @@ def add_PredictionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
+                    request_deserializer=server_dot___proto_dot_fashion_dot_v1_dot_prediction__pb2.PredictRequest.FromString,
+                    response_serializer=server_dot___proto_dot_fashion_dot_v1_dot_prediction__pb2.PredictResponse.SerializeToString,
+            ),
+            'PredictStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PredictStream,
                     request_deserializer=server_dot___proto_dot_fashion_dot_v1_dot_prediction__pb2.PredictRequest.FromString,
                     response_serializer=server_dot___proto_dot_fashion_dot_v1_dot_prediction__pb2.PredictResponse.SerializeToString,
             ),
@@ -110,6 +131,33 @@ class PredictionService(object):
             request,
             target,
             '/fashion.v1.PredictionService/Predict',
+            server_dot___proto_dot_fashion_dot_v1_dot_prediction__pb2.PredictRequest.SerializeToString,
+            server_dot___proto_dot_fashion_dot_v1_dot_prediction__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fashion.v1.PredictionService/PredictStream',
             server_dot___proto_dot_fashion_dot_v1_dot_prediction__pb2.PredictRequest.SerializeToString,
             server_dot___proto_dot_fashion_dot_v1_dot_prediction__pb2.PredictResponse.FromString,
             options,
