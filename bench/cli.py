@@ -12,6 +12,7 @@ import argparse
 import ipaddress
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -121,10 +122,20 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs {cpu}, Python {platform.python_version()}"
 
 
+def git_state() -> dict[str, Any]:
+    """The commit measured, and whether server/ had uncommitted changes (a moving target)."""
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", *cmd], capture_output=True, text=True, timeout=10,
+                              check=False).stdout.strip()
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "server_dirty": bool(git("status", "--porcelain", "--", "server"))}
+
+
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     server: ServerProcess | None = None
     results: dict[str, Any] = {"command": " ".join(["fashion-bench", *argv]),
-                               "machine": machine(), "settings": {}}
+                               "machine": machine(), "git": git_state()}
     if args.target:
         target = Target(args.target, args.target_metrics, args.target_pid)
     else:

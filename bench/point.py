@@ -42,6 +42,7 @@ def measure(load: LoadGenerator, target: Target, *, api: str, size: int, concurr
     outcome = load.collect(used, timeout_s=warmup_s + duration_s + 30.0)
     requests = len(outcome.latencies_s)
     errors = sum(outcome.errors.values())
+    server_cpu_s = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
     return {
         "api": api,
         "size": size,
@@ -55,8 +56,11 @@ def measure(load: LoadGenerator, target: Target, *, api: str, size: int, concurr
         "errors_by_code": dict(outcome.errors),
         "bad_responses": outcome.bad_responses,
         "server_errors": (snap1.errors - snap0.errors) if snap0 and snap1 else None,
-        "server_cpu_cores": (round((cpu1 - cpu0) / duration_s, 2)
-                             if cpu0 is not None and cpu1 is not None else None),
+        "server_cpu_cores": None if server_cpu_s is None else round(server_cpu_s / duration_s, 2),
+        # CPU the server spent per request: far less sensitive to other load on a shared
+        # machine than throughput is.
+        "server_cpu_ms_per_request": (round(1000 * server_cpu_s / requests, 3)
+                                      if server_cpu_s is not None and requests else None),
         "client_cpu_cores": round(outcome.cpu_s / duration_s, 2),
         "client_processes": used,
         "mean_batch_size": snap1.mean_batch_since(snap0) if snap0 and snap1 else None,

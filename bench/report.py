@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,8 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 def points_table(points: list[dict[str, Any]]) -> str:
     head = ("| API | images/req | conc. | req/s | images/s | % of limit | p50 ms | p90 ms | p99 ms "
-            "| errors | server CPU | client CPU | mean batch |")
-    lines = [head, "|" + "---|" * 13]
+            "| errors | server CPU | server CPU ms/req | client CPU | mean batch |")
+    lines = [head, "|" + "---|" * 14]
     for p in points:
         lat = p["latency_ms"]
         frac = p.get("fraction_of_limit")
@@ -30,7 +31,62 @@ def points_table(points: list[dict[str, Any]]) -> str:
             f"| {_fmt(None if frac is None else 100 * frac, 0)} % "
             f"| {_fmt(lat['p50'], 2)} | {_fmt(lat['p90'], 2)} | {_fmt(lat['p99'], 2)} "
             f"| {p['errors'] + p['bad_responses']} | {_fmt(p['server_cpu_cores'], 2)} "
+            f"| {_fmt(p.get('server_cpu_ms_per_request'), 3)} "
             f"| {_fmt(p['client_cpu_cores'], 2)} | {_fmt(p['mean_batch_size'], 1)} |")
+    return "\n".join(lines)
+
+
+def _find(points: list[dict[str, Any]], api: str, size: int, conc: int) -> dict[str, Any] | None:
+    return next((p for p in points if (p["api"], p["size"], p["concurrency"]) == (api, size, conc)),
+                None)
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's target table, per API, from this run's points (absent points are skipped)."""
+    rows: list[dict[str, Any]] = []
+    # (label, size, conc, value(point), target, higher is better, unit)
+    checks: tuple[tuple[str, int, int, Callable[[dict[str, Any]], Any], float, bool, str], ...] = (
+        ("1 image, concurrency 1, p50 latency", 1, 1, lambda p: p["latency_ms"]["p50"],
+         0.8, False, "ms"),
+        ("1 image, concurrency 32, throughput", 1, 32, lambda p: p["images_per_s"],
+         2800.0, True, "images/s"),
+        ("1 image, concurrency 32, p99 latency", 1, 32, lambda p: p["latency_ms"]["p99"],
+         25.0, False, "ms"),
+        ("32 images/request, concurrency 8, fraction of in-process", 32, 8,
+         lambda p: p["fraction_of_limit"], 0.85, True, "of limit"),
+    )
+    apis = sorted({p["api"] for p in results["points"]}, key=lambda a: list(API_LABEL).index(a)
+                  if a in API_LABEL else 99)
+    for label, size, conc, value, target, higher, unit in checks:
+        for api in apis:
+            point = _find(results["points"], api, size, conc)
+            if point is None:
+                continue
+            got = value(point)
+            met = got is not None and (got >= target if higher else got <= target)
+            rows.append({"point": label, "api": api, "target": target, "unit": unit,
+                         "measured": got, "met": met})
+    errors = sum(p["errors"] + p["bad_responses"] for p in results["points"])
+    rows.append({"point": "errors, all points", "api": "both", "target": 0, "unit": "",
+                 "measured": errors, "met": errors == 0})
+    cold = (results.get("server") or {}).get("cold_start_s")
+    if cold is not None:
+        rows.append({"point": "cold start to SERVING", "api": "both", "target": 2.0, "unit": "s",
+                     "measured": cold, "met": cold <= 2.0})
+    return rows
+
+
+def targets_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| point | API | target | measured | met |", "|---|---|---|---|---|"]
+    for r in rows:
+        sign = "≥" if r["unit"] in ("images/s", "of limit") else "≤"
+        if r["unit"] == "of limit":
+            target, got = f"{sign} {r['target']:.0%}", f"{r['measured']:.0%}"
+        else:
+            target = f"{sign} {_fmt(r['target'], 1)} {r['unit']}".strip()
+            got = f"{_fmt(r['measured'], 2)} {r['unit']}".strip()
+        lines.append(f"| {r['point']} | {API_LABEL.get(r['api'], r['api'])} | {target} | {got} "
+                     f"| {'yes' if r['met'] else '**no**'} |")
     return "\n".join(lines)
 
 
@@ -47,6 +103,10 @@ def markdown(results: dict[str, Any]) -> str:
         + ", ".join(f"batch {n}: {_fmt(v, 0)} images/s" for n, v in limit.items()),
         "",
         points_table(results["points"]),
+        "",
+        "Targets (issue 6):",
+        "",
+        targets_table(results.get("targets") or targets(results)),
     ]
     if server:
         parts += [
@@ -102,6 +162,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
 
 def write(results: dict[str, Any], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    results["targets"] = targets(results)
     written = [out_dir / "results.json", out_dir / "results.md"]
     written[0].write_text(json.dumps(results, indent=2) + "\n")
     written[1].write_text(markdown(results))

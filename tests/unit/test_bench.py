@@ -16,7 +16,8 @@ from bench.report import markdown
 POINT_FIELDS = {
     "api", "size", "concurrency", "duration_s", "requests", "requests_per_s", "images_per_s",
     "latency_ms", "errors", "errors_by_code", "bad_responses", "server_errors",
-    "server_cpu_cores", "client_cpu_cores", "client_processes", "mean_batch_size",
+    "server_cpu_cores", "server_cpu_ms_per_request", "client_cpu_cores", "client_processes",
+    "mean_batch_size",
     "limit_images_per_s", "fraction_of_limit",
 }
 
@@ -95,3 +96,5 @@ def test_markdown_reports_fraction_of_limit() -> None:
     text = markdown({"command": "fashion-bench", "machine": "m", "limit_threads": 2,
                      "inprocess_images_per_s": {"32": 6400.0}, "points": [point]})
     assert "| ModelInfer (OIP) | 32 | 8 | 100 | 3,200 | 50 % |" in text
+    assert "| 32 images/request, concurrency 8, fraction of in-process | ModelInfer (OIP) " \
+           "| ≥ 85% | 50% | **no** |" in text
