@@ -23,7 +23,7 @@ from bench import inprocess, report
 from bench.loadgen import LoadGenerator
 from bench.payload import APIS
 from bench.point import Target, measure
-from bench.serverproc import ServerProcess, cold_starts, memory_mib, start_server
+from bench.serverproc import ServerProcess, cold_starts, memory_mib, start_echo, start_server
 from server.model import available_cpus
 
 QUICK = {"duration_s": 1.0, "warmup_s": 0.5, "concurrency": [1, 8], "cold_starts": 1,
@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cold-starts", type=int, help="extra start/stop cycles timed (3; quick 1)")
     p.add_argument("--profile-s", type=float, default=0.0,
                    help="also py-spy the server under 1-image Predict at concurrency 1 (seconds)")
+    p.add_argument("--floor", action="store_true",
+                   help="also drive a canned-answer grpc.aio server (bench.echo) with 1-image "
+                   "requests at the same concurrencies: the cost of Python gRPC alone")
     p.add_argument("--out", type=Path, default=Path("docs/perf"), help="output directory")
     p.add_argument("--quick", action="store_true", help="CI-sized run (short points, 1,8)")
     return p
@@ -167,6 +170,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         for point in results["points"]:
             point["limit_images_per_s"] = limit[point["size"]]
             point["fraction_of_limit"] = round(point["images_per_s"] / limit[point["size"]], 3)
+        if args.floor:
+            results["floor_points"] = _floor(args)
         if server is not None:
             memory = memory_mib(server.pid)
             results["server"].update(rss_end_mib=memory["rss_mib"],
@@ -203,6 +208,26 @@ def _points(args: argparse.Namespace, target: Target, server: ServerProcess | No
                          f"p50 {lat['p50']} p99 {lat['p99']} ms, errors {point['errors']}, "
                          f"batch {point['mean_batch_size']}, cpu server "
                          f"{point['server_cpu_cores']} client {point['client_cpu_cores']}")
+    return points
+
+
+def _floor(args: argparse.Namespace) -> list[dict[str, Any]]:
+    echo = start_echo()
+    points = []
+    try:
+        with LoadGenerator(args.processes) as load:
+            for api in args.apis:
+                for conc in args.concurrency:
+                    point = measure(load, Target(echo.target, None, echo.pid), api=api, size=1,
+                                    concurrency=conc, connections=args.connections,
+                                    warmup_s=args.warmup_s, duration_s=args.duration_s)
+                    points.append(point)
+                    _log(f"floor {api:7} conc {conc:3}: {point['requests_per_s']:7.0f} req/s "
+                         f"p50 {point['latency_ms']['p50']} p99 {point['latency_ms']['p99']} ms, "
+                         f"cpu server {point['server_cpu_cores']} "
+                         f"({point['server_cpu_ms_per_request']} ms/req)")
+    finally:
+        echo.stop()
     return points
 
 

@@ -108,6 +108,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         targets_table(results.get("targets") or targets(results)),
     ]
+    if results.get("floor_points"):
+        parts += ["", "The floor: a canned-answer grpc.aio server (`bench.echo`), same load, "
+                  "1 image/request:", "", points_table(results["floor_points"])]
     if server:
         parts += [
             "",

@@ -74,6 +74,18 @@ def start_server(model_repo: Path, extra_args: Sequence[str] = (), *,
     command = [sys.executable, "-m", "server.main", "--model-repo", str(model_repo),
                "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
                "--log-level", "warning", *extra_args]
+    return start_process(command, READY_MARK, timeout_s)
+
+
+def start_echo(timeout_s: float = 60.0) -> ServerProcess:
+    """The canned-answer grpc.aio server of :mod:`bench.echo` (no metrics)."""
+    from bench.echo import READY_MARK as ECHO_MARK
+
+    return start_process([sys.executable, "-m", "bench.echo"], ECHO_MARK, timeout_s)
+
+
+def start_process(command: list[str], ready_mark: str, timeout_s: float) -> ServerProcess:
+    """Run ``command`` and wait for the line ``<ready_mark>N metrics M`` on its stdout."""
     t0 = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -82,7 +94,7 @@ def start_server(model_repo: Path, extra_args: Sequence[str] = (), *,
     while True:
         ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
         line = process.stdout.readline() if ready else ""
-        if READY_MARK in line:
+        if ready_mark in line:
             cold_start_s = time.monotonic() - t0
             break
         if not ready or not line or time.monotonic() > deadline:
@@ -90,7 +102,7 @@ def start_server(model_repo: Path, extra_args: Sequence[str] = (), *,
             process.wait(5)
             raise RuntimeError(f"fashion-serve did not report SERVING within {timeout_s} s "
                                f"(exit code {process.returncode}); command: {' '.join(command)}")
-    words = line[len(READY_MARK):].split()  # "N metrics M"
+    words = line[line.index(ready_mark) + len(ready_mark):].split()  # "N metrics M"
     return ServerProcess(process, int(words[0]), int(words[2]), cold_start_s)
 
 

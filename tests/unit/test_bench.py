@@ -27,7 +27,7 @@ def test_quick_run_reports_every_field_with_zero_errors(model_repo: Path, tmp_pa
     code = cli.main(["--quick", "--model-repo", str(model_repo), "--apis", "predict,oip",
                      "--sizes", "1", "--concurrency", "4", "--duration-s", "1",
                      "--warmup-s", "0.3", "--limit-s", "0.2", "--cold-starts", "1",
-                     "--out", str(out)])
+                     "--floor", "--out", str(out)])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert [(p["api"], p["size"], p["concurrency"]) for p in results["points"]] == [
@@ -43,6 +43,10 @@ def test_quick_run_reports_every_field_with_zero_errors(model_repo: Path, tmp_pa
         assert 1.0 <= p["mean_batch_size"] <= 4.0  # 4 one-image clients
         assert p["server_cpu_cores"] > 0 and p["client_cpu_cores"] > 0
         assert 0 < p["fraction_of_limit"]
+    floor = results["floor_points"]  # the canned-answer grpc.aio server
+    assert [(p["api"], p["concurrency"]) for p in floor] == [("predict", 4), ("oip", 4)]
+    assert all(p["errors"] == 0 and p["bad_responses"] == 0 and p["requests"] > 10
+               for p in floor)
     server = results["server"]
     assert 0 < server["cold_start_s"] < 30 and len(server["cold_starts_s"]) == 1
     # VmHWM lags VmRSS by the kernel's per-CPU counter slack: no strict order.
