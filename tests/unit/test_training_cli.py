@@ -45,3 +45,17 @@ def test_invalid_values_exit_with_usage_error(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as excinfo:
         parse_args(argv, {})
     assert excinfo.value.code == 2
+
+
+def test_epochs_default_depends_on_the_architecture_and_quantize_is_off() -> None:
+    assert parse_args(["--arch", "bn_cnn"], {}).epochs == 15
+    assert parse_args(["--arch", "bn_cnn", "--epochs", "3"], {}).epochs == 3
+    args = parse_args([], {})
+    assert args.quantize == "none" and args.no_report is False
+    assert parse_args(["--quantize", "int8"], {}).quantize == "int8"
+
+
+def test_unknown_quantization_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        parse_args(["--quantize", "int4"], {})
+    assert excinfo.value.code == 2
