@@ -16,6 +16,7 @@ from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from server.batcher import DynamicBatcher
 from server.config import Settings
+from server.errors import ConfigError
 from server.manager import ModelManager
 from server.metrics import Metrics
 from server.model import LoadedModel
@@ -120,20 +121,29 @@ class App:
             [READINESS_SERVICE, OIP_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         address = _bind_address(s.host, s.port)
-        if s.tls:
-            self.port = server.add_secure_port(address, server_credentials(s))
-        else:
-            if s.host not in LOOPBACK:
-                logger.warning(
-                    "serving plaintext on %s: use --tls-cert/--tls-key, or a mesh "
-                    "that encrypts pod traffic",
-                    s.host,
-                )
-            self.port = server.add_insecure_port(address)
+        try:
+            if s.tls:
+                self.port = server.add_secure_port(address, server_credentials(s))
+            else:
+                if s.host not in LOOPBACK:
+                    logger.warning(
+                        "serving plaintext on %s: use --tls-cert/--tls-key, or a mesh "
+                        "that encrypts pod traffic",
+                        s.host,
+                    )
+                self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc's only signal: "Failed to bind to address"
+            raise ConfigError(f"--host/--port: cannot listen on {address} ({exc})") from None
         await server.start()
         self.server = server
         if s.metrics_port >= 0:
-            httpd, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
+            try:
+                httpd, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
+            except OSError as exc:
+                await server.stop(0)
+                raise ConfigError(
+                    f"--metrics-port: cannot listen on {s.host}:{s.metrics_port} ({exc})"
+                ) from None
             self._metrics_http = httpd
             self.metrics_port = httpd.server_address[1]
         logger.info(

@@ -194,3 +194,33 @@ def test_empty_repository_exits_1_with_advice(tmp_path) -> None:
     )
     assert result.returncode == 1
     assert "no model version" in result.stderr and "fashion-train" in result.stderr
+
+
+def test_port_in_use_is_a_clear_error(model_repo) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for flag in ("--port", "--metrics-port"):
+            other = "--metrics-port" if flag == "--port" else "--port"
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    NO_TENSORFLOW,
+                    "--model-repo",
+                    str(model_repo),
+                    flag,
+                    str(port),
+                    other,
+                    "0",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == 1, result.stderr
+            assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+            assert "Traceback" not in result.stderr
