@@ -41,12 +41,14 @@ def max_pool2x2(image: np.ndarray) -> np.ndarray:
     """2x2 max pooling with stride 2 (floor: an odd last row/column is dropped)."""
     rows, cols = image.shape[0] // 2, image.shape[1] // 2
     blocks = np.asarray(image)[: rows * 2, : cols * 2].reshape(rows, 2, cols, 2)
-    return blocks.max(axis=(1, 3))
+    pooled: np.ndarray = blocks.max(axis=(1, 3))
+    return pooled
 
 
 def to_display(response: np.ndarray) -> np.ndarray:
     """Clip a filter response to 0..255, as the course lab does before showing it."""
-    return np.clip(response, 0, 255)
+    clipped: np.ndarray = np.clip(response, 0, 255)
+    return clipped
 
 
 def worked_example_text() -> str:

@@ -74,7 +74,7 @@ def output_softmax_nodes(model: onnx.ModelProto) -> list[str]:
 
 def preprocessing_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes before the first Conv: the in-graph uint8 -> float scaling."""
-    names = []
+    names: list[str] = []
     for node in model.graph.node:
         if node.op_type == "Conv":
             return names
