@@ -23,17 +23,27 @@ READY_MARK = "bench-echo: serving on port "
 
 
 def _canned(api: str, request: bytes) -> bytes:
-    if api == "predict":
+    if api in ("predict", "stream"):
         n = len(pb.PredictRequest.FromString(request).images)
-        return bytes(pb.PredictResponse(model_version=1, predictions=[
-            pb.Prediction(label=0, class_name="T-shirt/top", confidence=1.0)] * n
-        ).SerializeToString())
+        return bytes(
+            pb.PredictResponse(
+                model_version=1,
+                predictions=[pb.Prediction(label=0, class_name="T-shirt/top", confidence=1.0)] * n,
+            ).SerializeToString()
+        )
     n = oip.ModelInferRequest.FromString(request).inputs[0].shape[0]
-    return bytes(oip.ModelInferResponse(
-        model_name="fashion", model_version="1",
-        outputs=[oip.ModelInferResponse.InferOutputTensor(
-            name="probabilities", datatype="FP32", shape=[n, 10])],
-        raw_output_contents=[np.zeros((n, 10), "<f4").tobytes()]).SerializeToString())
+    return bytes(
+        oip.ModelInferResponse(
+            model_name="fashion",
+            model_version="1",
+            outputs=[
+                oip.ModelInferResponse.InferOutputTensor(
+                    name="probabilities", datatype="FP32", shape=[n, 10]
+                )
+            ],
+            raw_output_contents=[np.zeros((n, 10), "<f4").tobytes()],
+        ).SerializeToString()
+    )
 
 
 def _handler(api: str) -> grpc.RpcMethodHandler:
@@ -45,18 +55,27 @@ def _handler(api: str) -> grpc.RpcMethodHandler:
             response = cache[len(request)] = _canned(api, request)
         return response
 
+    if api == "stream":
+
+        async def answer_stream(requests: Any, context: Any) -> Any:
+            async for request in requests:
+                yield await answer(request, context)
+
+        return grpc.stream_stream_rpc_method_handler(answer_stream)
     return grpc.unary_unary_rpc_method_handler(answer)  # bytes in, bytes out
 
 
 async def serve() -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
-                                      ("grpc.max_receive_message_length", 64 * 2**20)])
+    server = grpc.aio.server(
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 2**20)]
+    )
     handlers: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
     for api, path in METHOD.items():
         service, method = path.strip("/").split("/")
         handlers.setdefault(service, {})[method] = _handler(api)
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(s, m)
-                                     for s, m in handlers.items()])
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler(s, m) for s, m in handlers.items()]
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(f"{READY_MARK}{port} metrics -1", flush=True)

@@ -23,8 +23,9 @@ def model_path(model_repo: Path, version: int = 0) -> Path:
     return read_version(model_repo, chosen).model_path
 
 
-def images_per_second(path: Path, batch_sizes: Iterable[int], *, threads: int = 0,
-                      duration_s: float = 2.0) -> dict[int, float]:
+def images_per_second(
+    path: Path, batch_sizes: Iterable[int], *, threads: int = 0, duration_s: float = 2.0
+) -> dict[int, float]:
     """Back-to-back ``session.run`` for ``duration_s`` per batch size -> images/s."""
     session = create_session(path, "cpu", threads or available_cpus())
     out: dict[int, float] = {}

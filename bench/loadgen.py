@@ -76,8 +76,7 @@ def split(total: int, parts: int) -> list[int]:
 # -- inside a worker process ----------------------------------------------------
 
 
-async def _client(call: object, payloads: list[bytes], job: Job, s: Schedule,
-                  out: Outcome) -> None:
+async def _client(call: object, payloads: list[bytes], job: Job, s: Schedule, out: Outcome) -> None:
     import grpc
 
     from bench.payload import answered_images
@@ -85,6 +84,21 @@ async def _client(call: object, payloads: list[bytes], job: Job, s: Schedule,
     checked = False
     i = 0
     await asyncio.sleep(max(0.0, s.start_at - time.monotonic()))
+    if job.api == "stream":
+        # One stream for the whole run; each "call" is one write and its one response.
+        open_stream = call
+        stream = open_stream(timeout=s.end_at - time.monotonic() + job.timeout_s)  # type: ignore[operator]
+
+        # Same signature as a unary call; the stream's own deadline bounds every exchange.
+        async def exchange(payload: bytes, timeout: float) -> bytes:  # noqa: ASYNC109
+            nonlocal stream
+            if stream.done():  # a failed stream is replaced, never written to again
+                stream = open_stream(timeout=s.end_at - time.monotonic() + job.timeout_s)  # type: ignore[operator]
+            await stream.write(payload)
+            response: bytes = await stream.read()
+            return response
+
+        call = exchange
     while (t0 := time.monotonic()) < s.end_at:
         payload = payloads[i % len(payloads)]
         i += 1
@@ -101,6 +115,8 @@ async def _client(call: object, payloads: list[bytes], job: Job, s: Schedule,
                 out.bad_responses += 1
         if s.measure_from <= t1 <= s.end_at:
             out.latencies_s.append(t1 - t0)
+    if job.api == "stream":
+        await stream.done_writing()
 
 
 async def _run_job(job: Job, conn: Connection) -> Outcome:
@@ -109,26 +125,39 @@ async def _run_job(job: Job, conn: Connection) -> Outcome:
     from bench.payload import METHOD, images, request_bytes
 
     pool = images(64 * job.size, seed=job.seed)
-    payloads = [request_bytes(job.api, pool[k * job.size : (k + 1) * job.size])
-                for k in range(64)]
-    options = [("grpc.use_local_subchannel_pool", 1),  # one TCP connection per channel
-               ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-               ("grpc.max_send_message_length", 64 * 1024 * 1024)]
-    channels = [grpc.aio.insecure_channel(job.target, options=options)
-                for _ in range(max(1, min(job.connections, job.clients)))]
-    calls = [ch.unary_unary(METHOD[job.api]) for ch in channels]
+    payloads = [request_bytes(job.api, pool[k * job.size : (k + 1) * job.size]) for k in range(64)]
+    options = [
+        ("grpc.use_local_subchannel_pool", 1),  # one TCP connection per channel
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ]
+    channels = [
+        grpc.aio.insecure_channel(job.target, options=options)
+        for _ in range(max(1, min(job.connections, job.clients)))
+    ]
+    calls = [
+        ch.stream_stream(METHOD[job.api])
+        if job.api == "stream"
+        else ch.unary_unary(METHOD[job.api])
+        for ch in channels
+    ]
     out = Outcome()
     loop = asyncio.get_running_loop()
     cpu: dict[str, float] = {}
     try:
-        await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)),
-                               job.timeout_s)
+        await asyncio.wait_for(
+            asyncio.gather(*(ch.channel_ready() for ch in channels)), job.timeout_s
+        )
         conn.send("ready")
         schedule: Schedule = conn.recv()
         loop.call_at(schedule.measure_from, lambda: cpu.setdefault("from", time.process_time()))
         loop.call_at(schedule.end_at, lambda: cpu.setdefault("to", time.process_time()))
-        await asyncio.gather(*(_client(calls[k % len(calls)], payloads, job, schedule, out)
-                               for k in range(job.clients)))
+        await asyncio.gather(
+            *(
+                _client(calls[k % len(calls)], payloads, job, schedule, out)
+                for k in range(job.clients)
+            )
+        )
         await asyncio.sleep(max(0.0, schedule.end_at - time.monotonic()) + 0.01)
     finally:
         for ch in channels:
@@ -159,8 +188,9 @@ class LoadGenerator:
         self._workers: list[tuple[BaseProcess, Connection]] = []
         for k in range(max(1, processes)):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(child,), name=f"bench-client-{k}",
-                               daemon=True)
+            proc = ctx.Process(
+                target=_worker_main, args=(child,), name=f"bench-client-{k}", daemon=True
+            )
             proc.start()
             child.close()
             self._workers.append((proc, parent))
@@ -169,9 +199,19 @@ class LoadGenerator:
     def pids(self) -> list[int]:
         return [p.pid for p, _ in self._workers if p.pid is not None]
 
-    def start(self, *, target: str, api: str, size: int, concurrency: int, connections: int,
-              warmup_s: float, duration_s: float, seed: int = 0,
-              ready_timeout_s: float = 60.0) -> tuple[int, Schedule]:
+    def start(
+        self,
+        *,
+        target: str,
+        api: str,
+        size: int,
+        concurrency: int,
+        connections: int,
+        warmup_s: float,
+        duration_s: float,
+        seed: int = 0,
+        ready_timeout_s: float = 60.0,
+    ) -> tuple[int, Schedule]:
         """Hand each process its clients, wait until all are connected, then fix the
         schedule. Returns how many processes take part, and the schedule."""
         shares = split(concurrency, len(self._workers))
@@ -227,5 +267,9 @@ def percentiles_ms(latencies_s: list[float]) -> dict[str, float | None]:
         return {"p50": None, "p90": None, "p99": None, "max": None}
     lat = np.asarray(latencies_s) * 1000.0
     p50, p90, p99 = np.percentile(lat, [50, 90, 99])
-    return {"p50": round(float(p50), 3), "p90": round(float(p90), 3),
-            "p99": round(float(p99), 3), "max": round(float(lat.max()), 3)}
+    return {
+        "p50": round(float(p50), 3),
+        "p90": round(float(p90), 3),
+        "p99": round(float(p99), 3),
+        "max": round(float(lat.max()), 3),
+    }

@@ -11,10 +11,12 @@ import numpy as np
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 
-APIS = ("predict", "oip")
+# "stream": PredictStream, one long-lived stream per client, one request in flight on it.
+APIS = ("predict", "oip", "stream")
 METHOD = {
     "predict": "/fashion.v1.PredictionService/Predict",
     "oip": "/inference.GRPCInferenceService/ModelInfer",
+    "stream": "/fashion.v1.PredictionService/PredictStream",
 }
 IMAGE_SHAPE = (28, 28)
 
@@ -25,22 +27,30 @@ def images(count: int, *, seed: int) -> np.ndarray:
 
 
 def request_bytes(api: str, batch: np.ndarray) -> bytes:
-    if api == "predict":
-        return bytes(pb.PredictRequest(images=[pb.Image(raw=row.tobytes()) for row in batch]
-                                       ).SerializeToString())
+    if api in ("predict", "stream"):
+        return bytes(
+            pb.PredictRequest(
+                images=[pb.Image(raw=row.tobytes()) for row in batch]
+            ).SerializeToString()
+        )
     if api == "oip":
-        return bytes(oip.ModelInferRequest(
-            model_name="fashion",
-            inputs=[oip.ModelInferRequest.InferInputTensor(
-                name="images", datatype="UINT8", shape=list(batch.shape))],
-            raw_input_contents=[batch.tobytes()],
-        ).SerializeToString())
+        return bytes(
+            oip.ModelInferRequest(
+                model_name="fashion",
+                inputs=[
+                    oip.ModelInferRequest.InferInputTensor(
+                        name="images", datatype="UINT8", shape=list(batch.shape)
+                    )
+                ],
+                raw_input_contents=[batch.tobytes()],
+            ).SerializeToString()
+        )
     raise ValueError(f"unknown api {api!r}; expected one of {', '.join(APIS)}")
 
 
 def answered_images(api: str, response: bytes) -> int:
     """How many images a serialised response answers (to check the server's work)."""
-    if api == "predict":
+    if api in ("predict", "stream"):
         return len(pb.PredictResponse.FromString(response).predictions)
     parsed = oip.ModelInferResponse.FromString(response)
     return len(parsed.raw_output_contents[0]) // (4 * 10) if parsed.raw_output_contents else 0

@@ -30,11 +30,26 @@ def _server_sample(target: Target) -> tuple[float | None, Snapshot | None]:
     return cpu, snap
 
 
-def measure(load: LoadGenerator, target: Target, *, api: str, size: int, concurrency: int,
-            connections: int, warmup_s: float, duration_s: float) -> dict[str, Any]:
-    used, schedule = load.start(target=target.address, api=api, size=size,
-                                concurrency=concurrency, connections=connections,
-                                warmup_s=warmup_s, duration_s=duration_s)
+def measure(
+    load: LoadGenerator,
+    target: Target,
+    *,
+    api: str,
+    size: int,
+    concurrency: int,
+    connections: int,
+    warmup_s: float,
+    duration_s: float,
+) -> dict[str, Any]:
+    used, schedule = load.start(
+        target=target.address,
+        api=api,
+        size=size,
+        concurrency=concurrency,
+        connections=connections,
+        warmup_s=warmup_s,
+        duration_s=duration_s,
+    )
     _sleep_until(schedule.measure_from)
     cpu0, snap0 = _server_sample(target)
     _sleep_until(schedule.end_at)
@@ -59,8 +74,11 @@ def measure(load: LoadGenerator, target: Target, *, api: str, size: int, concurr
         "server_cpu_cores": None if server_cpu_s is None else round(server_cpu_s / duration_s, 2),
         # CPU the server spent per request: far less sensitive to other load on a shared
         # machine than throughput is.
-        "server_cpu_ms_per_request": (round(1000 * server_cpu_s / requests, 3)
-                                      if server_cpu_s is not None and requests else None),
+        "server_cpu_ms_per_request": (
+            round(1000 * server_cpu_s / requests, 3)
+            if server_cpu_s is not None and requests
+            else None
+        ),
         "client_cpu_cores": round(outcome.cpu_s / duration_s, 2),
         "client_processes": used,
         "mean_batch_size": snap1.mean_batch_since(snap0) if snap0 and snap1 else None,

@@ -29,7 +29,8 @@ RATE_HZ = 250
 # unnamed address inside libc's futex wrapper).
 WAIT_FRAME = re.compile(
     r"^(epoll_wait|epoll_pwait|poll|ppoll|select|pthread_cond_\w*wait|sem_\w*wait|"
-    r"__futex\w*|nanosleep|clock_nanosleep|accept|take_gil|PyThread_acquire_lock\w*) ")
+    r"__futex\w*|nanosleep|clock_nanosleep|accept|take_gil|PyThread_acquire_lock\w*) "
+)
 # Inclusive buckets: the first pattern found in a stack (leaf first) names the sample.
 BUCKETS: tuple[tuple[str, str], ...] = (
     ("onnxruntime session.run", r"onnxruntime|OrtRun|InferenceSession|run \(onnxruntime"),
@@ -78,8 +79,13 @@ def summarise(raw: str, top: int = 15) -> dict[str, Any]:
         return [{"name": k, "share": round(v / total, 3)} for k, v in counter.most_common(n)]
 
     total = total or 1
-    return {"busy_samples": total, "idle_samples": idle, "threads": shares(by_thread, 8),
-            "buckets": shares(buckets, len(BUCKETS) + 1), "top_self": shares(leaf, top)}
+    return {
+        "busy_samples": total,
+        "idle_samples": idle,
+        "threads": shares(by_thread, 8),
+        "buckets": shares(buckets, len(BUCKETS) + 1),
+        "top_self": shares(leaf, top),
+    }
 
 
 def py_spy() -> str | None:
@@ -87,21 +93,45 @@ def py_spy() -> str | None:
     return str(local) if local.is_file() else shutil.which("py-spy")
 
 
-def profile_single_image(load: LoadGenerator, target: Target, seconds: float,
-                         out_dir: Path) -> dict[str, Any]:
+def profile_single_image(
+    load: LoadGenerator, target: Target, seconds: float, out_dir: Path
+) -> dict[str, Any]:
     """1-image Predict at concurrency 1 while py-spy records the server."""
     binary = py_spy()
     if binary is None or target.pid is None:
-        return {"skipped": "py-spy not installed (pip install py-spy)" if binary is None
-                else "no server pid"}
+        return {
+            "skipped": "py-spy not installed (pip install py-spy)"
+            if binary is None
+            else "no server pid"
+        }
     out_dir.mkdir(parents=True, exist_ok=True)
     raw_path = out_dir / "profile-predict-1image.txt"
-    used, schedule = load.start(target=target.address, api="predict", size=1, concurrency=1,
-                                connections=1, warmup_s=1.0, duration_s=seconds + 1.0)
+    used, schedule = load.start(
+        target=target.address,
+        api="predict",
+        size=1,
+        concurrency=1,
+        connections=1,
+        warmup_s=1.0,
+        duration_s=seconds + 1.0,
+    )
     time.sleep(max(0.0, schedule.measure_from - time.monotonic()))
-    command = [binary, "record", "--pid", str(target.pid), "--duration", str(int(seconds)),
-               "--rate", str(RATE_HZ), "--format", "raw", "--native", "--threads",
-               "--output", str(raw_path)]
+    command = [
+        binary,
+        "record",
+        "--pid",
+        str(target.pid),
+        "--duration",
+        str(int(seconds)),
+        "--rate",
+        str(RATE_HZ),
+        "--format",
+        "raw",
+        "--native",
+        "--threads",
+        "--output",
+        str(raw_path),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     outcome = load.collect(used, timeout_s=seconds + 30.0)
     result: dict[str, Any] = {

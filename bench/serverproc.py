@@ -35,7 +35,8 @@ def memory_mib(pid: int) -> dict[str, float]:
         key, _, value = line.partition(":")
         if key in ("VmRSS", "VmHWM"):
             out["rss_mib" if key == "VmRSS" else "peak_rss_mib"] = round(
-                int(value.split()[0]) / 1024, 1)
+                int(value.split()[0]) / 1024, 1
+            )
     return out
 
 
@@ -68,12 +69,26 @@ class ServerProcess:
         return self.process.returncode
 
 
-def start_server(model_repo: Path, extra_args: Sequence[str] = (), *,
-                 timeout_s: float = 60.0) -> ServerProcess:
+def start_server(
+    model_repo: Path, extra_args: Sequence[str] = (), *, timeout_s: float = 60.0
+) -> ServerProcess:
     """Start ``python -m server.main`` on loopback, any free port, and wait until SERVING."""
-    command = [sys.executable, "-m", "server.main", "--model-repo", str(model_repo),
-               "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-               "--log-level", "warning", *extra_args]
+    command = [
+        sys.executable,
+        "-m",
+        "server.main",
+        "--model-repo",
+        str(model_repo),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--log-level",
+        "warning",
+        *extra_args,
+    ]
     return start_process(command, READY_MARK, timeout_s)
 
 
@@ -87,8 +102,9 @@ def start_echo(timeout_s: float = 60.0) -> ServerProcess:
 def start_process(command: list[str], ready_mark: str, timeout_s: float) -> ServerProcess:
     """Run ``command`` and wait for the line ``<ready_mark>N metrics M`` on its stdout."""
     t0 = time.monotonic()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     assert process.stdout is not None
     deadline = t0 + timeout_s
     while True:
@@ -100,9 +116,11 @@ def start_process(command: list[str], ready_mark: str, timeout_s: float) -> Serv
         if not ready or not line or time.monotonic() > deadline:
             process.kill()
             process.wait(5)
-            raise RuntimeError(f"fashion-serve did not report SERVING within {timeout_s} s "
-                               f"(exit code {process.returncode}); command: {' '.join(command)}")
-    words = line[line.index(ready_mark) + len(ready_mark):].split()  # "N metrics M"
+            raise RuntimeError(
+                f"fashion-serve did not report SERVING within {timeout_s} s "
+                f"(exit code {process.returncode}); command: {' '.join(command)}"
+            )
+    words = line[line.index(ready_mark) + len(ready_mark) :].split()  # "N metrics M"
     return ServerProcess(process, int(words[0]), int(words[2]), cold_start_s)
 
 

@@ -24,14 +24,14 @@ POINT_FIELDS = {
 
 def test_quick_run_reports_every_field_with_zero_errors(model_repo: Path, tmp_path: Path) -> None:
     out = tmp_path / "perf"
-    code = cli.main(["--quick", "--model-repo", str(model_repo), "--apis", "predict,oip",
+    code = cli.main(["--quick", "--model-repo", str(model_repo), "--apis", "predict,oip,stream",
                      "--sizes", "1", "--concurrency", "4", "--duration-s", "1",
                      "--warmup-s", "0.3", "--limit-s", "0.2", "--cold-starts", "1",
                      "--floor", "--out", str(out)])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert [(p["api"], p["size"], p["concurrency"]) for p in results["points"]] == [
-        ("predict", 1, 4), ("oip", 1, 4)]
+        ("predict", 1, 4), ("oip", 1, 4), ("stream", 1, 4)]
     assert float(results["inprocess_images_per_s"]["1"]) > 0
     for p in results["points"]:
         assert POINT_FIELDS <= p.keys()
@@ -44,7 +44,8 @@ def test_quick_run_reports_every_field_with_zero_errors(model_repo: Path, tmp_pa
         assert p["server_cpu_cores"] > 0 and p["client_cpu_cores"] > 0
         assert 0 < p["fraction_of_limit"]
     floor = results["floor_points"]  # the canned-answer grpc.aio server
-    assert [(p["api"], p["concurrency"]) for p in floor] == [("predict", 4), ("oip", 4)]
+    assert [(p["api"], p["concurrency"]) for p in floor] == [
+        ("predict", 4), ("oip", 4), ("stream", 4)]
     assert all(p["errors"] == 0 and p["bad_responses"] == 0 and p["requests"] > 10
                for p in floor)
     server = results["server"]
