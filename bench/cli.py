@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --target: its pid (for server CPU and memory)",
     )
     p.add_argument(
+        "--model-version",
+        type=int,
+        default=0,
+        help="version to serve and to measure in-process (0 = the newest)",
+    )
+    p.add_argument(
         "--server-arg",
         action="append",
         default=[],
@@ -212,7 +218,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         results["limit_threads"] = threads
         if args.target and args.model_repo == Path("models") and not Path("models").is_dir():
             raise SystemExit("fashion-bench: --model-repo is needed for the in-process limit")
-        path = inprocess.model_path(args.model_repo)
+        path = inprocess.model_path(args.model_repo, args.model_version)
         # Measured before and after the served points (other load on a shared machine
         # only ever lowers it); the higher of the two is the limit.
         before = inprocess.images_per_second(
@@ -324,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     _defaults(args)
+    if args.model_version:  # the served model and the in-process limit must be the same file
+        args.server_arg = [*args.server_arg, f"--model-version={args.model_version}"]
     t0 = time.monotonic()
     results = run(args, argv)
     results["wall_s"] = round(time.monotonic() - t0, 1)
