@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,16 +23,10 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
+from bench.serverproc import memory_mib, start_server
 from server.repository import latest_version, read_version, sha256_file
 from soak.traffic import Traffic
 from training.data import load_fashion_mnist
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 def publish_copy(repo: Path) -> int:
@@ -51,62 +44,34 @@ def publish_copy(repo: Path) -> int:
     return current + 1
 
 
-def start_server(repo: Path, extra: Sequence[str]) -> tuple[subprocess.Popen[str], int]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.main",
-            "--model-repo",
-            str(repo),
-            "--port",
-            "0",
-            "--metrics-port",
-            "-1",
-            "--poll-interval-s",
-            "0",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if "serving on port" not in line:
-        process.kill()
-        raise SystemExit(f"fashion-soak: server did not start ({line!r})")
-    return process, int(line.split("serving on port ")[1].split()[0])
-
-
 async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
     data = load_fashion_mnist(args.data_dir, allow_download=False)
     images = data.test_images[: args.images]
     session = ort.InferenceSession(str(read_version(repo, latest_version(repo) or 1).model_path))
     (probabilities,) = session.run(["probabilities"], {"images": images})
     labels = probabilities.argmax(axis=1)
-    process, port = start_server(repo, args.server_arg)
+    server = start_server(
+        repo,
+        ["--metrics-port", "-1", "--poll-interval-s", "0", "--log-level", "info", *args.server_arg],
+    )
     report: dict[str, Any] = {"duration_s": args.duration_s, "clients": args.clients}
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(server.target) as channel:
             traffic = Traffic(channel, images, labels, seed=args.seed)
             stop = asyncio.Event()
             workers = [asyncio.create_task(traffic.worker(stop)) for _ in range(args.clients)]
             await asyncio.sleep(args.warmup_s)
-            rss_start = rss_bytes(process.pid)
+            rss_start = memory_mib(server.pid)["rss_mib"]
             await asyncio.sleep(args.duration_s / 2)
             report["reloaded_to_version"] = publish_copy(repo)
-            process.send_signal(signal.SIGHUP)
+            server.process.send_signal(signal.SIGHUP)
             await traffic.cancellation_storm(args.storm)
             await asyncio.sleep(args.duration_s / 2)
-            rss_end = rss_bytes(process.pid)
+            rss_end = memory_mib(server.pid)["rss_mib"]
             stop.set()
             await asyncio.gather(*workers)
-        process.terminate()
-        report["server_exit_code"] = process.wait(timeout=30)
     finally:
-        if process.poll() is None:
-            process.kill()
+        report["server_exit_code"] = server.stop()
     tally = traffic.tally
     lat = np.array(tally.latencies_s) * 1000
     report.update(
@@ -123,7 +88,7 @@ async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
             "p99": round(float(np.percentile(lat, 99)), 2),
             "max": round(float(lat.max()), 2),
         },
-        rss_mib={"after_warmup": round(rss_start / 2**20, 1), "end": round(rss_end / 2**20, 1)},
+        rss_mib={"after_warmup": rss_start, "end": rss_end},
         rss_growth_pct=round(100 * (rss_end - rss_start) / rss_start, 2),
     )
     report["passed"] = (

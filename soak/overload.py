@@ -21,9 +21,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from bench.serverproc import start_server
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
-from soak.cli import start_server
 
 
 def _ms(values: list[float], q: float) -> float:
@@ -77,11 +77,15 @@ async def measure(port: int, args: argparse.Namespace) -> dict[str, object]:
         "offered_requests_per_s": round(rate, 1),
         "sent": sent,
         "codes": dict(codes),
-        "admitted_latency_ms": {"p50": _ms(admitted, 50), "p99": _ms(admitted, 99),
-                                "max": _ms(admitted, 100)},
+        "admitted_latency_ms": {
+            "p50": _ms(admitted, 50),
+            "p99": _ms(admitted, 99),
+            "max": _ms(admitted, 100),
+        },
         "rejection_latency_ms": {"p50": _ms(refused, 50), "p99": _ms(refused, 99)},
-        "unexpected_errors": sum(v for k, v in codes.items()
-                                 if k not in ("OK", "RESOURCE_EXHAUSTED")),
+        "unexpected_errors": sum(
+            v for k, v in codes.items() if k not in ("OK", "RESOURCE_EXHAUSTED")
+        ),
     }
 
 
@@ -94,12 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--duration-s", type=float, default=20.0)
     p.add_argument("--server-arg", action="append", default=[])
     args = p.parse_args(argv)
-    process, port = start_server(args.model_repo, args.server_arg)
+    server = start_server(args.model_repo, args.server_arg)
     try:
-        report = asyncio.run(measure(port, args))
+        report = asyncio.run(measure(server.port, args))
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        server.stop()
     print(json.dumps(report, indent=2))
     return 0 if report["unexpected_errors"] == 0 else 1
 

@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from bench import serverproc
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server.app import READINESS_SERVICE
@@ -68,33 +69,22 @@ async def test_reflection_lists_the_services(app, channel) -> None:
 
 def start_process(model_repo: Path, *extra: str) -> tuple[subprocess.Popen[str], int, int]:
     """A `fashion-serve` process with TensorFlow unimportable -> (process, port, metrics port)."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            NO_TENSORFLOW,
-            "--model-repo",
-            str(model_repo),
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--grace-s",
-            "10",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if "serving on port" not in line:
-        process.kill()
-        pytest.fail(f"server did not start: {line!r} {process.communicate()[1]}")
-    words = line.split()
-    return process, int(words[words.index("port") + 1]), int(words[words.index("metrics") + 1])
+    command = [
+        sys.executable,
+        "-c",
+        NO_TENSORFLOW,
+        "--model-repo",
+        str(model_repo),
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--grace-s",
+        "10",
+        *extra,
+    ]
+    server = serverproc.start_process(command, serverproc.READY_MARK, timeout_s=60)
+    return server.process, server.port, server.metrics_port
 
 
 def queued_images(metrics_port: int) -> float:
