@@ -2,10 +2,11 @@
 
 ``course_cnn`` is the course notes' CNN, layer for layer (the default).
 ``bn_cnn`` is the improved small CNN: three blocks of 3x3 "same" convolution (32, 64, 128
-filters) -> batch normalisation -> ReLU -> 2x2 max pooling, dropout after the last two, a
-batch-normalised dense layer of 128 with dropout, and light augmentation (random shifts of up
-to 2 pixels) that is active only while training: at inference (``training=False``, which the
-export pins) the augmentation layer is the identity, so the exported signature is unchanged.
+filters) -> batch normalisation -> ReLU -> 2x2 max pooling, light dropout after the last two,
+and a batch-normalised dense layer of 128 with dropout. The export folds the normalisation
+into the convolutions, so the exported signature is unchanged. A first version with random
+2-pixel shifts and heavier dropout underfit within the 15-epoch budget (train accuracy 0.90,
+test 91.0 %), so augmentation was taken out.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 ARCHITECTURES: tuple[str, ...] = ("course_cnn", "bn_cnn")
 INPUT_SHAPE: tuple[int, int, int] = (28, 28, 1)
 NUM_CLASSES = 10
-SHIFT_FRACTION = 2 / 28  # random translation of up to 2 pixels (bn_cnn, training only)
 
 
 def _course_cnn() -> keras.Model:
@@ -57,20 +57,19 @@ def _bn_cnn() -> keras.Model:
     return keras.Sequential(
         [
             keras.Input(shape=INPUT_SHAPE, name="image"),
-            layers.RandomTranslation(SHIFT_FRACTION, SHIFT_FRACTION, fill_mode="constant"),
             *conv_bn_relu(32),  # 28x28x32
             layers.MaxPooling2D((2, 2)),  # 14x14x32
             *conv_bn_relu(64),  # 14x14x64
             layers.MaxPooling2D((2, 2)),  # 7x7x64
-            layers.Dropout(0.25),
+            layers.Dropout(0.1),
             *conv_bn_relu(128),  # 7x7x128
             layers.MaxPooling2D((2, 2)),  # 3x3x128
-            layers.Dropout(0.25),
+            layers.Dropout(0.2),
             layers.Flatten(),  # 1152
             layers.Dense(128, use_bias=False),
             layers.BatchNormalization(),
             layers.ReLU(),
-            layers.Dropout(0.4),
+            layers.Dropout(0.3),
             layers.Dense(NUM_CLASSES, activation="softmax"),
         ],
         name="bn_cnn",
