@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from client.oip import infer_request
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 
@@ -34,17 +35,7 @@ def request_bytes(api: str, batch: np.ndarray) -> bytes:
             ).SerializeToString()
         )
     if api == "oip":
-        return bytes(
-            oip.ModelInferRequest(
-                model_name="fashion",
-                inputs=[
-                    oip.ModelInferRequest.InferInputTensor(
-                        name="images", datatype="UINT8", shape=list(batch.shape)
-                    )
-                ],
-                raw_input_contents=[batch.tobytes()],
-            ).SerializeToString()
-        )
+        return bytes(infer_request(batch).SerializeToString())
     raise ValueError(f"unknown api {api!r}; expected one of {', '.join(APIS)}")
 
 

@@ -219,8 +219,11 @@ class DynamicBatcher(Generic[T]):
 
     def _drop_dead(self, now: float) -> None:
         """Remove forgotten callers and expired deadlines, so the head is live."""
-        if not self._queue:
-            return
+        if not self._queue or not any(
+            not p.queued or p.future.done() or (p.deadline is not None and p.deadline <= now)
+            for p in self._queue
+        ):
+            return  # the common case: nothing to drop, no new deque
         alive: collections.deque[_Pending[T]] = collections.deque()
         for p in self._queue:
             if p.queued and p.future.done():  # cancelled without passing through submit()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from client.oip import infer_request
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server._proto.inference import grpc_predict_v2_pb2 as oip
@@ -64,15 +65,7 @@ class Traffic:
                 idx = self._pick(1 if kind == "infer1" else 16)
                 batch = self.images[idx]
                 r2 = await self.oip.ModelInfer(
-                    oip.ModelInferRequest(
-                        model_name="fashion",
-                        inputs=[
-                            oip.ModelInferRequest.InferInputTensor(
-                                name="images", datatype="UINT8", shape=list(batch.shape)
-                            )
-                        ],
-                        raw_input_contents=[batch.tobytes()],
-                    ),
+                    infer_request(batch),
                     timeout=10,
                 )
                 probabilities = np.frombuffer(r2.raw_output_contents[0], "<f4").reshape(-1, 10)

@@ -130,58 +130,35 @@ async def test_sigterm_loses_no_in_flight_request(model_repo) -> None:
         process.communicate()
 
 
-def test_cuda_without_cuda_refuses_to_start(model_repo) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            NO_TENSORFLOW,
-            "--model-repo",
-            str(model_repo),
-            "--port",
-            "0",
-            "--metrics-port",
-            "-1",
-            "--device",
-            "cuda",
-        ],
+def run_until_exit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the TF-free server with ``args`` when it is expected to refuse to start."""
+    return subprocess.run(
+        [sys.executable, "-c", NO_TENSORFLOW, *args],
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
+    )
+
+
+def test_cuda_without_cuda_refuses_to_start(model_repo) -> None:
+    result = run_until_exit(
+        "--model-repo", str(model_repo), "--port", "0", "--metrics-port", "-1", "--device", "cuda"
     )
     assert result.returncode == 1
     assert "CUDAExecutionProvider" in result.stderr and "--device" in result.stderr
 
 
 def test_invalid_setting_exits_2_with_the_name(model_repo) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", NO_TENSORFLOW, "--model-repo", str(model_repo)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "FASHION_PORT": "x"},
+    result = run_until_exit(
+        "--model-repo", str(model_repo), env={**os.environ, "FASHION_PORT": "x"}
     )
     assert result.returncode == 2
     assert "FASHION_PORT must be an integer" in result.stderr
 
 
 def test_empty_repository_exits_1_with_advice(tmp_path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            NO_TENSORFLOW,
-            "--model-repo",
-            str(tmp_path),
-            "--port",
-            "0",
-            "--metrics-port",
-            "-1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_until_exit("--model-repo", str(tmp_path), "--port", "0", "--metrics-port", "-1")
     assert result.returncode == 1
     assert "no model version" in result.stderr and "fashion-train" in result.stderr
 
@@ -195,22 +172,7 @@ def test_port_in_use_is_a_clear_error(model_repo) -> None:
         port = busy.getsockname()[1]
         for flag in ("--port", "--metrics-port"):
             other = "--metrics-port" if flag == "--port" else "--port"
-            result = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    NO_TENSORFLOW,
-                    "--model-repo",
-                    str(model_repo),
-                    flag,
-                    str(port),
-                    other,
-                    "0",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            result = run_until_exit("--model-repo", str(model_repo), flag, str(port), other, "0")
             assert result.returncode == 1, result.stderr
             assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
             assert "Traceback" not in result.stderr

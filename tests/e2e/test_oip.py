@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 import pytest
 
+from client.oip import infer_request
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server._proto.inference import grpc_predict_v2_pb2 as oip
@@ -23,13 +24,6 @@ from tests.e2e.test_bad_input import assert_status
 Tensor = oip.ModelInferRequest.InferInputTensor
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
-
-
-def infer_request(images: np.ndarray, **fields) -> oip.ModelInferRequest:
-    tensor = Tensor(name="images", datatype="UINT8", shape=list(images.shape))
-    return oip.ModelInferRequest(
-        model_name="fashion", inputs=[tensor], raw_input_contents=[images.tobytes()], **fields
-    )
 
 
 @pytest.fixture

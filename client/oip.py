@@ -1,0 +1,26 @@
+"""Open Inference Protocol requests for the ``fashion`` model (raw UINT8, the fast path).
+
+Kept apart from :mod:`client.predictor`: importing the ``inference`` stubs registers the
+protocol's messages in protobuf's default pool, which tritonclient's own copy would clash with.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from server._proto.inference import grpc_predict_v2_pb2 as oip
+
+
+def infer_request(images: np.ndarray, **fields: object) -> oip.ModelInferRequest:
+    """uint8 [N, 28, 28] (or [N, 28, 28, 1]) -> a ModelInferRequest carrying raw bytes."""
+    batch = np.ascontiguousarray(images, dtype=np.uint8)
+    return oip.ModelInferRequest(
+        model_name="fashion",
+        inputs=[
+            oip.ModelInferRequest.InferInputTensor(
+                name="images", datatype="UINT8", shape=list(batch.shape)
+            )
+        ],
+        raw_input_contents=[batch.tobytes()],
+        **fields,  # type: ignore[arg-type]
+    )
