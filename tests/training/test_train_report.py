@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +30,15 @@ REPORT_FILES = {"report.md", "learning_curves.png", "confusion_matrix.png", "mis
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """bn_cnn, one epoch on 1,500 images, with the INT8 gate forced open (tiny model)."""
+    """bn_cnn and its recipe (cosine schedule, label smoothing, flips), two epochs on 1,500
+    images, with the INT8 gate forced open (tiny model)."""
     root = tmp_path_factory.mktemp("models")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(
             "training.train.accuracy_gate",
             functools.partial(accuracy_gate, max_drop_points=100.0),
         )
-        argv = ["--arch", "bn_cnn", "--quantize", "int8", "--limit", "1500", "--epochs", "1"]
+        argv = ["--arch", "bn_cnn", "--quantize", "int8", "--limit", "1500", "--epochs", "2"]
         assert main([*argv, "--model-repo", str(root)]) == 0
     return root
 
@@ -46,11 +48,21 @@ def test_version_holds_report_int8_and_metadata(repo: Path) -> None:
     names = {path.name for path in found.path.iterdir()}
     assert REPORT_FILES | {"model.onnx", "metadata.json", INT8_FILE} == names
     meta = found.metadata
-    assert meta["architecture"] == "bn_cnn" and meta["epochs_run"] == 1
+    assert meta["architecture"] == "bn_cnn" and meta["epochs_run"] == 2
     images = ["learning_curves.png", "confusion_matrix.png", "misclassified.png"]
     assert meta["report"] == {"file": "report.md", "images": images}
     assert set(meta["history"]) >= {"loss", "val_loss", "accuracy", "val_accuracy"}
-    assert meta["hyperparameters"]["distribution"] == "none"  # one CPU: no strategy
+    hyper = meta["hyperparameters"]
+    assert hyper["distribution"] == "none"  # one CPU: no strategy
+    assert (hyper["schedule"], hyper["augment"], hyper["label_smoothing"]) == (
+        "cosine", "flip", 0.1,
+    )  # fmt: skip
+    assert hyper["lr_patience"] is None and hyper["learning_rate"] == 2e-3
+    # The cosine schedule, logged per epoch: 1,350 training images in batches of 128 are
+    # 11 steps per epoch, 22 in all; one warm-up step, then 21 of decay to exactly zero.
+    first, last = meta["history"]["learning_rate"]
+    assert first == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi * 10 / 21)), rel=1e-4)
+    assert last == pytest.approx(0.0, abs=1e-9)
     int8 = meta["variants"]["int8"]
     assert int8["file"] == INT8_FILE and int8["calibration_images"] == 1000
     assert set(int8["images_per_second"]) == {"float", "int8", "threads"}

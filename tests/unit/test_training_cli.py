@@ -13,8 +13,9 @@ def test_defaults() -> None:
     args = parse_args([], {})
     assert args.model_repo == Path("./models")
     assert (args.epochs, args.patience, args.batch_size) == (20, 4, 128)
-    assert (args.lr_patience, args.lr_factor) == (1, 0.2)
+    assert (args.schedule, args.lr_patience, args.lr_factor) == ("plateau", 1, 0.2)
     assert (args.learning_rate, args.validation_split, args.seed) == (1e-3, 0.1, 42)
+    assert (args.label_smoothing, args.augment) == (0.0, "none")
     assert args.limit is None and args.data_dir is None and args.arch == "course_cnn"
 
 
@@ -39,7 +40,8 @@ def test_all_flags_parse() -> None:
     "argv",
     [["--epochs", "0"], ["--batch-size", "0"], ["--validation-split", "1.0"], ["--limit", "0"],
      ["--learning-rate", "-1"], ["--arch", "resnet"], ["--lr-factor", "1.5"],
-     ["--patience", "-1"]],
+     ["--patience", "-1"], ["--label-smoothing", "1"], ["--label-smoothing", "-0.1"],
+     ["--augment", "shift"], ["--schedule", "step"], ["--lr-patience", "-1"]],
 )  # fmt: skip
 def test_invalid_values_exit_with_usage_error(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as excinfo:
@@ -47,9 +49,37 @@ def test_invalid_values_exit_with_usage_error(argv: list[str]) -> None:
     assert excinfo.value.code == 2
 
 
-def test_epochs_default_depends_on_the_architecture_and_quantize_is_off() -> None:
-    assert parse_args(["--arch", "bn_cnn"], {}).epochs == 15
-    assert parse_args(["--arch", "bn_cnn", "--epochs", "3"], {}).epochs == 3
+def test_the_architecture_brings_its_recipe_and_flags_override_it() -> None:
+    args = parse_args(["--arch", "bn_cnn"], {})
+    assert (args.epochs, args.schedule, args.learning_rate) == (17, "cosine", 2e-3)
+    assert (args.label_smoothing, args.augment) == (0.1, "flip")
+    assert args.lr_patience is None and args.lr_factor is None  # no plateau callback
+    args = parse_args(
+        "--arch bn_cnn --epochs 3 --schedule plateau --learning-rate 1e-4 --label-smoothing 0 "
+        "--augment none".split(),
+        {},
+    )
+    assert (args.epochs, args.schedule, args.learning_rate) == (3, "plateau", 1e-4)
+    assert (args.label_smoothing, args.augment) == (0.0, "none")
+    assert (args.lr_patience, args.lr_factor) == (1, 0.2)
+    args = parse_args(["--schedule", "cosine", "--augment", "flip"], {})
+    assert (args.arch, args.epochs, args.schedule, args.augment) == (
+        "course_cnn", 20, "cosine", "flip",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("flag", [["--lr-patience", "2"], ["--lr-factor", "0.5"]])
+def test_plateau_flags_under_a_cosine_schedule_are_a_usage_error(
+    flag: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Silently ignoring them would train something other than what was asked for.
+    with pytest.raises(SystemExit) as excinfo:
+        parse_args(["--arch", "bn_cnn", *flag], {})
+    assert excinfo.value.code == 2
+    assert "apply to --schedule plateau only" in capsys.readouterr().err
+
+
+def test_quantize_is_off_by_default() -> None:
     args = parse_args([], {})
     assert args.quantize == "none" and args.no_report is False
     assert parse_args(["--quantize", "int8"], {}).quantize == "int8"
