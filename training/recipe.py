@@ -5,9 +5,10 @@ recipe. Keras is imported inside the functions so importing this module stays ch
 
 ``course_cnn`` keeps the course notes' recipe: Adam at 1e-3, multiplied by 0.2 whenever the
 validation loss stalls. ``bn_cnn`` trains with a cosine schedule (5 % linear warm-up to
-2e-3, then down to zero at the last epoch), label smoothing 0.1 and random horizontal flips:
-measured on the full data (seed 42, 17 epochs), that takes it from 93.06 % (plateau schedule,
-no augmentation) to the figure in the README. Flipping is the one augmentation that helped
+2e-3, then down to zero at the last epoch), label smoothing 0.1 and random horizontal flips,
+for 30 epochs. Measured on the full data (seed 42): the plateau schedule without augmentation
+reached 93.06 % in 15 epochs; this recipe 93.15 % in 17 epochs and 93.59 % in 30 (the README
+has the published run). Flipping is the one augmentation that helped
 within the time budget: clothes are left-right symmetric, whereas random 2-pixel shifts made
 the task harder than 15 epochs could learn (91.0 %).
 """
@@ -41,9 +42,10 @@ RECIPES: dict[str, Recipe] = {
     "course_cnn": Recipe(
         epochs=20, learning_rate=1e-3, schedule="plateau", label_smoothing=0.0, augment="none"
     ),
-    # 17 epochs of ~42 s on 54,000 images fit in 15 minutes on 2 cores.
+    # 30 epochs: 17 reached 93.15 %, 30 reached 93.59 % (seed 42, full data; 14-21 s per
+    # epoch on 54,000 images, 2 cores: 9 minutes).
     "bn_cnn": Recipe(
-        epochs=17, learning_rate=2e-3, schedule="cosine", label_smoothing=0.1, augment="flip"
+        epochs=30, learning_rate=2e-3, schedule="cosine", label_smoothing=0.1, augment="flip"
     ),
 }
 

@@ -237,6 +237,30 @@ def write_report(
     return [REPORT_FILE, *written]
 
 
+def _training_images(hyper: Mapping[str, Any]) -> str | None:
+    """The images given to training, and how many of them only validated (early stopping)."""
+    count = hyper.get("train_images")
+    if count is None:
+        return None
+    held_out = int(count * (hyper.get("validation_split") or 0.0))  # as keras splits
+    return f"{count} ({held_out} held out for validation)" if held_out else str(count)
+
+
+def _recipe_line(hyper: Mapping[str, Any]) -> str | None:
+    """How the network was trained, in one line; None for metadata that predates recipes."""
+    if "schedule" not in hyper:
+        return None
+    rate = f"Adam {hyper['learning_rate']:g}"
+    if hyper["schedule"] == "cosine":
+        rate += " peak, warm-up + cosine decay to 0"
+    elif hyper.get("lr_patience"):
+        rate += f", x{hyper['lr_factor']:g} after {hyper['lr_patience']} stalled epoch(s)"
+    return (
+        f"{rate}; batch {hyper['batch_size']}; label smoothing {hyper['label_smoothing']:g}; "
+        f"augmentation {hyper['augment']}"
+    )
+
+
 def summary_from_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     hyper = metadata.get("hyperparameters") or {}
     summary: dict[str, Any] = {
@@ -245,8 +269,9 @@ def summary_from_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
         "epochs run": metadata.get("epochs_run"),
         "best epoch": hyper.get("best_epoch"),
         "training seconds": metadata.get("training_seconds"),
-        "training images": hyper.get("train_images"),
+        "training images": _training_images(hyper),
         "seed": metadata.get("seed"),
+        "training recipe": _recipe_line(hyper),
     }
     int8 = (metadata.get("variants") or {}).get("int8")
     if int8:

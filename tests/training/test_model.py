@@ -48,6 +48,9 @@ def test_bn_cnn_shapes_and_the_same_exported_signature() -> None:
     convs = [tuple(layer.output.shape[1:]) for layer in model.layers
              if type(layer).__name__ == "Conv2D"]  # fmt: skip
     assert convs == [(28, 28, 32), (14, 14, 64), (7, 7, 128)]
+    # The last pooling pads 7x7 to 4x4 rather than dropping the border row and column.
+    flat = [layer.output.shape[1] for layer in model.layers if type(layer).__name__ == "Flatten"]
+    assert flat == [4 * 4 * 128]
     kinds = {type(layer).__name__ for layer in model.layers}
     assert {"BatchNormalization", "Dropout"} <= kinds
     # Export: dropout is the identity at inference, batch norm folds into the convs,

@@ -51,7 +51,7 @@ def test_invalid_values_exit_with_usage_error(argv: list[str]) -> None:
 
 def test_the_architecture_brings_its_recipe_and_flags_override_it() -> None:
     args = parse_args(["--arch", "bn_cnn"], {})
-    assert (args.epochs, args.schedule, args.learning_rate) == (17, "cosine", 2e-3)
+    assert (args.epochs, args.schedule, args.learning_rate) == (30, "cosine", 2e-3)
     assert (args.label_smoothing, args.augment) == (0.1, "flip")
     assert args.lr_patience is None and args.lr_factor is None  # no plateau callback
     args = parse_args(

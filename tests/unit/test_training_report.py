@@ -97,3 +97,28 @@ def test_summary_names_the_int8_variant_or_its_refusal() -> None:
             "variants_refused": {"int8": {"reason": "too inaccurate"}}}  # fmt: skip
     summary = summary_from_metadata(meta)
     assert summary["best epoch"] == 3 and summary["int8 variant refused"] == "too inaccurate"
+
+
+def test_summary_states_the_training_recipe() -> None:
+    cosine = {"schedule": "cosine", "learning_rate": 0.002, "lr_patience": None, "lr_factor": None,
+              "batch_size": 128, "label_smoothing": 0.1, "augment": "flip"}  # fmt: skip
+    assert summary_from_metadata({"hyperparameters": cosine})["training recipe"] == (
+        "Adam 0.002 peak, warm-up + cosine decay to 0; batch 128; label smoothing 0.1; "
+        "augmentation flip"
+    )
+    plateau = {**cosine, "schedule": "plateau", "learning_rate": 0.001, "lr_patience": 1,
+               "lr_factor": 0.2, "label_smoothing": 0.0, "augment": "none"}  # fmt: skip
+    assert summary_from_metadata({"hyperparameters": plateau})["training recipe"] == (
+        "Adam 0.001, x0.2 after 1 stalled epoch(s); batch 128; label smoothing 0; "
+        "augmentation none"
+    )
+    # Versions published before recipes existed have no such line.
+    assert "training recipe" not in summary_from_metadata({"hyperparameters": {"best_epoch": 3}})
+
+
+def test_summary_says_how_many_training_images_only_validated() -> None:
+    hyper = {"train_images": 60000, "validation_split": 0.1}
+    summary = summary_from_metadata({"hyperparameters": hyper})
+    assert summary["training images"] == "60000 (6000 held out for validation)"
+    hyper = {"train_images": 3000, "validation_split": 0.0}
+    assert summary_from_metadata({"hyperparameters": hyper})["training images"] == "3000"
