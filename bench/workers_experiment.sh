@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Experiment behind docs/PERFORMANCE.md's "--workers N" answer: does a second server process
+# on the same port (SO_REUSEPORT, the kernel spreading connections over the processes) raise
+# single-image unary throughput on this machine?
+#
+#   bench/workers_experiment.sh MODEL_REPO VERSION OUT_DIR [WORKER_COUNTS]
+#
+# For each worker count (default "1 2"): start that many `fashion-serve` processes on one
+# port, each with its own session, batcher and metrics port; run `fashion-bench --target`
+# (1 image, Predict and ModelInfer, concurrency 1 and 32, 16 connections so the kernel has
+# connections to spread); stop them; write OUT_DIR/wN/ (fashion-bench's files) and one line
+# per count to OUT_DIR/summary.txt with the CPU of all server processes together.
+#
+# fashion-serve turns SO_REUSEPORT off on purpose (a second server must not silently share
+# the port), so this launcher switches it back on for the experiment only. It is not a
+# product mode: fashion-bench's "server CPU" and "mean batch" columns are the first
+# process's; summary.txt has the sum.
+set -euo pipefail
+if [ "$#" -lt 3 ]; then
+  echo "usage: $0 MODEL_REPO VERSION OUT_DIR [WORKER_COUNTS]" >&2
+  exit 2
+fi
+REPO=$1 VERSION=$2 OUT=$3 COUNTS=${4:-1 2}
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PY="$ROOT/.venv/bin/python"
+PORT=50161 METRICS_BASE=9310
+mkdir -p "$OUT"
+: > "$OUT/summary.txt"
+
+LAUNCH='import sys
+import server.app as app
+options = app.grpc_options
+app.grpc_options = lambda s: [(k, 1 if k == "grpc.so_reuseport" else v) for k, v in options(s)]
+from server.main import main
+sys.exit(main())'
+
+cpu_ticks() {  # utime + stime of the given pids, in clock ticks
+  local total=0 f
+  for pid in "$@"; do
+    read -r -a f < <(sed 's/.*) //' "/proc/$pid/stat")
+    total=$((total + f[11] + f[12]))
+  done
+  echo "$total"
+}
+
+cd "$ROOT"
+for n in $COUNTS; do
+  pids=()
+  for i in $(seq 1 "$n"); do
+    "$PY" -c "$LAUNCH" --host 127.0.0.1 --port "$PORT" --metrics-port $((METRICS_BASE + i)) \
+      --model-repo "$REPO" --model-version "$VERSION" > "$OUT/server-$n-$i.log" 2>&1 &
+    pids+=("$!")
+  done
+  for i in $(seq 1 "$n"); do
+    for _ in $(seq 1 120); do
+      grep -q "serving on port" "$OUT/server-$n-$i.log" && break
+      kill -0 "${pids[$((i - 1))]}" 2>/dev/null || { cat "$OUT/server-$n-$i.log" >&2; exit 1; }
+      sleep 0.25
+    done
+  done
+  start_ticks=$(cpu_ticks "${pids[@]}") start_s=$(date +%s.%N)
+  "$PY" -m bench.cli --target "127.0.0.1:$PORT" --target-metrics "127.0.0.1:$((METRICS_BASE + 1))" \
+    --target-pid "${pids[0]}" --duration-s 10 --warmup-s 2 --concurrency 1,32 --sizes 1 \
+    --apis predict,oip --processes 2 --connections 16 --out "$OUT/w$n" 2>&1 | tee "$OUT/bench-$n.log"
+  end_ticks=$(cpu_ticks "${pids[@]}") end_s=$(date +%s.%N)
+  kill -TERM "${pids[@]}"
+  for pid in "${pids[@]}"; do wait "$pid" || true; done
+  "$PY" - "$n" "$start_ticks" "$end_ticks" "$start_s" "$end_s" >> "$OUT/summary.txt" <<'EOF'
+import os, sys
+n, t0, t1, s0, s1 = int(sys.argv[1]), *map(int, sys.argv[2:4]), *map(float, sys.argv[4:6])
+cores = (t1 - t0) / os.sysconf("SC_CLK_TCK") / (s1 - s0)
+print(f"workers={n}: all server processes used {cores:.2f} cores on average over the run")
+EOF
+done
+cat "$OUT/summary.txt"
