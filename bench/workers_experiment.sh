@@ -20,12 +20,26 @@ if [ "$#" -lt 3 ]; then
   echo "usage: $0 MODEL_REPO VERSION OUT_DIR [WORKER_COUNTS]" >&2
   exit 2
 fi
-REPO=$1 VERSION=$2 OUT=$3 COUNTS=${4:-1 2}
+VERSION=$2 COUNTS=${4:-1 2}
+mkdir -p "$3"
+REPO="$(cd "$1" && pwd)" OUT="$(cd "$3" && pwd)"  # absolute: the script cds to the root
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PY="$ROOT/.venv/bin/python"
 PORT=50161 METRICS_BASE=9310
-mkdir -p "$OUT"
 : > "$OUT/summary.txt"
+
+# Servers started here never outlive the script (failure, Ctrl-C): with SO_REUSEPORT on, a
+# leftover one would silently share the port with the next run.
+pids=()
+stop_servers() {
+  if [ "${#pids[@]}" -gt 0 ]; then
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  fi
+  pids=()
+}
+trap stop_servers EXIT
+trap "exit 130" INT TERM
 
 LAUNCH='import sys
 import server.app as app
@@ -45,26 +59,28 @@ cpu_ticks() {  # utime + stime of the given pids, in clock ticks
 
 cd "$ROOT"
 for n in $COUNTS; do
-  pids=()
   for i in $(seq 1 "$n"); do
     "$PY" -c "$LAUNCH" --host 127.0.0.1 --port "$PORT" --metrics-port $((METRICS_BASE + i)) \
       --model-repo "$REPO" --model-version "$VERSION" > "$OUT/server-$n-$i.log" 2>&1 &
     pids+=("$!")
   done
   for i in $(seq 1 "$n"); do
+    log="$OUT/server-$n-$i.log"
     for _ in $(seq 1 120); do
-      grep -q "serving on port" "$OUT/server-$n-$i.log" && break
-      kill -0 "${pids[$((i - 1))]}" 2>/dev/null || { cat "$OUT/server-$n-$i.log" >&2; exit 1; }
+      grep -q "serving on port" "$log" && break
+      kill -0 "${pids[$((i - 1))]}" 2>/dev/null || { cat "$log" >&2; exit 1; }
       sleep 0.25
     done
+    grep -q "serving on port" "$log" || { echo "server $i of $n not ready in 30 s: $log" >&2; exit 1; }
   done
-  start_ticks=$(cpu_ticks "${pids[@]}") start_s=$(date +%s.%N)
+  start_ticks=$(cpu_ticks "${pids[@]}")
+  start_s=$(date +%s.%N)
   "$PY" -m bench.cli --target "127.0.0.1:$PORT" --target-metrics "127.0.0.1:$((METRICS_BASE + 1))" \
     --target-pid "${pids[0]}" --duration-s 10 --warmup-s 2 --concurrency 1,32 --sizes 1 \
     --apis predict,oip --processes 2 --connections 16 --out "$OUT/w$n" 2>&1 | tee "$OUT/bench-$n.log"
-  end_ticks=$(cpu_ticks "${pids[@]}") end_s=$(date +%s.%N)
-  kill -TERM "${pids[@]}"
-  for pid in "${pids[@]}"; do wait "$pid" || true; done
+  end_ticks=$(cpu_ticks "${pids[@]}")
+  end_s=$(date +%s.%N)
+  stop_servers
   "$PY" - "$n" "$start_ticks" "$end_ticks" "$start_s" "$end_s" >> "$OUT/summary.txt" <<'EOF'
 import os, sys
 n, t0, t1, s0, s1 = int(sys.argv[1]), *map(int, sys.argv[2:4]), *map(float, sys.argv[4:6])

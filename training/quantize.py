@@ -98,8 +98,8 @@ class _Reader:
 def quantize_int8(float_model: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
     """Static QDQ quantization, int8 weights per channel (7-bit range) and int8 activations.
 
-    ``reduce_range`` keeps weights in [-64, 63]. Without it, onnxruntime's fused int8 Conv on
-    x86 CPUs without VNNI (AVX2 only, like this project's machine) adds pairs of
+    ``reduce_range`` keeps weights in [-64, 64]. Without it, onnxruntime's fused int8 Conv on
+    x86 CPUs without VNNI (AVX2 only, like the project's machine of 2026-11-22) adds pairs of
     uint8 x int8 products in int16 (``vpmaddubsw``), which saturates: on bn_cnn the first
     Conv's outputs were off by up to 2.5 (out of 7) against the reference QDQ arithmetic,
     and test accuracy fell 1.04 points; with 7-bit weights it fell 0.04. The cost is one

@@ -242,7 +242,9 @@ def _training_images(hyper: Mapping[str, Any]) -> str | None:
     count = hyper.get("train_images")
     if count is None:
         return None
-    held_out = int(count * (hyper.get("validation_split") or 0.0))  # as keras splits
+    from training.recipe import split_sizes
+
+    _, held_out = split_sizes(count, hyper.get("validation_split") or 0.0)
     return f"{count} ({held_out} held out for validation)" if held_out else str(count)
 
 
@@ -252,7 +254,8 @@ def _recipe_line(hyper: Mapping[str, Any]) -> str | None:
         return None
     rate = f"Adam {hyper['learning_rate']:g}"
     if hyper["schedule"] == "cosine":
-        rate += " peak, warm-up + cosine decay to 0"
+        # Planned over this many epochs; "epochs run" shows whether early stopping cut it short.
+        rate += f" peak, warm-up + cosine decay to 0 over {hyper['epochs']} epochs"
     elif hyper.get("lr_patience"):
         rate += f", x{hyper['lr_factor']:g} after {hyper['lr_patience']} stalled epoch(s)"
     return (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -38,6 +39,7 @@ from training.recipe import (
     augmented,
     learning_rate,
     learning_rate_log,
+    split_sizes,
 )
 from training.report import summary_from_metadata, write_report
 
@@ -136,25 +138,33 @@ def parse_args(argv: Sequence[str] | None, environ: dict[str, str]) -> argparse.
     for name in ("epochs", "learning_rate", "schedule", "label_smoothing", "augment"):
         if getattr(args, name) is None:
             setattr(args, name, getattr(recipe, name))
-    if args.schedule == "plateau":
+    if not 0.0 <= args.validation_split < 1.0:
+        parser.error("--validation-split must be in [0, 1)")
+    plateau_flags = args.lr_patience is not None or args.lr_factor is not None
+    if args.schedule != "plateau":
+        if plateau_flags:
+            parser.error("--lr-patience and --lr-factor apply to --schedule plateau only")
+    elif args.validation_split == 0:
+        # No validation loss to watch: no plateau callback, and metadata says so (None).
+        if plateau_flags:
+            parser.error(
+                "--lr-patience and --lr-factor watch val_loss: they need --validation-split > 0"
+            )
+    else:
         args.lr_patience = DEFAULT_LR_PATIENCE if args.lr_patience is None else args.lr_patience
         args.lr_factor = DEFAULT_LR_FACTOR if args.lr_factor is None else args.lr_factor
-    elif args.lr_patience is not None or args.lr_factor is not None:
-        parser.error("--lr-patience and --lr-factor apply to --schedule plateau only")
     if args.epochs < 1:
         parser.error("--epochs must be >= 1")
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
-    if not 0.0 <= args.validation_split < 1.0:
-        parser.error("--validation-split must be in [0, 1)")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be >= 1")
     if args.lr_factor is not None and not 0.0 < args.lr_factor < 1.0:
         parser.error("--lr-factor must be in (0, 1)")
     if args.patience < 0 or (args.lr_patience or 0) < 0:
         parser.error("--patience and --lr-patience must be >= 0")
-    if args.learning_rate <= 0:
-        parser.error("--learning-rate must be > 0")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        parser.error("--learning-rate must be a finite number > 0")
     if not 0.0 <= args.label_smoothing < 1.0:
         parser.error("--label-smoothing must be in [0, 1)")
     return args
@@ -190,7 +200,6 @@ def distribution_strategy() -> Any:
 
 def fit(data: FashionMNIST, args: argparse.Namespace) -> FitResult:
     import contextlib
-    import math
 
     import keras
 
@@ -198,8 +207,7 @@ def fit(data: FashionMNIST, args: argparse.Namespace) -> FitResult:
     labels = data.train_labels[: args.limit]
     strategy = distribution_strategy()
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-    # keras holds out the last --validation-split of the arrays; the rest is trained on.
-    train_count = len(images) - int(len(images) * args.validation_split)
+    train_count, _ = split_sizes(len(images), args.validation_split)
     total_steps = math.ceil(train_count / args.batch_size) * args.epochs
     with scope:
         # Under MirroredStrategy each step's batch is split across the replicas.
@@ -216,7 +224,7 @@ def fit(data: FashionMNIST, args: argparse.Namespace) -> FitResult:
     distribution = (
         f"MirroredStrategy({strategy.num_replicas_in_sync} replicas)" if strategy else "none"
     )
-    # First, so it logs the rate the epoch ran at, before ReduceLROnPlateau lowers it.
+    # First, so the logged rate is the one before ReduceLROnPlateau lowers it.
     callbacks: list[keras.callbacks.Callback] = [learning_rate_log()]
     stopper = None
     if args.validation_split > 0:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from training.model import build_model
-from training.recipe import RECIPES, WARMUP_FRACTION, augmented, learning_rate
+from training.recipe import RECIPES, WARMUP_FRACTION, augmented, learning_rate, split_sizes
 
 
 def test_plateau_is_a_constant_rate_for_the_callback_to_lower() -> None:
@@ -64,3 +64,20 @@ def test_flip_trains_the_inner_model_and_is_not_part_of_it() -> None:
     # Each image is seen either as is or mirrored left-right, and both happen.
     assert (as_is | flipped).all()
     assert as_is.any() and flipped.any()
+
+
+@pytest.mark.parametrize(
+    ("images", "split"), [(60000, 0.1), (1500, 0.1), (143, 0.1), (1005, 0.1), (7, 0.3), (10, 0.0)]
+)
+def test_split_sizes_match_how_keras_splits(images: int, split: float) -> None:
+    # The cosine schedule's step count depends on it: one image too many in the count can add
+    # a batch per epoch, and the rate would then never reach zero.
+    from keras.src.trainers.data_adapters.array_slicing import train_validation_split
+
+    x = np.arange(images, dtype=np.float32)
+    if split:
+        (trained, _), (held, _) = train_validation_split((x, x), validation_split=split)
+        assert split_sizes(images, split) == (len(trained), len(held))
+    else:
+        assert split_sizes(images, split) == (images, 0)
+    assert split_sizes(143, 0.1) == (128, 15)  # int(143 * 0.1) = 14 would say 129 / 14

@@ -41,7 +41,10 @@ def test_all_flags_parse() -> None:
     [["--epochs", "0"], ["--batch-size", "0"], ["--validation-split", "1.0"], ["--limit", "0"],
      ["--learning-rate", "-1"], ["--arch", "resnet"], ["--lr-factor", "1.5"],
      ["--patience", "-1"], ["--label-smoothing", "1"], ["--label-smoothing", "-0.1"],
-     ["--augment", "shift"], ["--schedule", "step"], ["--lr-patience", "-1"]],
+     ["--augment", "shift"], ["--schedule", "step"], ["--lr-patience", "-1"],
+     ["--learning-rate", "nan"], ["--learning-rate", "inf"], ["--label-smoothing", "nan"],
+     ["--validation-split", "0", "--lr-patience", "2"],
+     ["--validation-split", "0", "--lr-factor", "0.5"]],
 )  # fmt: skip
 def test_invalid_values_exit_with_usage_error(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as excinfo:
@@ -89,3 +92,9 @@ def test_unknown_quantization_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as excinfo:
         parse_args(["--quantize", "int4"], {})
     assert excinfo.value.code == 2
+
+
+def test_without_a_validation_split_no_plateau_schedule_is_recorded() -> None:
+    # Nothing to watch, so no ReduceLROnPlateau runs; the metadata must not claim one.
+    args = parse_args(["--validation-split", "0"], {})
+    assert args.schedule == "plateau" and (args.lr_patience, args.lr_factor) == (None, None)

@@ -101,9 +101,11 @@ def test_summary_names_the_int8_variant_or_its_refusal() -> None:
 
 def test_summary_states_the_training_recipe() -> None:
     cosine = {"schedule": "cosine", "learning_rate": 0.002, "lr_patience": None, "lr_factor": None,
-              "batch_size": 128, "label_smoothing": 0.1, "augment": "flip"}  # fmt: skip
+              "batch_size": 128, "label_smoothing": 0.1, "augment": "flip",
+              "epochs": 30}  # fmt: skip
     assert summary_from_metadata({"hyperparameters": cosine})["training recipe"] == (
-        "Adam 0.002 peak, warm-up + cosine decay to 0; batch 128; label smoothing 0.1; "
+        "Adam 0.002 peak, warm-up + cosine decay to 0 over 30 epochs; batch 128; "
+        "label smoothing 0.1; "
         "augmentation flip"
     )
     plateau = {**cosine, "schedule": "plateau", "learning_rate": 0.001, "lr_patience": 1,
@@ -120,5 +122,8 @@ def test_summary_says_how_many_training_images_only_validated() -> None:
     hyper = {"train_images": 60000, "validation_split": 0.1}
     summary = summary_from_metadata({"hyperparameters": hyper})
     assert summary["training images"] == "60000 (6000 held out for validation)"
+    hyper = {"train_images": 1005, "validation_split": 0.1}  # keras holds out 101, not 100
+    summary = summary_from_metadata({"hyperparameters": hyper})
+    assert summary["training images"] == "1005 (101 held out for validation)"
     hyper = {"train_images": 3000, "validation_split": 0.0}
     assert summary_from_metadata({"hyperparameters": hyper})["training images"] == "3000"
