@@ -48,13 +48,10 @@ app.grpc_options = lambda s: [(k, 1 if k == "grpc.so_reuseport" else v) for k, v
 from server.main import main
 sys.exit(main())'
 
-cpu_ticks() {  # utime + stime of the given pids, in clock ticks
-  local total=0 f
-  for pid in "$@"; do
-    read -r -a f < <(sed 's/.*) //' "/proc/$pid/stat")
-    total=$((total + f[11] + f[12]))
-  done
-  echo "$total"
+cpu_seconds() {  # CPU seconds of the given pids together (fashion-bench's own reader)
+  "$PY" -c 'import sys
+from bench.serverproc import cpu_seconds
+print(sum(cpu_seconds(int(pid)) for pid in sys.argv[1:]))' "$@"
 }
 
 cd "$ROOT"
@@ -73,18 +70,18 @@ for n in $COUNTS; do
     done
     grep -q "serving on port" "$log" || { echo "server $i of $n not ready in 30 s: $log" >&2; exit 1; }
   done
-  start_ticks=$(cpu_ticks "${pids[@]}")
+  start_cpu=$(cpu_seconds "${pids[@]}")
   start_s=$(date +%s.%N)
   "$PY" -m bench.cli --target "127.0.0.1:$PORT" --target-metrics "127.0.0.1:$((METRICS_BASE + 1))" \
     --target-pid "${pids[0]}" --duration-s 10 --warmup-s 2 --concurrency 1,32 --sizes 1 \
     --apis predict,oip --processes 2 --connections 16 --out "$OUT/w$n" 2>&1 | tee "$OUT/bench-$n.log"
-  end_ticks=$(cpu_ticks "${pids[@]}")
+  end_cpu=$(cpu_seconds "${pids[@]}")
   end_s=$(date +%s.%N)
   stop_servers
-  "$PY" - "$n" "$start_ticks" "$end_ticks" "$start_s" "$end_s" >> "$OUT/summary.txt" <<'EOF'
-import os, sys
-n, t0, t1, s0, s1 = int(sys.argv[1]), *map(int, sys.argv[2:4]), *map(float, sys.argv[4:6])
-cores = (t1 - t0) / os.sysconf("SC_CLK_TCK") / (s1 - s0)
+  "$PY" - "$n" "$start_cpu" "$end_cpu" "$start_s" "$end_s" >> "$OUT/summary.txt" <<'EOF'
+import sys
+n, (c0, c1, s0, s1) = int(sys.argv[1]), map(float, sys.argv[2:6])
+cores = (c1 - c0) / (s1 - s0)
 print(f"workers={n}: all server processes used {cores:.2f} cores on average over the run")
 EOF
 done

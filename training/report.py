@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from training.recipe import split_sizes
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -242,8 +244,6 @@ def _training_images(hyper: Mapping[str, Any]) -> str | None:
     count = hyper.get("train_images")
     if count is None:
         return None
-    from training.recipe import split_sizes
-
     _, held_out = split_sizes(count, hyper.get("validation_split") or 0.0)
     return f"{count} ({held_out} held out for validation)" if held_out else str(count)
 
