@@ -107,37 +107,89 @@ def test_errors_reach_the_client_with_status(client, call, status, fragment) -> 
 
 
 def test_proto_matches_the_reference_descriptors() -> None:
-    """Every message and field of our .proto exists in tritonclient's, same number and type."""
+    """Our .proto files against tritonclient's descriptors (Triton's grpc_service.proto and
+    model_config.proto): same full names, numbers, types, labels, oneofs and enum values.
+
+    grpc_service.proto's messages and the service must be complete; of model_config.proto's
+    messages we declare only what the server fills (a subset, never a different number).
+    """
     dump = subprocess.run(
         [sys.executable, "-c", DUMP_OURS], capture_output=True, text=True, check=True
     ).stdout
     ours = json.loads(dump)
-    reference = service_pb2.DESCRIPTOR
+    pool = service_pb2.DESCRIPTOR.pool
+    assert "inference.ModelConfig" in ours["messages"], "model_config.proto was not walked"
     for message, fields in ours["messages"].items():
-        ref = reference.pool.FindMessageTypeByName(message)
-        for name, (number, ftype, repeated) in fields.items():
-            rf = ref.fields_by_name.get(name)
-            assert rf is not None, f"{message}.{name} is not in the reference"
-            assert (rf.number, rf.type, rf.is_repeated) == (number, ftype, repeated), (
-                f"{message}.{name}"
-            )
-    service = reference.services_by_name["GRPCInferenceService"]
-    for method, (request, response) in ours["methods"].items():
-        ref = service.methods_by_name[method]
-        assert (ref.input_type.full_name, ref.output_type.full_name) == (request, response)
+        ref = pool.FindMessageTypeByName(message)
+        reference_fields = {f.name: _field_key(f) for f in ref.fields}
+        for name, key in fields.items():
+            assert name in reference_fields, f"{message}.{name} is not in the reference"
+            assert tuple(key) == reference_fields[name], f"{message}.{name}"
+        if ref.file.name == service_pb2.DESCRIPTOR.name:
+            missing = reference_fields.keys() - fields.keys()
+            assert not missing, f"{message} lacks {sorted(missing)}"
+    for enum, values in ours["enums"].items():
+        ref_values = {v.name: v.number for v in pool.FindEnumTypeByName(enum).values}
+        assert values == ref_values, enum
+    service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    reference_methods = {m.name: _method_key(m) for m in service.methods}
+    assert {k: tuple(v) for k, v in ours["methods"].items()} == reference_methods
+
+
+def _field_key(f) -> tuple:
+    return (
+        f.number,
+        f.type,
+        f.is_repeated,
+        f.message_type.full_name if f.message_type else None,
+        f.enum_type.full_name if f.enum_type else None,
+        f.containing_oneof.name if f.containing_oneof else None,
+    )
+
+
+def _method_key(m) -> tuple:
+    return (
+        m.input_type.full_name,
+        m.output_type.full_name,
+        m.client_streaming,
+        m.server_streaming,
+    )
 
 
 DUMP_OURS = """
 import json
 from server._proto.inference import grpc_predict_v2_pb2 as m
-messages = {}
+from server._proto.inference import model_config_pb2 as c
+messages, enums = {}, {}
+def walk_enum(e):
+    enums[e.full_name] = {v.name: v.number for v in e.values}
 def walk(d):
-    messages[d.full_name] = {f.name: (f.number, f.type, f.is_repeated) for f in d.fields}
+    messages[d.full_name] = {
+        f.name: (
+            f.number,
+            f.type,
+            f.is_repeated,
+            f.message_type.full_name if f.message_type else None,
+            f.enum_type.full_name if f.enum_type else None,
+            f.containing_oneof.name if f.containing_oneof else None,
+        )
+        for f in d.fields
+    }
     for n in d.nested_types:
         walk(n)
-for d in m.DESCRIPTOR.message_types_by_name.values():
-    walk(d)
+    for e in d.enum_types:
+        walk_enum(e)
+for f in (m, c):
+    for d in f.DESCRIPTOR.message_types_by_name.values():
+        walk(d)
+    for e in f.DESCRIPTOR.enum_types_by_name.values():
+        walk_enum(e)
 service = m.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-methods = {x.name: (x.input_type.full_name, x.output_type.full_name) for x in service.methods}
-print(json.dumps({"messages": messages, "methods": methods}))
+methods = {
+    x.name: (
+        x.input_type.full_name, x.output_type.full_name, x.client_streaming, x.server_streaming
+    )
+    for x in service.methods
+}
+print(json.dumps({"messages": messages, "enums": enums, "methods": methods}))
 """
