@@ -8,6 +8,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${FASHION_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 DEBIAN_DATA=/usr/share/datasets/fashion-mnist
+# Triton's perf_analyzer: PyPI's perf-analyzer is a placeholder; the real binary ships in
+# tritonclient 2.41's wheel (bin/perf_analyzer), installed without its Python dependencies.
+PERF_VENV="${FASHION_PERF_VENV:-$ROOT/.venv-perf}"
+PERF_PACKAGES=(tritonclient==2.41.0 nvidia-cuda-runtime-cu12==12.9.79)
 
 ensure_venv() {
   local extras="$1"
@@ -40,4 +44,38 @@ ensure_data() {
   else
     echo "==> no apt-get: the training job will look for the data set itself (see README)"
   fi
+}
+
+# perf_analyzer in a venv of its own (its tritonclient would clash with the dev extra's).
+# It links Debian's libb64 and libcudart.so.12 even on CPU: the latter comes from PyPI's
+# nvidia-cuda-runtime-cu12, put on LD_LIBRARY_PATH by a wrapper. Exports PERF_ANALYZER
+# (that wrapper); tests_tritonclient runs it. Idempotent.
+ensure_perf_analyzer() {
+  if ! ldconfig -p 2>/dev/null | grep -q 'libb64\.so\.0d'; then
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "==> installing Debian's libb64-0d (for perf_analyzer)"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libb64-0d >/dev/null
+  fi
+  local stamp="$PERF_VENV/.installed-$(echo "${PERF_PACKAGES[*]}" | sha256sum | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    echo "==> installing perf_analyzer (${PERF_PACKAGES[*]}) into $PERF_VENV"
+    rm -rf "$PERF_VENV"
+    "$PYTHON" -m venv "$PERF_VENV"
+    "$PERF_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+      "${PERF_PACKAGES[@]}"
+    local cudart  # relative to the venv, so the wrapper survives a moved checkout
+    cudart="$("$PERF_VENV/bin/python" -c 'import nvidia.cuda_runtime as c, os, sys
+print(os.path.relpath(os.path.join(c.__path__[0], "lib"), sys.prefix))')"
+    cat >"$PERF_VENV/perf_analyzer" <<WRAPPER
+#!/bin/sh
+venv="\$(cd "\$(dirname "\$0")" && pwd)"
+LD_LIBRARY_PATH="\$venv/$cudart\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "\$venv/bin/perf_analyzer" "\$@"
+WRAPPER
+    chmod +x "$PERF_VENV/perf_analyzer"
+    "$PERF_VENV/perf_analyzer" --version >/dev/null
+    touch "$stamp"
+  fi
+  export PERF_ANALYZER="$PERF_VENV/perf_analyzer"
 }
