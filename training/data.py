@@ -13,7 +13,7 @@ import hashlib
 import os
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,8 +150,8 @@ def load_from_dir(directory: Path) -> FashionMNIST:
     )
 
 
-def _has_all_files(directory: Path) -> bool:
-    return all((directory / name).is_file() for name in FILE_NAMES)
+def _has_files(directory: Path, names: Sequence[str]) -> bool:
+    return all((directory / name).is_file() for name in names)
 
 
 def keras_cache_dir(environ: Mapping[str, str]) -> Path:
@@ -161,9 +161,12 @@ def keras_cache_dir(environ: Mapping[str, str]) -> Path:
 
 
 def find_data_dir(
-    data_dir: Path | None = None, environ: Mapping[str, str] | None = None
+    data_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    names: Sequence[str] = FILE_NAMES,
 ) -> Path | None:
-    """The first directory in lookup order that holds all four files, or None.
+    """The first directory in lookup order that holds ``names`` (all four files), or None.
 
     Raises DataError when a directory named explicitly lacks a file.
     """
@@ -174,14 +177,34 @@ def find_data_dir(
     for candidate, origin in explicit:
         if candidate is None:
             continue
-        missing = [name for name in FILE_NAMES if not (Path(candidate) / name).is_file()]
+        missing = [name for name in names if not (Path(candidate) / name).is_file()]
         if missing:
             raise DataError(f"{Path(candidate) / missing[0]}: file is missing (from {origin})")
         return Path(candidate)
     for candidate in (DEBIAN_DIR, keras_cache_dir(env)):
-        if _has_all_files(candidate):
+        if _has_files(candidate, names):
             return candidate
     return None
+
+
+def load_test_split(
+    data_dir: Path | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[np.ndarray, np.ndarray, Path]:
+    """The 10k test images and labels, and their directory: only the two test files are needed.
+
+    For clients that send the test set to a server: no download is tried, and a missing data
+    set is one DataError saying where it was looked for and how to get it.
+    """
+    env = os.environ if environ is None else environ
+    directory = find_data_dir(data_dir, env, names=(TEST_IMAGES, TEST_LABELS))
+    if directory is None:
+        raise DataError(
+            f"the Fashion-MNIST test set ({TEST_IMAGES}, {TEST_LABELS}) was not found in "
+            f"${ENV_DATA_DIR}, {DEBIAN_DIR} or {keras_cache_dir(env)}: install Debian's "
+            "dataset-fashion-mnist (./scripts/up.sh does) or give --data-dir DIR"
+        )
+    images, labels = _load_split(directory, TEST_IMAGES, TEST_LABELS, {})
+    return images, labels, directory
 
 
 def _download_with_keras() -> Path:

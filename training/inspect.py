@@ -184,22 +184,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.index is not None and not 0 <= args.index < 10_000:
         parser.error("--index must be in 0..9999")
+    # matplotlib appends ".png" to a name without one (a directory "maps" became "maps.png"):
+    # insist on the exact file, so the path printed is the path written.
+    if args.out.is_dir():
+        example = args.out / "maps.png"
+        parser.error(f"--out {args.out} is a directory; give the PNG file to write, e.g. {example}")
+    if args.out.suffix.lower() != ".png":
+        parser.error(f"--out {args.out}: give a file name ending in .png")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from server.errors import ModelLoadError, VersionNotFound
     from server.repository import latest_version, read_version
-    from training.data import CLASS_NAMES, DataError, load_fashion_mnist
+    from training.data import CLASS_NAMES, DataError, load_test_split
 
     args = parse_args(argv)
     try:
         if args.image is not None:
             image, label = load_png(args.image), f"{args.image.name}"
         else:
-            data = load_fashion_mnist(args.data_dir)
-            truth = CLASS_NAMES[int(data.test_labels[args.index])]
-            image, label = data.test_images[args.index], f"test image #{args.index} ({truth})"
+            images, labels, _ = load_test_split(args.data_dir)  # the two test files suffice
+            truth = CLASS_NAMES[int(labels[args.index])]
+            image, label = images[args.index], f"test image #{args.index} ({truth})"
         if args.filters:
             from training.filters import render_filters_demo
 
@@ -209,7 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             version = args.version or latest_version(args.model_repo)
             if version is None:
-                raise VersionNotFound(f"no published version in {args.model_repo}")
+                raise VersionNotFound(
+                    f"no published version in {args.model_repo.resolve()}/fashion/: give "
+                    f"--model-repo DIR or set ${ENV_MODEL_REPO} (the default ./models is "
+                    "relative to the current directory)"
+                )
             found = read_version(args.model_repo, version)
             journey = trace(onnx.load(str(found.model_path)), image)
             arch = found.metadata.get("architecture", "?")

@@ -66,3 +66,54 @@ def test_missing_version_is_one_clear_error(
     argv = ["--model-repo", str(model_repo), "--version", "99", "--image", "x.png"]
     assert main([*argv, "--out", str(tmp_path / "o.png")]) == 1
     assert capsys.readouterr().err.startswith("fashion-inspect: error:")
+
+
+def test_out_naming_a_directory_is_refused_and_nothing_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # matplotlib used to write DIR.png beside the directory while the CLI printed "wrote DIR".
+    target = tmp_path / "pictures"
+    target.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--filters", "--image", "x.png", "--out", str(target)])
+    assert exit_info.value.code == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pictures"]
+    assert list(target.iterdir()) == []
+
+
+def test_out_without_png_suffix_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["--filters", "--image", "x.png", "--out", str(tmp_path / "maps")])
+    assert "ending in .png" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_path_printed_is_the_path_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    picture = tmp_path / "in.png"
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(picture)
+    out = tmp_path / "Filters.PNG"
+    assert main(["--filters", "--image", str(picture), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().removeprefix("wrote ")
+    assert Path(printed) == out and out.read_bytes()[:8] == PNG
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Filters.PNG", "in.png"]
+
+
+def test_missing_model_repo_names_the_resolved_path_and_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save("in.png")
+    argv = ["--model-repo", "models", "--image", "in.png", "--out", "o.png"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert str(tmp_path.resolve() / "models") in err
+    assert "--model-repo" in err and "FASHION_MODEL_REPO" in err
