@@ -6,12 +6,19 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 from client.predictor import PredictClient, PredictError, TlsConfig
+from client.reflection import ReflectionError, call_json, list_services
+from server._proto.fashion.v1 import prediction_pb2 as pb
+from training.data import DataError, load_test_split  # numpy-only loader, no TensorFlow
+
+# Well under the server's default --max-images-per-request (256).
+DEFAULT_BATCH_SIZE = 64
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,9 +31,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--evaluate", action="store_true", help="send the real 10k test set and print the accuracy"
     )
     p.add_argument("--limit", type=int, default=None, help="with --evaluate: first N images")
-    p.add_argument("--batch-size", type=int, default=64, help="with --evaluate: images per request")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="images per request (image files and --evaluate)",
+    )
     p.add_argument("--data-dir", type=Path, default=None, help="Fashion-MNIST IDX directory")
     p.add_argument("--info", action="store_true", help="print the served model's description")
+    p.add_argument(
+        "--list", action="store_true", help="list the server's services (through reflection)"
+    )
+    p.add_argument(
+        "--call",
+        metavar="SERVICE/METHOD",
+        help="call any unary method by name through reflection, e.g. "
+        "grpc.health.v1.Health/Check (as grpcurl does)",
+    )
+    p.add_argument("--data", default="{}", metavar="JSON", help="with --call: the request as JSON")
     p.add_argument(
         "--tls-ca", type=Path, help="CA certificate (PEM) to verify the server: enables TLS"
     )
@@ -41,28 +63,90 @@ def _tls(args: argparse.Namespace) -> TlsConfig | None:
     return TlsConfig(args.tls_ca, args.tls_cert, args.tls_key)
 
 
-def _predict_files(client: PredictClient, files: Sequence[Path], top_k: int) -> None:
-    response = client.predict([f.read_bytes() for f in files], top_k=top_k)
-    for path, p in zip(files, response.predictions, strict=True):
-        line: dict[str, object] = {
-            "file": str(path),
-            "label": p.label,
-            "class": p.class_name,
-            "confidence": round(p.confidence, 6),
-        }
-        if top_k:
-            line["top_k"] = [
-                {"label": s.label, "class": s.class_name, "probability": round(s.probability, 6)}
-                for s in p.top_k
-            ]
-        print(json.dumps(line))
+def _chunks(
+    items: Sequence[tuple[Path, bytes]], size: int
+) -> Iterator[Sequence[tuple[Path, bytes]]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _print_prediction(path: Path, p: pb.Prediction, top_k: int) -> None:
+    line: dict[str, object] = {
+        "file": str(path),
+        "label": p.label,
+        "class": p.class_name,
+        "confidence": round(p.confidence, 6),
+    }
+    if top_k:
+        line["top_k"] = [
+            {"label": s.label, "class": s.class_name, "probability": round(s.probability, 6)}
+            for s in p.top_k
+        ]
+    print(json.dumps(line), flush=True)
+
+
+def _file_error(path: Path, problem: str) -> None:
+    print(f"fashion-predict: {path}: {problem}", file=sys.stderr, flush=True)
+
+
+def _predict_files(
+    client: PredictClient, files: Sequence[Path], top_k: int, batch_size: int
+) -> int:
+    """One JSON line per good file, one stderr line naming each bad one; returns the bad count.
+
+    Files go ``batch_size`` to a request. The server refuses a whole request for one bad
+    image, so a refused request is resent one file at a time to name the culprit and still
+    answer for the others. Errors that are not about the input (server down, deadline) stop.
+    """
+    failures = 0
+    readable: list[tuple[Path, bytes]] = []
+    for path in files:
+        try:
+            readable.append((path, path.read_bytes()))
+        except OSError as exc:
+            _file_error(path, exc.strerror or str(exc))
+            failures += 1
+    for chunk in _chunks(readable, batch_size):
+        try:
+            response = client.predict([data for _, data in chunk], top_k=top_k)
+        except PredictError as exc:
+            if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            if len(chunk) > 1:
+                failures += _predict_files_one_by_one(client, chunk, top_k)
+            else:
+                _file_error(chunk[0][0], _single_image_problem(exc))
+                failures += 1
+            continue
+        for (path, _), prediction in zip(chunk, response.predictions, strict=True):
+            _print_prediction(path, prediction, top_k)
+    return failures
+
+
+def _predict_files_one_by_one(
+    client: PredictClient, chunk: Sequence[tuple[Path, bytes]], top_k: int
+) -> int:
+    failures = 0
+    for path, data in chunk:
+        try:
+            response = client.predict([data], top_k=top_k)
+        except PredictError as exc:
+            if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            _file_error(path, _single_image_problem(exc))
+            failures += 1
+            continue
+        _print_prediction(path, response.predictions[0], top_k)
+    return failures
+
+
+def _single_image_problem(exc: PredictError) -> str:
+    # In a one-image request the server's "image 0: " prefix says nothing; the file name does.
+    return f"{exc.code.name}: {exc.details.removeprefix('image 0: ')}"
 
 
 def _evaluate(client: PredictClient, args: argparse.Namespace) -> None:
-    from training.data import load_fashion_mnist  # numpy-only loader, no TensorFlow
-
-    data = load_fashion_mnist(args.data_dir, allow_download=False)
-    images, labels = data.test_images, data.test_labels
+    images, labels, _ = load_test_split(args.data_dir)
     if args.limit is not None:
         images, labels = images[: args.limit], labels[: args.limit]
     predicted = np.empty(len(labels), dtype=np.int64)
@@ -88,30 +172,40 @@ def _evaluate(client: PredictClient, args: argparse.Namespace) -> None:
     )
 
 
+def _run(client: PredictClient, args: argparse.Namespace) -> int:
+    failures = 0
+    if args.list:
+        for service in list_services(client.channel):
+            print(service)
+    if args.call:
+        print(json.dumps(call_json(client.channel, args.call, args.data, timeout_s=args.timeout)))
+    if args.info:
+        from google.protobuf.json_format import MessageToDict
+
+        print(json.dumps(MessageToDict(client.model_info())))
+    if args.images:
+        failures = _predict_files(client, args.images, args.top_k, args.batch_size)
+    if args.evaluate:
+        _evaluate(client, args)
+    return 1 if failures else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not (args.images or args.evaluate or args.info):
-        parser.error("give image files, --evaluate or --info")
+    if not (args.images or args.evaluate or args.info or args.list or args.call):
+        parser.error("give image files, --evaluate, --info, --list or --call")
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--batch-size and --limit must be >= 1")
     try:
         with PredictClient(args.target, timeout_s=args.timeout, tls=_tls(args)) as client:
-            if args.info:
-                from google.protobuf.json_format import MessageToDict
-
-                print(json.dumps(MessageToDict(client.model_info())))
-            if args.images:
-                _predict_files(client, args.images, args.top_k)
-            if args.evaluate:
-                _evaluate(client, args)
-    except PredictError as exc:
+            return _run(client, args)
+    except grpc.RpcError as exc:  # a --list / --call made on the raw channel
+        code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+        print(f"fashion-predict: {code.name}: {details}", file=sys.stderr)
+    except (PredictError, DataError, ReflectionError, OSError, ValueError) as exc:
         print(f"fashion-predict: {exc}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as exc:
-        print(f"fashion-predict: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return 1
 
 
 if __name__ == "__main__":

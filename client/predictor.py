@@ -96,6 +96,11 @@ class PredictClient:
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.close()
 
+    @property
+    def channel(self) -> grpc.Channel:
+        """The underlying channel, for calls outside PredictionService (reflection, health)."""
+        return self._channel
+
     def close(self) -> None:
         self._channel.close()
 
