@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import urllib.request
 from collections.abc import AsyncIterator
@@ -63,11 +64,19 @@ def test_set() -> tuple[np.ndarray, np.ndarray]:
     return data.test_images, data.test_labels
 
 
-def scrape(app: App) -> dict[str, float]:
-    """GET /metrics over HTTP -> {sample name{labels}: value}."""
+async def scrape(app: App) -> dict[str, float]:
+    """GET /metrics over HTTP -> {sample name{labels}: value}.
+
+    Async: the metrics endpoint is served on the test's own event loop, so a
+    blocking request from the loop would wait for itself.
+    """
     url = f"http://127.0.0.1:{app.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
+
+    def get() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+
+    text = await asyncio.to_thread(get)
     samples = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:

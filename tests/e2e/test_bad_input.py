@@ -96,7 +96,7 @@ async def test_bad_request_gets_precise_status(start_app, request_, code, fragme
         stub = pb_grpc.PredictionServiceStub(channel)
         await assert_status(stub.Predict(request_, timeout=5), code, fragment)
         await assert_still_serving(stub)
-    assert scrape(app)[f"fashion_requests_total{{code={code.name},method=Predict}}"] == 1
+    assert (await scrape(app))[f"fashion_requests_total{{code={code.name},method=Predict}}"] == 1
 
 
 async def test_message_above_limit_is_refused_by_size(start_app) -> None:
@@ -163,7 +163,7 @@ async def test_full_queue_is_resource_exhausted(start_app, monkeypatch) -> None:
         blocker.release.set()
         assert len((await running).predictions) == 1
         assert len((await queued).predictions) == 3
-    assert scrape(app)["fashion_rejected_requests_total{reason=queue_full}"] == 1
+    assert (await scrape(app))["fashion_rejected_requests_total{reason=queue_full}"] == 1
 
 
 async def test_deadline_passed_in_queue_is_not_computed(start_app, monkeypatch) -> None:
@@ -181,7 +181,7 @@ async def test_deadline_passed_in_queue_is_not_computed(start_app, monkeypatch) 
         blocker.release.set()
         await running
         await assert_still_serving(stub)
-    metrics = scrape(app)
+    metrics = await scrape(app)
     # The expired 2-image request never reached the model: 1 + 1 images computed.
     assert metrics["fashion_images_total{}"] == 2
     assert (

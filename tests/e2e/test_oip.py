@@ -314,7 +314,7 @@ async def test_concurrent_model_infer_and_predict_share_batches(start_app, test_
         await asyncio.gather(
             *(infer_client(i) for i in range(16)), *(predict_client(i) for i in range(16))
         )
-    metrics = scrape(app)
+    metrics = await scrape(app)
     assert metrics["fashion_requests_total{code=OK,method=ModelInfer}"] == 240
     assert metrics["fashion_requests_total{code=OK,method=Predict}"] == 240
     assert metrics["fashion_batch_size_images_sum{}"] == 480
@@ -346,7 +346,7 @@ async def test_one_predict_and_one_model_infer_land_in_one_batch(start_app, monk
             await asyncio.sleep(0.001)
         blocker.release.set()
         await asyncio.gather(first, *mixed)
-    metrics = scrape(app)
+    metrics = await scrape(app)
     # Two batches: the lone first request, then 1 Predict image + 2 ModelInfer images together.
     assert metrics["fashion_batch_size_images_count{}"] == 2
     assert metrics["fashion_batch_size_images_bucket{le=2.0}"] == 1

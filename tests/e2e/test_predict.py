@@ -63,7 +63,7 @@ async def test_concurrent_clients_are_batched(start_app, test_set) -> None:
 
         results = await asyncio.gather(*(client(i) for i in range(32)))
     assert sum(len(r) for r in results) == 320
-    metrics = scrape(app)
+    metrics = await scrape(app)
     batches = metrics["fashion_batch_size_images_count{}"]
     assert metrics["fashion_batch_size_images_sum{}"] == 320
     # 320 single-image requests from 32 concurrent clients took fewer than 320 batches.
@@ -92,7 +92,7 @@ async def test_model_info_describes_the_served_model(app, stub, model_repo) -> N
 async def test_metrics_are_served_over_http(app, stub, test_set) -> None:
     images, _ = test_set
     await stub.Predict(pb.PredictRequest(images=[pb.Image(raw=images[0].tobytes())] * 3))
-    metrics = scrape(app)
+    metrics = await scrape(app)
     assert metrics["fashion_requests_total{code=OK,method=Predict}"] == 1
     assert metrics["fashion_images_total{}"] == 3
     assert metrics["fashion_request_duration_seconds_count{method=Predict}"] == 1
@@ -124,4 +124,5 @@ async def test_int8_variant_is_served_when_asked(start_app, private_repo) -> Non
     (path / "metadata.json").write_text(json.dumps(meta))
     app = await start_app(private_repo, model_variant="int8")
     assert app.manager.current.variant == "int8"
-    assert "variant=int8" in next(k for k in scrape(app) if k.startswith("fashion_model_info{"))
+    metrics = await scrape(app)
+    assert "variant=int8" in next(k for k in metrics if k.startswith("fashion_model_info{"))

@@ -24,7 +24,7 @@ async def test_pipelined_stream_answers_in_order_and_equals_predict(app, stub, t
     streamed = [p.label for r in responses for p in r.predictions]
     unary = await stub.Predict(request_for(images[:200]))
     assert streamed == [p.label for p in unary.predictions]
-    metrics = scrape(app)
+    metrics = await scrape(app)
     assert metrics["fashion_requests_total{code=OK,method=PredictStream}"] == 100
     assert metrics["fashion_batch_size_images_count{}"] < 101  # 100 stream messages + 1 unary
 

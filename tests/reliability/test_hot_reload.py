@@ -90,7 +90,7 @@ async def test_new_version_swaps_in_without_failed_requests(start_app, private_r
         assert seen == sorted(seen)
         info = await stub.GetModelInfo(pb.GetModelInfoRequest())
         assert (info.version, info.test_accuracy) == (2, 0.5)
-    metrics = scrape(app)
+    metrics = await scrape(app)
     assert (
         metrics[
             "fashion_model_info{architecture=course_cnn,provider=CPUExecutionProvider,variant=float,version=2}"
@@ -120,7 +120,7 @@ async def test_invalid_version_is_refused_and_current_keeps_serving(
     assert app.manager.current.version == 1
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         assert await predict_version(pb_grpc.PredictionServiceStub(channel)) == 1
-    assert scrape(app)["fashion_model_loads_total{result=refused}"] == 1
+    assert (await scrape(app))["fashion_model_loads_total{result=refused}"] == 1
     assert "refusing model version 2" in caplog.text
     # A valid version 3 published afterwards is taken.
     add_version(private_repo, 3)

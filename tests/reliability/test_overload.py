@@ -48,7 +48,7 @@ async def test_overload_is_refused_fast_and_admitted_latency_stays_bounded(start
     assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes
     assert codes["OK"] > 0 and codes["RESOURCE_EXHAUSTED"] > 0
     assert depth_seen <= 128
-    metrics = scrape(app)
+    metrics = await scrape(app)
     assert (
         metrics["fashion_rejected_requests_total{reason=queue_full}"] == codes["RESOURCE_EXHAUSTED"]
     )
