@@ -3,9 +3,10 @@
 This is the one place that knows the on-disk layout (the Triton / TF Serving
 layout). The training job publishes through :func:`publish_version`; the server
 reads through :func:`list_versions` and :func:`read_version`. Versions are
-positive integers; anything else in a model directory (temporary directories
-of an export in progress, stray files) is ignored, so a reader never sees a
-half-written version.
+positive integers written in ASCII (:func:`parse_version_number`); anything else
+in a model directory (temporary directories of an export in progress, stray
+files, names like ``²`` that ``str.isdigit()`` would accept) is ignored, so a
+reader never sees a half-written version.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ METADATA_FILE = "metadata.json"
 FLOAT_VARIANT = "float"
 # Temporary directories start with a dot and are never integers, so readers skip them.
 TMP_PREFIX = ".tmp-"
+# The largest version a protobuf int64 field (fashion.v1 model_version) can carry.
+MAX_VERSION = 2**63 - 1
+_MAX_VERSION_DIGITS = len(str(MAX_VERSION))
 
 
 @dataclass(frozen=True)
@@ -54,19 +58,51 @@ def model_dir(root: Path, model: str = MODEL_NAME) -> Path:
     return Path(root) / model
 
 
-def list_versions(root: Path, model: str = MODEL_NAME) -> list[int]:
-    """Published version numbers, ascending. Missing repository -> empty list."""
+def parse_version_number(text: str) -> int | None:
+    """``text`` as a version number if it is ASCII ``[1-9][0-9]*`` within int64, else None.
+
+    The one rule for version names on disk and in requests. ``str.isdigit()`` and
+    ``int()`` are not it: between them they accept superscript, Arabic-Indic and
+    full-width digits, leading zeros, signs, underscores and spaces, and ``int()``
+    of a long digit string is slow (refused past 4,300 digits): the length is
+    checked before any conversion.
+    """
+    if not 0 < len(text) <= _MAX_VERSION_DIGITS or not text.isascii() or not text.isdigit():
+        return None
+    if text[0] == "0":
+        return None
+    number = int(text)
+    return number if number <= MAX_VERSION else None
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What one look at a model directory found."""
+
+    versions: list[int]  # ascending
+    ignored: list[str]  # names that are not versions (dot names excluded: those are expected)
+
+
+def scan_versions(root: Path, model: str = MODEL_NAME) -> Scan:
+    """Versions and ignored names of one model directory. Missing directory -> empty scan."""
     directory = model_dir(root, model)
     try:
         entries = list(directory.iterdir())
-    except FileNotFoundError:
-        return []
-    versions = []
+    except (FileNotFoundError, NotADirectoryError):
+        return Scan([], [])
+    versions, ignored = [], []
     for entry in entries:
-        name = entry.name
-        if name.isdigit() and not name.startswith("0") and entry.is_dir():
-            versions.append(int(name))
-    return sorted(versions)
+        number = parse_version_number(entry.name)
+        if number is not None and entry.is_dir():
+            versions.append(number)
+        elif not entry.name.startswith("."):
+            ignored.append(entry.name)
+    return Scan(sorted(versions), sorted(ignored))
+
+
+def list_versions(root: Path, model: str = MODEL_NAME) -> list[int]:
+    """Published version numbers, ascending. Missing repository -> empty list."""
+    return scan_versions(root, model).versions
 
 
 def latest_version(root: Path, model: str = MODEL_NAME) -> int | None:
@@ -111,10 +147,19 @@ def read_version(
         metadata = json.loads(meta_path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ModelLoadError(f"version {version}: {meta_path} is missing") from exc
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"version {version}: {meta_path} is unreadable: {exc}") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        # RecursionError: a deeply nested document ([[[[...]]]]) is not valid metadata either.
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ModelLoadError(f"version {version}: {meta_path} is unreadable: {reason}") from exc
     if not isinstance(metadata, dict):
         raise ModelLoadError(f"version {version}: {meta_path} is not a JSON object")
+    recorded = metadata.get("version")
+    if type(recorded) is not int or recorded != version:
+        # A copied or symlinked directory would otherwise serve one model under two numbers.
+        raise ModelLoadError(
+            f"version {version}: {meta_path} records version {recorded!r}; a version is "
+            "served only under the number it was published as"
+        )
     file_name, expected = _variant_file(metadata, version, variant)
     model_path = path / file_name
     if not model_path.is_file():
