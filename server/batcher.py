@@ -21,7 +21,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
@@ -33,14 +33,24 @@ from server.errors import DeadlineExpired, ModelNotReady, Overloaded
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
 # predict(batch) -> (outputs with one row per input row, tag). The tag (e.g. the
 # model version that ran) is handed back to every caller of that batch.
 PredictFn = Callable[[np.ndarray], tuple[np.ndarray, T]]
 
 
-class BatcherMetrics(Protocol):
-    def observe_batch(self, images: int, reason: str, inference_s: float) -> None: ...
-    def observe_queue_wait(self, seconds: float) -> None: ...
+class BatcherMetrics(Protocol[T_contra]):
+    def observe_batch(
+        self,
+        images: int,
+        reason: str,
+        inference_s: float,
+        queue_waits_s: Sequence[float],
+        tag: T_contra,
+    ) -> None:
+        """Once per computed batch: one queue wait per request, and predict's tag."""
+        ...
+
     def set_queue_depth(self, images: int) -> None: ...
     def count_rejected(self, reason: str) -> None: ...
 
@@ -63,7 +73,7 @@ class DynamicBatcher(Generic[T]):
         max_wait_s: float = 0.002,
         max_queue: int = 1024,
         concurrency: int = 1,
-        metrics: BatcherMetrics | None = None,
+        metrics: BatcherMetrics[T] | None = None,
         executor: Executor | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or concurrency < 1 or max_wait_s < 0:
@@ -299,12 +309,11 @@ class DynamicBatcher(Generic[T]):
             per_image if not self._s_per_image else (0.8 * self._s_per_image + 0.2 * per_image)
         )
         if self._metrics is not None:
-            self._metrics.observe_batch(images, reason, inference_s)
+            waits = [started - p.enqueued for p in batch]
+            self._metrics.observe_batch(images, reason, inference_s, waits, tag)
         offset = 0
         for p in batch:
             n = len(p.rows)
-            if self._metrics is not None:
-                self._metrics.observe_queue_wait(started - p.enqueued)
             if not p.future.done():
                 p.future.set_result((outputs[offset : offset + n], tag))
             offset += n

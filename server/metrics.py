@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from server.statistics import InferenceStatistics
+
+if TYPE_CHECKING:
+    from server.model import LoadedModel
 
 # A CNN batch takes ~0.1-5 ms here: the default buckets start at 5 ms and would
 # put every request into the first one.
@@ -37,6 +42,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 class Metrics:
     def __init__(self, registry: CollectorRegistry, class_names: Sequence[str] = ()) -> None:
         self.registry = registry
+        # Triton's per-version statistics (ModelStatistics), fed by the same observations.
+        self.statistics = InferenceStatistics()
         self.requests = Counter(
             "fashion_requests",
             "RPCs handled, by method and gRPC status code",
@@ -136,14 +143,21 @@ class Metrics:
         self.model_info.labels(str(version), provider, architecture, variant).set(1)
 
     # BatcherMetrics protocol
-    def observe_batch(self, images: int, reason: str, inference_s: float) -> None:
+    def observe_batch(
+        self,
+        images: int,
+        reason: str,
+        inference_s: float,
+        queue_waits_s: Sequence[float],
+        tag: LoadedModel,
+    ) -> None:
         self.batch_images.observe(images)
         self.batch_flushes.labels(reason).inc()  # once per batch, not per request
         self.inference_seconds.observe(inference_s)
         self.images.inc(images)
-
-    def observe_queue_wait(self, seconds: float) -> None:
-        self.queue_wait_seconds.observe(seconds)
+        for wait in queue_waits_s:
+            self.queue_wait_seconds.observe(wait)
+        self.statistics.observe_batch(tag.version, images, inference_s, queue_waits_s)
 
     def set_queue_depth(self, images: int) -> None:
         self.queue_depth.set(images)

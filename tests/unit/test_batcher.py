@@ -36,11 +36,8 @@ class Flushes:
         self.rejected: list[str] = []
         self.depth = 0
 
-    def observe_batch(self, images: int, reason: str, inference_s: float) -> None:
+    def observe_batch(self, images, reason, inference_s, queue_waits_s, tag) -> None:
         self.reasons.append(reason)
-
-    def observe_queue_wait(self, seconds: float) -> None:
-        pass
 
     def set_queue_depth(self, images: int) -> None:
         self.depth = images

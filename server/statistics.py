@@ -1,0 +1,112 @@
+"""Triton-style cumulative inference statistics per model version (for ModelStatistics).
+
+Two sources, each counted where it is already measured, never timed a second time:
+
+* per batch, from the batcher (through :class:`server.metrics.Metrics`): executions,
+  images inferred, each request's queue wait, the model time (charged to every
+  request of the batch, as Triton does: each of them waited for all of it) and
+  the per-batch-size table;
+* per request, from the data plane: success or failure with the request's whole
+  time in the server, and the time spent decoding its input and encoding its output.
+
+Everything runs on the event loop (the batcher delivers there), so no lock is needed.
+No grpc here: server/triton.py turns a snapshot into protobuf.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+NS_PER_S = 1_000_000_000
+
+
+def _ns(seconds: float) -> int:
+    return max(0, round(seconds * NS_PER_S))
+
+
+@dataclass
+class Duration:
+    """How many times something happened and its total time, in nanoseconds."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float, count: int = 1) -> None:
+        self.count += count
+        self.ns += _ns(seconds) * count
+
+
+@dataclass
+class VersionStatistics:
+    version: int
+    inference_count: int = 0  # images the model computed
+    execution_count: int = 0  # batches the model computed
+    last_inference_ms: int = 0  # when the last batch finished, ms since the epoch
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    # batch size -> executions and model time. Inputs are decoded and outputs encoded per
+    # request (in the front ends), not per batch, so a batch has no input or output step
+    # of its own to report: Triton's per-batch compute_input/compute_output stay unset.
+    batches: dict[int, Duration] = field(default_factory=dict)
+
+
+class InferenceStatistics:
+    """Cumulative since start-up, per model version."""
+
+    def __init__(self) -> None:
+        self._versions: dict[int, VersionStatistics] = {}
+
+    def _of(self, version: int) -> VersionStatistics:
+        stats = self._versions.get(version)
+        if stats is None:
+            stats = self._versions[version] = VersionStatistics(version)
+        return stats
+
+    def observe_batch(
+        self, version: int, images: int, inference_s: float, queue_waits_s: Sequence[float]
+    ) -> None:
+        """One batch computed by ``version``: ``queue_waits_s`` has one entry per request."""
+        stats = self._of(version)
+        stats.inference_count += images
+        stats.execution_count += 1
+        # A timestamp, not a duration: Triton reports it as wall-clock milliseconds.
+        stats.last_inference_ms = time.time_ns() // 1_000_000
+        requests = len(queue_waits_s)
+        for wait in queue_waits_s:
+            stats.queue.add(wait)
+        stats.compute_infer.add(inference_s, requests)
+        batch = stats.batches.get(images)
+        if batch is None:
+            batch = stats.batches[images] = Duration()
+        batch.add(inference_s)
+
+    def observe_request(
+        self, version: int, *, ok: bool, total_s: float, input_s: float, output_s: float
+    ) -> None:
+        """One request answered (``ok``) or failed, after ``total_s`` in the server.
+
+        ``version`` is the one that answered, or for a failure the one the request was
+        for (the served one when it named none); queue and model time come from
+        :meth:`observe_batch`, so a failure counts only its time until it failed.
+        """
+        stats = self._of(version)
+        if ok:
+            stats.success.add(total_s)
+            stats.compute_input.add(input_s)
+            stats.compute_output.add(output_s)
+        else:
+            stats.fail.add(total_s)
+
+    def versions(self) -> list[int]:
+        """Versions that have seen traffic, ascending."""
+        return sorted(self._versions)
+
+    def of(self, version: int) -> VersionStatistics:
+        """The statistics of ``version``; all zeros for one without traffic."""
+        return self._versions.get(version) or VersionStatistics(version)
