@@ -79,3 +79,32 @@ WRAPPER
   fi
   export PERF_ANALYZER="$PERF_VENV/perf_analyzer"
 }
+
+# The container tests (tests/deploy/test_containers.py) build and run the images with podman
+# (runc as the runtime), make their stand-in base image with mmdebstrap, and lint /metrics
+# with promtool (Debian's prometheus). Installed with apt-get when missing and root (or
+# password-less sudo); anywhere else the tests skip saying what is missing (with CI=true
+# they fail instead).
+ensure_container_tools() {
+  local missing=() tool
+  for tool in podman:podman runc:runc mmdebstrap:mmdebstrap promtool:prometheus; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      sudo="sudo -n"
+    else
+      echo "==> not root: not installing ${missing[*]} (the container tests will skip)"
+      return 0
+    fi
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "==> no apt-get: not installing ${missing[*]} (the container tests will skip)"
+    return 0
+  fi
+  echo "==> installing ${missing[*]} (container tests)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}

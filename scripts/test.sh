@@ -9,6 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 
 ensure_venv train,dev
 ensure_data
+ensure_container_tools
 ensure_perf_analyzer  # tests_tritonclient runs Triton's perf_analyzer against the server
 cd "$ROOT"
 if [ "$#" -gt 0 ]; then
