@@ -12,17 +12,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
-from server._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from server.batcher import DynamicBatcher
 from server.config import Settings
+from server.dataplane import DataPlane
 from server.errors import ConfigError
 from server.manager import ModelManager
 from server.metrics import Metrics
 from server.model import LoadedModel
-from server.oip import SERVICE_NAME as OIP_SERVICE
+from server.oip import SERVICE as OIP_SERVICE
 from server.oip import InferenceServicer
-from server.servicer import SERVICE_NAME, Gate, PredictionServicer, Serving
+from server.readiness import Phase
+from server.servicer import SERVICE as PREDICTION_SERVICE
+from server.servicer import SERVICE_NAME, PredictionServicer
+from server.status import add_service
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +79,6 @@ class App:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.gate = Gate()
         self.manager = ModelManager(
             settings.model_repo,
             pinned_version=settings.model_version,
@@ -95,7 +96,15 @@ class App:
             concurrency=settings.batch_concurrency,
             metrics=self.metrics,
         )
+        # The one readiness state: admission, health and OIP readiness all read it.
+        self.plane = DataPlane(
+            self.manager,
+            self.batcher,
+            self.metrics,
+            max_images_per_request=settings.max_images_per_request,
+        )
         self.health = health.aio.HealthServicer()
+        self.plane.readiness.subscribe(self._report_health)
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port = 0
@@ -109,17 +118,11 @@ class App:
         await self.health.set("", NOT_SERVING)
         await self.health.set(READINESS_SERVICE, NOT_SERVING)
         server = grpc.aio.server(options=grpc_options(s))
-        serving = Serving(self.manager, self.batcher, self.metrics, s, self.gate)
-        pb_grpc.add_PredictionServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            PredictionServicer(serving), server
-        )
-        oip_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            InferenceServicer(serving), server
-        )
+        add_service(server, self.plane, PredictionServicer(self.plane, s), PREDICTION_SERVICE)
+        add_service(server, self.plane, InferenceServicer(self.plane, s), OIP_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [READINESS_SERVICE, OIP_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
+        names = [READINESS_SERVICE, OIP_SERVICE.full_name, health.SERVICE_NAME]
+        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
         address = _bind_address(s.host, s.port)
         try:
             if s.tls:
@@ -155,13 +158,18 @@ class App:
     async def load(self) -> None:
         """Load and warm the model off the event loop, then report SERVING."""
         await asyncio.to_thread(self.manager.load_initial)
-        await self.batcher.start()
         if not self.settings.model_version:
             self._watcher = asyncio.create_task(self._watch(), name="model-watcher")
-        self.gate.open = True
-        await self.health.set("", SERVING)
-        await self.health.set(READINESS_SERVICE, SERVING)
+        await self.plane.start()
         logger.info("ready: version %d", self.manager.current.version)
+
+    async def _report_health(self, phase: Phase) -> None:
+        """grpc.health.v1 mirrors the readiness state ("" = liveness, the named one = readiness)."""
+        if phase is Phase.STOPPING:
+            await self.health.enter_graceful_shutdown()
+            return
+        await self.health.set("", SERVING if phase.live else NOT_SERVING)
+        await self.health.set(READINESS_SERVICE, SERVING if phase.ready else NOT_SERVING)
 
     async def start(self) -> None:
         await self.open()
@@ -207,8 +215,7 @@ class App:
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
-        self.gate.shutting_down = True
-        await self.health.enter_graceful_shutdown()
+        await self.plane.begin_shutdown()
         if self.server is not None:
             # Calls that reached the transport but not yet a handler would be
             # CANCELLED by server.stop(), leaving the client unsure whether they
@@ -216,7 +223,7 @@ class App:
             # and get an explicit, retryable UNAVAILABLE instead.
             await asyncio.sleep(min(SETTLE_S, grace))
             await self.server.stop(grace)
-        await self.batcher.stop()
+        await self.plane.stop()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

@@ -1,20 +1,32 @@
-"""Predict API: protobuf <-> numpy. Pure functions; every bad input is InvalidInput."""
+"""Predict API: protobuf <-> numpy. Pure functions; every bad input is InvalidInput.
+
+Encoded images (PNG/JPEG) are decoded by Pillow, partly in Python: a crafted file
+padded with empty chunks or fill bytes decodes in seconds. So an encoded image
+above :data:`MAX_ENCODED_BYTES` is refused before any parsing, and
+:func:`prepare_images` hands decoding back as a deferred call that the data plane
+runs off the event loop; raw pixels never leave the fast path.
+"""
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from server._proto.fashion.v1 import prediction_pb2 as pb
+from server.config import Settings
 from server.errors import InvalidInput, TooLarge
-from server.model import IMAGE_SHAPE, NUM_CLASSES
+from server.model import IMAGE_SHAPE, NUM_CLASSES, LoadedModel
 
 IMAGE_BYTES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+# A real 28x28 PNG or JPEG is a few hundred bytes, a few KiB with an ICC profile or
+# EXIF; 64 KiB leaves room for any honest file and bounds what a crafted one costs.
+MAX_ENCODED_BYTES = 64 * 1024
 _ENCODED_FORMATS = {"PNG", "JPEG"}
 # Modes with more than 8 bits per channel: converting them to 8-bit would silently
 # rescale or clip the pixels, so they are refused instead.
@@ -59,8 +71,16 @@ def decode_encoded(data: bytes, index: int) -> np.ndarray:
         raise InvalidInput(f"image {index}: cannot decode as PNG or JPEG ({exc})") from None
 
 
-def decode_images(request: pb.PredictRequest, max_images: int) -> np.ndarray:
-    """The request's images -> uint8 [n, 28, 28], in request order."""
+def prepare_images(
+    request: pb.PredictRequest, max_images: int
+) -> np.ndarray | Callable[[], np.ndarray]:
+    """Check the request's images; uint8 [n, 28, 28] now, or a call that decodes them.
+
+    Everything cheap (counts, sizes, raw pixels) is checked here, on the caller's
+    thread. When the request holds encoded images the result is a callable that
+    decodes them (blocking, CPU-bound: run it off the event loop) and returns the
+    array in request order.
+    """
     images = request.images
     n = len(images)
     if n == 0:
@@ -74,6 +94,7 @@ def decode_images(request: pb.PredictRequest, max_images: int) -> np.ndarray:
     if all(len(r) == IMAGE_BYTES for r in raws) and not any(im.encoded for im in images):
         return np.frombuffer(b"".join(raws), dtype=np.uint8).reshape(n, *IMAGE_SHAPE)
     out = np.empty((n, *IMAGE_SHAPE), dtype=np.uint8)
+    encoded: list[tuple[int, bytes]] = []
     for i, image in enumerate(images):
         if image.raw and image.encoded:
             raise InvalidInput(f"image {i}: set exactly one of raw or encoded, not both")
@@ -85,12 +106,31 @@ def decode_images(request: pb.PredictRequest, max_images: int) -> np.ndarray:
                 )
             out[i] = np.frombuffer(image.raw, dtype=np.uint8).reshape(IMAGE_SHAPE)
         elif image.encoded:
-            out[i] = decode_encoded(image.encoded, i)
+            if len(image.encoded) > MAX_ENCODED_BYTES:
+                raise TooLarge(
+                    f"image {i}: encoded image has {len(image.encoded)} bytes; this server "
+                    f"accepts at most {MAX_ENCODED_BYTES} (a 28x28 PNG/JPEG needs a few hundred)"
+                )
+            encoded.append((i, image.encoded))
         else:
             raise InvalidInput(
                 f"image {i}: empty; set raw (784 bytes) or encoded (a PNG/JPEG file)"
             )
+    if not encoded:
+        return out
+    return functools.partial(_decode_into, out, encoded)
+
+
+def _decode_into(out: np.ndarray, encoded: list[tuple[int, bytes]]) -> np.ndarray:
+    for i, data in encoded:
+        out[i] = decode_encoded(data, i)
     return out
+
+
+def decode_images(request: pb.PredictRequest, max_images: int) -> np.ndarray:
+    """The request's images -> uint8 [n, 28, 28], in request order (decoding inline)."""
+    prepared = prepare_images(request, max_images)
+    return prepared if isinstance(prepared, np.ndarray) else prepared()
 
 
 def check_top_k(top_k: int) -> None:
@@ -125,3 +165,58 @@ def encode_predictions(
             for k in order[i].tolist():
                 prediction.top_k.add(label=k, class_name=class_names[k], probability=rows[i][k])
     return response
+
+
+class PredictCodec:
+    """fashion.v1 Predict for the data plane (see :class:`server.dataplane.RequestCodec`)."""
+
+    def version(self, request: pb.PredictRequest) -> int:
+        check_top_k(request.top_k)
+        return request.model_version
+
+    def decode(
+        self, request: pb.PredictRequest, max_images: int
+    ) -> np.ndarray | Callable[[], np.ndarray]:
+        return prepare_images(request, max_images)
+
+    def encode(
+        self, request: pb.PredictRequest, probabilities: np.ndarray, model: LoadedModel
+    ) -> pb.PredictResponse:
+        return encode_predictions(
+            probabilities,
+            model.class_names,
+            version=model.version,
+            include_probabilities=request.include_probabilities,
+            top_k=request.top_k,
+        )
+
+
+PREDICT = PredictCodec()
+
+
+def encode_model_info(model: LoadedModel, settings: Settings) -> pb.ModelInfo:
+    """GetModelInfo: the served model and the batching settings it runs under."""
+    s = settings
+    return pb.ModelInfo(
+        name="fashion",
+        version=model.version,
+        class_names=model.class_names,
+        inputs=[
+            pb.TensorSpec(name=t.name, dtype=t.dtype, shape=t.shape) for t in (model.input_spec,)
+        ],
+        outputs=[
+            pb.TensorSpec(name=t.name, dtype=t.dtype, shape=t.shape) for t in (model.output_spec,)
+        ],
+        execution_provider=model.provider,
+        test_accuracy=model.test_accuracy,
+        architecture=model.architecture,
+        model_sha256=model.model_sha256,
+        model_variant=model.variant,
+        batching=pb.BatchingInfo(
+            max_batch_size=s.max_batch_size,
+            max_batch_delay_ms=s.max_batch_delay_ms,
+            max_queue_images=s.max_queue,
+            max_images_per_request=s.max_images_per_request,
+            concurrency=s.batch_concurrency,
+        ),
+    )

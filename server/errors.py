@@ -1,14 +1,40 @@
-"""Domain errors. No grpc here: the servicer maps each class to one status code."""
+"""Domain errors and the transport-neutral status codes they map to. No grpc here.
+
+Each error class names one :class:`Code`; every front end maps a Code to its own
+wire status once (gRPC in :mod:`server.status`, HTTP later), so the same bad
+input gets the same answer whichever protocol carried it.
+"""
 
 from __future__ import annotations
+
+import enum
+from typing import ClassVar
+
+
+class Code(enum.Enum):
+    """Outcome of one request. Names and meanings are gRPC's; metrics use the names."""
+
+    OK = "OK"
+    CANCELLED = "CANCELLED"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    UNAVAILABLE = "UNAVAILABLE"
+    INTERNAL = "INTERNAL"
 
 
 class ServingError(Exception):
     """Base class; the message is safe to show to a client."""
 
+    code: ClassVar[Code] = Code.INTERNAL
+
 
 class InvalidInput(ServingError):
     """The request is malformed (INVALID_ARGUMENT)."""
+
+    code = Code.INVALID_ARGUMENT
 
 
 class TooLarge(InvalidInput):
@@ -18,22 +44,36 @@ class TooLarge(InvalidInput):
 class VersionNotFound(ServingError):
     """The requested model or version does not exist (NOT_FOUND)."""
 
+    code = Code.NOT_FOUND
+
 
 class ModelNotReady(ServingError):
     """The model is not loaded yet, or the server is shutting down (UNAVAILABLE)."""
+
+    code = Code.UNAVAILABLE
 
 
 class Overloaded(ServingError):
     """The queue or the admission limit is full (RESOURCE_EXHAUSTED)."""
 
+    code = Code.RESOURCE_EXHAUSTED
+
 
 class DeadlineExpired(ServingError):
     """The caller's deadline passed, or cannot be met, before inference (DEADLINE_EXCEEDED)."""
 
+    code = Code.DEADLINE_EXCEEDED
+
+
+class Unimplemented(ServingError):
+    """The method exists in the protocol but this server does not implement it (UNIMPLEMENTED)."""
+
+    code = Code.UNIMPLEMENTED
+
 
 class ModelLoadError(ServingError):
-    """A model version is missing files, corrupt, or has the wrong signature."""
+    """A model version is missing files, corrupt, or has the wrong signature (INTERNAL)."""
 
 
 class ConfigError(ServingError):
-    """A setting has an invalid value; the message names the setting."""
+    """A setting has an invalid value; the message names the setting (INTERNAL)."""

@@ -15,14 +15,44 @@ from __future__ import annotations
 import numpy as np
 
 from server._proto.inference import grpc_predict_v2_pb2 as oip
-from server.errors import InvalidInput, TooLarge
-from server.model import IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
+from server.errors import InvalidInput, TooLarge, VersionNotFound
+from server.model import IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, LoadedModel
+from server.repository import MODEL_NAME, parse_version_number
 
 _DTYPES: dict[str, np.dtype[np.generic]] = {"UINT8": np.dtype("u1"), "FP32": np.dtype("<f4")}
 _TYPED_FIELD = {"UINT8": "uint_contents", "FP32": "fp32_contents"}
 # float32(k / 255) * 255 lands within a few ulps of k; 1e-3 is far below the
 # 1/255 spacing, so only true multiples of 1/255 pass.
 _FP32_TOLERANCE = 1e-3
+# Triton clients (perf_analyzer on every request) ask for an empty final response, which
+# only a decoupled model (many responses per request) ever sends: this model answers each
+# request with exactly one, final response, so the request is already met either way.
+TRITON_FINAL_RESPONSE = frozenset({"triton_enable_empty_final_response"})
+
+
+def _quoted(text: str, limit: int = 32) -> str:
+    """``repr`` of client text, cut: a 4,000-character name must not flood a message."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def parse_version(name: str, version: str) -> int:
+    """Model name and version string -> version number (0 = the served one).
+
+    Versions follow the repository's rule (:func:`server.repository.parse_version_number`):
+    ASCII ``[1-9][0-9]*`` within int64, so ``01``, ``²`` or full-width digits are not
+    quietly read as another number.
+    """
+    if name != MODEL_NAME:
+        raise VersionNotFound(f"unknown model {_quoted(name)}; this server serves {MODEL_NAME!r}")
+    if not version:
+        return 0
+    number = parse_version_number(version)
+    if number is None:
+        raise VersionNotFound(
+            f"unknown version {_quoted(version)} of model {MODEL_NAME!r}; versions are "
+            "positive integers in ASCII digits without leading zeros"
+        )
+    return number
 
 
 def _shape(tensor: oip.ModelInferRequest.InferInputTensor, max_images: int) -> int:
@@ -59,8 +89,12 @@ def _from_fp32(values: np.ndarray) -> np.ndarray:
 
 def decode_infer_request(request: oip.ModelInferRequest, max_images: int) -> np.ndarray:
     """The request's ``images`` tensor -> uint8 [N, 28, 28]."""
-    if request.parameters:
-        raise InvalidInput(f"request parameters {sorted(request.parameters)} are not supported")
+    unsupported = sorted(k for k in request.parameters if k not in TRITON_FINAL_RESPONSE)
+    if unsupported:
+        raise InvalidInput(f"request parameters {unsupported} are not supported")
+    for key in request.parameters:
+        if request.parameters[key].WhichOneof("parameter_choice") != "bool_param":
+            raise InvalidInput(f"request parameter {key!r} must be a bool")
     if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
         names = [t.name for t in request.inputs]
         raise InvalidInput(f"expected exactly one input named {INPUT_NAME!r}, got {names}")
@@ -152,3 +186,25 @@ def encode_infer_response(
         ],
         raw_output_contents=[np.ascontiguousarray(probabilities, dtype="<f4").tobytes()],
     )
+
+
+class InferCodec:
+    """ModelInfer for the data plane (see :class:`server.dataplane.RequestCodec`)."""
+
+    def version(self, request: oip.ModelInferRequest) -> int:
+        wanted = parse_version(request.model_name, request.model_version)
+        requested_outputs(request)
+        return wanted
+
+    def decode(self, request: oip.ModelInferRequest, max_images: int) -> np.ndarray:
+        return decode_infer_request(request, max_images)
+
+    def encode(
+        self, request: oip.ModelInferRequest, probabilities: np.ndarray, model: LoadedModel
+    ) -> oip.ModelInferResponse:
+        return encode_infer_response(
+            probabilities, model_name=MODEL_NAME, version=model.version, request_id=request.id
+        )
+
+
+INFER = InferCodec()

@@ -258,10 +258,12 @@ async def test_metadata_and_readiness(start_app) -> None:
     app = await start_app(load=False)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = oip_grpc.GRPCInferenceServiceStub(channel)
-        assert (await stub.ServerLive(oip.ServerLiveRequest())).live
+        # Listening while the first model loads: neither live nor ready, as health "" says.
+        assert not (await stub.ServerLive(oip.ServerLiveRequest())).live
         assert not (await stub.ServerReady(oip.ServerReadyRequest())).ready
         assert not (await stub.ModelReady(oip.ModelReadyRequest(name="fashion"))).ready
         await app.load()
+        assert (await stub.ServerLive(oip.ServerLiveRequest())).live
         assert (await stub.ServerReady(oip.ServerReadyRequest())).ready
         assert (await stub.ModelReady(oip.ModelReadyRequest(name="fashion", version="1"))).ready
         await assert_status(
@@ -291,6 +293,7 @@ async def test_metadata_and_readiness(start_app) -> None:
         stopping = asyncio.create_task(app.stop(grace_s=1.0))
         await asyncio.sleep(0.05)
         assert not (await stub.ServerReady(oip.ServerReadyRequest())).ready
+        assert not (await stub.ServerLive(oip.ServerLiveRequest())).live
         await stopping
 
 

@@ -1,0 +1,335 @@
+"""The one data plane behind every front end: no grpc here, no protocol of its own.
+
+Every front end (``fashion.v1``, the Open Inference Protocol, Triton's
+extensions, HTTP) is an adapter: it turns its wire message into a call here and
+the result back into its wire message. Everything with policy lives here, once:
+
+* admission: :attr:`DataPlane.readiness`, the one readiness state (health and
+  ``ServerReady`` report it, :meth:`DataPlane.infer` checks it);
+* the request sequence: readiness -> requested version -> decode (encoded images
+  in a bounded pool off the event loop) -> batcher -> the version that answered
+  -> encode, in :meth:`DataPlane.infer`;
+* pipelined streams, in order, in :meth:`DataPlane.stream` (the first failure ends
+  the stream) and :meth:`DataPlane.stream_outcomes` (failures travel in-band);
+* the outcome of every request: :meth:`DataPlane.failure` turns any exception into
+  a transport-neutral :class:`Failure` (and logs what was unexpected),
+  :meth:`DataPlane.observe` counts and times it by method and code.
+
+A front end maps :class:`server.errors.Code` to its own status once (gRPC:
+:mod:`server.status`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol, TypeVar, cast
+
+import numpy as np
+
+from server.batcher import DynamicBatcher
+from server.errors import Code, Overloaded, ServingError, VersionNotFound
+from server.manager import ModelManager
+from server.metrics import Metrics
+from server.model import LoadedModel
+from server.readiness import Phase, Readiness
+from server.repository import MODEL_NAME
+
+logger = logging.getLogger(__name__)
+
+GENERIC_INTERNAL = "internal error while handling the request; it has been logged"
+# Requests of one stream submitted ahead of the response being written.
+STREAM_PIPELINE_DEPTH = 64
+# Encoded images are decoded by one thread: decoding is partly Python (it holds the
+# GIL), so more threads would not decode faster, only take more from the event loop.
+DECODE_THREADS = 1
+# Encoded images waiting for or in the decode thread; beyond this RESOURCE_EXHAUSTED,
+# so a flood of crafted images cannot queue unbounded work (raw pixels are not held up).
+MAX_PENDING_DECODES = 256
+
+Req = TypeVar("Req", contravariant=True)
+Resp = TypeVar("Resp", covariant=True)
+R = TypeVar("R")
+S = TypeVar("S")
+
+# Decoded images, or a blocking call that decodes them (run off the event loop).
+Images = np.ndarray | Callable[[], np.ndarray]
+
+
+class RequestCodec(Protocol[Req, Resp]):
+    """What a front end supplies for one inference message type. Pure, no I/O."""
+
+    def version(self, request: Req) -> int:
+        """Check the fields that are not images; the version asked for (0 = the served one)."""
+        ...
+
+    def decode(self, request: Req, max_images: int) -> Images:
+        """The images as uint8 [n, 28, 28], or a deferred decode (see :data:`Images`)."""
+        ...
+
+    def encode(self, request: Req, probabilities: np.ndarray, model: LoadedModel) -> Resp:
+        """float32 [n, 10] from ``model`` -> the response message."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """How a request failed, for any transport: a neutral code and a client-safe message."""
+
+    code: Code
+    message: str
+
+
+class Refused(Exception):
+    """A call ended on a failure already classified, logged and counted: send it as is."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+class DataPlane:
+    def __init__(
+        self,
+        manager: ModelManager,
+        batcher: DynamicBatcher[LoadedModel],
+        metrics: Metrics,
+        *,
+        max_images_per_request: int,
+        max_pending_decodes: int = MAX_PENDING_DECODES,
+    ) -> None:
+        self.manager = manager
+        self.batcher = batcher
+        self.metrics = metrics
+        self.max_images = max_images_per_request
+        self.readiness = Readiness()
+        self._statistics = metrics.statistics
+        self._max_pending_decodes = max_pending_decodes
+        self._pending_decodes = 0
+        self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
+
+    # -- lifecycle: the readiness state and the batcher change together ------
+
+    async def start(self) -> None:
+        """A model is installed: start the batcher (once), then report READY."""
+        if self.readiness.phase is not Phase.READY:
+            await self.batcher.start()
+            await self.readiness.set(Phase.READY)
+
+    async def wait_for_model(self) -> None:
+        """Live but not ready: the server works, no model is installed yet."""
+        await self.readiness.set(Phase.WAITING)
+
+    async def begin_shutdown(self) -> None:
+        """NOT ready and not live from now on: new requests get UNAVAILABLE."""
+        await self.readiness.set(Phase.STOPPING)
+
+    async def stop(self) -> None:
+        """After the transports stopped: compute what is queued, then release the threads."""
+        await self.batcher.stop()
+        self._decoder.shutdown(wait=True)
+
+    # -- questions about the model (every front end asks the same way) -------
+
+    def model(self) -> LoadedModel:
+        """The served model; ModelNotReady (UNAVAILABLE) before the first one is installed."""
+        return self.manager.current
+
+    def resolve(self, version: int) -> LoadedModel:
+        """The served model if ``version`` is 0 or its number, else NOT_FOUND."""
+        return self.manager.resolve(version)
+
+    def model_ready(self, version: int) -> bool:
+        """OIP ModelReady: ready to answer ``version`` (0 = the served one) now.
+
+        NOT_FOUND for a version that exists neither in memory nor on disk; False
+        for one that is on disk but not served.
+        """
+        if not self.manager.loaded:
+            return False
+        served = self.manager.current.version
+        if version and version != served:
+            if version not in self.manager.versions_on_disk():
+                raise VersionNotFound(f"model {MODEL_NAME!r} has no version {version}")
+            return False
+        return self.readiness.ready
+
+    # -- the request path -----------------------------------------------------
+
+    async def infer(self, codec: RequestCodec[R, S], request: R, deadline: float | None) -> S:
+        """One inference request, start to end. ``deadline`` is a ``loop.time()`` instant.
+
+        Raises a ServingError for anything the client should be told (see
+        :meth:`failure`); the response is the codec's. Once the version is known the
+        request is also counted in the per-version statistics (Triton's
+        ModelStatistics): success with its decode, queue, model and encode times, or failure.
+        """
+        started = time.perf_counter()
+        self.readiness.check()
+        version = codec.version(request)
+        served = self.manager.resolve(version)
+        try:
+            images = codec.decode(request, self.max_images)
+            if not isinstance(images, np.ndarray):
+                images = await self._decode_off_loop(images)
+            decoded = time.perf_counter()
+            computed = await self.batcher.submit_timed(images, deadline=deadline)
+            probabilities, model = computed.outputs, computed.tag
+            self.manager.confirm(version, model)
+            encoding = time.perf_counter()
+            response = codec.encode(request, probabilities, model)
+        except BaseException:
+            self._statistics.observe_request(
+                served.version,
+                ok=False,
+                total_s=time.perf_counter() - started,
+                input_s=0.0,
+                output_s=0.0,
+            )
+            raise
+        done = time.perf_counter()
+        self._statistics.observe_request(
+            model.version,
+            ok=True,
+            total_s=done - started,
+            input_s=decoded - started,
+            queue_s=computed.queue_s,
+            infer_s=computed.inference_s,
+            output_s=done - encoding,
+        )
+        return response
+
+    async def _decode_off_loop(self, decode: Callable[[], np.ndarray]) -> np.ndarray:
+        if self._pending_decodes >= self._max_pending_decodes:
+            self.metrics.count_rejected("decode_queue_full")
+            raise Overloaded(
+                f"{self._pending_decodes} encoded images are waiting to be decoded; retry with "
+                "backoff, or send raw pixels"
+            )
+        self._pending_decodes += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._decoder, decode)
+        finally:
+            self._pending_decodes -= 1
+
+    # -- outcomes: the one classification and the one place that counts ------
+
+    def failure(self, method: str, exc: BaseException) -> Failure:
+        """Any exception -> what the client is told. Unexpected ones are logged with traceback.
+
+        A ServingError's message is written for clients; anything else is a bug or
+        an environment failure whose text might leak internals: the client gets
+        :data:`GENERIC_INTERNAL`.
+        """
+        if isinstance(exc, Refused):
+            return exc.failure
+        if isinstance(exc, asyncio.CancelledError):
+            return Failure(Code.CANCELLED, "the call was cancelled")
+        if isinstance(exc, ServingError):
+            if exc.code is Code.INTERNAL:
+                logger.error("%s failed: %s", method, exc)
+            return Failure(exc.code, str(exc))
+        logger.error("%s failed with an unexpected error", method, exc_info=exc)
+        return Failure(Code.INTERNAL, GENERIC_INTERNAL)
+
+    def observe(self, method: str, code: Code, seconds: float) -> None:
+        """Count one request by method and code (``fashion_requests_total``) and time it."""
+        self.metrics.observe_rpc(method, code.value, seconds)
+
+    # -- streams ---------------------------------------------------------------
+
+    def stream(
+        self,
+        method: str,
+        codec: RequestCodec[R, S],
+        requests: AsyncIterator[R],
+        deadline: float | None,
+    ) -> AsyncIterator[S]:
+        """Pipelined inference over a stream: responses in request order.
+
+        The first failure ends the iteration with :class:`Refused` (the stream's
+        final status). Each message is counted once under ``method``: its own code,
+        or CANCELLED when the stream ended before its answer.
+        """
+        # Never yields a Failure when end_on_failure is set.
+        return cast(
+            AsyncIterator[S],
+            self._pipeline(method, codec, requests, deadline, end_on_failure=True),
+        )
+
+    def stream_outcomes(
+        self,
+        method: str,
+        codec: RequestCodec[R, S],
+        requests: AsyncIterator[R],
+        deadline: float | None,
+    ) -> AsyncIterator[S | Failure]:
+        """Like :meth:`stream`, but a failure is yielded in its place and the stream goes on
+        (Triton's ModelStreamInfer sends it in ``error_message``). A broken request
+        stream (a malformed message) is yielded as a Failure and ends the iteration.
+        """
+        return self._pipeline(method, codec, requests, deadline, end_on_failure=False)
+
+    async def _pipeline(
+        self,
+        method: str,
+        codec: RequestCodec[R, S],
+        requests: AsyncIterator[R],
+        deadline: float | None,
+        *,
+        end_on_failure: bool,
+    ) -> AsyncIterator[S | Failure]:
+        loop = asyncio.get_running_loop()
+        # Unbounded queue, bounded by the semaphore: the reader can always post its
+        # end marker, even when it stops because it failed or was cancelled.
+        queue: asyncio.Queue[tuple[asyncio.Future[S], float] | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_PIPELINE_DEPTH)
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await slots.acquire()
+                    future = asyncio.ensure_future(self.infer(codec, request, deadline))
+                    queue.put_nowait((future, loop.time()))
+            except Exception as exc:  # a malformed message, a broken request stream
+                broken: asyncio.Future[S] = loop.create_future()
+                broken.set_exception(exc)
+                queue.put_nowait((broken, loop.time()))
+            finally:
+                queue.put_nowait(None)
+
+        reader = asyncio.create_task(read(), name=f"{method}-reader")
+        current: tuple[asyncio.Future[S], float] | None = None
+        try:
+            while (current := await queue.get()) is not None:
+                future, started = current
+                try:
+                    response = await future
+                except Exception as exc:
+                    failure = self.failure(method, exc)
+                    self.observe(method, failure.code, loop.time() - started)
+                    current = None
+                    if end_on_failure:
+                        raise Refused(failure) from None
+                    slots.release()
+                    yield failure
+                    continue
+                self.observe(method, Code.OK, loop.time() - started)
+                current = None
+                slots.release()
+                yield response
+        finally:
+            reader.cancel()
+            unanswered = [current] if current is not None else []
+            while not queue.empty():
+                if (item := queue.get_nowait()) is not None:
+                    unanswered.append(item)
+            now = loop.time()
+            for future, started in unanswered:
+                if not future.cancel() and not future.cancelled():
+                    future.exception()  # finished unread: retrieved, so nothing is logged
+                self.observe(method, Code.CANCELLED, now - started)

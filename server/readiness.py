@@ -1,0 +1,79 @@
+"""The server's one readiness state: what admission, health and OIP readiness all read.
+
+Transport-agnostic: front ends ask :meth:`Readiness.check` before work, and
+whoever reports health (the gRPC health service, later an HTTP probe) subscribes
+to the changes instead of keeping a second copy of the state.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+
+from server.errors import ModelNotReady
+
+
+class Phase(enum.Enum):
+    """``live``: the process works and answers; ``ready``: it can run inference."""
+
+    STARTING = "starting"  # listening, the first model is loading: neither live nor ready
+    WAITING = "waiting"  # live, but no model to serve yet (e.g. --wait-for-model)
+    READY = "ready"
+    STOPPING = "stopping"  # shutdown began: refuses new work while in-flight calls finish
+
+    @property
+    def live(self) -> bool:
+        return self in (Phase.WAITING, Phase.READY)
+
+    @property
+    def ready(self) -> bool:
+        return self is Phase.READY
+
+
+# What a refused call is told in each phase that is not READY.
+_REFUSALS = {
+    Phase.STARTING: "the model is still loading; retry shortly",
+    Phase.WAITING: "no model version has been published yet; retry shortly",
+    Phase.STOPPING: "the server is shutting down; retry on another replica",
+}
+
+Listener = Callable[[Phase], Awaitable[None]]
+
+
+class Readiness:
+    """Starts in STARTING; moves forward only (a stopping server never turns ready again)."""
+
+    def __init__(self) -> None:
+        self._phase = Phase.STARTING
+        self._refusal: str | None = _REFUSALS[Phase.STARTING]
+        self._listeners: list[Listener] = []
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def live(self) -> bool:
+        return self._phase.live
+
+    @property
+    def ready(self) -> bool:
+        return self._phase.ready
+
+    def check(self) -> None:
+        """Raise ModelNotReady (UNAVAILABLE) unless READY. The hot path: one attribute test."""
+        if self._refusal is not None:
+            raise ModelNotReady(self._refusal)
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``await listener(phase)`` on every change (health reporting)."""
+        self._listeners.append(listener)
+
+    async def set(self, phase: Phase) -> None:
+        """Move to ``phase`` and tell every listener. Leaving STOPPING is refused."""
+        if self._phase is Phase.STOPPING and phase is not Phase.STOPPING:
+            raise RuntimeError(f"a stopping server cannot become {phase.value}")
+        self._phase = phase
+        self._refusal = None if phase.ready else _REFUSALS[phase]
+        for listener in self._listeners:
+            await listener(phase)
