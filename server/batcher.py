@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
@@ -55,10 +55,19 @@ class BatcherMetrics(Protocol[T_contra]):
     def count_rejected(self, reason: str) -> None: ...
 
 
+class Computed(NamedTuple, Generic[T]):
+    """One request's rows of a computed batch, and what they waited for (statistics)."""
+
+    outputs: np.ndarray
+    tag: T
+    queue_s: float  # from submit() to its batch starting
+    inference_s: float  # its batch's model time (every request of the batch waited for all of it)
+
+
 @dataclass(eq=False)
 class _Pending(Generic[T]):
     rows: np.ndarray
-    future: asyncio.Future[tuple[np.ndarray, T]]
+    future: asyncio.Future[Computed[T]]
     enqueued: float
     deadline: float | None
     queued: bool = field(default=True)  # counted in queued_images, not yet taken or dropped
@@ -114,6 +123,12 @@ class DynamicBatcher(Generic[T]):
         queue is full, ModelNotReady when stopped, DeadlineExpired when the
         deadline passes before the rows are computed.
         """
+        computed = await self.submit_timed(rows, deadline=deadline)
+        return computed.outputs, computed.tag
+
+    async def submit_timed(self, rows: np.ndarray, *, deadline: float | None = None) -> Computed[T]:
+        """:meth:`submit`, also returning the request's queue wait and its batch's model time,
+        so per-request statistics use the batcher's own measurements."""
         n = len(rows)
         if not self._accepting:
             raise ModelNotReady("the server is shutting down")
@@ -308,14 +323,14 @@ class DynamicBatcher(Generic[T]):
         self._s_per_image = (
             per_image if not self._s_per_image else (0.8 * self._s_per_image + 0.2 * per_image)
         )
+        waits = [started - p.enqueued for p in batch]
         if self._metrics is not None:
-            waits = [started - p.enqueued for p in batch]
             self._metrics.observe_batch(images, reason, inference_s, waits, tag)
         offset = 0
-        for p in batch:
+        for p, wait in zip(batch, waits, strict=True):
             n = len(p.rows)
             if not p.future.done():
-                p.future.set_result((outputs[offset : offset + n], tag))
+                p.future.set_result(Computed(outputs[offset : offset + n], tag, wait, inference_s))
             offset += n
 
     def _set_depth(self) -> None:

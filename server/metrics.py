@@ -157,7 +157,7 @@ class Metrics:
         self.images.inc(images)
         for wait in queue_waits_s:
             self.queue_wait_seconds.observe(wait)
-        self.statistics.observe_batch(tag.version, images, inference_s, queue_waits_s)
+        self.statistics.observe_batch(tag.version, images, inference_s)
 
     def set_queue_depth(self, images: int) -> None:
         self.queue_depth.set(images)

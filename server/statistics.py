@@ -3,11 +3,15 @@
 Two sources, each counted where it is already measured, never timed a second time:
 
 * per batch, from the batcher (through :class:`server.metrics.Metrics`): executions,
-  images inferred, each request's queue wait, the model time (charged to every
-  request of the batch, as Triton does: each of them waited for all of it) and
-  the per-batch-size table;
-* per request, from the data plane: success or failure with the request's whole
-  time in the server, and the time spent decoding its input and encoding its output.
+  images inferred and the per-batch-size table;
+* per request, from the data plane when the request ends: success or failure with
+  its whole time in the server, its decode and encode times, and the batcher's own
+  measurements of its queue wait and of its batch's model time (charged to every
+  request of the batch, as Triton does: each of them waited for all of it).
+
+A request's counts all move in one call, so a snapshot taken while requests are in
+flight still has success = queue = compute_* counts (perf_analyzer refuses
+statistics where they differ).
 
 Everything runs on the event loop (the batcher delivers there), so no lock is needed.
 No grpc here: server/triton.py turns a snapshot into protobuf.
@@ -16,7 +20,6 @@ No grpc here: server/triton.py turns a snapshot into protobuf.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 NS_PER_S = 1_000_000_000
@@ -33,9 +36,9 @@ class Duration:
     count: int = 0
     ns: int = 0
 
-    def add(self, seconds: float, count: int = 1) -> None:
-        self.count += count
-        self.ns += _ns(seconds) * count
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.ns += _ns(seconds)
 
 
 @dataclass
@@ -68,37 +71,41 @@ class InferenceStatistics:
             stats = self._versions[version] = VersionStatistics(version)
         return stats
 
-    def observe_batch(
-        self, version: int, images: int, inference_s: float, queue_waits_s: Sequence[float]
-    ) -> None:
-        """One batch computed by ``version``: ``queue_waits_s`` has one entry per request."""
+    def observe_batch(self, version: int, images: int, inference_s: float) -> None:
+        """One batch of ``images`` computed by ``version`` in ``inference_s``."""
         stats = self._of(version)
         stats.inference_count += images
         stats.execution_count += 1
         # A timestamp, not a duration: Triton reports it as wall-clock milliseconds.
         stats.last_inference_ms = time.time_ns() // 1_000_000
-        requests = len(queue_waits_s)
-        for wait in queue_waits_s:
-            stats.queue.add(wait)
-        stats.compute_infer.add(inference_s, requests)
         batch = stats.batches.get(images)
         if batch is None:
             batch = stats.batches[images] = Duration()
         batch.add(inference_s)
 
     def observe_request(
-        self, version: int, *, ok: bool, total_s: float, input_s: float, output_s: float
+        self,
+        version: int,
+        *,
+        ok: bool,
+        total_s: float,
+        input_s: float = 0.0,
+        queue_s: float = 0.0,
+        infer_s: float = 0.0,
+        output_s: float = 0.0,
     ) -> None:
         """One request answered (``ok``) or failed, after ``total_s`` in the server.
 
         ``version`` is the one that answered, or for a failure the one the request was
-        for (the served one when it named none); queue and model time come from
-        :meth:`observe_batch`, so a failure counts only its time until it failed.
+        for (the served one when it named none). As in Triton, only a success counts
+        its parts (decode, queue, model, encode); a failure counts its time until it failed.
         """
         stats = self._of(version)
         if ok:
             stats.success.add(total_s)
             stats.compute_input.add(input_s)
+            stats.queue.add(queue_s)
+            stats.compute_infer.add(infer_s)
             stats.compute_output.add(output_s)
         else:
             stats.fail.add(total_s)
