@@ -1,0 +1,361 @@
+"""README.md, read as a new user reads it: its commands run and say what the code does.
+
+- Every shell command and Python block of "Calling the server" runs, as written, against a
+  ``fashion-serve`` started the way ``scripts/up.sh`` starts it (its ``FASHION_*`` variables
+  set), from a shell whose PATH lacks the venv until the block's own ``source`` line. Only
+  the gRPC and metrics addresses and the venv path are substituted. Outputs are checked
+  against what the prose says they print.
+- Everything those blocks import or call is installed by the extras ``up.sh`` installs.
+- ``fashion-train``'s synopsis and ``fashion-serve``'s flag table match their ``--help``;
+  every ``--flag`` the README gives any ``fashion-*`` command exists.
+- The quoted training results are the published runs' reports, and nowhere else is a
+  training time quoted.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.metadata
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from bench.serverproc import READY_MARK, ServerProcess, start_process
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+BIN = Path(sys.executable).parent  # the venv the suite runs in (.venv under scripts/test.sh)
+CALLING = "Calling the server"
+DEFAULT_TARGET, DEFAULT_METRICS = "127.0.0.1:50051", "127.0.0.1:9090"
+COMMANDS = ("fashion-train", "fashion-serve", "fashion-predict", "fashion-inspect")
+# The published runs whose figures README "Results" quotes.
+REPORTS = {
+    "course_cnn": "docs/training/course_cnn_v2/report.md",
+    "bn_cnn": "docs/training/bn_cnn/report.md",
+}
+
+
+def section(title: str, level: str = "##") -> str:
+    """The text under the first heading starting with ``title``, up to the next such heading."""
+    match = re.search(rf"^{level} {re.escape(title)}.*?$(.*?)(?=^{level} |\Z)", README, re.M | re.S)
+    assert match, f"README.md has no '{level} {title}' section"
+    return match.group(1)
+
+
+def fenced(text: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", text, re.M | re.S)
+
+
+def shell_commands(block: str) -> list[str]:
+    """One entry per command: continuation lines joined, comment-only lines dropped."""
+    joined = re.sub(r"\\\n\s*", " ", block)
+    return [line for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def calling_commands() -> tuple[list[str], list[str]]:
+    """(set-up lines such as ``source .venv/bin/activate``, the commands to check)."""
+    prelude, commands = [], []
+    for block in fenced(section(CALLING), "bash"):
+        for command in shell_commands(block):
+            (prelude if command.startswith("source ") else commands).append(command)
+    return prelude, commands
+
+
+PRELUDE, CALL_COMMANDS = calling_commands()
+PYTHON_BLOCKS = fenced(section(CALLING), "python")
+
+
+def test_the_calling_section_has_something_to_run() -> None:
+    assert PRELUDE == ["source .venv/bin/activate"]
+    assert len(CALL_COMMANDS) >= 5 and PYTHON_BLOCKS
+    assert all(DEFAULT_TARGET in c for c in CALL_COMMANDS if c.startswith("fashion-predict"))
+
+
+# --- a server started as up.sh starts it ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(model_repo: Path) -> Iterator[ServerProcess]:
+    # up.sh: FASHION_VENV (bootstrap.sh's) stays in the environment, FASHION_MODEL_REPO is
+    # exported, and fashion-serve is exec'd from the venv; the server must accept both.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FASHION_VENV", str(BIN.parent))
+        env.setenv("FASHION_MODEL_REPO", str(model_repo))
+        command = [str(BIN / "fashion-serve"), "--model-repo", str(model_repo)]
+        ports = ["--port", "0", "--metrics-port", "0", "--log-level", "warning"]
+        server = start_process([*command, *ports], READY_MARK, timeout_s=120)
+    yield server
+    assert server.stop() == 0
+
+
+def user_shell_env() -> dict[str, str]:
+    """A second terminal: the venv is not on PATH until the README's ``source`` line."""
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    path = [p for p in env.get("PATH", "").split(os.pathsep) if Path(p) != BIN]
+    env["PATH"] = os.pathsep.join(path)
+    return env
+
+
+def localize(text: str, server: ServerProcess) -> str:
+    text = text.replace(DEFAULT_TARGET, server.target)
+    text = text.replace(DEFAULT_METRICS, f"127.0.0.1:{server.metrics_port}")
+    return text.replace(".venv/bin/activate", shlex.quote(str(BIN / "activate")))
+
+
+def run_shell(command: str, server: ServerProcess) -> subprocess.CompletedProcess[str]:
+    script = "\n".join(["set -euo pipefail", *PRELUDE, command])
+    return subprocess.run(
+        ["bash", "-c", localize(script, server)],
+        cwd=ROOT,
+        env=user_shell_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def documented_keys(lead: str) -> set[str]:
+    """The JSON keys the prose says a command prints: ``<lead>` prints `{"a", "b"}`."""
+    match = re.search(re.escape(lead) + r"`\s+prints\s+`\{([^}]*)\}`", section(CALLING))
+    assert match, f"README no longer says what {lead} prints"
+    return set(re.findall(r'"(\w+)"', match.group(1)))
+
+
+def check_output(command: str, out: str, model_repo: Path) -> None:
+    """What the README says each kind of command prints."""
+    lines = out.splitlines()
+    if command.startswith("curl "):
+        labels = re.search(r"`fashion_model_info\{([^}]*)\}`", section(CALLING))
+        assert labels, "README no longer lists fashion_model_info's labels"
+        (line,) = lines
+        served = set(re.findall(r"(\w+)=\"", line))
+        assert served == set(labels.group(1).split(",")), line
+        return
+    if "--list" in command:
+        assert {"fashion.v1.PredictionService", "inference.GRPCInferenceService"} <= set(lines)
+        assert "grpc.health.v1.Health" in lines
+        return
+    records = [json.loads(line) for line in lines]
+    if "--evaluate" in command:
+        (result,) = records
+        assert set(result) == documented_keys("`--evaluate [--limit N] [--batch-size B]")
+        metadata = json.loads((model_repo / "fashion" / "1" / "metadata.json").read_text())
+        # "its accuracy equals the test_accuracy in the model's metadata"
+        assert result["accuracy"] == pytest.approx(metadata["test_accuracy"], abs=1e-6)
+        assert result["images"] == 10_000
+    elif "--info" in command:
+        (info,) = records
+        assert info["name"] == "fashion" and len(info["classNames"]) == 10
+    elif "--call" in command:
+        (response,) = records
+        if "Health/Check" in command:
+            assert response == {"status": "SERVING"}
+        elif "/Predict" in command:
+            assert len(response["predictions"][0]["topK"]) == 3
+        else:
+            assert response["name"] == "fashion"
+    else:  # image files
+        files = [
+            name
+            for word in shlex.split(command)
+            if word.endswith((".png", ".jpg"))
+            for name in sorted(glob.glob(word, root_dir=ROOT))
+        ]
+        assert files and [r["file"] for r in records] == files
+        keys = documented_keys("`fashion-predict IMAGE...")
+        if "--top-k" in command:
+            keys.add("top_k")
+        assert all(set(r) == keys for r in records), records[0]
+
+
+@pytest.mark.parametrize("command", CALL_COMMANDS, ids=lambda c: c[:70])
+def test_calling_the_server_shell_command_works_as_written(
+    command: str, served: ServerProcess, model_repo: Path
+) -> None:
+    result = run_shell(command, served)
+    assert result.returncode == 0, f"{command}\n{result.stderr}"
+    assert result.stderr == ""
+    check_output(command, result.stdout, model_repo)
+
+
+@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: b.splitlines()[0][:50])
+def test_calling_the_server_python_block_works_as_written(
+    block: str, served: ServerProcess
+) -> None:
+    # Its own process, from the repository root: tritonclient's protobuf messages cannot
+    # share a process with the server's generated ones.
+    result = subprocess.run(
+        [sys.executable, "-c", localize(block, served)],
+        cwd=ROOT,
+        env=user_shell_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and result.stdout.strip()
+
+
+# --- what up.sh installs ----------------------------------------------------------------
+
+
+def up_sh_requirements() -> set[str]:
+    """Distribution names up.sh's ``ensure_venv EXTRAS`` installs (base + those extras)."""
+    up_sh = (ROOT / "scripts" / "up.sh").read_text()
+    extras = re.search(r"^ensure_venv (\S+)$", up_sh, re.M)
+    assert extras, "up.sh no longer calls ensure_venv"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra in extras.group(1).split(","):
+        requirements += project["optional-dependencies"][extra]
+    return {re.split(r"[\[<>=! ;]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_everything_the_calling_section_uses_is_installed_by_up_sh() -> None:
+    installed = up_sh_requirements()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    modules = {
+        name.split(".")[0]
+        for block in PYTHON_BLOCKS
+        for name in re.findall(r"^\s*(?:import|from) ([\w.]+)", block, re.M)
+        + re.findall(r"^import .*?, ([\w.]+)", block, re.M)
+    }
+    providers = importlib.metadata.packages_distributions()
+    for module in modules:
+        distributions = {d.lower() for d in providers.get(module, [])}
+        assert distributions & installed, f"{module} ({distributions}) is not installed by up.sh"
+    for command in CALL_COMMANDS:
+        program = command.split()[0]
+        if program.startswith("fashion-"):
+            assert program in project["scripts"]
+
+
+# --- synopses and flags against --help ---------------------------------------------------
+
+
+@cache
+def help_entries(command: str) -> dict[str, str]:
+    """``--flag`` -> its whole ``--help`` entry (invocation and text, whitespace joined)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASHION_")}
+    text = subprocess.run(
+        [str(BIN / command), "--help"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    body = text.split("\noptions:\n", 1)[1]
+    entries: dict[str, str] = {}
+    for entry in re.split(r"\n(?=  -)", body):
+        invocation = re.split(r"\s{2,}", entry.strip(), maxsplit=1)[0]
+        for flag in re.findall(r"--[a-z][\w-]*", invocation):
+            entries[flag] = " ".join(entry.split())
+    entries.pop("--help", None)
+    return entries
+
+
+def default_in_help(entry: str, value: str) -> bool:
+    """Whether ``--help`` quotes ``value`` as the default (argparse's or in its own words)."""
+    for quoted in re.findall(r"default:? ?([^\s()]*)", entry):
+        if quoted.rstrip(",;") == value:
+            return True
+        try:
+            if float(quoted.rstrip(",;")) == float(value):
+                return True
+        except ValueError:
+            pass
+    return False
+
+
+def test_fashion_train_synopsis_is_its_help() -> None:
+    (synopsis,) = [b for b in fenced(section("`fashion-train`", "###"), "bash") if "[--" in b]
+    items = re.findall(r"\[(--[\w-]+)(?: ([^\]]+))?\]", synopsis)
+    entries = help_entries("fashion-train")
+    assert [flag for flag, _ in items if flag not in entries] == [], "not in --help"
+    assert sorted(set(entries) - {flag for flag, _ in items}) == [], "missing from the README"
+    for flag, value in items:
+        if "|" in value:
+            choices = re.search(r"\{([^}]*)\}", entries[flag])
+            assert choices and set(value.split("|")) == set(choices.group(1).split(",")), flag
+        elif value and not value.isupper():
+            assert default_in_help(entries[flag], value), (flag, value, entries[flag])
+
+
+def test_fashion_serve_flag_table_is_its_help() -> None:
+    rows = re.findall(r"^\| (`--[^|]+) \| ([^|]+) \|", section("`fashion-serve`", "###"), re.M)
+    entries = help_entries("fashion-serve")
+    documented = set()
+    for flags_cell, default_cell in rows:
+        flags = re.findall(r"`(--[\w-]+)`", flags_cell)
+        defaults = re.findall(r"`([^`]*)`", default_cell) or [default_cell.strip()] * len(flags)
+        assert len(defaults) == len(flags), flags_cell
+        for flag, default in zip(flags, defaults, strict=True):
+            documented.add(flag)
+            assert flag in entries, f"{flag} is in the README but not in fashion-serve --help"
+            quoted = {"—": "", "off": "False"}.get(default, default)
+            assert default_in_help(entries[flag], quoted), (flag, default, entries[flag])
+    assert sorted(set(entries) - documented) == [], "missing from the README's table"
+
+
+def code_snippets() -> Iterator[str]:
+    """Every inline code span and every command line of every fenced block."""
+    without_blocks = re.sub(r"^```.*?^```", "", README, flags=re.M | re.S)
+    yield from re.findall(r"`([^`\n]+)`", without_blocks)
+    for block in re.findall(r"^```\w*\n(.*?)^```", README, re.M | re.S):
+        yield from shell_commands(block)
+
+
+def test_every_flag_given_to_a_fashion_command_exists() -> None:
+    unknown = []
+    for snippet in code_snippets():
+        for command in COMMANDS:
+            for match in re.finditer(rf"(?<![\w-]){command}\b([^|;#&`]*)", snippet):
+                for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", match.group(1)):
+                    if flag != "--help" and flag not in help_entries(command):
+                        unknown.append(f"{command} {flag}  (in: {snippet.strip()[:80]})")
+    assert unknown == []
+
+
+# --- numbers from one place -------------------------------------------------------------
+
+
+def report_figures(path: str) -> dict[str, str]:
+    lines = (ROOT / path).read_text().splitlines()
+    return dict(re.findall(r"^- \*\*([^*]+)\*\*: (\S+)", "\n".join(lines), re.M))
+
+
+def test_quoted_results_are_the_published_reports() -> None:
+    rows = re.findall(
+        r"^\| `(fashion-train[^`]*)` \| \*\*([\d.]+) %\*\*[^|]* \| (\d+) \(best: (\d+)\) "
+        r"\| (\d+) s",
+        section("Results"),
+        re.M,
+    )
+    assert len(rows) == 2, rows
+    for command, accuracy, epochs, best, seconds in rows:
+        report = report_figures(REPORTS["bn_cnn" if "bn_cnn" in command else "course_cnn"])
+        assert float(accuracy) == round(float(report["test accuracy"]) * 100, 2), command
+        assert (epochs, best) == (report["epochs run"], report["best epoch"]), command
+        assert int(seconds) == round(float(report["training seconds"])), command
+
+
+def test_no_training_time_is_quoted_outside_the_results() -> None:
+    top = README[: README.index(f"## {CALLING}")]
+    assert re.findall(r"\d+\s*(?:s|min|minutes)\b", top) == []
+    up_sh = (ROOT / "scripts" / "up.sh").read_text()
+    assert "minute" not in up_sh
+    # up.sh's one figure is read from the published run's report at run time.
+    lines = [line.strip() for line in up_sh.splitlines()]
+    read = [line for line in lines if line.startswith(("report=", "seconds="))]
+    assert len(read) == 2, read
+    script = "\n".join([f"ROOT={shlex.quote(str(ROOT))}", *read, 'echo "$seconds"'])
+    printed = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    figure = report_figures(REPORTS["course_cnn"])["training seconds"]
+    assert printed.stdout.strip() == figure.split(".")[0]
