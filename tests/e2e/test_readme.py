@@ -307,7 +307,8 @@ def test_fashion_serve_flag_table_is_its_help() -> None:
 def code_snippets() -> Iterator[str]:
     """Every inline code span and every command line of every fenced block."""
     without_blocks = re.sub(r"^```.*?^```", "", README, flags=re.M | re.S)
-    yield from re.findall(r"`([^`\n]+)`", without_blocks)
+    for span in re.findall(r"`([^`]+)`", without_blocks):  # a span may wrap onto the next line
+        yield " ".join(span.split())
     for block in re.findall(r"^```\w*\n(.*?)^```", README, re.M | re.S):
         yield from shell_commands(block)
 
@@ -359,3 +360,26 @@ def test_no_training_time_is_quoted_outside_the_results() -> None:
     printed = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
     figure = report_figures(REPORTS["course_cnn"])["training seconds"]
     assert printed.stdout.strip() == figure.split(".")[0]
+
+
+# --- the other commands a reader can run in seconds ---------------------------------------
+
+
+def inspect_commands() -> list[str]:
+    return sorted({s for s in code_snippets() if s.startswith("fashion-inspect ")})
+
+
+@pytest.mark.parametrize("command", inspect_commands())
+def test_fashion_inspect_command_works_as_written(
+    command: str, model_repo: Path, tmp_path: Path
+) -> None:
+    # From a directory of its own, the model found the way up.sh leaves it: $FASHION_MODEL_REPO.
+    env = {**user_shell_env(), "FASHION_MODEL_REPO": str(model_repo)}
+    env["PATH"] = os.pathsep.join([str(BIN), env["PATH"]])
+    result = subprocess.run(
+        ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    out = shlex.split(command)[shlex.split(command).index("--out") + 1]
+    assert result.stdout == f"wrote {out}\n"
+    assert (tmp_path / out).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
