@@ -448,7 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    print(f"published version {version} to {path}", flush=True)
+    # Absolute: the default ./models is relative to wherever the command was run.
+    print(f"published version {version} to {Path(path).resolve()}", flush=True)
     return 0
 
 

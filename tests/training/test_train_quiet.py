@@ -12,7 +12,6 @@ import pytest
 from training.data import DEBIAN_DIR
 from training.train import QUIET_TF_LOG_LEVEL, TF_LOG_LEVEL_ENV, quiet_tensorflow_log
 
-ROOT = Path(__file__).resolve().parents[2]
 NOISE = ("failed call to cuInit", "use_unbounded_threadpool")
 
 
@@ -32,10 +31,16 @@ def test_the_users_own_log_level_is_kept() -> None:
 )
 def test_a_training_run_prints_no_tensorflow_start_up_errors(tmp_path: Path) -> None:
     environ = {k: v for k, v in os.environ.items() if k != TF_LOG_LEVEL_ENV}
-    command = [sys.executable, "-m", "training.train", "--limit", "300", "--epochs", "1"]
+    command = [
+        str(Path(sys.executable).parent / "fashion-train"),
+        "--limit",
+        "300",
+        "--epochs",
+        "1",
+    ]
     result = subprocess.run(
-        [*command, "--model-repo", str(tmp_path)],
-        cwd=ROOT,
+        [*command, "--model-repo", "models"],  # relative, as the default is
+        cwd=tmp_path,
         env=environ,
         capture_output=True,
         text=True,
@@ -46,3 +51,6 @@ def test_a_training_run_prints_no_tensorflow_start_up_errors(tmp_path: Path) -> 
     for noise in NOISE:
         assert noise not in result.stderr
     assert "devices: " in result.stderr  # what the quieted log would have said, in one line
+    # The published path is absolute: a relative repository is not left to guesswork.
+    published = tmp_path.resolve() / "models" / "fashion" / "1"
+    assert result.stdout.endswith(f"published version 1 to {published}\n")
