@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent))  # run as a script from a checkout
+from training.data import CLASS_NAMES, load_test_split  # the project's venv (up.sh's .venv)
 
-from training.data import CLASS_NAMES, load_test_split  # noqa: E402
+ROOT = Path(__file__).resolve().parent
 
 
 def file_name(label: int) -> str:
