@@ -9,10 +9,9 @@ runs off the event loop; raw pixels never leave the fast path.
 
 from __future__ import annotations
 
-import functools
 import io
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image as PILImage
@@ -71,15 +70,27 @@ def decode_encoded(data: bytes, index: int) -> np.ndarray:
         raise InvalidInput(f"image {index}: cannot decode as PNG or JPEG ({exc})") from None
 
 
-def prepare_images(
-    request: pb.PredictRequest, max_images: int
-) -> np.ndarray | Callable[[], np.ndarray]:
+class EncodedImages:
+    """A deferred decode: fills ``out`` with the encoded images (blocking, CPU-bound)."""
+
+    def __init__(self, out: np.ndarray, encoded: list[tuple[int, bytes]]) -> None:
+        self.out = out
+        self.encoded = encoded
+        self.images = len(encoded)  # how many images the call decodes
+
+    def __call__(self) -> np.ndarray:
+        for i, data in self.encoded:
+            self.out[i] = decode_encoded(data, i)
+        return self.out
+
+
+def prepare_images(request: pb.PredictRequest, max_images: int) -> np.ndarray | EncodedImages:
     """Check the request's images; uint8 [n, 28, 28] now, or a call that decodes them.
 
     Everything cheap (counts, sizes, raw pixels) is checked here, on the caller's
-    thread. When the request holds encoded images the result is a callable that
-    decodes them (blocking, CPU-bound: run it off the event loop) and returns the
-    array in request order.
+    thread. When the request holds encoded images the result is an
+    :class:`EncodedImages` call that decodes them (run it off the event loop) and
+    returns the array in request order.
     """
     images = request.images
     n = len(images)
@@ -118,13 +129,7 @@ def prepare_images(
             )
     if not encoded:
         return out
-    return functools.partial(_decode_into, out, encoded)
-
-
-def _decode_into(out: np.ndarray, encoded: list[tuple[int, bytes]]) -> np.ndarray:
-    for i, data in encoded:
-        out[i] = decode_encoded(data, i)
-    return out
+    return EncodedImages(out, encoded)
 
 
 def decode_images(request: pb.PredictRequest, max_images: int) -> np.ndarray:
@@ -174,9 +179,7 @@ class PredictCodec:
         check_top_k(request.top_k)
         return request.model_version
 
-    def decode(
-        self, request: pb.PredictRequest, max_images: int
-    ) -> np.ndarray | Callable[[], np.ndarray]:
+    def decode(self, request: pb.PredictRequest, max_images: int) -> np.ndarray | EncodedImages:
         return prepare_images(request, max_images)
 
     def encode(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, cast
@@ -49,15 +49,27 @@ STREAM_PIPELINE_DEPTH = 64
 DECODE_THREADS = 1
 # Encoded images waiting for or in the decode thread; beyond this RESOURCE_EXHAUSTED,
 # so a flood of crafted images cannot queue unbounded work (raw pixels are not held up).
-MAX_PENDING_DECODES = 256
+MAX_PENDING_DECODES = 1024
 
 Req = TypeVar("Req", contravariant=True)
 Resp = TypeVar("Resp", covariant=True)
 R = TypeVar("R")
 S = TypeVar("S")
 
-# Decoded images, or a blocking call that decodes them (run off the event loop).
-Images = np.ndarray | Callable[[], np.ndarray]
+
+class DeferredDecode(Protocol):
+    """A blocking call that decodes a request's images (run off the event loop)."""
+
+    @property
+    def images(self) -> int:
+        """How many images it decodes (what the pending-decode limit counts)."""
+        ...
+
+    def __call__(self) -> np.ndarray: ...
+
+
+# Decoded images, or a call that decodes them.
+Images = np.ndarray | DeferredDecode
 
 
 class RequestCodec(Protocol[Req, Resp]):
@@ -108,7 +120,8 @@ class DataPlane:
         self.max_images = max_images_per_request
         self.readiness = Readiness()
         self._statistics = metrics.statistics
-        self._max_pending_decodes = max_pending_decodes
+        # One request's images always fit, however high --max-images-per-request is set.
+        self._max_pending_decodes = max(max_pending_decodes, max_images_per_request)
         self._pending_decodes = 0
         self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
 
@@ -203,18 +216,20 @@ class DataPlane:
         )
         return response
 
-    async def _decode_off_loop(self, decode: Callable[[], np.ndarray]) -> np.ndarray:
-        if self._pending_decodes >= self._max_pending_decodes:
+    async def _decode_off_loop(self, decode: DeferredDecode) -> np.ndarray:
+        """Decode in the pool; a caller that goes away while queued is never decoded."""
+        n = decode.images
+        if self._pending_decodes + n > self._max_pending_decodes:
             self.metrics.count_rejected("decode_queue_full")
             raise Overloaded(
-                f"{self._pending_decodes} encoded images are waiting to be decoded; retry with "
-                "backoff, or send raw pixels"
+                f"{self._pending_decodes} encoded images are waiting to be decoded (at most "
+                f"{self._max_pending_decodes}); retry with backoff, or send raw pixels"
             )
-        self._pending_decodes += 1
+        self._pending_decodes += n
         try:
             return await asyncio.get_running_loop().run_in_executor(self._decoder, decode)
         finally:
-            self._pending_decodes -= 1
+            self._pending_decodes -= n
 
     # -- outcomes: the one classification and the one place that counts ------
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import grpc
 import numpy as np
 import pytest
 
+import server.codec
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server.model import LoadedModel
 from tests.e2e.conftest import scrape
+from tests.e2e.test_bad_input import Blocker
+
+GOOD = pb.PredictRequest(images=[pb.Image(raw=bytes(784))])
+STREAM_PATH = "/fashion.v1.PredictionService/PredictStream"
 
 
 def request_for(images: np.ndarray) -> pb.PredictRequest:
@@ -57,3 +65,69 @@ async def test_unexpected_error_in_stream_is_internal_without_details(
             pass
     assert info.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in info.value.details()
+    assert "internal error" in info.value.details()
+
+
+async def wait_for_sample(app, name: str, timeout_s: float = 10.0) -> dict[str, float]:
+    """Scrape until ``name`` appears: the server counts a cancelled call after the client left."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout_s
+    while name not in (metrics := await scrape(app)):
+        assert loop.time() < give_up, f"{name} never appeared: {metrics}"
+        await asyncio.sleep(0.02)
+    return metrics
+
+
+async def test_cancelled_stream_counts_as_cancelled(app, stub, monkeypatch) -> None:
+    blocker = Blocker(monkeypatch)
+    call = stub.PredictStream(iter([GOOD]))
+    await asyncio.to_thread(blocker.entered.wait, 5)  # the request is in the model
+    call.cancel()
+    metrics = await wait_for_sample(
+        app, "fashion_requests_total{code=CANCELLED,method=PredictStream}"
+    )
+    blocker.release.set()
+    assert metrics["fashion_requests_total{code=CANCELLED,method=PredictStream}"] == 1
+    assert "fashion_requests_total{code=OK,method=PredictStream}" not in metrics
+    assert len((await stub.Predict(GOOD, timeout=5)).predictions) == 1
+
+
+async def test_unexpected_error_in_stream_is_logged_with_traceback(
+    app, stub, monkeypatch, caplog
+) -> None:
+    def broken(*args: object, **kwargs: object) -> pb.PredictResponse:
+        raise RuntimeError("secret encoder detail")
+
+    monkeypatch.setattr(server.codec, "encode_predictions", broken)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in stub.PredictStream(iter([GOOD]), timeout=10):
+            pass
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in info.value.details()
+    assert "internal error" in info.value.details()
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "PredictStream failed with an unexpected error" in record.getMessage()
+    assert record.exc_info is not None and "secret encoder detail" in str(record.exc_info[1])
+    metrics = await scrape(app)
+    assert metrics["fashion_requests_total{code=INTERNAL,method=PredictStream}"] == 1
+
+
+async def test_malformed_message_ends_the_stream_promptly(app, channel) -> None:
+    """One valid request, then bytes that are no protobuf (0f 00), then half-close."""
+    raw_stream = channel.stream_stream(STREAM_PATH)  # no serializers: bytes on the wire
+    call = raw_stream(timeout=20)
+    await call.write(GOOD.SerializeToString())
+    first = pb.PredictResponse.FromString(await call.read())
+    assert len(first.predictions) == 1
+    await call.write(bytes.fromhex("0f00"))
+    await call.done_writing()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call.read()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert "not a valid fashion.v1.PredictRequest message" in info.value.details()
+    assert loop.time() - started < 5  # promptly, not at the client's deadline
+    metrics = await scrape(app)
+    assert metrics["fashion_requests_total{code=OK,method=PredictStream}"] == 1
+    assert metrics["fashion_requests_total{code=INVALID_ARGUMENT,method=PredictStream}"] == 1

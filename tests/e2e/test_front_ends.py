@@ -1,0 +1,114 @@
+"""Every front end answers the same bad input with the same status: one data plane decides.
+
+Predict, PredictStream and the Open Inference Protocol's ModelInfer carry the
+same request in different messages; each case sends it through all three.
+"""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from client.oip import infer_request
+from server._proto.fashion.v1 import prediction_pb2 as pb
+from server._proto.inference import grpc_predict_v2_pb2 as oip
+from server.model import LoadedModel
+
+Tensor = oip.ModelInferRequest.InferInputTensor
+PREDICT = "/fashion.v1.PredictionService/Predict"
+STREAM = "/fashion.v1.PredictionService/PredictStream"
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def _images(n: int) -> np.ndarray:
+    return np.zeros((n, 28, 28), np.uint8)
+
+
+def _predict(images: np.ndarray, **fields: object) -> bytes:
+    request = pb.PredictRequest(images=[pb.Image(raw=a.tobytes()) for a in images], **fields)
+    return request.SerializeToString()
+
+
+def _infer(images: np.ndarray, **fields: object) -> bytes:
+    return infer_request(images, **fields).SerializeToString()
+
+
+def _short_pixels() -> tuple[bytes, bytes]:
+    predict = pb.PredictRequest(images=[pb.Image(raw=bytes(700))])
+    infer = oip.ModelInferRequest(
+        model_name="fashion",
+        inputs=[Tensor(name="images", datatype="UINT8", shape=[1, 28, 28])],
+        raw_input_contents=[bytes(700)],
+    )
+    return predict.SerializeToString(), infer.SerializeToString()
+
+
+def _no_images() -> tuple[bytes, bytes]:
+    infer = oip.ModelInferRequest(
+        model_name="fashion",
+        inputs=[Tensor(name="images", datatype="UINT8", shape=[0, 28, 28])],
+        raw_input_contents=[b""],
+    )
+    return pb.PredictRequest().SerializeToString(), infer.SerializeToString()
+
+
+CASES = {
+    "no-images": (*_no_images(), grpc.StatusCode.INVALID_ARGUMENT),
+    "too-many-images": (_predict(_images(9)), _infer(_images(9)), grpc.StatusCode.INVALID_ARGUMENT),
+    "short-pixels": (*_short_pixels(), grpc.StatusCode.INVALID_ARGUMENT),
+    "unknown-version": (
+        _predict(_images(1), model_version=9),
+        _infer(_images(1), model_version="9"),
+        grpc.StatusCode.NOT_FOUND,
+    ),
+    "malformed-protobuf": (b"\x0f\x00", b"\x0f\x00", grpc.StatusCode.INVALID_ARGUMENT),
+}
+
+
+async def statuses(app, predict: bytes, infer: bytes) -> dict[str, grpc.StatusCode]:
+    """The status each front end ends the call with (OK when it answered)."""
+    out = {}
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        for name, path, data in (("Predict", PREDICT, predict), ("ModelInfer", INFER, infer)):
+            try:
+                await channel.unary_unary(path)(data, timeout=10)
+                out[name] = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                out[name] = exc.code()
+        call = channel.stream_stream(STREAM)(iter([predict]), timeout=10)
+        try:
+            async for _ in call:
+                pass
+            out["PredictStream"] = grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as exc:
+            out["PredictStream"] = exc.code()
+    return out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_same_bad_input_gets_the_same_status_everywhere(start_app, case) -> None:
+    predict, infer, expected = CASES[case]
+    app = await start_app(max_images_per_request=8)
+    assert await statuses(app, predict, infer) == {
+        "Predict": expected,
+        "ModelInfer": expected,
+        "PredictStream": expected,
+    }
+
+
+async def test_not_ready_is_unavailable_everywhere(start_app) -> None:
+    app = await start_app(load=False)
+    found = await statuses(app, _predict(_images(1)), _infer(_images(1)))
+    assert set(found.values()) == {grpc.StatusCode.UNAVAILABLE}
+
+
+async def test_unexpected_error_is_internal_everywhere(start_app, monkeypatch) -> None:
+    app = await start_app()
+
+    def broken(model: LoadedModel, images: np.ndarray) -> np.ndarray:
+        raise RuntimeError("secret")
+
+    monkeypatch.setattr(LoadedModel, "predict", broken)
+    found = await statuses(app, _predict(_images(1)), _infer(_images(1)))
+    assert set(found.values()) == {grpc.StatusCode.INTERNAL}
