@@ -20,11 +20,11 @@ from server.manager import ModelManager
 from server.metrics import Metrics
 from server.model import LoadedModel
 from server.oip import SERVICE as OIP_SERVICE
-from server.oip import InferenceServicer
 from server.readiness import Phase
 from server.servicer import SERVICE as PREDICTION_SERVICE
 from server.servicer import SERVICE_NAME, PredictionServicer
 from server.status import add_service
+from server.triton import TritonServicer
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,8 @@ class App:
         await self.health.set(READINESS_SERVICE, NOT_SERVING)
         server = grpc.aio.server(options=grpc_options(s))
         add_service(server, self.plane, PredictionServicer(self.plane, s), PREDICTION_SERVICE)
-        add_service(server, self.plane, InferenceServicer(self.plane, s), OIP_SERVICE)
+        # The Open Inference Protocol with Triton's extensions (server/triton.py).
+        add_service(server, self.plane, TritonServicer(self.plane, s), OIP_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = [READINESS_SERVICE, OIP_SERVICE.full_name, health.SERVICE_NAME]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
