@@ -5,8 +5,10 @@
 # driver >= 580). No TensorFlow.
 #   docker build -f deploy/docker/server-gpu.Dockerfile -t fashion-serving-gpu:0.1.0 .
 #   docker run --gpus 1 -v "$PWD/models:/models:ro" -p 50051:50051 fashion-serving-gpu:0.1.0
+# BASE_IMAGE: any Debian bookworm image with Python 3.11 on PATH as `python`.
 
-FROM python:3.11-slim-bookworm AS build
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
@@ -23,7 +25,7 @@ RUN pip install . \
  && python -c "import onnxruntime as ort; assert 'CUDAExecutionProvider' in ort.get_available_providers()" \
  && python -m pip uninstall -y pip setuptools
 
-FROM python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 RUN groupadd --system --gid 10001 fashion \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin fashion

@@ -3,21 +3,30 @@
 # Build from the repository root:
 #   docker build -f deploy/docker/server.Dockerfile -t fashion-serving:0.1.0 .
 # The model repository is NOT in the image: mount it at /models (see deploy/README.md).
+# BASE_IMAGE: any Debian bookworm image with Python 3.11 on PATH as `python` (the tests
+# build on a local stand-in, since they cannot pull from a registry).
 
-FROM python:3.11-slim-bookworm AS build
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# The pinned dependencies first, in a layer of their own: it is rebuilt only when
+# pyproject.toml changes, not on every source edit.
+COPY pyproject.toml ./
+RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+      > requirements.txt \
+ && pip install -r requirements.txt
+COPY README.md ./
 COPY server ./server
 COPY client ./client
 # A regular (non-editable) install: the final stage needs only /opt/venv. pip and
 # setuptools are not needed at run time (-24 MB).
-RUN pip install . && pip check && python -m pip uninstall -y pip setuptools
+RUN pip install --no-deps . && pip check && python -m pip uninstall -y pip setuptools
 
-FROM python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 RUN groupadd --system --gid 10001 fashion \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin fashion

@@ -3,22 +3,29 @@
 # data set from Debian's dataset-fashion-mnist, so the Job needs no internet.
 # `fashion-train` publishes a new version into the repository mounted at /models.
 #   docker build -f deploy/docker/trainer.Dockerfile -t fashion-trainer:0.1.0 .
+# BASE_IMAGE: any Debian bookworm image with Python 3.11 on PATH as `python` (the tests
+# build on a local stand-in, since they cannot pull from a registry).
 
-FROM python:3.11-slim-bookworm AS build
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# The pinned dependencies and the [train] extra first, in a layer of their own (TensorFlow:
+# minutes): it is rebuilt only when pyproject.toml changes, not on every source edit.
+COPY pyproject.toml ./
+RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["train"]))' \
+      > requirements.txt \
+ && pip install -r requirements.txt
+COPY README.md ./
 COPY server ./server
 COPY client ./client
 COPY training ./training
-# The versions are pinned in pyproject.toml (a local path with an extra, not a registry name).
-# hadolint ignore=DL3013
-RUN pip install ".[train]" && pip check
+RUN pip install --no-deps . && pip check
 
-FROM python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 # The four IDX files land in /usr/share/datasets/fashion-mnist/ (training/data.py looks there).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends dataset-fashion-mnist=0.0~git20200523.55506a9-1 \
@@ -28,7 +35,10 @@ RUN apt-get update \
       --shell /usr/sbin/nologin fashion
 COPY --from=build /opt/venv /opt/venv
 # Keras and matplotlib write caches under $HOME: point them at the writable /tmp.
+# ORT_DISABLE_TELEMETRY: the export's parity check imports onnxruntime, whose telemetry
+# (uploads) is on by default from 1.29; the Job needs no egress.
 ENV PATH=/opt/venv/bin:$PATH \
+    ORT_DISABLE_TELEMETRY=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \

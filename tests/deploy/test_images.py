@@ -80,9 +80,43 @@ def test_gpu_image_replaces_onnxruntime_with_the_pinned_gpu_extra() -> None:
     assert runs.index("pip uninstall -y onnxruntime ") < runs.index(gpu_requirement)
 
 
-def test_trainer_image_installs_the_train_extra_and_the_data_set() -> None:
-    runs = dockerfile("trainer.Dockerfile").runs()
-    assert '".[train]"' in runs and "dataset-fashion-mnist" in runs
+def requirements_installed_by(name: str) -> list[str]:
+    """Run the Dockerfile's own requirements one-liner on this pyproject.toml."""
+    runs = dockerfile(name).runs()
+    match = re.search(r"python -c '([^']+)'\s*>\s*requirements\.txt", runs)
+    assert match, f"{name}: no requirements.txt step"
+    assert "pip install -r requirements.txt" in runs and "pip install --no-deps ." in runs
+    result = subprocess.run(
+        [sys.executable, "-c", match[1]], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("\n")[:-1]
+
+
+def test_images_install_exactly_the_pinned_dependencies_in_a_cached_layer() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert requirements_installed_by("server.Dockerfile") == project["dependencies"]
+    train = project["optional-dependencies"]["train"]
+    assert requirements_installed_by("trainer.Dockerfile") == project["dependencies"] + train
+    for name in ("server.Dockerfile", "trainer.Dockerfile"):
+        # Only pyproject.toml is copied before the dependency layer: a source edit must not
+        # invalidate it (TensorFlow takes minutes to install).
+        instructions = dockerfile(name).every
+        install = next(i for i, (_, rest) in enumerate(instructions) if "requirements.txt" in rest)
+        copied = [rest for kind, rest in instructions[:install] if kind == "COPY"]
+        assert copied == ["pyproject.toml ./"], f"{name}: {copied}"
+
+
+def test_trainer_image_installs_the_data_set() -> None:
+    assert "dataset-fashion-mnist" in dockerfile("trainer.Dockerfile").runs()
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_base_image_is_a_build_argument_defaulting_to_the_public_python_image(name: str) -> None:
+    image = dockerfile(name)
+    assert image.args.get("BASE_IMAGE") == "python:3.11-slim-bookworm"
+    assert image.bases == ["python:3.11-slim-bookworm"] * 2
+    assert all(rest.split()[0] == "${BASE_IMAGE}" for kind, rest in image.every if kind == "FROM")
 
 
 def _dockerignore_regex(pattern: str) -> re.Pattern[str]:
