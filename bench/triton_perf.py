@@ -1,11 +1,13 @@
 """Triton's perf_analyzer against fashion-serve: the Triton-compatible path, by Triton's tool.
 
     python -m bench.triton_perf --model-repo models [--interval-ms 2000] [--concurrency 1:8:7]
+                                [--out docs/perf] [-- FASHION-SERVE FLAGS]
 
 Starts a server (as :mod:`bench.serverproc` does), then runs ``perf_analyzer -i grpc``
 three ways against it: unary single images, unary ``-b 8`` and ``--streaming``
 (ModelStreamInfer). Prints perf_analyzer's own output and a markdown table of its
-client figures and server-side breakdown (from our ModelStatistics). The binary is
+client figures and server-side breakdown (from our ModelStatistics); with ``--out``
+also writes them to ``perf_analyzer.txt`` and ``perf_analyzer.md`` there. The binary is
 the one ``scripts/bootstrap.sh``'s ``ensure_perf_analyzer`` installs (``$PERF_ANALYZER``,
 else ``.venv-perf/perf_analyzer``).
 """
@@ -158,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1:8:7", help="perf_analyzer's range")
     parser.add_argument("--interval-ms", type=int, default=2000)
     parser.add_argument("--stability-percent", type=int, default=50)
+    parser.add_argument("--out", type=Path, help="directory for perf_analyzer.{txt,md}")
     parser.add_argument("server_args", nargs="*", help="extra fashion-serve flags (after --)")
     args = parser.parse_args(argv)
     binary = find_binary()
@@ -169,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     server = start_server(args.model_repo, args.server_args)
     results: dict[str, list[Point]] = {}
+    transcript: list[str] = []
     try:
         for name, mode in MODES.items():
             argv_pa = command(
@@ -179,16 +183,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 interval_ms=args.interval_ms,
                 stability_percent=args.stability_percent,
             )
-            print("$", " ".join(argv_pa), flush=True)
+            shown = " ".join(["perf_analyzer", *argv_pa[1:]])
+            print("$", shown, flush=True)
             code, output = run(argv_pa)
             print(output, flush=True)
+            transcript += [f"$ {shown}", output]
             if code != 0:
                 print(f"perf_analyzer exited {code} ({name})", file=sys.stderr)
                 return 1
             results[name] = parse(output)
     finally:
         server.stop()
-    print(table(results))
+    summary = table(results)
+    print(summary)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "perf_analyzer.txt").write_text("\n".join(transcript))
+        (args.out / "perf_analyzer.md").write_text(summary + "\n")
     return 0
 
 

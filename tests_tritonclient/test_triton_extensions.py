@@ -185,6 +185,7 @@ def test_a_thousand_streamed_requests_are_all_answered_and_correct(
     client, images, expected
 ) -> None:
     answers: queue.Queue = queue.Queue()
+    before = _stats(client)
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
     sizes = [1 + i % 4 for i in range(1000)]
     bad = {100, 555, 999}  # wrong shape: answered with an error, the stream goes on
@@ -219,6 +220,14 @@ def test_a_thousand_streamed_requests_are_all_answered_and_correct(
         np.testing.assert_allclose(got, expected[start : start + n], atol=1e-5)
         assert (got.argmax(1) == expected[start : start + n].argmax(1)).all()
     assert answers.empty()
+    after = _stats(client)
+    good = [n for i, n in enumerate(sizes) if i not in bad]
+    assert after.inference_count - before.inference_count == sum(good)
+    assert after.inference_stats.success.count - before.inference_stats.success.count == len(good)
+    assert after.inference_stats.fail.count - before.inference_stats.fail.count == len(bad)
+    executions = after.execution_count - before.execution_count
+    print(f"{len(good)} streamed requests in {executions} batches")
+    assert executions < len(good)  # pipelined requests were batched together
     assert client.is_server_ready()
 
 
