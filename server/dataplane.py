@@ -142,9 +142,13 @@ class DataPlane:
         await self.readiness.set(Phase.STOPPING)
 
     async def stop(self) -> None:
-        """After the transports stopped: compute what is queued, then release the threads."""
+        """After the transports stopped: compute what is queued, then release the threads.
+
+        Every call has ended by now, so a decode still queued has nobody to answer:
+        it is dropped, and one still running is not waited for on the event loop.
+        """
         await self.batcher.stop()
-        self._decoder.shutdown(wait=True)
+        self._decoder.shutdown(wait=False, cancel_futures=True)
 
     # -- questions about the model (every front end asks the same way) -------
 

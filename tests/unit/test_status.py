@@ -1,0 +1,132 @@
+"""gRPC registration alone: a client that went away as the server answered is not an error.
+
+When the client cancels (or its deadline passes) just as the server sends a
+failure, core cannot send the status and ``context.abort()`` raises
+``ExecuteBatchError`` (a ``grpc.aio.InternalError``); grpc-python logs that with
+a traceback unless the handler deals with it (issue #17, item 11). The race
+cannot be produced on demand over a real connection, so the handlers are driven
+here with a context whose client is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+from server._proto.fashion.v1 import prediction_pb2 as pb
+from server.batcher import DynamicBatcher
+from server.dataplane import DataPlane
+from server.errors import InvalidInput
+from server.manager import ModelManager
+from server.metrics import Metrics
+from server.servicer import SERVICE
+from server.status import add_service
+
+
+class GoneClient:
+    """A ServicerContext whose peer has gone: every send fails as core reports it."""
+
+    def __init__(self) -> None:
+        self.aborted: list[tuple[grpc.StatusCode, str]] = []
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        self.aborted.append((code, details))
+        raise grpc.aio.InternalError('Failed "execute_batch": (SendStatusFromServerOperation,)')
+
+    async def write(self, message: Any) -> None:
+        raise grpc.aio.InternalError('Failed "execute_batch": (SendMessageOperation,)')
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def code(self) -> None:
+        return None
+
+
+class Handlers:
+    """Stands in for grpc.aio.Server: keeps what add_service registers."""
+
+    def __init__(self) -> None:
+        self.by_method: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.by_method.update(handlers)
+
+
+class Refusing:
+    """A servicer whose every answer is a client error, and one stream that answers."""
+
+    async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
+        raise InvalidInput("image 0: raw image has 10 bytes, expected 784")
+
+    async def PredictStream(
+        self, requests: AsyncIterator[pb.PredictRequest], context: Any
+    ) -> AsyncIterator[pb.PredictResponse]:
+        async for _ in requests:
+            yield pb.PredictResponse(model_version=1)
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> DataPlane:
+    metrics = Metrics(CollectorRegistry())
+    manager = ModelManager(tmp_path, metrics=metrics)
+    batcher: DynamicBatcher[Any] = DynamicBatcher(manager.run, metrics=metrics)
+    return DataPlane(manager, batcher, metrics, max_images_per_request=8)
+
+
+def registered(plane: DataPlane) -> dict[str, grpc.RpcMethodHandler]:
+    server = Handlers()
+    add_service(server, plane, Refusing(), SERVICE)  # type: ignore[arg-type]
+    return server.by_method
+
+
+def requests_total(plane: DataPlane, method: str, code: str) -> float | None:
+    return plane.metrics.registry.get_sample_value(
+        "fashion_requests_total", {"method": method, "code": code}
+    )
+
+
+async def test_failure_for_a_client_that_went_away_ends_quietly(plane, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    context = GoneClient()
+    handler = registered(plane)["Predict"].unary_unary
+    assert await handler(pb.PredictRequest().SerializeToString(), context) is None
+    assert context.aborted == [
+        (grpc.StatusCode.INVALID_ARGUMENT, "image 0: raw image has 10 bytes, expected 784")
+    ]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert requests_total(plane, "Predict", "INVALID_ARGUMENT") == 1
+
+
+async def test_stream_whose_client_went_away_ends_quietly(plane, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    context = GoneClient()
+
+    async def one_request() -> AsyncIterator[bytes]:
+        yield pb.PredictRequest().SerializeToString()
+
+    handler = registered(plane)["PredictStream"].stream_stream
+    assert await handler(one_request(), context) is None
+    assert [code for code, _ in context.aborted] == [grpc.StatusCode.CANCELLED]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+async def test_methods_a_servicer_lacks_are_unimplemented_by_name(plane) -> None:
+    handler = registered(plane)["GetModelInfo"].unary_unary
+    context = GoneClient()
+    await handler(b"", context)
+    assert context.aborted == [
+        (
+            grpc.StatusCode.UNIMPLEMENTED,
+            "fashion.v1.PredictionService.GetModelInfo is not implemented by this server",
+        )
+    ]
