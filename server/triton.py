@@ -8,7 +8,8 @@ table are the data plane's (:mod:`server.dataplane`, :mod:`server.status`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -21,6 +22,7 @@ from server.repository import MODEL_NAME
 from server.status import deadline_of
 from server.triton_codec import (
     EXTENSIONS,
+    NOT_IMPLEMENTED,
     model_config,
     model_statistics,
     not_implemented_message,
@@ -85,55 +87,21 @@ class TritonServicer(InferenceServicer):
             only_ready=request.ready,
         )
 
-    async def RepositoryModelLoad(
-        self, request: oip.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
-    ) -> oip.RepositoryModelLoadResponse:
-        raise Unimplemented(not_implemented_message("RepositoryModelLoad"))
 
-    async def RepositoryModelUnload(
-        self, request: oip.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
-    ) -> oip.RepositoryModelUnloadResponse:
-        raise Unimplemented(not_implemented_message("RepositoryModelUnload"))
+def _unimplemented(method: str) -> Callable[..., Awaitable[Any]]:
+    """A handler that answers UNIMPLEMENTED with the reason this server gives for ``method``."""
+    message = not_implemented_message(method)
 
-    async def SystemSharedMemoryStatus(
-        self, request: oip.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
-    ) -> oip.SystemSharedMemoryStatusResponse:
-        raise Unimplemented(not_implemented_message("SystemSharedMemoryStatus"))
+    async def handler(self: TritonServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise Unimplemented(message)
 
-    async def SystemSharedMemoryRegister(
-        self, request: oip.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
-    ) -> oip.SystemSharedMemoryRegisterResponse:
-        raise Unimplemented(not_implemented_message("SystemSharedMemoryRegister"))
+    handler.__name__, handler.__qualname__ = method, f"TritonServicer.{method}"
+    return handler
 
-    async def SystemSharedMemoryUnregister(
-        self, request: oip.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
-    ) -> oip.SystemSharedMemoryUnregisterResponse:
-        raise Unimplemented(not_implemented_message("SystemSharedMemoryUnregister"))
 
-    async def CudaSharedMemoryStatus(
-        self, request: oip.CudaSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
-    ) -> oip.CudaSharedMemoryStatusResponse:
-        raise Unimplemented(not_implemented_message("CudaSharedMemoryStatus"))
-
-    async def CudaSharedMemoryRegister(
-        self, request: oip.CudaSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
-    ) -> oip.CudaSharedMemoryRegisterResponse:
-        raise Unimplemented(not_implemented_message("CudaSharedMemoryRegister"))
-
-    async def CudaSharedMemoryUnregister(
-        self, request: oip.CudaSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
-    ) -> oip.CudaSharedMemoryUnregisterResponse:
-        raise Unimplemented(not_implemented_message("CudaSharedMemoryUnregister"))
-
-    async def TraceSetting(
-        self, request: oip.TraceSettingRequest, context: grpc.aio.ServicerContext
-    ) -> oip.TraceSettingResponse:
-        raise Unimplemented(not_implemented_message("TraceSetting"))
-
-    async def LogSettings(
-        self, request: oip.LogSettingsRequest, context: grpc.aio.ServicerContext
-    ) -> oip.LogSettingsResponse:
-        raise Unimplemented(not_implemented_message("LogSettings"))
+# Declared by Triton's service, not offered here: each says so, and why.
+for _method in NOT_IMPLEMENTED:
+    setattr(TritonServicer, _method, _unimplemented(_method))
 
 
 async def _stream_responses(

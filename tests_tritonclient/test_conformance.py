@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,10 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2
 
 from client.predictor import PredictClient
+from tests_tritonclient.descriptors import field_key, method_key
 from training.data import load_fashion_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +118,14 @@ def test_proto_matches_the_reference_descriptors() -> None:
     messages we declare only what the server fills (a subset, never a different number).
     """
     dump = subprocess.run(
-        [sys.executable, "-c", DUMP_OURS], capture_output=True, text=True, check=True
+        [sys.executable, "-c", DUMP_OURS], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout
     ours = json.loads(dump)
     pool = service_pb2.DESCRIPTOR.pool
     assert "inference.ModelConfig" in ours["messages"], "model_config.proto was not walked"
     for message, fields in ours["messages"].items():
         ref = pool.FindMessageTypeByName(message)
-        reference_fields = {f.name: _field_key(f) for f in ref.fields}
+        reference_fields = {f.name: field_key(f) for f in ref.fields}
         for name, key in fields.items():
             assert name in reference_fields, f"{message}.{name} is not in the reference"
             assert tuple(key) == reference_fields[name], f"{message}.{name}"
@@ -132,64 +136,14 @@ def test_proto_matches_the_reference_descriptors() -> None:
         ref_values = {v.name: v.number for v in pool.FindEnumTypeByName(enum).values}
         assert values == ref_values, enum
     service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    reference_methods = {m.name: _method_key(m) for m in service.methods}
+    reference_methods = {m.name: method_key(m) for m in service.methods}
     assert {k: tuple(v) for k, v in ours["methods"].items()} == reference_methods
-
-
-def _field_key(f) -> tuple:
-    return (
-        f.number,
-        f.type,
-        f.is_repeated,
-        f.message_type.full_name if f.message_type else None,
-        f.enum_type.full_name if f.enum_type else None,
-        f.containing_oneof.name if f.containing_oneof else None,
-    )
-
-
-def _method_key(m) -> tuple:
-    return (
-        m.input_type.full_name,
-        m.output_type.full_name,
-        m.client_streaming,
-        m.server_streaming,
-    )
 
 
 DUMP_OURS = """
 import json
 from server._proto.inference import grpc_predict_v2_pb2 as m
 from server._proto.inference import model_config_pb2 as c
-messages, enums = {}, {}
-def walk_enum(e):
-    enums[e.full_name] = {v.name: v.number for v in e.values}
-def walk(d):
-    messages[d.full_name] = {
-        f.name: (
-            f.number,
-            f.type,
-            f.is_repeated,
-            f.message_type.full_name if f.message_type else None,
-            f.enum_type.full_name if f.enum_type else None,
-            f.containing_oneof.name if f.containing_oneof else None,
-        )
-        for f in d.fields
-    }
-    for n in d.nested_types:
-        walk(n)
-    for e in d.enum_types:
-        walk_enum(e)
-for f in (m, c):
-    for d in f.DESCRIPTOR.message_types_by_name.values():
-        walk(d)
-    for e in f.DESCRIPTOR.enum_types_by_name.values():
-        walk_enum(e)
-service = m.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-methods = {
-    x.name: (
-        x.input_type.full_name, x.output_type.full_name, x.client_streaming, x.server_streaming
-    )
-    for x in service.methods
-}
-print(json.dumps({"messages": messages, "enums": enums, "methods": methods}))
+from tests_tritonclient.descriptors import dump
+print(json.dumps(dump([m.DESCRIPTOR, c.DESCRIPTOR], "GRPCInferenceService")))
 """
