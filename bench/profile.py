@@ -34,11 +34,11 @@ WAIT_FRAME = re.compile(
 # Inclusive buckets: the first pattern found in a stack (leaf first) names the sample.
 BUCKETS: tuple[tuple[str, str], ...] = (
     ("onnxruntime session.run", r"onnxruntime|OrtRun|InferenceSession|run \(onnxruntime"),
-    ("decode request (codec)", r"decode_images|decode_infer_request"),
+    ("decode request (codec)", r"prepare_images|decode_images|decode_encoded|decode_infer_request"),
     ("encode response (codec)", r"encode_predictions|encode_infer_response"),
     ("prometheus metrics", r"prometheus_client|count_predictions|observe_batch"),
     ("batcher scheduling", r"\(server/batcher\.py|batcher\.py"),
-    ("servicer + status wrapper", r"servicer\.py|status\.py|oip\.py"),
+    ("servicer + status wrapper", r"servicer\.py|status\.py|oip\.py|dataplane\.py|readiness\.py"),
     ("protobuf (de)serialisation", r"protobuf|_message|upb_|SerializeToString|FromString"),
     ("asyncio event loop", r"asyncio/|base_events|_run_once|uvloop"),
     ("grpc core / cython", r"grpc|cygrpc|_cython"),
