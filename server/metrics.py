@@ -1,4 +1,5 @@
-"""All Prometheus metrics, created on an injected registry (prefix ``fashion_``)."""
+"""All Prometheus metrics, created on an injected registry (prefix ``fashion_``), plus the
+standard ``process_*``, ``python_info`` and ``python_gc_*`` series every exporter has."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from server.statistics import InferenceStatistics
 
@@ -44,6 +53,11 @@ class Metrics:
         self.registry = registry
         # Triton's per-version statistics (ModelStatistics), fed by the same observations.
         self.statistics = InferenceStatistics()
+        # A fresh registry has none of the default collectors: resident memory, CPU seconds,
+        # open fds and start time are what operator dashboards and alerts expect.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
         self.requests = Counter(
             "fashion_requests",
             "RPCs handled, by method and gRPC status code",

@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# No egress: onnxruntime >= 1.29 starts its 1DS telemetry (uploads, a device ID written
+# under $HOME) when it is IMPORTED, and reads this switch only then; calling
+# disable_telemetry_events() afterwards cannot undo that. setdefault: an explicit value wins.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort
 
 from server.errors import ConfigError, ModelLoadError
@@ -89,6 +94,8 @@ def create_session(path: Path, device: str, threads: int) -> ort.InferenceSessio
         # onnxruntime-gpu's [cuda,cudnn] extras ship the CUDA/cuDNN libraries as wheels;
         # this puts them on the loader path before the CUDA provider looks for them.
         ort.preload_dlls()
+    # Also stops telemetry events where onnxruntime was imported before this module.
+    ort.disable_telemetry_events()
     try:
         session = ort.InferenceSession(
             str(path), sess_options=_session_options(threads), providers=_providers(device)
