@@ -114,7 +114,7 @@ class Metrics:
         self.rejected = Counter(
             "fashion_rejected_requests",
             "Requests refused or dropped before inference, by reason "
-            "(queue_full, deadline, cancelled, shutdown)",
+            "(queue_full, deadline, deadline_unmeetable, cancelled, decode_queue_full)",
             ["reason"],
             registry=registry,
         )
