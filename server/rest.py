@@ -1,0 +1,262 @@
+"""The Open Inference Protocol over HTTP/REST (KServe v2, with Triton's extensions).
+
+An adapter like the gRPC servicers: routes on an aiohttp application that runs
+on the gRPC server's event loop (one process, one batcher, one readiness state).
+
+* Inference: JSON (and Triton's binary tensors) in, :mod:`server.rest_codec`,
+  :meth:`DataPlane.infer`, JSON (or binary) out.
+* Everything else is the gRPC answer in JSON: the same servicer method builds
+  the same protobuf message (metadata, readiness, Triton's config, statistics and
+  repository index), and :func:`server.rest_codec.message_json` writes it. So
+  REST and gRPC cannot disagree on what the model is or what it has counted.
+* Errors: :meth:`DataPlane.failure` classifies, :data:`HTTP_STATUS` maps the
+  neutral Code to an HTTP status once, the body is ``{"error": message}``.
+  Readiness that is false is 503 with the reason, so a probe or load balancer
+  needs nothing but the status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import grpc
+from aiohttp import web
+
+from server._proto.inference import grpc_predict_v2_pb2 as oip
+from server.config import Settings
+from server.dataplane import DataPlane, Failure
+from server.errors import Code, DeadlineExpired, ModelNotReady, TooLarge
+from server.repository import MODEL_NAME
+from server.rest_codec import (
+    HEADER_LENGTH,
+    REST_INFER,
+    message_json,
+    parse_index_body,
+    parse_infer_body,
+)
+from server.triton import TritonServicer
+
+logger = logging.getLogger(__name__)
+
+# The one Code -> HTTP status table (the gRPC one is server.status.GRPC_STATUS).
+HTTP_STATUS: dict[Code, int] = {
+    Code.OK: 200,
+    Code.CANCELLED: 499,  # nginx's "client closed request": nobody reads it
+    Code.INVALID_ARGUMENT: 400,
+    Code.NOT_FOUND: 404,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.UNIMPLEMENTED: 501,
+    Code.UNAVAILABLE: 503,
+    Code.INTERNAL: 500,
+}
+# Retryable refusals say when to come back (seconds).
+_RETRY_AFTER = {Code.RESOURCE_EXHAUSTED: "1", Code.UNAVAILABLE: "1"}
+# Metrics label of a REST route: the gRPC method it mirrors, prefixed by the transport.
+METHOD_PREFIX = "HTTP/"
+# Extensions this binding adds to the gRPC ones in ServerMetadata.
+HTTP_EXTENSIONS = ("binary_tensor_data",)
+
+# The servicer methods called here build their answer from the request message and
+# the data plane; none reads its gRPC context (only inference does, for the deadline,
+# and REST inference calls the data plane itself).
+_NO_CONTEXT = cast(grpc.aio.ServicerContext, None)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def http_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The gRPC port's TLS settings for HTTPS: the same certificate, mTLS with a client CA."""
+    if not settings.tls:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_client_ca:
+        context.load_verify_locations(settings.tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def error_response(failure: Failure) -> web.Response:
+    response = web.json_response({"error": failure.message}, status=HTTP_STATUS[failure.code])
+    retry = _RETRY_AFTER.get(failure.code)
+    if retry is not None:
+        response.headers["Retry-After"] = retry
+    return response
+
+
+def _json(document: Any) -> web.Response:
+    return web.json_response(document)
+
+
+@web.middleware
+async def _json_routing_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The router's own 404 and 405 in the same ``{"error": ...}`` form as every other error."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404:
+            message = f"no such endpoint {request.method} {request.path[:64]!r}; see GET /v2"
+        elif exc.status == 405:
+            allowed = exc.headers.get("Allow", "")
+            message = f"{request.method} is not allowed on {request.path[:64]!r} (use {allowed})"
+        else:
+            message = exc.reason
+        response = web.json_response({"error": message}, status=exc.status)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+
+
+class RestApi:
+    """Adds the REST routes to an aiohttp application."""
+
+    def __init__(self, plane: DataPlane, settings: Settings) -> None:
+        self.plane = plane
+        self.settings = settings
+        self.max_body_bytes = settings.max_message_bytes
+        self._grpc = TritonServicer(plane, settings)
+
+    def add_routes(self, app: web.Application) -> None:
+        app.middlewares.append(_json_routing_errors)
+        route = self._route
+        app.router.add_get("/v2", route("ServerMetadata", self._server_metadata))
+        app.router.add_get("/v2/health/live", route("ServerLive", self._live))
+        app.router.add_get("/v2/health/ready", route("ServerReady", self._ready))
+        app.router.add_post("/v2/repository/index", route("RepositoryIndex", self._index))
+        # Before /v2/models/{model}: "stats" here is all models, not a model named "stats".
+        app.router.add_get("/v2/models/stats", route("ModelStatistics", self._stats))
+        for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            app.router.add_get(base, route("ModelMetadata", self._model_metadata))
+            app.router.add_get(base + "/ready", route("ModelReady", self._model_ready))
+            app.router.add_get(base + "/config", route("ModelConfig", self._config))
+            app.router.add_get(base + "/stats", route("ModelStatistics", self._stats))
+            app.router.add_post(base + "/infer", route("ModelInfer", self._infer))
+
+    def _route(self, method: str, call: Handler) -> Handler:
+        """Count, time and classify one route's requests, as server.status does for gRPC."""
+        label = METHOD_PREFIX + method
+        plane = self.plane
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            t0 = time.perf_counter()
+            code = Code.OK
+            try:
+                return await call(request)
+            except (Exception, asyncio.CancelledError) as exc:
+                failure = plane.failure(label, exc)
+                code = failure.code
+                if code is Code.CANCELLED:
+                    raise
+                return error_response(failure)
+            finally:
+                plane.observe(label, code, time.perf_counter() - t0)
+
+        return handle
+
+    @staticmethod
+    def _model(request: web.Request) -> tuple[str, str]:
+        return request.match_info["model"], request.match_info.get("version", "")
+
+    async def _server_metadata(self, request: web.Request) -> web.Response:
+        answer = await self._grpc.ServerMetadata(oip.ServerMetadataRequest(), _NO_CONTEXT)
+        document = message_json(answer)
+        document["extensions"] = [*document["extensions"], *HTTP_EXTENSIONS]
+        return _json(document)
+
+    async def _live(self, request: web.Request) -> web.Response:
+        if not self.plane.readiness.live:
+            self.plane.readiness.check()  # raises with the reason
+            raise ModelNotReady("the server is not live")
+        return _json({"live": True})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        self.plane.readiness.check()  # 503 with the reason when not ready
+        return _json({"ready": True})
+
+    async def _model_metadata(self, request: web.Request) -> web.Response:
+        name, version = self._model(request)
+        message = oip.ModelMetadataRequest(name=name, version=version)
+        return _json(message_json(await self._grpc.ModelMetadata(message, _NO_CONTEXT)))
+
+    async def _model_ready(self, request: web.Request) -> web.Response:
+        name, version = self._model(request)
+        message = oip.ModelReadyRequest(name=name, version=version)
+        answer = await self._grpc.ModelReady(message, _NO_CONTEXT)
+        if not answer.ready:
+            self.plane.readiness.check()  # the server's reason, when it is the server
+            raise ModelNotReady(
+                f"model {MODEL_NAME!r} version {version} is in the repository but not served"
+            )
+        return _json({"name": MODEL_NAME, "ready": True})
+
+    async def _config(self, request: web.Request) -> web.Response:
+        name, version = self._model(request)
+        message = oip.ModelConfigRequest(name=name, version=version)
+        answer = await self._grpc.ModelConfig(message, _NO_CONTEXT)
+        return _json(message_json(answer.config))  # Triton's REST answer is the config itself
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
+        message = oip.ModelStatisticsRequest(name=name, version=version)
+        return _json(message_json(await self._grpc.ModelStatistics(message, _NO_CONTEXT)))
+
+    async def _index(self, request: web.Request) -> web.Response:
+        ready = parse_index_body(await self._read_body(request))
+        message = oip.RepositoryIndexRequest(ready=ready)
+        answer = await self._grpc.RepositoryIndex(message, _NO_CONTEXT)
+        return _json([message_json(model) for model in answer.models])
+
+    async def _infer(self, request: web.Request) -> web.Response:
+        name, version = self._model(request)
+        body = await self._read_body(request)
+        parsed = parse_infer_body(
+            body, request.headers.get(HEADER_LENGTH), model_name=name, model_version=version
+        )
+        timeout_s = parsed.timeout_s
+        deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
+        # The deadline lets the batcher refuse what cannot be met; the timeout ends the
+        # wait when it passes (as a gRPC deadline does), and the batcher skips the request.
+        timeout = asyncio.timeout(timeout_s)
+        try:
+            async with timeout:
+                encoded = await self.plane.infer(REST_INFER, parsed, deadline)
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            raise DeadlineExpired(
+                f"the request's timeout ({parsed.parameters['timeout']} us) passed before "
+                "it was answered"
+            ) from None
+        if encoded.header_length is None:
+            response = web.Response(body=encoded.body, content_type="application/json")
+        else:
+            response = web.Response(body=encoded.body, content_type="application/octet-stream")
+            response.headers[HEADER_LENGTH] = str(encoded.header_length)
+        response.enable_compression()  # only when the client sent Accept-Encoding
+        return response
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The whole body, at most ``--max-message-bytes`` (refused unread when declared larger)."""
+        declared = request.content_length
+        limit = self.max_body_bytes
+        if declared is not None and declared > limit:
+            raise TooLarge(_too_large(f"{declared} bytes", limit))
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:  # chunked or compressed past the limit
+            raise TooLarge(_too_large(f"more than {limit} bytes", limit)) from None
+
+
+def _too_large(size: str, limit: int) -> str:
+    return (
+        f"the request body has {size}; this server accepts at most {limit} "
+        "(--max-message-bytes); send fewer images per request"
+    )
