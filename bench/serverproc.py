@@ -1,6 +1,6 @@
 """Start and stop a ``fashion-serve`` process, and read its cold start, memory and CPU.
 
-Cold start = ``Popen`` -> the ``fashion-serve: serving on port N metrics M`` line,
+Cold start = ``Popen`` -> the ``fashion-serve: serving on port N metrics M http H`` line,
 which the server prints only after the model is loaded, warmed and health is SERVING.
 CPU and memory come from ``/proc`` (Linux), for the process and all its threads.
 """
@@ -46,6 +46,11 @@ class ServerProcess:
     port: int
     metrics_port: int
     cold_start_s: float
+    http_port: int = 0  # the REST API's port; 0 when off
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def pid(self) -> int:
@@ -85,6 +90,8 @@ def start_server(
         "0",
         "--metrics-port",
         "0",
+        "--http-port",
+        "0",
         "--log-level",
         "warning",
         *extra_args,
@@ -120,8 +127,9 @@ def start_process(command: list[str], ready_mark: str, timeout_s: float) -> Serv
                 f"fashion-serve did not report SERVING within {timeout_s} s "
                 f"(exit code {process.returncode}); command: {' '.join(command)}"
             )
-    words = line[line.index(ready_mark) + len(ready_mark) :].split()  # "N metrics M"
-    return ServerProcess(process, int(words[0]), int(words[2]), cold_start_s)
+    words = line[line.index(ready_mark) + len(ready_mark) :].split()  # "N metrics M [http H]"
+    http_port = int(words[words.index("http") + 1]) if "http" in words else 0
+    return ServerProcess(process, int(words[0]), int(words[2]), cold_start_s, http_port)
 
 
 def cold_starts(model_repo: Path, extra_args: Sequence[str], repeats: int) -> list[float]:

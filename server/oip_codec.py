@@ -55,8 +55,8 @@ def parse_version(name: str, version: str) -> int:
     return number
 
 
-def _shape(tensor: oip.ModelInferRequest.InferInputTensor, max_images: int) -> int:
-    shape = list(tensor.shape)
+def image_count(shape: list[int], max_images: int) -> int:
+    """The batch size of an ``images`` tensor of ``shape``; the one shape rule (gRPC and REST)."""
     if len(shape) not in (3, 4) or shape[1:3] != list(IMAGE_SHAPE) or shape[3:] not in ([], [1]):
         raise InvalidInput(
             f"input {INPUT_NAME!r} has shape {shape}; expected [N, 28, 28] or [N, 28, 28, 1]"
@@ -107,7 +107,7 @@ def decode_infer_request(request: oip.ModelInferRequest, max_images: int) -> np.
             f"input {INPUT_NAME!r} has datatype {tensor.datatype!r}; expected UINT8 "
             "(or FP32 pixel values in [0, 1])"
         )
-    n = _shape(tensor, max_images)
+    n = image_count(list(tensor.shape), max_images)
     count = n * IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
     has_typed = tensor.HasField("contents") and any(
         len(getattr(tensor.contents, f.name)) for f in tensor.contents.DESCRIPTOR.fields

@@ -125,7 +125,8 @@ def test_server_started_from_the_deployment_turns_ready_and_drains_on_sigterm(
         # Ready means it serves predictions and metrics.
         line = process.stdout.readline()  # type: ignore[union-attr]
         assert "serving on port" in line, line
-        metrics_port = int(line.split()[-1])
+        words = line.split()
+        metrics_port = int(words[words.index("metrics") + 1])
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             reply = pb_grpc.PredictionServiceStub(channel).Predict(
                 pb.PredictRequest(images=[pb.Image(raw=bytes(784))]), timeout=10

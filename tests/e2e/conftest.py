@@ -20,7 +20,9 @@ from training.data import load_fashion_mnist
 
 
 def make_settings(repo: Path, **overrides: object) -> Settings:
-    base = Settings(model_repo=repo, host="127.0.0.1", port=0, metrics_port=0, grace_s=5.0)
+    base = Settings(
+        model_repo=repo, host="127.0.0.1", port=0, metrics_port=0, http_port=0, grace_s=5.0
+    )
     return dataclasses.replace(base, **overrides)
 
 
