@@ -10,12 +10,13 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from server.batcher import DynamicBatcher
 from server.config import Settings
 from server.dataplane import DataPlane
-from server.errors import ConfigError
+from server.errors import ConfigError, ModelLoadError, VersionNotFound
+from server.http import HttpServer
 from server.manager import ModelManager
 from server.metrics import Metrics
 from server.model import LoadedModel
@@ -46,6 +47,9 @@ def grpc_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.max_send_message_length", settings.max_message_bytes),
         # On by default on Linux: a second server would silently share the port.
         ("grpc.so_reuseport", 0),
+        # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: one connection cannot pile up unbounded
+        # idle streams (each costs memory); a client beyond it waits for a free stream.
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
     ]
     if settings.max_connection_age_s > 0:
         options += [
@@ -108,7 +112,7 @@ class App:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port = 0
-        self._metrics_http: Any = None
+        self.http: HttpServer | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._reload = asyncio.Event()
 
@@ -117,7 +121,10 @@ class App:
         s = self.settings
         await self.health.set("", NOT_SERVING)
         await self.health.set(READINESS_SERVICE, NOT_SERVING)
-        server = grpc.aio.server(options=grpc_options(s))
+        # Beyond maximum_concurrent_rpcs, grpc answers RESOURCE_EXHAUSTED at once.
+        server = grpc.aio.server(
+            options=grpc_options(s), maximum_concurrent_rpcs=s.max_concurrent_rpcs
+        )
         add_service(server, self.plane, PredictionServicer(self.plane, s), PREDICTION_SERVICE)
         # The Open Inference Protocol with Triton's extensions (server/triton.py).
         add_service(server, self.plane, TritonServicer(self.plane, s), OIP_SERVICE)
@@ -141,15 +148,14 @@ class App:
         await server.start()
         self.server = server
         if s.metrics_port >= 0:
+            http = HttpServer(host=s.host, port=s.metrics_port, registry=self.registry)
             try:
-                httpd, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
-            except OSError as exc:
+                await http.start()
+            except ConfigError:
                 await server.stop(0)
-                raise ConfigError(
-                    f"--metrics-port: cannot listen on {s.host}:{s.metrics_port} ({exc})"
-                ) from None
-            self._metrics_http = httpd
-            self.metrics_port = httpd.server_address[1]
+                raise
+            self.http = http
+            self.metrics_port = http.port
         logger.info(
             "listening on %s (gRPC), metrics on port %s",
             _bind_address(s.host, self.port),
@@ -157,12 +163,69 @@ class App:
         )
 
     async def load(self) -> None:
-        """Load and warm the model off the event loop, then report SERVING."""
-        await asyncio.to_thread(self.manager.load_initial)
+        """Load and warm the model off the event loop, then report SERVING.
+
+        With ``--wait-for-model`` a repository without a valid version is not an
+        error: the server is live (health "") but not ready, and looks again every
+        ``--poll-interval-s`` and on SIGHUP until a first valid version appears.
+        """
+        model = await asyncio.to_thread(self.manager.load_initial)
+        if model is None and self.settings.wait_for_model:
+            model = await self._wait_for_first_version()
+        if model is None:
+            raise self._nothing_to_serve()
         if not self.settings.model_version:
             self._watcher = asyncio.create_task(self._watch(), name="model-watcher")
         await self.plane.start()
         logger.info("ready: version %d", self.manager.current.version)
+
+    async def _wait_for_first_version(self) -> LoadedModel:
+        where = f"{self.settings.model_repo}/fashion/"
+        await self.plane.readiness.set(Phase.WAITING)
+        logger.warning(
+            "waiting for a first model version in %s (%s, or on SIGHUP)",
+            where,
+            f"looking every {self.settings.poll_interval_s:g} s"
+            if self.settings.poll_interval_s
+            else "polling is off",
+        )
+        while True:
+            await self._next_check()
+            try:
+                model = await asyncio.to_thread(self.manager.load_initial)
+            except ConfigError:
+                raise  # the server's settings, not the repository: waiting cannot fix it
+            except Exception:
+                logger.exception("checking %s for a first model version failed", where)
+                continue
+            if model is not None:
+                return model
+
+    async def _next_check(self) -> None:
+        """Return after --poll-interval-s (never, when 0) or at once on SIGHUP."""
+        try:
+            await asyncio.wait_for(
+                self._reload.wait(), timeout=self.settings.poll_interval_s or None
+            )
+        except TimeoutError:
+            pass
+        self._reload.clear()
+
+    def _nothing_to_serve(self) -> Exception:
+        """Why load_initial() found no model, for the start-up error."""
+        where = f"{self.settings.model_repo}/fashion/"
+        refused = self.manager.refused_versions()
+        if refused:
+            return ModelLoadError(
+                f"no valid model version in {where}: refused {', '.join(map(str, refused))} "
+                "(reasons logged above)"
+            )
+        wanted = self.settings.model_version
+        if wanted:
+            return VersionNotFound(f"no model version {wanted} in {where}")
+        return VersionNotFound(
+            f"no model version in {where}; run fashion-train first (or start with --wait-for-model)"
+        )
 
     async def _report_health(self, phase: Phase) -> None:
         """grpc.health.v1 mirrors the readiness state ("" = liveness, the named one = readiness)."""
@@ -182,7 +245,7 @@ class App:
 
     def request_reload(self) -> None:
         """Look for a new model version now (SIGHUP)."""
-        if self.settings.model_version:
+        if self.settings.model_version and self.manager.loaded:
             logger.info(
                 "model version %d is pinned; not looking for new versions",
                 self.settings.model_version,
@@ -196,13 +259,8 @@ class App:
 
     async def _watch(self) -> None:
         """Poll the repository (and wake on SIGHUP); a failed check never stops serving."""
-        interval = self.settings.poll_interval_s or None
         while True:
-            try:
-                await asyncio.wait_for(self._reload.wait(), timeout=interval)
-            except TimeoutError:
-                pass
-            self._reload.clear()
+            await self._next_check()
             try:
                 await self.reload()
             except Exception:
@@ -225,10 +283,9 @@ class App:
             await asyncio.sleep(min(SETTLE_S, grace))
             await self.server.stop(grace)
         await self.plane.stop()
-        if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-            self._metrics_http.server_close()
-            self._metrics_http = None
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
         logger.info("stopped")
 
 

@@ -1,15 +1,29 @@
 """Server settings: one typed object, from flags, ``FASHION_*`` variables and defaults.
 
 Precedence: command-line flag > environment variable > default. Every field is
-validated with a message that names both the flag and the variable, so an
-operator knows where to fix it.
+validated (numbers finite and in range, files readable and well-formed) with a
+message that names both the flag and the variable, so an operator knows where to
+fix it.
+
+The environment is shared with things we do not own: Kubernetes injects
+service-link variables (``<SERVICE>_SERVICE_HOST``, ``<SERVICE>_PORT=tcp://…``)
+for every Service in the namespace, and a Service whose name starts with
+``fashion`` produces ``FASHION_*`` names. Those are ignored; a name close to a
+real setting is refused with a suggestion (a typo must not be silently
+ignored); any other unknown ``FASHION_*`` name is reported once as a warning.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import ipaddress
+import logging
+import math
 import os
+import re
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +31,17 @@ from typing import Any
 
 from server.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 ENV_PREFIX = "FASHION_"
 DEVICES = ("cpu", "cuda", "auto")
 VARIANTS = ("float", "int8")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# gRPC core keeps these in C ints: milliseconds for connection ages, bytes for messages.
+INT32_MAX = 2**31 - 1
+MAX_CONNECTION_AGE_S = INT32_MAX // 1000  # ~24.8 days
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 
 
 def _setting(default: Any, help: str, **checks: Any) -> Any:
@@ -37,6 +58,12 @@ class Settings:
     model_repo: Path = _setting(  # noqa: RUF009 (Path is immutable)
         Path("models"), "model repository root (<repo>/fashion/<version>/)"
     )
+    wait_for_model: bool = _setting(
+        False,
+        "start without a model: live at once, ready once a first valid version appears "
+        "(polled every --poll-interval-s, or on SIGHUP); without it an empty repository "
+        "is a start-up error",
+    )
     model_version: int = _setting(
         0, "serve this version and never switch (0 = the newest, following new versions)", min=0
     )
@@ -46,7 +73,9 @@ class Settings:
         "variant listed in metadata.json)",
         choices=VARIANTS,
     )
-    host: str = _setting("127.0.0.1", "address to bind (0.0.0.0 in containers)")
+    host: str = _setting(
+        "127.0.0.1", "address to bind: IPv4, IPv6 (::1 or [::1]) or a name (0.0.0.0 in containers)"
+    )
     port: int = _setting(50051, "gRPC port (0 = any free port, printed at start)", min=0, max=65535)
     metrics_port: int = _setting(
         9090, "HTTP port for /metrics (0 = any free port, -1 = off)", min=-1, max=65535
@@ -70,7 +99,23 @@ class Settings:
     )
     max_images_per_request: int = _setting(256, "most images in one request", min=1, max=65536)
     max_message_bytes: int = _setting(
-        4 * 1024 * 1024, "largest gRPC message accepted or sent, in bytes", min=1024
+        4 * 1024 * 1024,
+        "largest gRPC message or HTTP request body accepted, and message sent, in bytes",
+        min=1024,
+        max=INT32_MAX,
+    )
+    max_concurrent_rpcs: int = _setting(
+        4096,
+        "most RPCs (streams included) in progress on the server; beyond it RESOURCE_EXHAUSTED",
+        min=1,
+        max=1_000_000,
+    )
+    max_concurrent_streams: int = _setting(
+        256,
+        "most RPCs in progress on one client connection (HTTP/2 "
+        "SETTINGS_MAX_CONCURRENT_STREAMS); further calls wait in the client",
+        min=1,
+        max=INT32_MAX,
     )
     threads: int = _setting(
         0,
@@ -83,11 +128,16 @@ class Settings:
     )
     max_connection_age_s: float = _setting(
         300.0,
-        "close client connections after this long so clients rebalance across replicas (0 = never)",
+        "close client connections after this long so clients rebalance across replicas "
+        f"(0 = never; at most {MAX_CONNECTION_AGE_S}, gRPC's limit)",
         min=0.0,
+        max=float(MAX_CONNECTION_AGE_S),
     )
     poll_interval_s: float = _setting(
-        5.0, "how often to look for a newer model version (0 = only on SIGHUP)", min=0.0
+        5.0,
+        "how often to look for a newer model version (0 = only on SIGHUP)",
+        min=0.0,
+        max=86400.0,
     )
     tls_cert: str = _setting("", "PEM certificate chain: serve TLS (with --tls-key)")
     tls_key: str = _setting("", "PEM private key of --tls-cert")
@@ -104,7 +154,12 @@ class Settings:
                 f"--max-images-per-request ({self.max_images_per_request}) must not exceed "
                 f"--max-queue ({self.max_queue}): such a request could never be queued"
             )
-
+        if Path(self.model_repo).exists() and not Path(self.model_repo).is_dir():
+            raise ConfigError(
+                f"{_names('model_repo')}: {str(self.model_repo)!r} is not a directory"
+            )
+        # Frozen: the normalised host replaces the given one.
+        object.__setattr__(self, "host", _normalise_host(self.host))
         self._check_tls()
 
     def _check_tls(self) -> None:
@@ -116,6 +171,8 @@ class Settings:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ConfigError(f"{_names(name)}: no such file {path!r}")
+        if self.tls:
+            _check_pem(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     @property
     def tls(self) -> bool:
@@ -130,8 +187,50 @@ def _names(name: str) -> str:
     return f"--{name.replace('_', '-')} / {ENV_PREFIX}{name.upper()}"
 
 
+def _normalise_host(host: str) -> str:
+    """``[::1]`` -> ``::1``: one spelling for gRPC's and the HTTP server's bind calls."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if ":" in bare or bare != host:
+        try:
+            ipaddress.IPv6Address(bare)
+        except ValueError:
+            raise ConfigError(f"{_names('host')}: {host!r} is not an IPv6 address") from None
+    elif not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", bare):
+        raise ConfigError(f"{_names('host')}: {host!r} is not an IP address or host name")
+    return bare
+
+
+def _check_pem(cert: str, key: str, client_ca: str) -> None:
+    """Parse the TLS files now, so a bad one is named at start-up (gRPC says "Failed to bind")."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_verify_locations(cafile=cert)
+    except (ssl.SSLError, ValueError):
+        raise ConfigError(f"{_names('tls_cert')}: {cert!r} holds no PEM certificate") from None
+    try:
+        # A password callback that fails: an encrypted key is refused instead of prompting.
+        context.load_cert_chain(cert, key, password=_no_password)
+    except (ssl.SSLError, ValueError):
+        raise ConfigError(
+            f"{_names('tls_key')}: {key!r} is not an unencrypted PEM private key matching {cert!r}"
+        ) from None
+    if client_ca:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (ssl.SSLError, ValueError):
+            raise ConfigError(
+                f"{_names('tls_client_ca')}: {client_ca!r} holds no PEM certificate"
+            ) from None
+
+
+def _no_password() -> str:
+    raise ValueError("encrypted private keys are not supported")
+
+
 def _check(f: dataclasses.Field[Any], value: Any) -> None:
     meta = f.metadata
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{_names(f.name)} must be a finite number, got {value}")
     if "min" in meta and value < meta["min"]:
         raise ConfigError(f"{_names(f.name)} must be >= {meta['min']}, got {value}")
     if "max" in meta and value > meta["max"]:
@@ -142,15 +241,33 @@ def _check(f: dataclasses.Field[Any], value: Any) -> None:
         )
 
 
+def _parse_bool(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise ValueError(raw)
+
+
 def _parser_for(type_name: str) -> Callable[[str], Any]:
-    return {"int": int, "float": float, "str": str, "Path": Path}[type_name]
+    parsers: dict[str, Callable[[str], Any]] = {
+        "int": int,
+        "float": float,
+        "str": str,
+        "Path": Path,
+        "bool": _parse_bool,
+    }
+    return parsers[type_name]
 
 
 def _convert(name: str, type_name: str, raw: str) -> Any:
     try:
         return _parser_for(type_name)(raw)
     except ValueError:
-        kind = {"int": "an integer", "float": "a number"}.get(type_name, type_name)
+        kind = {
+            "int": "an integer",
+            "float": "a number",
+            "bool": f"one of {', '.join(TRUE_WORDS + FALSE_WORDS)}",
+        }.get(type_name, type_name)
         raise ConfigError(f"{_names(name)} must be {kind}, got {raw!r}") from None
 
 
@@ -161,40 +278,120 @@ def build_parser() -> argparse.ArgumentParser:
         "as a FASHION_* environment variable (flag wins).",
     )
     for f in dataclasses.fields(Settings):
+        # A bool flag alone means true; it also takes a value (--wait-for-model false).
+        flag_only: dict[str, Any] = {"nargs": "?", "const": "true"} if f.type == "bool" else {}
         parser.add_argument(
             f"--{f.name.replace('_', '-')}",
             dest=f.name,
             default=None,
-            metavar=str(f.type).upper() if f.type in ("int", "float") else None,
+            metavar=str(f.type).upper() if f.type in ("int", "float", "bool") else None,
             help=f"{f.metadata['help']} (env {ENV_PREFIX}{f.name.upper()}, default {f.default})",
+            **flag_only,
         )
     return parser
 
 
 def load_settings(
-    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    warnings: list[str] | None = None,
 ) -> Settings:
-    """Flags, then ``FASHION_*`` variables, then defaults. Raises ConfigError."""
+    """Flags, then ``FASHION_*`` variables, then defaults. Raises ConfigError.
+
+    Warnings about the environment (unknown names, ignored service links) are
+    appended to ``warnings`` when given (``main`` logs them once logging is set
+    up), else logged here.
+    """
     env = os.environ if environ is None else environ
-    known = {f"{ENV_PREFIX}{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    notes: list[str] = []
     values: dict[str, Any] = {}
     args = vars(build_parser().parse_args(argv))
     for f in dataclasses.fields(Settings):
         raw = args[f.name]
         if raw is None:
-            raw = env.get(f"{ENV_PREFIX}{f.name.upper()}")
+            variable = f"{ENV_PREFIX}{f.name.upper()}"
+            raw = env.get(variable)
+            if raw is not None and f.type != "str" and _SERVICE_LINK_VALUE.fullmatch(raw):
+                # A Service named "fashion" injects FASHION_PORT=tcp://IP:PORT.
+                notes.append(
+                    f"ignoring {variable}={raw}: a Kubernetes service link of a Service named "
+                    f"{ENV_PREFIX[:-1].lower()!r}, not a setting (set enableServiceLinks: false)"
+                )
+                raw = None
         if raw is not None:
             values[f.name] = _convert(f.name, str(f.type), raw)
+    notes += check_environment(env)
+    settings = Settings(**values)
+    if warnings is None:
+        for note in notes:
+            logger.warning("%s", note)
+    else:
+        warnings.extend(notes)
+    return settings
+
+
+def setting_variables() -> frozenset[str]:
+    return frozenset(f"{ENV_PREFIX}{f.name.upper()}" for f in dataclasses.fields(Settings))
+
+
+def check_environment(environ: Mapping[str, str]) -> list[str]:
+    """Refuse a ``FASHION_*`` name that looks like a misspelt setting; warn about the rest.
+
+    Names the kubelet's service links produce, and the project's own non-setting
+    variables, are not settings and pass silently.
+    """
+    known = setting_variables()
     unknown = sorted(
-        k for k in env if k.startswith(ENV_PREFIX) and k not in known and k not in _OTHER_ENV
+        name
+        for name in environ
+        if name.startswith(ENV_PREFIX)
+        and name not in known
+        and name not in _OTHER_ENV
+        and not is_service_link(name, environ[name])
     )
-    if unknown:
-        # A misspelt variable would otherwise be silently ignored.
+    # Compared without the shared prefix, which would make every pair look alike.
+    suffixes = {name[len(ENV_PREFIX) :]: name for name in known}
+    typos = {}
+    for name in unknown:
+        close = difflib.get_close_matches(name[len(ENV_PREFIX) :], suffixes, 1, TYPO_CUTOFF)
+        if close:
+            typos[name] = suffixes[close[0]]
+    if typos:
         raise ConfigError(
-            f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            "; ".join(
+                f"unknown setting {name}; did you mean {real}?" for name, real in typos.items()
+            )
         )
-    return Settings(**values)
+    if unknown:
+        return [
+            f"ignoring unknown variable(s) {', '.join(unknown)}: not fashion-serve settings "
+            "(fashion-serve --help lists them)"
+        ]
+    return []
 
 
-# FASHION_* variables that belong to other commands (training, tests), not the server.
-_OTHER_ENV = frozenset({"FASHION_MNIST_DIR"})
+def is_service_link(name: str, value: str) -> bool:
+    """Whether ``name=value`` has the shape of a Kubernetes service-link variable.
+
+    ``<SVC>_SERVICE_HOST``, ``<SVC>_SERVICE_PORT``, ``<SVC>_SERVICE_PORT_<NAME>``,
+    ``<SVC>_PORT=proto://ip:port`` and ``<SVC>_PORT_<n>_<PROTO>`` (+ ``_PROTO``,
+    ``_PORT``, ``_ADDR``). A bare ``*_PORT`` must also carry a link's value, so a
+    misspelt port setting (``FASHION_METRIC_PORT=9091``) is still caught.
+    """
+    if _SERVICE_LINK_NAME.fullmatch(name):
+        return True
+    return name.endswith("_PORT") and bool(_SERVICE_LINK_VALUE.fullmatch(value))
+
+
+# FASHION_* variables that belong to other commands and scripts, not the server:
+# training and tests (FASHION_MNIST_DIR), scripts/bootstrap.sh (FASHION_VENV, FASHION_PERF_VENV).
+_OTHER_ENV = frozenset({"FASHION_MNIST_DIR", "FASHION_VENV", "FASHION_PERF_VENV"})
+# difflib ratio (of the names after FASHION_) from which an unknown name is taken for a
+# typo of a setting: MAX_BATCH/MAX_BATCH_SIZE 0.78, PROT/PORT 0.75, THREAD/THREADS 0.92;
+# unrelated names stay below (TEAM/THREADS 0.55, VERSION/MODEL_VERSION 0.70).
+TYPO_CUTOFF = 0.75
+_SERVICE_LINK_NAME = re.compile(
+    r"[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)"
+)
+_SERVICE_LINK_VALUE = re.compile(r"(tcp|udp|sctp)://[0-9A-Fa-f.:\[\]]+:[0-9]+")

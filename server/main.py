@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 from collections.abc import Sequence
 
-from server.app import create_app
+# Only light imports here: the heavy ones (grpc, onnxruntime) wait until SIGHUP is ignored.
 from server.config import Settings, load_settings
 from server.errors import ConfigError, ServingError
 
 logger = logging.getLogger("server")
+# Printed on stdout when the server is ready (scripts and the tests wait for it), and
+# with --wait-for-model, earlier, when it is live and waiting for a first version.
+READY_LINE = "fashion-serve: serving on port {port} metrics {metrics}"
+WAITING_LINE = "fashion-serve: waiting for a model on port {port} metrics {metrics}"
 
 
 async def serve(settings: Settings) -> int:
+    from server.app import create_app  # imported by main(), before the loop starts
+
     app = create_app(settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -23,21 +30,46 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, app.request_reload)
     try:
-        await app.start()
+        await app.open()
     except ServingError as exc:
         logger.error("cannot start: %s", exc)
         return 1
-    # One line on stdout that scripts (and the tests) can wait for.
-    print(f"fashion-serve: serving on port {app.port} metrics {app.metrics_port}", flush=True)
-    await stop.wait()
+    lines = {"port": app.port, "metrics": app.metrics_port}
+    if settings.wait_for_model:
+        print(WAITING_LINE.format(**lines), flush=True)
+    # Loading (or waiting for a first version) races SIGTERM: a pod deleted while it
+    # waits for the training Job must stop at once, not after a model shows up.
+    loading = asyncio.create_task(app.load(), name="load")
+    stopping = asyncio.create_task(stop.wait(), name="stop")
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if loading.done():
+        error = loading.exception()
+        if error is not None:
+            stopping.cancel()
+            await app.stop(grace_s=0)
+            if not isinstance(error, ServingError):
+                raise error
+            logger.error("cannot start: %s", error)
+            return 1
+        # One line on stdout that scripts (and the tests) can wait for.
+        print(READY_LINE.format(**lines), flush=True)
+        await stopping
+    else:
+        loading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loading
     logger.info("shutdown requested; draining for up to %.1f s", settings.grace_s)
     await app.stop()
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Until the loop's handler is installed, SIGHUP ("look for a new model") would kill
+    # the process (exit 129): a hook that HUPs every replica can hit one that is starting.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    warnings: list[str] = []
     try:
-        settings = load_settings(argv)
+        settings = load_settings(argv, warnings=warnings)
     except ConfigError as exc:
         print(f"fashion-serve: {exc}", file=sys.stderr)
         return 2
@@ -45,7 +77,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return asyncio.run(serve(settings))
+    for warning in warnings:
+        logger.warning("%s", warning)
+    # grpc and onnxruntime (~1 s of imports) only now that SIGHUP is ignored.
+    import server.app  # noqa: F401
+    try:
+        return asyncio.run(serve(settings))
+    finally:
+        # Closing the loop restored SIGHUP's default (terminate): stay deaf while exiting.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

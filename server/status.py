@@ -154,8 +154,8 @@ def _streaming(
                 except grpc.aio.InternalError:  # the client is gone: nothing to write to
                     await _abort(context, Failure(Code.CANCELLED, "the client went away"))
                     return
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
+        except (grpc.aio.BaseError, asyncio.CancelledError):
+            raise  # grpc's own ending (aborted, server stopped, cancelled): grpc finishes it
         except Exception as exc:
             failure = plane.failure(method, exc)
             if not isinstance(exc, Refused):  # a refused stream counted its own messages
