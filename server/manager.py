@@ -14,10 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from server.errors import ModelNotReady, ServingError, VersionNotFound
+from server.errors import ConfigError, ModelLoadError, ModelNotReady, ServingError, VersionNotFound
 from server.metrics import Metrics
 from server.model import LoadedModel
-from server.repository import latest_version, list_versions, read_version, version_fingerprint
+from server.repository import (
+    list_versions,
+    model_dir,
+    read_version,
+    scan_versions,
+    version_fingerprint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +55,7 @@ class ModelManager:
         )
         self._current: LoadedModel | None = None
         self._refused: dict[int, tuple[int, ...]] = {}
+        self._reported_names: set[str] = set()
         self._lock = threading.Lock()  # one load at a time
 
     @property
@@ -85,7 +92,11 @@ class ModelManager:
         )
 
     def load_version(self, version: int) -> LoadedModel:
-        """Load, verify and warm one version (blocking: call from a thread)."""
+        """Load, verify and warm one version (blocking: call from a thread).
+
+        Any failure is a refusal (counted) raised as a ServingError: a corrupt
+        version must never take the scan, or the server, down with it.
+        """
         with self._lock:
             try:
                 model = LoadedModel(
@@ -94,52 +105,96 @@ class ModelManager:
                     threads=self.threads,
                 )
                 model.warm_up(self._warm_sizes)
+            except (VersionNotFound, ConfigError):
+                raise  # nothing there to refuse, or not this version's fault
             except ServingError:
                 self.metrics.model_loads.labels("refused").inc()
                 raise
+            except Exception as exc:
+                self.metrics.model_loads.labels("refused").inc()
+                logger.error("loading model version %d failed unexpectedly", version, exc_info=True)
+                raise ModelLoadError(
+                    f"version {version}: unexpected {type(exc).__name__} while loading "
+                    "(traceback logged)"
+                ) from exc
             self.metrics.model_loads.labels("loaded").inc()
             return model
 
-    def load_initial(self) -> LoadedModel:
-        """The pinned version, or the newest one. Raises if there is none or it is invalid."""
-        version = self.pinned_version or latest_version(self.repo)
-        if version is None:
-            raise VersionNotFound(
-                f"no model version in {self.repo}/fashion/; run fashion-train first"
-            )
-        model = self.load_version(version)
-        self.install(model)
+    def load_initial(self) -> LoadedModel | None:
+        """Install the pinned version, or the newest valid one; None when there is none (yet).
+
+        Unpinned, an invalid newest version is refused (as on a reload) and the
+        next lower one is tried. Why nothing could be installed is in the log and
+        in :meth:`refused_versions`.
+        """
+        if not self.pinned_version:
+            return self.check_for_update()
+        if self.pinned_version not in self.scan():
+            return None
+        model = self._try(self.pinned_version)
+        if model is not None:
+            self.install(model)
         return model
 
     def check_for_update(self) -> LoadedModel | None:
         """Load and install the newest valid version above the current one (blocking).
 
         An invalid version (no metadata, checksum mismatch, unloadable ONNX, wrong
-        signature) is refused: logged, counted, and remembered with its files'
-        fingerprint so it is not reloaded on every poll (it is retried if the files
-        change). The current version keeps serving.
+        signature, anything else that fails) is refused: logged, counted, and
+        remembered with its files' fingerprint so it is not reloaded on every poll
+        (it is retried if the files change); the scan moves on to lower versions.
+        The current version keeps serving. A ConfigError (e.g. ``--device cuda``
+        without CUDA) is not the version's fault and propagates.
         """
         if self.pinned_version:
             return None
         current = self._current.version if self._current else 0
-        for version in reversed([v for v in list_versions(self.repo) if v > current]):
-            fingerprint = version_fingerprint(self.repo, version)
-            if self._refused.get(version) == fingerprint:
-                continue
-            try:
-                model = self.load_version(version)
-            except ServingError as exc:
-                self._refused[version] = fingerprint
-                logger.error(
-                    "refusing model version %d (still serving %s): %s",
-                    version,
-                    current or "none",
-                    exc,
-                )
-                continue
-            self.install(model)
-            return model
+        for version in reversed([v for v in self.scan() if v > current]):
+            model = self._try(version)
+            if model is not None:
+                self.install(model)
+                return model
         return None
+
+    def _try(self, version: int) -> LoadedModel | None:
+        """Load ``version`` unless it was refused with these very files; refuse it on failure."""
+        fingerprint = version_fingerprint(self.repo, version)
+        if self._refused.get(version) == fingerprint:
+            return None
+        try:
+            return self.load_version(version)
+        except VersionNotFound:
+            return None  # removed since the scan
+        except ConfigError:
+            raise
+        except ServingError as exc:
+            self._refused[version] = fingerprint
+            logger.error(
+                "refusing model version %d (still serving %s): %s",
+                version,
+                self._current.version if self._current else "none",
+                exc,
+            )
+            return None
+
+    def scan(self) -> list[int]:
+        """Version numbers on disk; each name that is not a version is logged once."""
+        scan = scan_versions(self.repo)
+        for name in scan.ignored:
+            if name not in self._reported_names:
+                logger.warning(
+                    "ignoring %r in %s: not a version (a version is a directory named by an "
+                    "ASCII number from 1 to 2^63-1, without leading zeros)",
+                    name,
+                    model_dir(self.repo),
+                )
+        # Forget names that went away, so one that comes back is reported again.
+        self._reported_names = set(scan.ignored)
+        return scan.versions
+
+    def refused_versions(self) -> list[int]:
+        """Versions refused so far (and not changed since), ascending."""
+        return sorted(self._refused)
 
     def versions_on_disk(self) -> list[int]:
         return list_versions(self.repo)

@@ -1,0 +1,69 @@
+"""The HTTP side of the server: one aiohttp application on the gRPC server's event loop.
+
+It serves ``GET /metrics`` (the Prometheus exposition of the injected registry)
+and answers 404 for any other path. Connections are asyncio transports, not
+threads: a thousand idle or slow clients cost memory, never a thread each
+(prometheus_client's ``start_http_server`` spends one thread per connection).
+More routes (the Open Inference Protocol REST API) are added to :attr:`app`
+before :meth:`HttpServer.start`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from server.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+METRICS_PATH = "/metrics"
+# How long stop() lets an in-progress response (a scrape) finish.
+SHUTDOWN_TIMEOUT_S = 2.0
+
+
+class HttpServer:
+    """``start()`` binds and serves, ``stop()`` closes every connection. One use only."""
+
+    def __init__(self, *, host: str, port: int, registry: CollectorRegistry) -> None:
+        self.host = host
+        self.requested_port = port
+        self.registry = registry
+        self.app = web.Application()
+        self.app.router.add_get(METRICS_PATH, self._metrics)
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        """Bind ``host:port`` (0 = any free port, then :attr:`port` says which) and serve."""
+        # No access log: a scrape every few seconds is not news.
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.requested_port, reuse_port=False)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"--metrics-port: cannot listen on {self.host}:{self.requested_port} ({exc})"
+            ) from None
+        self._runner = runner
+        # With a host name that resolves to several addresses, each is bound: report the first.
+        self.port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        # Collecting ~100 series takes about a millisecond: done on the loop, no thread.
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        response = web.Response(body=encoder(self.registry))
+        # Set as a raw header: the exposition's type carries parameters (version, charset).
+        response.headers["Content-Type"] = content_type
+        response.enable_compression()  # gzip or deflate when the scraper accepts it
+        return response
