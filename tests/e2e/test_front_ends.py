@@ -1,7 +1,9 @@
 """Every front end answers the same bad input with the same status: one data plane decides.
 
 Predict, PredictStream and the Open Inference Protocol's ModelInfer carry the
-same request in different messages; each case sends it through all three.
+same request in different messages; each case sends it through all three, and
+through Triton's ModelStreamInfer, which answers a failure in ``error_message``
+(with ModelInfer's message) instead of ending the stream.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ Tensor = oip.ModelInferRequest.InferInputTensor
 PREDICT = "/fashion.v1.PredictionService/Predict"
 STREAM = "/fashion.v1.PredictionService/PredictStream"
 INFER = "/inference.GRPCInferenceService/ModelInfer"
+STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 
 def _images(n: int) -> np.ndarray:
@@ -67,8 +70,13 @@ CASES = {
 
 
 async def statuses(app, predict: bytes, infer: bytes) -> dict[str, grpc.StatusCode]:
-    """The status each front end ends the call with (OK when it answered)."""
+    """The status each front end ends the call with (OK when it answered).
+
+    Also checks ModelStreamInfer: one answer, carrying ModelInfer's message when
+    ModelInfer failed and an inference response when it did not.
+    """
     out = {}
+    details = ""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         for name, path, data in (("Predict", PREDICT, predict), ("ModelInfer", INFER, infer)):
             try:
@@ -76,6 +84,7 @@ async def statuses(app, predict: bytes, infer: bytes) -> dict[str, grpc.StatusCo
                 out[name] = grpc.StatusCode.OK
             except grpc.aio.AioRpcError as exc:
                 out[name] = exc.code()
+                details = exc.details() if name == "ModelInfer" else details
         call = channel.stream_stream(STREAM)(iter([predict]), timeout=10)
         try:
             async for _ in call:
@@ -83,6 +92,12 @@ async def statuses(app, predict: bytes, infer: bytes) -> dict[str, grpc.StatusCo
             out["PredictStream"] = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as exc:
             out["PredictStream"] = exc.code()
+        stream_infer = channel.stream_stream(
+            STREAM_INFER, response_deserializer=oip.ModelStreamInferResponse.FromString
+        )
+        (answer,) = [r async for r in stream_infer(iter([infer]), timeout=10)]
+        assert answer.error_message == details
+        assert answer.HasField("infer_response") == (out["ModelInfer"] == grpc.StatusCode.OK)
     return out
 
 
