@@ -5,8 +5,9 @@
 
 Starts a server (as :mod:`bench.serverproc` does), then runs ``perf_analyzer -i grpc``
 three ways against it: unary single images, unary ``-b 8`` and ``--streaming``
-(ModelStreamInfer). Prints perf_analyzer's own output and a markdown table of its
-client figures and server-side breakdown (from our ModelStatistics); with ``--out``
+(ModelStreamInfer); then ``-i http`` (the REST API) unary and ``-b 8``. Prints
+perf_analyzer's own output and a markdown table of its client figures and
+server-side breakdown (from our ModelStatistics); with ``--out``
 also writes them to ``perf_analyzer.txt`` and ``perf_analyzer.md`` there. The binary is
 the one ``scripts/bootstrap.sh``'s ``ensure_perf_analyzer`` installs (``$PERF_ANALYZER``,
 else ``.venv-perf/perf_analyzer``).
@@ -29,6 +30,11 @@ MODES: dict[str, list[str]] = {
     "unary, 1 image": [],
     "unary, -b 8": ["-b", "8"],
     "streaming, 1 image": ["--streaming"],
+}
+# The same over REST (-i http: JSON header + binary tensors); HTTP has no streaming.
+HTTP_MODES: dict[str, list[str]] = {
+    "http, 1 image": [],
+    "http, -b 8": ["-b", "8"],
 }
 
 _SUMMARY = re.compile(r"^Concurrency: (\d+), throughput: ([\d.]+) infer/sec, latency (\d+) usec$")
@@ -78,13 +84,15 @@ def command(
     concurrency: str = "1:2",
     interval_ms: int = 1000,
     stability_percent: int = 50,
+    protocol: str = "grpc",
 ) -> list[str]:
+    """``target`` is host:port of the gRPC port, or of --http-port with ``protocol="http"``."""
     return [
         str(binary),
         "-m",
         "fashion",
         "-i",
-        "grpc",
+        protocol,
         "-u",
         target,
         "--concurrency-range",
@@ -174,14 +182,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, list[Point]] = {}
     transcript: list[str] = []
     try:
-        for name, mode in MODES.items():
+        runs = [(name, mode, "grpc", server.target) for name, mode in MODES.items()]
+        http_target = f"127.0.0.1:{server.http_port}"
+        runs += [(name, mode, "http", http_target) for name, mode in HTTP_MODES.items()]
+        for name, mode, protocol, target in runs:
             argv_pa = command(
                 binary,
-                server.target,
+                target,
                 mode,
                 concurrency=args.concurrency,
                 interval_ms=args.interval_ms,
                 stability_percent=args.stability_percent,
+                protocol=protocol,
             )
             shown = " ".join(["perf_analyzer", *argv_pa[1:]])
             print("$", shown, flush=True)
