@@ -82,7 +82,7 @@ class TritonServicer(InferenceServicer):
             manager.versions_on_disk(),
             served=manager.current.version if manager.loaded else None,
             ready=self.plane.readiness.ready,
-            refused=(),  # ModelManager.refused_versions() is not committed yet
+            refused=manager.refused_versions(),
             pinned=self.settings.model_version,
             only_ready=request.ready,
         )

@@ -7,6 +7,7 @@ check that our bytes mean what Triton's schema says they mean.
 from __future__ import annotations
 
 import base64
+import json
 import queue
 import shutil
 import time
@@ -270,10 +271,39 @@ def test_repository_index_lists_the_served_version_ready(client) -> None:
     ]
 
 
+def _publish_copy(repo: Path, version: int) -> None:
+    """Version 1's files as ``version`` (its metadata records the number it is served as)."""
+    target = repo / "fashion" / str(version)
+    shutil.copytree(repo / "fashion" / "1", target)
+    metadata = json.loads((target / "metadata.json").read_text())
+    (target / "metadata.json").write_text(json.dumps({**metadata, "version": version}))
+
+
 def test_repository_index_says_why_a_version_is_unavailable(model_repo, tmp_path) -> None:
+    """Version 3 is corrupt (refused; the server falls back to 2), version 1 is older."""
     repo = tmp_path / "repo"
     shutil.copytree(model_repo, repo)
-    shutil.copytree(repo / "fashion" / "1", repo / "fashion" / "2")
+    for version in (2, 3):
+        _publish_copy(repo, version)
+    (repo / "fashion" / "3" / "model.onnx").write_bytes(b"not an onnx model")
+    process = start_server(repo)
+    try:
+        with triton.InferenceServerClient(process.target) as c:
+            index = [(m.version, m.state, m.reason) for m in c.get_model_repository_index().models]
+            assert index == [
+                ("1", "UNAVAILABLE", "not served: version 2 is newer"),
+                ("2", "READY", ""),
+                ("3", "UNAVAILABLE", "refused: it failed to load or verify (see the log)"),
+            ]
+            assert c.get_model_config("fashion").config.version_policy.latest.num_versions == 1
+    finally:
+        assert process.stop() == 0
+
+
+def test_repository_index_of_a_pinned_server(model_repo, tmp_path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repo, repo)
+    _publish_copy(repo, 2)
     process = start_server(repo, ["--model-version", "1"])
     try:
         with triton.InferenceServerClient(process.target) as c:
