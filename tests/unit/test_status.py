@@ -85,7 +85,7 @@ def plane(tmp_path: Path) -> DataPlane:
 
 def registered(plane: DataPlane) -> dict[str, grpc.RpcMethodHandler]:
     server = Handlers()
-    add_service(server, plane, Refusing(), SERVICE)  # type: ignore[arg-type]
+    add_service(server, plane, Refusing(), SERVICE)
     return server.by_method
 
 

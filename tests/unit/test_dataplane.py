@@ -1,0 +1,156 @@
+"""The data plane alone: a plain codec and a fake model manager behind a real batcher.
+
+What every front end relies on: admission by readiness, streams answered in
+order with each message counted once, failures in-band or ending the stream,
+and the bound on encoded images waiting to be decoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from server.batcher import DynamicBatcher
+from server.dataplane import DataPlane, Failure, Refused
+from server.errors import Code, InvalidInput, ModelNotReady, Overloaded
+from server.metrics import Metrics
+
+
+class Model:
+    version = 1
+
+
+class Manager:
+    """Serves one model whose output row is the image's first ten pixels."""
+
+    loaded = True
+    current = Model()
+
+    def resolve(self, version: int) -> Model:
+        return self.current
+
+    @staticmethod
+    def confirm(version: int, model: Model) -> None:
+        pass
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, Model]:
+        return images.reshape(len(images), -1)[:, :10].astype(np.float32), self.current
+
+
+class Slow:
+    """A deferred decode of ``images`` images (never run in these tests)."""
+
+    def __init__(self, images: int) -> None:
+        self.images = images
+
+    def __call__(self) -> np.ndarray:
+        return np.zeros((self.images, 28, 28), np.uint8)
+
+
+class IntCodec:
+    """Request n >= 0: one image of pixel value n, answered with that value; n < 0 is bad."""
+
+    def version(self, request: Any) -> int:
+        return 0
+
+    def decode(self, request: Any, max_images: int) -> Any:
+        if isinstance(request, Slow):
+            return request
+        if request < 0:
+            raise InvalidInput(f"bad request {request}")
+        return np.full((1, 28, 28), request, np.uint8)
+
+    def encode(self, request: Any, probabilities: np.ndarray, model: Any) -> int:
+        return int(probabilities[0, 0])
+
+
+CODEC = IntCodec()
+
+
+@pytest.fixture
+async def plane() -> AsyncIterator[DataPlane]:
+    metrics = Metrics(CollectorRegistry())
+    manager = Manager()
+    batcher: DynamicBatcher[Any] = DynamicBatcher(manager.run, metrics=metrics)
+    plane = DataPlane(manager, batcher, metrics, max_images_per_request=8)
+    await plane.start()
+    yield plane
+    await plane.begin_shutdown()
+    await plane.stop()
+
+
+async def requests(items: Iterable[Any], broken_after: int | None = None) -> AsyncIterator[Any]:
+    for i, item in enumerate(items):
+        if i == broken_after:
+            raise InvalidInput("message 2 is not a valid request")
+        yield item
+
+
+def counted(plane: DataPlane, code: str) -> float:
+    value = plane.metrics.registry.get_sample_value(
+        "fashion_requests_total", {"method": "Stream", "code": code}
+    )
+    return value or 0.0
+
+
+async def test_failures_travel_in_band_and_the_stream_goes_on(plane) -> None:
+    got = [a async for a in plane.stream_outcomes("Stream", CODEC, requests([7, -1, 9]), None)]
+    assert got == [7, Failure(Code.INVALID_ARGUMENT, "bad request -1"), 9]
+    assert (counted(plane, "OK"), counted(plane, "INVALID_ARGUMENT")) == (2, 1)
+
+
+async def test_the_first_failure_ends_a_stream_with_its_status(plane) -> None:
+    got = []
+    with pytest.raises(Refused) as info:
+        async for answer in plane.stream("Stream", CODEC, requests([7, -1, 9]), None):
+            got.append(answer)
+    assert got == [7]
+    assert info.value.failure == Failure(Code.INVALID_ARGUMENT, "bad request -1")
+    assert (counted(plane, "OK"), counted(plane, "INVALID_ARGUMENT")) == (1, 1)
+
+
+async def test_a_broken_request_stream_is_answered_in_order_and_ends_it(plane) -> None:
+    outcomes = plane.stream_outcomes("Stream", CODEC, requests([1, 2, 3], broken_after=2), None)
+    got = [a async for a in outcomes]
+    assert got == [1, 2, Failure(Code.INVALID_ARGUMENT, "message 2 is not a valid request")]
+
+
+async def test_an_abandoned_stream_counts_its_unanswered_messages_as_cancelled(plane) -> None:
+    outcomes = plane.stream_outcomes("Stream", CODEC, requests(range(1, 6)), None)
+    assert await anext(outcomes) == 1
+    await outcomes.aclose()  # the client went away after the first answer
+    assert counted(plane, "OK") == 1
+    assert counted(plane, "CANCELLED") >= 1  # the ones already read, never answered
+
+
+async def test_no_admission_unless_ready() -> None:
+    metrics = Metrics(CollectorRegistry())
+    manager = Manager()
+    batcher: DynamicBatcher[Any] = DynamicBatcher(manager.run, metrics=metrics)
+    plane = DataPlane(manager, batcher, metrics, max_images_per_request=8)
+    with pytest.raises(ModelNotReady, match="still loading"):
+        await plane.infer(CODEC, 1, None)
+    await plane.wait_for_model()
+    assert plane.readiness.live and not plane.readiness.ready
+    await plane.start()
+    assert await plane.infer(CODEC, 3, None) == 3
+    await plane.begin_shutdown()
+    with pytest.raises(ModelNotReady, match="shutting down"):
+        await plane.infer(CODEC, 1, None)
+    await plane.stop()
+
+
+async def test_encoded_images_beyond_the_decode_bound_are_refused(plane) -> None:
+    # The bound is at least one request's worth (8 here): 1025 images can never wait.
+    with pytest.raises(Overloaded, match="waiting to be decoded"):
+        await plane.infer(CODEC, Slow(1025), None)
+    assert (
+        plane.metrics.registry.get_sample_value(
+            "fashion_rejected_requests_total", {"reason": "decode_queue_full"}
+        )
+        == 1
+    )
