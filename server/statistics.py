@@ -14,7 +14,7 @@ flight still has success = queue = compute_* counts (perf_analyzer refuses
 statistics where they differ).
 
 Everything runs on the event loop (the batcher delivers there), so no lock is needed.
-No grpc here: server/triton.py turns a snapshot into protobuf.
+No grpc here: server/triton_codec.py turns the statistics into protobuf.
 """
 
 from __future__ import annotations
