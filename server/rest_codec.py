@@ -229,7 +229,7 @@ def decode_images(body: InferBody, max_images: int) -> np.ndarray:
     if unknown:
         raise InvalidInput(f"unknown input fields {unknown[:8]}; expected {sorted(_INPUT_KEYS)}")
     datatype = tensor.get("datatype")
-    if datatype not in _ITEM_BYTES:
+    if not isinstance(datatype, str) or datatype not in _ITEM_BYTES:
         shown = datatype[:32] if isinstance(datatype, str) else datatype
         raise InvalidInput(
             f"input {INPUT_NAME!r} has datatype {shown!r}; expected UINT8 "
