@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -88,5 +89,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
+def cli() -> None:
+    """The ``fashion-serve`` command: :func:`main`, then exit without the interpreter's teardown.
+
+    Once ``main`` has returned everything is stopped and drained, but CPython's
+    finalization still collects and frees every object one by one: 0.2-2.7 s after
+    the "stopped" line here after 10-30 s of traffic (py-spy: ``gc_collect_main``,
+    ``unicode_dealloc``), 1.5-4.5 s reported after hours. The kernel frees the
+    memory of an exiting process at once; only the buffered output must be flushed.
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

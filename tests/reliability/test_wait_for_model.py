@@ -96,7 +96,19 @@ async def test_an_invalid_first_version_is_refused_and_waiting_goes_on(
 
 def test_without_the_flag_an_empty_repository_is_still_an_error(tmp_path) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", NO_TENSORFLOW, "--model-repo", str(tmp_path), "--port", "0"],
+        [
+            sys.executable,
+            "-c",
+            NO_TENSORFLOW,
+            "--model-repo",
+            str(tmp_path),
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+            "--http-port",
+            "-1",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -115,6 +127,8 @@ def start_waiting(repo: Path, *extra: str) -> serverproc.ServerProcess:
         "--port",
         "0",
         "--metrics-port",
+        "0",
+        "--http-port",
         "0",
         "--wait-for-model",
         *extra,
