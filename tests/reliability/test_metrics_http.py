@@ -45,6 +45,11 @@ async def test_scrape_parses_and_other_paths_are_404(app) -> None:
     )
     assert headers.get("Content-Encoding") == "gzip"
     assert b"fashion_model_info" in gzip.decompress(body)
+    status, headers, body = await asyncio.to_thread(
+        get, f"{base}/metrics", Accept="application/openmetrics-text; version=1.0.0"
+    )
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    assert body.rstrip().endswith(b"# EOF")
 
 
 def get_method(url: str, method: str) -> tuple[int, dict[str, str], bytes]:
