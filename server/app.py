@@ -213,7 +213,8 @@ class App:
 
     def _nothing_to_serve(self) -> Exception:
         """Why load_initial() found no model, for the start-up error."""
-        where = f"{self.settings.model_repo}/fashion/"
+        # Resolved: the default "models" is relative to wherever the server was started.
+        where = f"{Path(self.settings.model_repo).resolve()}/fashion/"
         refused = self.manager.refused_versions()
         if refused:
             return ModelLoadError(
@@ -224,7 +225,8 @@ class App:
         if wanted:
             return VersionNotFound(f"no model version {wanted} in {where}")
         return VersionNotFound(
-            f"no model version in {where}; run fashion-train first (or start with --wait-for-model)"
+            f"no model version in {where}; run fashion-train first, point --model-repo "
+            "(FASHION_MODEL_REPO) at a repository, or start with --wait-for-model"
         )
 
     async def _report_health(self, phase: Phase) -> None:

@@ -383,3 +383,20 @@ def test_fashion_inspect_command_works_as_written(
     out = shlex.split(command)[shlex.split(command).index("--out") + 1]
     assert result.stdout == f"wrote {out}\n"
     assert (tmp_path / out).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_server_started_outside_the_repository_says_where_it_looked(tmp_path: Path) -> None:
+    # The default --model-repo is "models", relative to the current directory.
+    env = {k: v for k, v in user_shell_env().items() if not k.startswith("FASHION_")}
+    result = subprocess.run(
+        [str(BIN / "fashion-serve"), "--port", "0", "--metrics-port", "-1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert f"{tmp_path.resolve() / 'models'}/fashion/" in result.stderr
+    assert "--model-repo" in result.stderr and "FASHION_MODEL_REPO" in result.stderr
