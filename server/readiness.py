@@ -69,11 +69,15 @@ class Readiness:
         """Call ``await listener(phase)`` on every change (health reporting)."""
         self._listeners.append(listener)
 
-    async def set(self, phase: Phase) -> None:
-        """Move to ``phase`` and tell every listener. Leaving STOPPING is refused."""
+    async def set(self, phase: Phase, *, refusal: str | None = None) -> None:
+        """Move to ``phase`` and tell every listener. Leaving STOPPING is refused.
+
+        ``refusal``: what refused calls are told instead of the phase's usual words
+        (e.g. where the server waits for a first model version).
+        """
         if self._phase is Phase.STOPPING and phase is not Phase.STOPPING:
             raise RuntimeError(f"a stopping server cannot become {phase.value}")
         self._phase = phase
-        self._refusal = None if phase.ready else _REFUSALS[phase]
+        self._refusal = None if phase.ready else (refusal or _REFUSALS[phase])
         for listener in self._listeners:
             await listener(phase)
