@@ -1,6 +1,7 @@
 """``fashion-soak``: start a server on a private copy of a model repository, drive steady
-mixed traffic for a fixed time, inject a hot reload and a client cancellation storm in
-the middle, and check: zero unexpected errors, every valid answer correct, resident
+mixed traffic for a fixed time, inject a hot reload (next to repository entries it must
+step over: names that are not versions, a symlinked alias, a newer version with unreadable
+metadata) and a client cancellation storm in the middle, and check: zero unexpected errors, every valid answer correct, resident
 memory growth under 10 % after warm-up. Prints (and optionally writes) a JSON report;
 exit status 1 when a check fails."""
 
@@ -44,6 +45,27 @@ def publish_copy(repo: Path) -> int:
     return current + 1
 
 
+# Repository entries a reload must step over (docs/RELIABILITY.md, issue #17 items 4, 5, 11):
+# names that are not versions, and a newer version whose metadata cannot be parsed.
+NOT_VERSIONS = ("99999999999999999999", "\u00b2", "\uff17")
+
+
+def plant_hostile_entries(repo: Path, valid: int) -> list[str]:
+    """Copies of version ``valid`` under names that are not versions, a symlinked alias and
+    version ``valid + 1`` with metadata nested too deeply to parse. Returns what was planted."""
+    model_dir = repo / "fashion"
+    planted = []
+    for name in NOT_VERSIONS:
+        shutil.copytree(model_dir / str(valid), model_dir / name)
+        planted.append(name)
+    (model_dir / str(valid + 2)).symlink_to(model_dir / str(valid))  # records `valid`: refused
+    broken = model_dir / f".tmp-soak-broken-{os.getpid()}"
+    shutil.copytree(model_dir / str(valid), broken)
+    (broken / "metadata.json").write_text("[" * 100_000 + "]" * 100_000)
+    os.rename(broken, model_dir / str(valid + 1))
+    return [*planted, str(valid + 2), str(valid + 1)]
+
+
 async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
     data = load_fashion_mnist(args.data_dir, allow_download=False)
     images = data.test_images[: args.images]
@@ -63,7 +85,10 @@ async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
             await asyncio.sleep(args.warmup_s)
             rss_start = memory_mib(server.pid)["rss_mib"]
             await asyncio.sleep(args.duration_s / 2)
-            report["reloaded_to_version"] = publish_copy(repo)
+            published = publish_copy(repo)
+            # Hostile entries above and beside it: the reload must still take `published`.
+            report["hostile_entries"] = plant_hostile_entries(repo, published)
+            report["reloaded_to_version"] = published
             server.process.send_signal(signal.SIGHUP)
             await traffic.cancellation_storm(args.storm)
             await asyncio.sleep(args.duration_s / 2)

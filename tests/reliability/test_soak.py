@@ -35,7 +35,9 @@ def test_short_soak_has_no_unexpected_errors_and_no_wrong_answers(model_repo, tm
     assert result.returncode == 0, report
     assert report["unexpected_errors"] == {} and report["wrong_answers"] == 0
     assert report["expected_errors"]  # invalid requests were sent and refused correctly
-    assert report["versions_seen"] == ["1", "2"]  # the hot reload happened under traffic
+    # The hot reload happened under traffic, past the hostile entries planted beside it.
+    assert report["versions_seen"] == ["1", "2"]
+    assert len(report["hostile_entries"]) == 5
     assert report["cancelled_by_client"] > 0
     assert report["rss_growth_pct"] < 10
     assert report["server_exit_code"] == 0
