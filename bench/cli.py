@@ -21,7 +21,7 @@ from typing import Any
 
 from bench import inprocess, report
 from bench.loadgen import LoadGenerator
-from bench.payload import APIS
+from bench.payload import APIS, HTTP_APIS
 from bench.point import Target, measure
 from bench.serverproc import ServerProcess, cold_starts, memory_mib, start_echo, start_server
 from server.model import available_cpus
@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --target: its metrics HOST:PORT (for the mean batch size)",
     )
     p.add_argument(
+        "--target-http",
+        type=_loopback,
+        default=None,
+        help="with --target: its REST API HOST:PORT (--http-port; for the http-* APIs)",
+    )
+    p.add_argument(
         "--target-pid",
         type=int,
         default=None,
@@ -115,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=_ints, help="client counts (1,4,8,16,32,64; quick 1,8)")
     p.add_argument("--sizes", type=_ints, default=[1, 32], help="images per request (1,32)")
     p.add_argument(
-        "--apis", type=_apis, default=list(APIS), help="comma list of predict, oip, stream"
+        "--apis",
+        type=_apis,
+        default=list(APIS),
+        help="comma list of predict, oip, stream, http-json, http-binary (REST)",
     )
     p.add_argument("--processes", type=int, help="load-generator processes (2; quick 1)")
     p.add_argument(
@@ -202,10 +211,17 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "git": git_state(),
     }
     if args.target:
-        target = Target(args.target, args.target_metrics, args.target_pid)
+        target = Target(
+            args.target, args.target_metrics, args.target_pid, http_address=args.target_http
+        )
     else:
         server = start_server(args.model_repo, args.server_arg)
-        target = Target(server.target, f"127.0.0.1:{server.metrics_port}", server.pid)
+        target = Target(
+            server.target,
+            f"127.0.0.1:{server.metrics_port}",
+            server.pid,
+            http_address=f"127.0.0.1:{server.http_port}" if server.http_port else None,
+        )
         results["server"] = {
             "args": args.server_arg,
             "cold_start_s": round(server.cold_start_s, 3),
@@ -285,7 +301,7 @@ def _points(
                         )
                     lat = point["latency_ms"]
                     _log(
-                        f"{api:7} size {size:3} conc {conc:3}: {point['images_per_s']:9.0f} img/s "
+                        f"{api:11} size {size:3} conc {conc:3}: {point['images_per_s']:9.0f} img/s "
                         f"p50 {lat['p50']} p99 {lat['p99']} ms, errors {point['errors']}, "
                         f"batch {point['mean_batch_size']}, cpu server "
                         f"{point['server_cpu_cores']} client {point['client_cpu_cores']}"
@@ -298,7 +314,8 @@ def _floor(args: argparse.Namespace) -> list[dict[str, Any]]:
     points = []
     try:
         with LoadGenerator(args.processes) as load:
-            for api in args.apis:
+            # The canned-answer server speaks gRPC only.
+            for api in (a for a in args.apis if a not in HTTP_APIS):
                 for conc in args.concurrency:
                     point = measure(
                         load,

@@ -1,4 +1,4 @@
-"""Closed-loop load generator: C clients send back to back over gRPC for a fixed time.
+"""Closed-loop load generator: C clients send back to back over gRPC or HTTP for a fixed time.
 
 The clients are spread over worker processes (spawned once, reused for every point),
 each with its own asyncio loop and a few channels (one TCP connection each). Every
@@ -8,6 +8,10 @@ connects its channels, and says so; only then does the parent fix the schedule:
 ``start_at`` (traffic starts) -> ``measure_from`` (warm-up over)
 -> ``end_at`` (no new calls; calls in flight finish within ``timeout_s``). A call counts
 when it completes inside ``[measure_from, end_at]``.
+
+HTTP clients (the REST API) each hold one keep-alive HTTP/1.1 connection and send
+pre-built requests over raw asyncio streams: the client's cost per call is a write
+and a header parse, so it measures the server, not an HTTP library.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 import numpy as np
+
+from bench.payload import STREAM_APIS
 
 START_MARGIN_S = 0.3
 CALL_TIMEOUT_S = 10.0
@@ -84,7 +90,7 @@ async def _client(call: object, payloads: list[bytes], job: Job, s: Schedule, ou
     checked = False
     i = 0
     await asyncio.sleep(max(0.0, s.start_at - time.monotonic()))
-    if job.api == "stream":
+    if job.api in STREAM_APIS:
         # One stream for the whole run; each "call" is one write and its one response.
         open_stream = call
         stream = open_stream(timeout=s.end_at - time.monotonic() + job.timeout_s)  # type: ignore[operator]
@@ -108,6 +114,10 @@ async def _client(call: object, payloads: list[bytes], job: Job, s: Schedule, ou
             out.errors[exc.code().name] += 1
             await asyncio.sleep(0.001)  # no hot loop against a failing server
             continue
+        except HttpError as exc:
+            out.errors[exc.code] += 1
+            await asyncio.sleep(0.001)
+            continue
         t1 = time.monotonic()
         if not checked:  # parse one answer per client: the server really did the work
             checked = True
@@ -115,12 +125,95 @@ async def _client(call: object, payloads: list[bytes], job: Job, s: Schedule, ou
                 out.bad_responses += 1
         if s.measure_from <= t1 <= s.end_at:
             out.latencies_s.append(t1 - t0)
-    if job.api == "stream":
+    if job.api in STREAM_APIS:
         await stream.done_writing()
+
+
+class HttpError(Exception):
+    """A non-200 answer (the code is the HTTP status) or a broken connection."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class HttpConnection:
+    """One keep-alive HTTP/1.1 connection; ``call(request)`` -> the response body's JSON."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def connect(self) -> None:
+        self._streams = await asyncio.open_connection(self.host, self.port)
+
+    async def call(self, request: bytes, timeout: float) -> bytes:  # noqa: ASYNC109
+        try:
+            return await asyncio.wait_for(self._exchange(request), timeout)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            self.close()
+            raise HttpError("CONNECTION") from None
+
+    async def _exchange(self, request: bytes) -> bytes:
+        if self._streams is None:
+            await self.connect()
+        assert self._streams is not None
+        reader, writer = self._streams
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = lines[0].split(" ", 2)[1]
+        fields = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            fields[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(fields.get("content-length", "0")))
+        if status != "200":
+            raise HttpError(f"HTTP {status}")
+        json_length = fields.get("inference-header-content-length")
+        return body if json_length is None else body[: int(json_length)]
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
+
+
+async def _run_http_job(job: Job, conn: Connection) -> Outcome:
+    from bench.payload import http_request, images
+
+    host, _, port = job.target.rpartition(":")
+    pool = images(64 * job.size, seed=job.seed)
+    payloads = [
+        http_request(job.api, pool[k * job.size : (k + 1) * job.size], host) for k in range(64)
+    ]
+    # HTTP/1.1 has one request in flight per connection: one connection per client.
+    links = [HttpConnection(host, int(port)) for _ in range(job.clients)]
+    out = Outcome()
+    loop = asyncio.get_running_loop()
+    cpu: dict[str, float] = {}
+    try:
+        await asyncio.wait_for(asyncio.gather(*(c.connect() for c in links)), job.timeout_s)
+        conn.send("ready")
+        schedule: Schedule = conn.recv()
+        loop.call_at(schedule.measure_from, lambda: cpu.setdefault("from", time.process_time()))
+        loop.call_at(schedule.end_at, lambda: cpu.setdefault("to", time.process_time()))
+        await asyncio.gather(*(_client(c.call, payloads, job, schedule, out) for c in links))
+        await asyncio.sleep(max(0.0, schedule.end_at - time.monotonic()) + 0.01)
+    finally:
+        for link in links:
+            link.close()
+    out.cpu_s = cpu.get("to", time.process_time()) - cpu.get("from", 0.0)
+    return out
 
 
 async def _run_job(job: Job, conn: Connection) -> Outcome:
     import grpc
+
+    from bench.payload import HTTP_APIS
+
+    if job.api in HTTP_APIS:
+        return await _run_http_job(job, conn)
 
     from bench.payload import METHOD, images, request_bytes
 
@@ -137,7 +230,7 @@ async def _run_job(job: Job, conn: Connection) -> Outcome:
     ]
     calls = [
         ch.stream_stream(METHOD[job.api])
-        if job.api == "stream"
+        if job.api in STREAM_APIS
         else ch.unary_unary(METHOD[job.api])
         for ch in channels
     ]

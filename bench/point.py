@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.loadgen import LoadGenerator, percentiles_ms
+from bench.payload import HTTP_APIS
 from bench.scrape import Snapshot, scrape
 from bench.serverproc import cpu_seconds
 
@@ -18,6 +19,7 @@ class Target:
     address: str
     metrics_address: str | None = None
     pid: int | None = None
+    http_address: str | None = None  # the REST API (--http-port), for the http-* APIs
 
 
 def _sleep_until(instant: float) -> None:
@@ -41,8 +43,11 @@ def measure(
     warmup_s: float,
     duration_s: float,
 ) -> dict[str, Any]:
+    address = target.http_address if api in HTTP_APIS else target.address
+    if address is None:
+        raise ValueError(f"API {api!r} needs the server's HTTP address (--http-port)")
     used, schedule = load.start(
-        target=target.address,
+        target=address,
         api=api,
         size=size,
         concurrency=concurrency,

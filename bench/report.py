@@ -7,7 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-API_LABEL = {"predict": "Predict", "oip": "ModelInfer (OIP)", "stream": "PredictStream"}
+API_LABEL = {
+    "predict": "Predict",
+    "oip": "ModelInfer (OIP)",
+    "stream": "PredictStream",
+    "http-json": "REST infer, JSON",
+    "http-binary": "REST infer, binary",
+}
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
