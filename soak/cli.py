@@ -1,9 +1,9 @@
 """``fashion-soak``: start a server on a private copy of a model repository, drive steady
 mixed traffic for a fixed time, inject a hot reload (next to repository entries it must
 step over: names that are not versions, a symlinked alias, a newer version with unreadable
-metadata) and a client cancellation storm in the middle, and check: zero unexpected errors, every valid answer correct, resident
-memory growth under 10 % after warm-up. Prints (and optionally writes) a JSON report;
-exit status 1 when a check fails."""
+metadata) and a client cancellation storm in the middle, and check: zero unexpected
+errors, every valid answer correct, resident memory growth under 10 % after warm-up.
+Prints (and optionally writes) a JSON report; exit status 1 when a check fails."""
 
 from __future__ import annotations
 
