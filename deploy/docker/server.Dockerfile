@@ -7,30 +7,45 @@
 # build on a local stand-in, since they cannot pull from a registry).
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-FROM ${BASE_IMAGE} AS build
+
+# The pinned requirements, extracted from pyproject.toml in a stage of their own: the install
+# layer below is cached on this file's content, so neither a source edit nor a change to
+# another part of pyproject.toml (dev tools, comments) reinstalls them.
+FROM ${BASE_IMAGE} AS requirements
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+      > requirements.txt
+
+FROM ${BASE_IMAGE} AS deps
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# The pinned dependencies first, in a layer of their own: it is rebuilt only when
-# pyproject.toml changes, not on every source edit.
-COPY pyproject.toml ./
-RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
-      > requirements.txt \
- && pip install -r requirements.txt
-COPY README.md ./
+COPY --from=requirements /src/requirements.txt ./
+RUN pip install -r requirements.txt
+
+# The project itself, into a prefix of its own (console scripts point at /opt/venv/bin/python):
+# the image gets it as a small layer on top of the cached dependencies.
+FROM deps AS build
+COPY pyproject.toml README.md ./
 COPY server ./server
 COPY client ./client
-# A regular (non-editable) install: the final stage needs only /opt/venv. pip and
-# setuptools are not needed at run time (-24 MB).
-RUN pip install --no-deps . && pip check && python -m pip uninstall -y pip setuptools
+RUN pip install --no-deps --prefix=/opt/project . \
+ && test -d /opt/project/lib/python3.11/site-packages/server \
+ && PYTHONPATH=/opt/project/lib/python3.11/site-packages pip check
+
+# pip and setuptools are not needed at run time (-24 MB).
+FROM deps AS runtime-deps
+RUN python -m pip uninstall -y pip setuptools
 
 FROM ${BASE_IMAGE}
 RUN groupadd --system --gid 10001 fashion \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin fashion
-COPY --from=build /opt/venv /opt/venv
+COPY --from=runtime-deps /opt/venv /opt/venv
+COPY --from=build /opt/project/ /opt/venv/
 # FASHION_* defaults for a container: bind every interface (probes reach the pod IP)
 # and read the mounted model repository. The Kubernetes ConfigMap sets them too.
 ENV PATH=/opt/venv/bin:$PATH \

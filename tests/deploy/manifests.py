@@ -117,6 +117,7 @@ class Dockerfile:
     path: Path
     bases: list[str] = field(default_factory=list)
     args: dict[str, str] = field(default_factory=dict)
+    stages: list[str] = field(default_factory=list)
     every: list[tuple[str, str]] = field(default_factory=list)
     final: list[tuple[str, str]] = field(default_factory=list)
 
@@ -142,10 +143,12 @@ class Dockerfile:
                 parsed.args[name] = default
             if instruction == "FROM":
                 # FROM ${BASE_IMAGE}: the image a plain `docker build` uses (the ARG default).
-                base = re.sub(
-                    r"\$\{?(\w+)\}?", lambda m: parsed.args.get(m[1], m[0]), rest.split()[0]
-                )
-                parsed.bases.append(base)
+                words = rest.split()
+                base = re.sub(r"\$\{?(\w+)\}?", lambda m: parsed.args.get(m[1], m[0]), words[0])
+                if base not in parsed.stages:  # FROM an earlier stage is not a base image
+                    parsed.bases.append(base)
+                if len(words) == 3 and words[1].upper() == "AS":
+                    parsed.stages.append(words[2])
                 parsed.final = []
             parsed.final.append((instruction, rest.strip()))
             parsed.every.append((instruction, rest.strip()))

@@ -85,7 +85,8 @@ def requirements_installed_by(name: str) -> list[str]:
     runs = dockerfile(name).runs()
     match = re.search(r"python -c '([^']+)'\s*>\s*requirements\.txt", runs)
     assert match, f"{name}: no requirements.txt step"
-    assert "pip install -r requirements.txt" in runs and "pip install --no-deps ." in runs
+    assert "pip install -r requirements.txt" in runs
+    assert re.search(r"pip install --no-deps --prefix=/opt/project \.", runs), name
     result = subprocess.run(
         [sys.executable, "-c", match[1]], cwd=ROOT, capture_output=True, text=True, timeout=30
     )
@@ -99,12 +100,25 @@ def test_images_install_exactly_the_pinned_dependencies_in_a_cached_layer() -> N
     train = project["optional-dependencies"]["train"]
     assert requirements_installed_by("trainer.Dockerfile") == project["dependencies"] + train
     for name in ("server.Dockerfile", "trainer.Dockerfile"):
-        # Only pyproject.toml is copied before the dependency layer: a source edit must not
-        # invalidate it (TensorFlow takes minutes to install).
-        instructions = dockerfile(name).every
-        install = next(i for i, (_, rest) in enumerate(instructions) if "requirements.txt" in rest)
-        copied = [rest for kind, rest in instructions[:install] if kind == "COPY"]
-        assert copied == ["pyproject.toml ./"], f"{name}: {copied}"
+        # The install layer's only input is requirements.txt, made from pyproject.toml in a
+        # stage of its own: no source edit or unrelated pyproject change invalidates it
+        # (TensorFlow takes minutes to install).
+        stages: list[list[tuple[str, str]]] = []
+        for kind, rest in dockerfile(name).every:
+            if kind == "FROM":
+                stages.append([])
+            if stages:  # global ARGs come before the first FROM
+                stages[-1].append((kind, rest))
+        requirements, deps = stages[0], stages[1]
+        assert requirements[0][1].endswith(" AS requirements"), name
+        assert [r for k, r in requirements if k == "COPY"] == ["pyproject.toml ./"], name
+        assert deps[0][1].endswith(" AS deps"), name
+        copied = [r for k, r in deps if k == "COPY"]
+        assert copied == ["--from=requirements /src/requirements.txt ./"], f"{name}: {copied}"
+        # The image takes the dependencies' venv as one layer and the project as another.
+        final = dockerfile(name).all("COPY")
+        assert "--from=build /opt/project/ /opt/venv/" in final, f"{name}: {final}"
+        assert not any(c.startswith("--from=build /opt/venv") for c in final), name
 
 
 def test_trainer_image_installs_the_data_set() -> None:
@@ -115,8 +129,10 @@ def test_trainer_image_installs_the_data_set() -> None:
 def test_base_image_is_a_build_argument_defaulting_to_the_public_python_image(name: str) -> None:
     image = dockerfile(name)
     assert image.args.get("BASE_IMAGE") == "python:3.11-slim-bookworm"
-    assert image.bases == ["python:3.11-slim-bookworm"] * 2
-    assert all(rest.split()[0] == "${BASE_IMAGE}" for kind, rest in image.every if kind == "FROM")
+    assert set(image.bases) == {"python:3.11-slim-bookworm"}
+    for kind, rest in image.every:
+        if kind == "FROM":
+            assert rest.split()[0] in ("${BASE_IMAGE}", *image.stages), f"{name}: FROM {rest}"
 
 
 def _dockerignore_regex(pattern: str) -> re.Pattern[str]:
