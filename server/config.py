@@ -385,8 +385,11 @@ def is_service_link(name: str, value: str) -> bool:
 
 
 # FASHION_* variables that belong to other commands and scripts, not the server:
-# training and tests (FASHION_MNIST_DIR), scripts/bootstrap.sh (FASHION_VENV, FASHION_PERF_VENV).
-_OTHER_ENV = frozenset({"FASHION_MNIST_DIR", "FASHION_VENV", "FASHION_PERF_VENV"})
+# training and tests (FASHION_MNIST_DIR), scripts/bootstrap.sh (FASHION_VENV, FASHION_PERF_VENV),
+# the container tests (FASHION_TEST_BASE_IMAGE, tests/deploy/podman.py).
+_OTHER_ENV = frozenset(
+    {"FASHION_MNIST_DIR", "FASHION_VENV", "FASHION_PERF_VENV", "FASHION_TEST_BASE_IMAGE"}
+)
 # difflib ratio (of the names after FASHION_) from which an unknown name is taken for a
 # typo of a setting: MAX_BATCH/MAX_BATCH_SIZE 0.78, PROT/PORT 0.75, THREAD/THREADS 0.92;
 # unrelated names stay below (TEAM/THREADS 0.55, VERSION/MODEL_VERSION 0.70).

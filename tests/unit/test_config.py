@@ -84,6 +84,7 @@ def test_wait_for_model_is_a_flag_or_a_value() -> None:
 def test_project_variables_are_not_settings_and_pass_silently() -> None:
     # FASHION_VENV / FASHION_PERF_VENV: scripts/bootstrap.sh; FASHION_MNIST_DIR: training.
     env = {"FASHION_MNIST_DIR": "/data", "FASHION_VENV": "/v", "FASHION_PERF_VENV": "/p"}
+    env["FASHION_TEST_BASE_IMAGE"] = "localhost/base"  # tests/deploy/podman.py
     warnings: list[str] = []
     assert load_settings([], env, warnings=warnings).port == 50051
     assert warnings == []
