@@ -16,5 +16,5 @@ if ! ls "$FASHION_MODEL_REPO/fashion" 2>/dev/null | grep -qE '^[1-9][0-9]*$'; th
   echo "==> no model in $FASHION_MODEL_REPO: training one (the published run took ${seconds:-?} s on 2 cores)"
   "$VENV/bin/fashion-train" --model-repo "$FASHION_MODEL_REPO"
 fi
-echo "==> serving $FASHION_MODEL_REPO (default: gRPC 127.0.0.1:50051, metrics http://127.0.0.1:9090/metrics; extra flags: ${*:-none})"
+echo "==> serving $FASHION_MODEL_REPO (default: gRPC 127.0.0.1:50051, REST http://127.0.0.1:8000/v2, metrics http://127.0.0.1:9090/metrics; extra flags: ${*:-none})"
 exec "$VENV/bin/fashion-serve" --model-repo "$FASHION_MODEL_REPO" "$@"

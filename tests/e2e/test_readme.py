@@ -36,6 +36,7 @@ README = (ROOT / "README.md").read_text()
 BIN = Path(sys.executable).parent  # the venv the suite runs in (.venv under scripts/test.sh)
 CALLING = "Calling the server"
 DEFAULT_TARGET, DEFAULT_METRICS = "127.0.0.1:50051", "127.0.0.1:9090"
+DEFAULT_HTTP = "127.0.0.1:8000"  # the REST API
 COMMANDS = ("fashion-train", "fashion-serve", "fashion-predict", "fashion-inspect")
 # The published runs whose figures README "Results" quotes.
 REPORTS = {
@@ -91,7 +92,8 @@ def served(model_repo: Path) -> Iterator[ServerProcess]:
         env.setenv("FASHION_VENV", str(BIN.parent))
         env.setenv("FASHION_MODEL_REPO", str(model_repo))
         command = [str(BIN / "fashion-serve"), "--model-repo", str(model_repo)]
-        ports = ["--port", "0", "--metrics-port", "0", "--log-level", "warning"]
+        ports = ["--port", "0", "--metrics-port", "0", "--http-port", "0"]
+        ports += ["--log-level", "warning"]
         server = start_process([*command, *ports], READY_MARK, timeout_s=120)
     yield server
     assert server.stop() == 0
@@ -108,6 +110,7 @@ def user_shell_env() -> dict[str, str]:
 def localize(text: str, server: ServerProcess) -> str:
     text = text.replace(DEFAULT_TARGET, server.target)
     text = text.replace(DEFAULT_METRICS, f"127.0.0.1:{server.metrics_port}")
+    text = text.replace(DEFAULT_HTTP, f"127.0.0.1:{server.http_port}")
     return text.replace(".venv/bin/activate", shlex.quote(str(BIN / "activate")))
 
 
@@ -134,6 +137,21 @@ def documented_keys(lead: str) -> set[str]:
 def check_output(command: str, out: str, model_repo: Path) -> None:
     """What the README says each kind of command prints."""
     lines = out.splitlines()
+    if f"{DEFAULT_HTTP}/v2" in command:  # the REST API, as the comments and prose say
+        answer = json.loads(out)
+        if command.endswith("/infer"):
+            (output,) = answer["outputs"]
+            assert (answer["model_name"], answer["model_version"]) == ("fashion", "1")
+            assert (output["name"], output["shape"], len(output["data"])) == (
+                "probabilities",
+                [1, 10],
+                10,
+            )
+        elif "/health/ready" in command:
+            assert answer == {"ready": True}
+        else:
+            assert answer["name"] == "fashion" and answer["versions"] == ["1"]
+        return
     if command.startswith("curl "):
         labels = re.search(r"`fashion_model_info\{([^}]*)\}`", section(CALLING))
         assert labels, "README no longer lists fashion_model_info's labels"
