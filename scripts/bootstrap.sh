@@ -87,7 +87,8 @@ WRAPPER
 # they fail instead).
 ensure_container_tools() {
   local missing=() tool
-  for tool in podman:podman runc:runc mmdebstrap:mmdebstrap promtool:prometheus; do
+  # curl: the REST API's tests send what curl sends (tests/e2e/curl.py).
+  for tool in podman:podman runc:runc mmdebstrap:mmdebstrap promtool:prometheus curl:curl; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
   done
   [ "${#missing[@]}" -eq 0 ] && return 0
