@@ -84,12 +84,17 @@ class Scan:
 
 
 def scan_versions(root: Path, model: str = MODEL_NAME) -> Scan:
-    """Versions and ignored names of one model directory. Missing directory -> empty scan."""
+    """Versions and ignored names of one model directory. Missing directory -> empty scan.
+
+    Raises ModelLoadError when the directory exists but cannot be listed (permissions).
+    """
     directory = model_dir(root, model)
     try:
         entries = list(directory.iterdir())
     except (FileNotFoundError, NotADirectoryError):
         return Scan([], [])
+    except OSError as exc:
+        raise ModelLoadError(f"cannot list {directory}: {exc.strerror or exc}") from exc
     versions, ignored = [], []
     for entry in entries:
         number = parse_version_number(entry.name)

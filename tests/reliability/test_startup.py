@@ -173,3 +173,13 @@ def test_the_command_exits_with_its_code_and_its_last_log_line(tmp_path) -> None
         capture_output=True, text=True, timeout=60, env=clean_environ(),
     )  # fmt: skip
     assert result.returncode == 2 and "FASHION_PORT must be an integer" in result.stderr
+
+
+def test_an_unlistable_repository_is_a_start_up_error_not_a_traceback(tmp_path) -> None:
+    (tmp_path / "fashion").symlink_to(tmp_path / "fashion")  # fails to list, even for root
+    result = run_until_exit(
+        "--model-repo", str(tmp_path), "--port", "0", "--metrics-port", "-1", "--http-port", "-1",
+        env=clean_environ(),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "cannot start: cannot list" in result.stderr and "Traceback" not in result.stderr

@@ -139,3 +139,10 @@ def test_variant_file_cannot_escape_the_version_directory(tmp_path) -> None:
     )
     with pytest.raises(ModelLoadError, match=r"secret\.onnx is missing"):
         read_version(tmp_path, 1, variant="int8")
+
+
+def test_an_unlistable_repository_is_a_load_error(tmp_path) -> None:
+    # A symbolic-link loop fails to list for every user (permissions would not stop root).
+    (tmp_path / "fashion").symlink_to(tmp_path / "fashion")
+    with pytest.raises(ModelLoadError, match=r"cannot list .*fashion: Too many levels"):
+        scan_versions(tmp_path)
