@@ -44,7 +44,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     FASHION_MODEL_REPO=/models
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 50051 9090
+EXPOSE 50051 8000 9090
 ENTRYPOINT ["fashion-serve"]
 # `--device cuda` refuses to start rather than fall back to CPU silently. Kubernetes'
 # `command` replaces ENTRYPOINT and CMD: the gpu overlay sets FASHION_DEVICE=cuda instead.

@@ -56,6 +56,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 # Numeric, so Kubernetes can verify runAsNonRoot.
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 50051 9090
+# gRPC, REST (the Open Inference Protocol over HTTP), metrics.
+EXPOSE 50051 8000 9090
 # Exec form: fashion-serve is PID 1 and receives SIGTERM itself (graceful drain).
 ENTRYPOINT ["fashion-serve"]

@@ -174,7 +174,11 @@ def test_probe_ports_container_ports_and_configured_ports_agree(overlay: str) ->
     settings = settings_of(overlay)
     container = server_container(docs)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": settings.port, "metrics": settings.metrics_port}
+    assert ports == {
+        "grpc": settings.port,
+        "http": settings.http_port,
+        "metrics": settings.metrics_port,
+    }
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == settings.port, probe  # numeric, not a name
     assert container["startupProbe"]["grpc"]["service"] == READINESS_SERVICE
@@ -186,9 +190,14 @@ def test_probe_ports_container_ports_and_configured_ports_agree(overlay: str) ->
             assert port["targetPort"] in ports, f"{service['metadata']['name']}: {port}"
             if port["targetPort"] == "grpc":
                 assert port["appProtocol"] in ("kubernetes.io/h2c", "h2c")
+            if port["targetPort"] == "http":
+                assert port["appProtocol"] == "http"
+    # Both Services carry the REST API beside gRPC.
+    for service in (d for d in docs if d["kind"] == "Service"):
+        assert "http" in {p["targetPort"] for p in service["spec"]["ports"]}
     policy = one(docs, "NetworkPolicy")
     allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    assert allowed == {settings.port, settings.metrics_port}
+    assert allowed == {settings.port, settings.http_port, settings.metrics_port}
     assert all("from" not in rule or rule["from"] for rule in policy["spec"]["ingress"])
 
 
@@ -215,9 +224,12 @@ def test_kserve_predictor_settings_are_valid() -> None:
     env = container_env(container, [])
     assert {k for k in env if k.startswith(ENV_PREFIX)} <= KNOWN_SETTINGS
     settings = load_settings(container.get("args", []), env)
+    # Served over REST (KServe's default: the first port, http1), the gRPC port kept (h2c).
     assert container["ports"] == [
-        {"name": "h2c", "containerPort": settings.port, "protocol": "TCP"}
+        {"name": "http1", "containerPort": settings.http_port, "protocol": "TCP"},
+        {"name": "h2c", "containerPort": settings.port, "protocol": "TCP"},
     ]
+    assert settings.http_port > 0
     assert container["readinessProbe"]["grpc"] == {
         "port": settings.port,
         "service": READINESS_SERVICE,
