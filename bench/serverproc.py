@@ -21,11 +21,44 @@ READY_MARK = "fashion-serve: serving on port "
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all threads), from /proc/PID/stat."""
+def _stat_fields(pid: int) -> list[str]:
     stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # the name may contain spaces
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return stat[stat.rindex(")") + 2 :].split()  # the name may contain spaces
+
+
+def descendants(pid: int) -> list[int]:
+    """The live child processes of ``pid``, their children, and so on (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(
+                    int(entry.name)
+                )
+            except (OSError, ValueError, IndexError):
+                continue  # exited while we looked
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all threads) and of its live descendants, from /proc.
+
+    A server that runs its work in child processes (Triton under PyTriton, MLServer's
+    inference workers) is charged for them too.
+    """
+    total = 0
+    for member in [pid, *descendants(pid)]:
+        try:
+            fields = _stat_fields(member)
+        except OSError:
+            continue  # a child that exited in between
+        total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
 
 
 def memory_mib(pid: int) -> dict[str, float]:

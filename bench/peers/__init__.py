@@ -1,0 +1,1 @@
+"""PyTriton and MLServer beside fashion-serve in one run: ``python -m bench.peers``."""

@@ -1,0 +1,227 @@
+"""``python -m bench.peers``: fashion-serve, PyTriton, MLServer, the grpc.aio floor and
+in-process onnxruntime, back to back in one run, on the same published model.
+
+1. Installs PyTriton and MLServer into ``.venv-pytriton`` / ``.venv-mlserver`` (once).
+2. Strips the in-graph preprocessing off the model for them (FP32 input, as a Keras model
+   is served there) and checks parity with ours on real Fashion-MNIST test images.
+3. Drives each server with the same load generator and points (``fashion-bench``'s): ours over
+   Predict, ModelInfer (UINT8), PredictStream and ModelStreamInfer; the peers over ModelInfer
+   with FP32 (and PyTriton's ModelStreamInfer); bench.echo over the same unary APIs.
+4. Optionally ``perf_analyzer`` against each (``--perf-analyzer``), a second yardstick.
+5. Writes peers.json, peers.md and peers.png to ``--out``.
+
+Every server is started here and stopped by PID at the end, whatever happens in between.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import inprocess
+from bench.cli import git_state, machine
+from bench.loadgen import LoadGenerator
+from bench.peers import servers, surgery, table, venvs
+from bench.point import Target, measure
+from bench.serverproc import memory_mib, start_echo, start_server
+
+# (api, images per request, concurrency) driven against each server.
+OURS = [
+    *((api, size, conc) for api in ("oip", "predict") for size, conc in ((1, 1), (1, 32), (32, 8))),
+    ("stream", 1, 32),
+    ("oip-stream", 1, 32),
+]
+FLOOR = [(api, 1, conc) for api in ("oip", "predict") for conc in (1, 32)]
+PEER_UNARY = [("oip-fp32", 1, 1), ("oip-fp32", 1, 32), ("oip-fp32", 32, 8)]
+PEERS = {"pytriton": [*PEER_UNARY, ("oip-fp32-stream", 1, 32)], "mlserver": PEER_UNARY}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__)
+    p.add_argument("--model-repo", type=Path, default=Path("models"))
+    p.add_argument("--model-version", type=int, default=0, help="0 = the newest")
+    p.add_argument("--out", type=Path, default=Path("docs/perf/peers"))
+    p.add_argument("--work", type=Path, default=Path("bench-out/peers"), help="models, logs")
+    p.add_argument("--duration-s", type=float, default=6.0, help="measured time per point")
+    p.add_argument("--warmup-s", type=float, default=1.5)
+    p.add_argument("--processes", type=int, default=2, help="load-generator processes")
+    p.add_argument("--connections", type=int, default=4)
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads everywhere")
+    p.add_argument("--base-port", type=int, default=18000, help="peers' fixed ports from here")
+    p.add_argument("--parity-images", type=int, default=2000, help="test images for parity")
+    p.add_argument("--only", default="ours,floor,pytriton,mlserver", help="servers to run")
+    p.add_argument("--perf-analyzer", action="store_true", help="also perf_analyzer each")
+    p.add_argument("--no-install", action="store_true", help="use the peer venvs as they are")
+    return p
+
+
+def _loadavg() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def _log(message: str) -> None:
+    print(f"bench.peers: {message}", file=sys.stderr, flush=True)
+
+
+def _drive(
+    load: LoadGenerator, target: Target, plan: Sequence[tuple[str, int, int]], args: Any
+) -> list[dict[str, Any]]:
+    points = []
+    for api, size, conc in plan:
+        point = measure(
+            load,
+            target,
+            api=api,
+            size=size,
+            concurrency=conc,
+            connections=args.connections,
+            warmup_s=args.warmup_s,
+            duration_s=args.duration_s,
+        )
+        points.append(point)
+        _log(
+            f"  {api:16} {size:2} x conc {conc:2}: {point['images_per_s']:8.0f} img/s, "
+            f"p50 {point['latency_ms']['p50']} ms, errors {point['errors']}, "
+            f"bad {point['bad_responses']}, server cpu {point['server_cpu_cores']}"
+        )
+    return points
+
+
+def _perf_analyzer(name: str, target: str) -> dict[str, Any]:
+    from bench import triton_perf
+
+    binary = triton_perf.find_binary()
+    if binary is None:
+        return {"error": "perf_analyzer not installed (scripts/bootstrap.sh ensure_perf_analyzer)"}
+    out: dict[str, Any] = {"runs": {}}
+    lines = []
+    for mode, flags in (("unary, 1 image", []), ("unary, -b 8", ["-b", "8"])):
+        argv = triton_perf.command(binary, target, flags, concurrency="1:32:31", interval_ms=2000)
+        code, output = triton_perf.run(argv)
+        if code != 0:
+            last = [line for line in output.splitlines() if line.strip()][-1:] or ["(no output)"]
+            return {"error": f"perf_analyzer exited {code} against {name}: {last[0]}"}
+        points = triton_perf.parse(output)
+        out["runs"][mode] = [
+            {"concurrency": p.concurrency, "throughput": p.throughput, "latency_us": p.latency_us}
+            for p in points
+        ]
+        lines += [
+            f"| {mode} | {p.concurrency} | {p.throughput:,.0f} | {p.latency_us} |" for p in points
+        ]
+    out["table"] = "\n".join(
+        ["| mode | concurrency | images/s | client latency (us) |", "|---|---|---|---|", *lines]
+    )
+    return out
+
+
+def _with_server(
+    results: dict[str, Any],
+    name: str,
+    start: Callable[[], Any],
+    target_of: Callable[[Any], Target],
+    plan: Sequence[tuple[str, int, int]],
+    load: LoadGenerator,
+    args: Any,
+) -> None:
+    _log(f"{name}: starting")
+    server = start()
+    entry: dict[str, Any] = {"cold_start_s": round(server.cold_start_s, 3), "pid": server.pid}
+    results["servers"][name] = entry
+    try:
+        entry["points"] = _drive(load, target_of(server), plan, args)
+        entry["memory_end"] = memory_mib(server.pid)
+        if args.perf_analyzer and name != "floor":
+            results.setdefault("perf_analyzer", {})[name] = _perf_analyzer(name, server.target)
+    finally:
+        entry["exit_code"] = server.stop()
+        _log(f"{name}: stopped (exit {entry['exit_code']})")
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    only = set(args.only.split(","))
+    threads = args.threads or len(os.sched_getaffinity(0))
+    results: dict[str, Any] = {
+        "command": " ".join(["python -m bench.peers", *argv]),
+        "machine": machine(),
+        "git": git_state(),
+        "loadavg_before": _loadavg(),
+        "threads": threads,
+        "duration_s": args.duration_s,
+        "warmup_s": args.warmup_s,
+        "servers": {},
+    }
+    original = inprocess.model_path(args.model_repo, args.model_version)
+    fp32 = surgery.write_fp32_model(original, args.work / "fashion-fp32.onnx")
+    from training.data import load_test_split
+
+    test_images, _, _ = load_test_split()
+    parity = surgery.check_parity(original, fp32, test_images[: args.parity_images])
+    results["parity"] = {**parity.__dict__, "ok": parity.ok, "model": str(original)}
+    _log(f"FP32 model {fp32}: parity {parity}")
+    if not parity.ok:
+        raise SystemExit("bench.peers: the stripped model does not match ours; not measuring")
+    if not args.no_install:
+        for name in ("pytriton", "mlserver"):
+            if name in only:
+                _log(f"ensuring .venv-{name}")
+                venvs.ensure(venvs.ENVS[name], args.work / f"install-{name}.log")
+    before = inprocess.images_per_second(original, [1, 32], threads=threads, duration_s=2.0)
+    server_args = [f"--threads={threads}"]
+    if args.model_version:
+        server_args.append(f"--model-version={args.model_version}")
+    with LoadGenerator(args.processes) as load:
+        if "ours" in only:
+            _with_server(
+                results,
+                "fashion-serve",
+                lambda: start_server(args.model_repo, server_args),
+                lambda s: Target(s.target, f"127.0.0.1:{s.metrics_port}", s.pid),
+                OURS,
+                load,
+                args,
+            )
+        if "floor" in only:
+            _with_server(
+                results,
+                "floor",
+                start_echo,
+                lambda s: Target(s.target, None, s.pid),
+                FLOOR,
+                load,
+                args,
+            )
+        starters = {"pytriton": servers.start_pytriton, "mlserver": servers.start_mlserver}
+        for name, starter in starters.items():
+            if name in only:
+                _with_server(
+                    results,
+                    name,
+                    lambda starter=starter: starter(fp32, args.base_port, args.work, threads),
+                    lambda s: Target(s.target, None, s.pid),
+                    PEERS[name],
+                    load,
+                    args,
+                )
+    after = inprocess.images_per_second(original, [1, 32], threads=threads, duration_s=2.0)
+    results["inprocess_runs"] = {"before": before, "after": after}
+    results["inprocess_images_per_s"] = {str(n): max(before[n], after[n]) for n in before}
+    results["loadavg_after"] = _loadavg()
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    t0 = time.monotonic()
+    results = run(args, argv)
+    results["wall_s"] = round(time.monotonic() - t0, 1)
+    for path in table.write(results, args.out):
+        _log(f"wrote {path}")
+    print(table.ratios_table(table.ratios(results)))
+    return 0 if table.our_errors(results) == 0 else 1

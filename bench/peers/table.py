@@ -1,0 +1,229 @@
+"""One run's measurements -> same-run ratios against the issue's targets (JSON, markdown, plot).
+
+``results["servers"][NAME]["points"]`` holds :func:`bench.point.measure` dicts for each server
+(``fashion-serve``, ``floor`` = bench.echo, ``pytriton``, ``mlserver``);
+``results["inprocess_images_per_s"]`` the in-process onnxruntime limit by batch size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.report import points_table
+
+# The comparison points: (label, images per request, concurrency, what is compared).
+POINTS = (
+    ("1 image, conc 1", 1, 1, "p50"),
+    ("1 image, conc 32", 1, 32, "images_per_s"),
+    ("32 images, conc 8", 32, 8, "images_per_s"),
+)
+PEER_API = "oip-fp32"  # what the ready-made servers are driven with
+OUR_UNARY = ("oip", "predict")
+OUR_STREAMS = ("stream", "oip-stream")
+LABEL = {
+    "oip": "ModelInfer",
+    "predict": "Predict",
+    "stream": "PredictStream",
+    "oip-stream": "ModelStreamInfer",
+    "oip-fp32": "ModelInfer FP32",
+    "oip-fp32-stream": "ModelStreamInfer FP32",
+}
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """``ours / reference`` for one target; ``met`` compares it with ``bound``."""
+
+    target: str
+    api: str
+    ours: float | None
+    reference: float | None
+    bound: float
+    lower_is_better: bool
+
+    @property
+    def ratio(self) -> float | None:
+        if self.ours is None or not self.reference:
+            return None
+        return self.ours / self.reference
+
+    @property
+    def met(self) -> bool | None:
+        r = self.ratio
+        if r is None:
+            return None
+        return r <= self.bound if self.lower_is_better else r >= self.bound
+
+    def as_dict(self) -> dict[str, Any]:
+        r = self.ratio
+        return {
+            "target": self.target,
+            "api": self.api,
+            "ours": self.ours,
+            "reference": self.reference,
+            "ratio": None if r is None else round(r, 3),
+            "bound": self.bound,
+            "lower_is_better": self.lower_is_better,
+            "met": self.met,
+        }
+
+
+def find(results: dict[str, Any], server: str, api: str, size: int, conc: int) -> dict | None:
+    points = results.get("servers", {}).get(server, {}).get("points", [])
+    return next(
+        (p for p in points if (p["api"], p["size"], p["concurrency"]) == (api, size, conc)), None
+    )
+
+
+def value(point: dict[str, Any] | None, metric: str) -> float | None:
+    if point is None:
+        return None
+    v = point["latency_ms"]["p50"] if metric == "p50" else point[metric]
+    return None if v is None else float(v)
+
+
+def ratios(results: dict[str, Any]) -> list[Ratio]:
+    """Every target of the issue, as same-run ratios (missing measurements give None)."""
+    out: list[Ratio] = []
+    limit32 = results.get("inprocess_images_per_s", {}).get("32")
+    for label, size, conc, metric in POINTS:
+        latency = metric == "p50"
+        for api in OUR_UNARY:
+            ours = value(find(results, "fashion-serve", api, size, conc), metric)
+            triton = value(find(results, "pytriton", PEER_API, size, conc), metric)
+            mls = value(find(results, "mlserver", PEER_API, size, conc), metric)
+            if latency:
+                out.append(Ratio(f"{label}: p50 vs PyTriton", api, ours, triton, 0.4, True))
+                out.append(Ratio(f"{label}: p50 vs MLServer", api, ours, mls, 0.5, True))
+                continue
+            out.append(Ratio(f"{label}: images/s vs PyTriton", api, ours, triton, 2.0, False))
+            out.append(Ratio(f"{label}: images/s vs MLServer", api, ours, mls, 2.0, False))
+            if size == 1:
+                floor = value(find(results, "floor", api, size, conc), metric)
+                out.append(Ratio(f"{label}: of the grpc.aio floor", api, ours, floor, 0.7, False))
+            else:
+                ref = None if limit32 is None else float(limit32)
+                out.append(Ratio(f"{label}: of in-process onnxruntime", api, ours, ref, 0.7, False))
+    triton_1x32 = value(find(results, "pytriton", PEER_API, 1, 32), "images_per_s")
+    mls_1x32 = value(find(results, "mlserver", PEER_API, 1, 32), "images_per_s")
+    for api in OUR_STREAMS:
+        ours = value(find(results, "fashion-serve", api, 1, 32), "images_per_s")
+        out.append(
+            Ratio(
+                "1 image, conc 32, streamed: vs PyTriton unary", api, ours, triton_1x32, 3.0, False
+            )
+        )
+        out.append(
+            Ratio("1 image, conc 32, streamed: vs MLServer unary", api, ours, mls_1x32, 2.0, False)
+        )
+    return out
+
+
+def our_errors(results: dict[str, Any]) -> int:
+    points = results.get("servers", {}).get("fashion-serve", {}).get("points", [])
+    return sum(p["errors"] + p["bad_responses"] for p in points)
+
+
+def _num(v: float | None, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:,.{digits}f}"
+
+
+def ratios_table(rows: list[Ratio]) -> str:
+    lines = [
+        "| target | our API | ours | reference | ratio | target ratio | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        digits = 2 if "p50" in r.target else 0
+        bound = f"≤ {r.bound:g}x" if r.lower_is_better else f"≥ {r.bound:g}x"
+        met = {True: "yes", False: "**no**", None: "n/a"}[r.met]
+        ratio = "n/a" if r.ratio is None else f"{r.ratio:.2f}x"
+        lines.append(
+            f"| {r.target} | {LABEL.get(r.api, r.api)} | {_num(r.ours, digits)} "
+            f"| {_num(r.reference, digits)} | {ratio} | {bound} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    rows = ratios(results)
+    parts = [
+        f"Command: `{results.get('command', 'python -m bench.peers')}`",
+        f"Machine: {results.get('machine', '?')}; load average before/after: "
+        f"{results.get('loadavg_before', '?')} / {results.get('loadavg_after', '?')}",
+        "",
+        "In-process onnxruntime (same threads): "
+        + ", ".join(
+            f"batch {n}: {float(v):,.0f} images/s"
+            for n, v in results.get("inprocess_images_per_s", {}).items()
+        ),
+        "",
+        "## Ratios (ours / reference, this run)",
+        "",
+        ratios_table(rows),
+        "",
+        f"Errors and wrong-sized answers at our points: {our_errors(results)}.",
+        "",
+        "Cold start to ready: "
+        + ", ".join(
+            f"{name} {_num(server.get('cold_start_s'))} s"
+            for name, server in results.get("servers", {}).items()
+            if server.get("cold_start_s") is not None
+        ),
+        "",
+    ]
+    for name, server in results.get("servers", {}).items():
+        parts += [f"## {name}", "", points_table(server.get("points", [])), ""]
+    for name, pa in results.get("perf_analyzer", {}).items():
+        parts += [
+            f"## perf_analyzer against {name}",
+            "",
+            pa.get("table") or pa.get("error", ""),
+            "",
+        ]
+    return "\n".join(parts)
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    """The ratios as bars, each beside its target; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [r for r in ratios(results) if r.ratio is not None]
+    if not rows:
+        return False
+    fig, ax = plt.subplots(figsize=(10, 0.38 * len(rows) + 1.2))
+    names = [f"{r.target} [{LABEL.get(r.api, r.api)}]" for r in rows]
+    # Latency targets are shown inverted (reference / ours) so that right is better for all.
+    shown = [1 / r.ratio if r.lower_is_better else r.ratio for r in rows if r.ratio]
+    bounds = [1 / r.bound if r.lower_is_better else r.bound for r in rows]
+    colours = ["tab:green" if r.met else "tab:red" for r in rows]
+    y = range(len(rows))
+    ax.barh(list(y), shown, color=colours)
+    ax.scatter(bounds, list(y), marker="|", s=300, color="black", label="target")
+    ax.set_yticks(list(y), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio, same run (better to the right; p50 shown as reference/ours)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {**results, "ratios": [r.as_dict() for r in ratios(results)]}
+    written = [out_dir / "peers.json", out_dir / "peers.md"]
+    written[0].write_text(json.dumps(results, indent=2) + "\n")
+    written[1].write_text(markdown(results) + "\n")
+    if plot(results, out_dir / "peers.png"):
+        written.append(out_dir / "peers.png")
+    return written

@@ -1,0 +1,199 @@
+"""bench.peers without the peers: model surgery and its parity, FP32 payloads, the ratio
+table, the venv marker and the process-tree accounting. The full peer run is a benchmark."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from bench.payload import answered_images, request_bytes
+from bench.peers import surgery, table
+from bench.peers.venvs import PeerEnv
+from bench.serverproc import cpu_seconds, descendants
+from server._proto.inference import grpc_predict_v2_pb2 as oip
+from training.data import load_test_split
+
+
+@pytest.fixture(scope="module")
+def stripped(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    original = model_repo / "fashion" / "1" / "model.onnx"
+    out = tmp_path_factory.mktemp("peers") / "fashion-fp32.onnx"
+    return original, surgery.write_fp32_model(original, out)
+
+
+def test_stripped_model_takes_keras_input_and_has_no_preprocessing(stripped):
+    model = onnx.load(str(stripped[1]))
+    (graph_input,) = model.graph.input
+    dims = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+    assert graph_input.name == "images"
+    assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert dims == ["batch", 28, 28, 1]
+    readers = [n.op_type for n in model.graph.node if "images" in n.input]
+    assert readers and not set(readers) & set(surgery.PREPROCESSING_OPS)
+    assert len(onnx.load(str(stripped[0])).graph.node) - len(model.graph.node) == 3
+    assert [o.name for o in model.graph.output] == ["probabilities"]
+
+
+def test_stripped_model_answers_like_ours_on_real_test_images(stripped):
+    images, _, _ = load_test_split()
+    parity = surgery.check_parity(*stripped, images[:500])
+    assert parity.images == 500
+    assert parity.ok, parity
+
+
+def test_a_model_without_uint8_preprocessing_is_refused(stripped):
+    with pytest.raises(surgery.SurgeryError, match="not uint8"):
+        surgery.strip_preprocessing(onnx.load(str(stripped[1])))
+
+
+def test_fp32_request_carries_the_scaled_images_with_a_channel_axis():
+    batch = np.arange(2 * 28 * 28, dtype=np.uint32).reshape(2, 28, 28).astype(np.uint8)
+    request = oip.ModelInferRequest.FromString(request_bytes("oip-fp32", batch))
+    (tensor,) = request.inputs
+    assert (request.model_name, tensor.name, tensor.datatype) == ("fashion", "images", "FP32")
+    assert list(tensor.shape) == [2, 28, 28, 1]
+    sent = np.frombuffer(request.raw_input_contents[0], "<f4").reshape(2, 28, 28, 1)
+    np.testing.assert_array_equal(sent, surgery.to_float(batch))
+
+
+def _response(n: int, *, raw: bool) -> oip.ModelInferResponse:
+    probs = np.full((n, 10), 0.1, "<f4")
+    out = oip.ModelInferResponse.InferOutputTensor(
+        name="probabilities", datatype="FP32", shape=[n, 10]
+    )
+    if raw:
+        return oip.ModelInferResponse(outputs=[out], raw_output_contents=[probs.tobytes()])
+    out.contents.fp32_contents.extend(probs.ravel().tolist())
+    return oip.ModelInferResponse(outputs=[out])
+
+
+def test_answers_are_counted_in_raw_and_typed_contents_and_streamed():
+    assert answered_images("oip-fp32", _response(3, raw=True).SerializeToString()) == 3
+    assert answered_images("oip-fp32", _response(3, raw=False).SerializeToString()) == 3
+    streamed = oip.ModelStreamInferResponse(infer_response=_response(2, raw=True))
+    assert answered_images("oip-stream", streamed.SerializeToString()) == 2
+    failed = oip.ModelStreamInferResponse(
+        error_message="boom", infer_response=_response(2, raw=True)
+    )
+    assert answered_images("oip-fp32-stream", failed.SerializeToString()) == 0
+
+
+def _point(api: str, size: int, conc: int, images_per_s: float, p50: float) -> dict:
+    return {
+        "api": api,
+        "size": size,
+        "concurrency": conc,
+        "duration_s": 1.0,
+        "requests": 10,
+        "requests_per_s": images_per_s / size,
+        "images_per_s": images_per_s,
+        "latency_ms": {"p50": p50, "p90": p50, "p99": p50, "max": p50},
+        "errors": 0,
+        "errors_by_code": {},
+        "bad_responses": 0,
+        "server_errors": None,
+        "server_cpu_cores": 1.0,
+        "server_cpu_ms_per_request": 1.0,
+        "client_cpu_cores": 0.5,
+        "client_processes": 1,
+        "mean_batch_size": None,
+    }
+
+
+def _results() -> dict:
+    ours = [
+        _point("oip", 1, 1, 500, 1.0),
+        _point("oip", 1, 32, 2100, 15.0),
+        _point("oip", 32, 8, 9000, 20.0),
+        _point("oip-stream", 1, 32, 3500, 9.0),
+    ]
+    return {
+        "servers": {
+            "fashion-serve": {"cold_start_s": 0.3, "points": ours},
+            "floor": {"points": [_point("oip", 1, 32, 3000, 10.0)]},
+            "pytriton": {
+                "points": [
+                    _point("oip-fp32", 1, 1, 150, 4.0),
+                    _point("oip-fp32", 1, 32, 1000, 30.0),
+                    _point("oip-fp32", 32, 8, 5000, 50.0),
+                ]
+            },
+        },
+        "inprocess_images_per_s": {"1": 9000.0, "32": 12000.0},
+    }
+
+
+def _row(rows: list[table.Ratio], target: str, api: str) -> table.Ratio:
+    return next(r for r in rows if r.target == target and r.api == api)
+
+
+def test_ratios_are_judged_against_the_issue_targets():
+    rows = table.ratios(_results())
+    p50 = _row(rows, "1 image, conc 1: p50 vs PyTriton", "oip")
+    assert (p50.ratio, p50.met) == (0.25, True)  # 1.0 / 4.0 <= 0.4
+    c32 = _row(rows, "1 image, conc 32: images/s vs PyTriton", "oip")
+    assert (c32.ratio, c32.met) == (2.1, True)
+    floor = _row(rows, "1 image, conc 32: of the grpc.aio floor", "oip")
+    assert (floor.ratio, floor.met) == (0.7, True)
+    batch = _row(rows, "32 images, conc 8: of in-process onnxruntime", "oip")
+    assert (batch.ratio, batch.met) == (0.75, True)
+    vs_triton = _row(rows, "32 images, conc 8: images/s vs PyTriton", "oip")
+    assert (vs_triton.ratio, vs_triton.met) == (1.8, False)
+    stream = _row(rows, "1 image, conc 32, streamed: vs PyTriton unary", "oip-stream")
+    assert (stream.ratio, stream.met) == (3.5, True)
+
+
+def test_a_server_not_measured_gives_no_verdict_instead_of_a_pass():
+    rows = table.ratios(_results())
+    mls = _row(rows, "1 image, conc 32: images/s vs MLServer", "oip")
+    predict = _row(rows, "1 image, conc 1: p50 vs PyTriton", "predict")
+    assert (mls.ratio, mls.met) == (None, None)
+    assert (predict.ratio, predict.met) == (None, None)
+    assert "| n/a |" in table.ratios_table([mls])
+
+
+def test_write_produces_json_markdown_and_plot(tmp_path):
+    written = table.write(_results(), tmp_path)
+    assert {p.name for p in written} >= {"peers.json", "peers.md"}
+    text = (tmp_path / "peers.md").read_text()
+    assert "| 1 image, conc 32: images/s vs PyTriton | ModelInfer | 2,100 | 1,000 | 2.10x" in text
+    assert "Errors and wrong-sized answers at our points: 0." in text
+
+
+def test_a_venv_is_reinstalled_when_its_pins_change(tmp_path):
+    env = PeerEnv("x", tmp_path, ("pkg==1",))
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").write_text("")
+    assert not env.installed()
+    (tmp_path / "bench-peers-pins.txt").write_text("pkg==1\n")
+    assert env.installed()
+    assert not PeerEnv("x", tmp_path, ("pkg==2",)).installed()
+
+
+def test_server_cpu_includes_the_process_tree():
+    # A child starts a grandchild, waits until it has run some Python, says its pid, then
+    # waits for stdin to close.
+    grand = "import sys; sum(range(10**6)); print(flush=True); sys.stdin.read()"
+    code = (
+        "import subprocess, sys\n"
+        f"g = subprocess.Popen([sys.executable, '-c', {grand!r}], stdin=subprocess.PIPE,"
+        " stdout=subprocess.PIPE)\n"
+        "g.stdout.readline()\n"
+        "print(g.pid, flush=True)\n"
+        "sys.stdin.read(); g.stdin.close(); g.wait()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as child:
+        grandchild = int(child.stdout.readline())
+        try:
+            assert grandchild in descendants(child.pid)
+            assert cpu_seconds(child.pid) >= cpu_seconds(grandchild) > 0.0
+        finally:
+            child.stdin.close()
+            child.wait(10)
