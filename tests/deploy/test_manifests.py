@@ -181,8 +181,12 @@ def test_probe_ports_container_ports_and_configured_ports_agree(overlay: str) ->
     }
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == settings.port, probe  # numeric, not a name
-    assert container["startupProbe"]["grpc"]["service"] == READINESS_SERVICE
+    # Startup and liveness ask whether the process works (service ""), which a server waiting
+    # for its first model does: probing readiness there would kill it on a first deploy.
+    assert container["startupProbe"]["grpc"].get("service", "") == ""
+    assert container["livenessProbe"]["grpc"].get("service", "") == ""
     assert container["readinessProbe"]["grpc"]["service"] == READINESS_SERVICE
+    assert settings.wait_for_model, "a first deploy must wait for the training Job, not exit"
     annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(settings.metrics_port)
     for service in (d for d in docs if d["kind"] == "Service"):
@@ -199,6 +203,24 @@ def test_probe_ports_container_ports_and_configured_ports_agree(overlay: str) ->
     allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
     assert allowed == {settings.port, settings.http_port, settings.metrics_port}
     assert all("from" not in rule or rule["from"] for rule in policy["spec"]["ingress"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policy_denies_all_egress(overlay: str) -> None:
+    # The server only answers: no DNS, no telemetry, the model comes from the volume. An
+    # Egress policy type with no rules denies everything; without the type, all is allowed.
+    policy = one(render(f"overlays/{overlay}"), "NetworkPolicy")
+    assert "Egress" in policy["spec"]["policyTypes"]
+    assert policy["spec"].get("egress", []) == []
+
+
+def test_training_job_is_cut_off_from_the_network() -> None:
+    docs = render("training")
+    labels = one(docs, "Job")["spec"]["template"]["metadata"]["labels"]
+    policy = one(docs, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert sorted(policy["spec"]["policyTypes"]) == ["Egress", "Ingress"]
+    assert not policy["spec"].get("egress") and not policy["spec"].get("ingress")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -234,6 +256,9 @@ def test_kserve_predictor_settings_are_valid() -> None:
         "port": settings.port,
         "service": READINESS_SERVICE,
     }
+    assert container["startupProbe"]["grpc"] == {"port": settings.port}
+    assert container["livenessProbe"]["grpc"] == {"port": settings.port}
+    assert settings.wait_for_model
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert str(settings.model_repo) in mounts
 
@@ -291,6 +316,13 @@ def test_every_container_sets_cpu_and_memory_requests_and_limits() -> None:
                 assert {"cpu", "memory"} <= resources.get(kind, {}).keys(), (
                     f"{name}: {where}/{container['name']} lacks {kind}"
                 )
+
+
+def test_no_pod_gets_service_link_variables() -> None:
+    # Otherwise the kubelet adds <SERVICE>_SERVICE_HOST, <SERVICE>_PORT=tcp://... for every
+    # Service in the namespace: FASHION_SERVING_*, FASHION_PREDICTOR_* in our own pods.
+    for name, where, spec in all_pods():
+        assert spec.get("enableServiceLinks") is False, f"{name}: {where}"
 
 
 def test_every_pod_is_hardened() -> None:
