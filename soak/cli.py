@@ -2,7 +2,8 @@
 mixed traffic for a fixed time, inject a hot reload (next to repository entries it must
 step over: names that are not versions, a symlinked alias, a newer version with unreadable
 metadata) and a client cancellation storm in the middle, and check: zero unexpected
-errors, every valid answer correct, resident memory growth under 10 % after warm-up.
+errors, every valid answer correct, resident memory growth under 10 % over the steady
+traffic after the reload (and the reload's own step under 30 %).
 Prints (and optionally writes) a JSON report; exit status 1 when a check fails."""
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def publish_copy(repo: Path) -> int:
     return current + 1
 
 
+# A reload may keep one model's worth of memory (~25 MiB on ~125 MiB): more is a regression.
+MAX_RELOAD_STEP_PCT = 30
+
 # Repository entries a reload must step over (docs/RELIABILITY.md, issue #17 items 4, 5, 11):
 # names that are not versions, and a newer version whose metadata cannot be parsed.
 NOT_VERSIONS = ("99999999999999999999", "\u00b2", "\uff17")
@@ -84,13 +88,16 @@ async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
             workers = [asyncio.create_task(traffic.worker(stop)) for _ in range(args.clients)]
             await asyncio.sleep(args.warmup_s)
             rss_start = memory_mib(server.pid)["rss_mib"]
-            await asyncio.sleep(args.duration_s / 2)
+            await asyncio.sleep(args.duration_s / 4)
             published = publish_copy(repo)
             # Hostile entries above and beside it: the reload must still take `published`.
             report["hostile_entries"] = plant_hostile_entries(repo, published)
             report["reloaded_to_version"] = published
             server.process.send_signal(signal.SIGHUP)
             await traffic.cancellation_storm(args.storm)
+            await asyncio.sleep(args.duration_s / 4)
+            # Leaks are measured from here: a reload has a one-time cost of its own (below).
+            rss_reloaded = memory_mib(server.pid)["rss_mib"]
             await asyncio.sleep(args.duration_s / 2)
             rss_end = memory_mib(server.pid)["rss_mib"]
             stop.set()
@@ -113,13 +120,20 @@ async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
             "p99": round(float(np.percentile(lat, 99)), 2),
             "max": round(float(lat.max()), 2),
         },
-        rss_mib={"after_warmup": rss_start, "end": rss_end},
+        rss_mib={"after_warmup": rss_start, "after_reload": rss_reloaded, "end": rss_end},
         rss_growth_pct=round(100 * (rss_end - rss_start) / rss_start, 2),
+        # Steady traffic after the reload: what a leak per request would show.
+        rss_growth_after_reload_pct=round(100 * (rss_end - rss_reloaded) / rss_reloaded, 2),
+        # One reload's cost: in about half the runs the new version's onnxruntime memory
+        # lands in a new ~25 MiB region that stays (docs/RELIABILITY.md). A version that
+        # is never freed is caught exactly by tests/reliability/test_hot_reload.py.
+        rss_reload_step_pct=round(100 * (rss_reloaded - rss_start) / rss_start, 2),
     )
     report["passed"] = (
         not tally.unexpected
         and tally.wrong_answers == 0
-        and report["rss_growth_pct"] < 10
+        and report["rss_growth_after_reload_pct"] < 10
+        and report["rss_reload_step_pct"] < MAX_RELOAD_STEP_PCT
         and report["server_exit_code"] == 0
         and str(report["reloaded_to_version"]) in tally.versions_seen
     )

@@ -186,3 +186,31 @@ async def test_kill_9_during_export_leaves_no_visible_version(start_app, private
 def test_wrong_signature_model_is_itself_valid_onnx() -> None:
     # So the "signature" case above is refused for its signature, not as garbage.
     onnx.checker.check_model(onnx.load_from_string(wrong_signature_model()))
+
+
+async def test_a_replaced_version_is_freed(start_app, private_repo) -> None:
+    """A reload must not keep the old version (its onnxruntime session is ~25 MiB): once the
+    batches that ran on it are done, nothing refers to it. The soak's memory check leaves
+    one reload's step to this test (docs/RELIABILITY.md)."""
+    import gc
+    import weakref
+
+    app = await start_app(private_repo, poll_interval_s=0)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.PredictionServiceStub(channel)
+        old = weakref.ref(app.manager.current)
+        stop = asyncio.Event()
+
+        async def traffic() -> None:
+            while not stop.is_set():
+                await predict_version(stub)
+
+        clients = [asyncio.create_task(traffic()) for _ in range(4)]
+        for version in (2, 3):
+            add_version(private_repo, version)
+            assert (await app.reload()).version == version
+        stop.set()
+        await asyncio.gather(*clients)
+        assert await predict_version(stub) == 3
+    gc.collect()
+    assert old() is None, gc.get_referrers(old())

@@ -39,5 +39,6 @@ def test_short_soak_has_no_unexpected_errors_and_no_wrong_answers(model_repo, tm
     assert report["versions_seen"] == ["1", "2"]
     assert len(report["hostile_entries"]) == 5
     assert report["cancelled_by_client"] > 0
-    assert report["rss_growth_pct"] < 10
+    assert report["rss_growth_after_reload_pct"] < 10
+    assert report["rss_reload_step_pct"] < 30
     assert report["server_exit_code"] == 0
