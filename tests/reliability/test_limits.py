@@ -12,6 +12,7 @@ import contextlib
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
@@ -65,6 +66,11 @@ async def test_the_server_refuses_rpcs_beyond_max_concurrent_rpcs(start_app) -> 
         streams = [call for ch in channels for call in await open_idle_streams(ch, 2)]
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await predict(channels[0])
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Health checks count too (README): a flood that reaches the limit fails liveness.
+        health = health_pb2_grpc.HealthStub(channels[2])
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         streams.pop().cancel()
         # A freed slot is taken again.
