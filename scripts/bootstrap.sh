@@ -12,6 +12,10 @@ DEBIAN_DATA=/usr/share/datasets/fashion-mnist
 # tritonclient 2.41's wheel (bin/perf_analyzer), installed without its Python dependencies.
 PERF_VENV="${FASHION_PERF_VENV:-$ROOT/.venv-perf}"
 PERF_PACKAGES=(tritonclient==2.41.0 nvidia-cuda-runtime-cu12==12.9.79)
+# KServe's own Python REST client, for tests_tritonclient/test_http_kserve.py. A venv of its
+# own: kserve 0.21 needs psutil<6, the dev extra pins psutil 7 (README "Development").
+KSERVE_VENV="$ROOT/.venv-kserve"
+KSERVE_PACKAGES=(kserve==0.21.0)
 
 ensure_venv() {
   local extras="$1"
@@ -78,6 +82,20 @@ WRAPPER
     touch "$stamp"
   fi
   export PERF_ANALYZER="$PERF_VENV/perf_analyzer"
+}
+
+ensure_kserve_client() {
+  local stamp="$KSERVE_VENV/.installed-$(echo "${KSERVE_PACKAGES[*]}" | sha256sum | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    echo "==> installing KServe's client (${KSERVE_PACKAGES[*]}) into $KSERVE_VENV"
+    rm -rf "$KSERVE_VENV"
+    "$PYTHON" -m venv "$KSERVE_VENV"
+    "$KSERVE_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+      "${KSERVE_PACKAGES[@]}"
+    "$KSERVE_VENV/bin/python" -c 'import kserve'
+    touch "$stamp"
+  fi
+  export KSERVE_PYTHON="$KSERVE_VENV/bin/python"
 }
 
 # The container tests (tests/deploy/test_containers.py) build and run the images with podman

@@ -11,6 +11,7 @@ ensure_venv train,dev
 ensure_data
 ensure_container_tools
 ensure_perf_analyzer  # tests_tritonclient runs Triton's perf_analyzer against the server
+ensure_kserve_client  # tests_tritonclient runs KServe's REST client against the server
 cd "$ROOT"
 if [ "$#" -gt 0 ]; then
   exec "$VENV/bin/python" -m pytest "$@"

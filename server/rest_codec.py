@@ -33,7 +33,9 @@ from server.repository import MODEL_NAME
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _ITEM_BYTES = {"UINT8": 1, "FP32": 4}
-_REQUEST_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
+# model_name / model_version are not in the KServe v2 request schema, but KServe's own
+# client sends them: accepted when they agree with the path.
+_REQUEST_KEYS = frozenset({"id", "parameters", "inputs", "outputs", "model_name", "model_version"})
 _INPUT_KEYS = frozenset({"name", "shape", "datatype", "parameters", "data"})
 _OUTPUT_KEYS = frozenset({"name", "parameters"})
 # Request parameters understood here; any other is refused, never silently ignored.
@@ -81,6 +83,21 @@ def _type_name(value: object) -> str:
     )
 
 
+def _shown(value: object) -> str:
+    """Client JSON for a message: strings cut, containers by type, never echoed whole."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 32 else f"{value[:32]!r}... ({len(value)} characters)"
+    if value is None or isinstance(value, bool | int | float):
+        text = repr(value)
+        return text if len(text) <= 32 else f"{text[:32]}..."
+    return _type_name(value)
+
+
+def _names(keys: list[str]) -> str:
+    """Up to eight client field names, each cut, as a list for a message."""
+    return "[" + ", ".join(_shown(k) for k in keys[:8]) + (", ...]" if len(keys) > 8 else "]")
+
+
 def parse_header_length(value: str | None, body_length: int) -> int | None:
     """The ``Inference-Header-Content-Length`` header -> how many leading bytes are JSON."""
     if value is None:
@@ -111,11 +128,21 @@ def parse_infer_body(
     unknown = sorted(k for k in document if k not in _REQUEST_KEYS)
     if unknown:
         raise InvalidInput(
-            f"unknown request fields {unknown[:8]}; expected {sorted(_REQUEST_KEYS)}"
+            f"unknown request fields {_names(unknown)}; expected {sorted(_REQUEST_KEYS)}"
         )
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
         raise InvalidInput(f"'id' must be a string, got {_type_name(request_id)}")
+    for key, in_path in (("model_name", model_name), ("model_version", model_version)):
+        named = document.get(key, in_path)
+        if not isinstance(named, str):
+            raise InvalidInput(f"{key!r} must be a string, got {_type_name(named)}")
+        if named != in_path and (key == "model_name" or in_path):
+            raise InvalidInput(
+                f"the body's {key} {named[:32]!r} differs from the path's {in_path[:32]!r}"
+            )
+        if key == "model_version" and not in_path:
+            model_version = named  # a version named only in the body is the one asked for
     parameters = _parameters(document.get("parameters", {}), "request")
     _check_request_parameters(parameters)
     inputs = document.get("inputs")
@@ -139,7 +166,7 @@ def _check_request_parameters(parameters: dict[str, Any]) -> None:
     unsupported = sorted(k for k in parameters if k not in _REQUEST_PARAMETERS)
     if unsupported:
         raise InvalidInput(
-            f"request parameters {unsupported[:8]} are not supported "
+            f"request parameters {_names(unsupported)} are not supported "
             f"(supported: {sorted(_REQUEST_PARAMETERS)})"
         )
     if not isinstance(parameters.get("binary_data_output", False), bool):
@@ -155,12 +182,13 @@ def _check_outputs(body: InferBody) -> bool:
     for output in body.outputs or ():
         unknown = sorted(k for k in output if k not in _OUTPUT_KEYS)
         if unknown:
-            raise InvalidInput(f"unknown output fields {unknown[:8]}; expected name, parameters")
+            raise InvalidInput(
+                f"unknown output fields {_names(unknown)}; expected name, parameters"
+            )
         name = output.get("name")
         if name != OUTPUT_NAME:
-            shown = name[:32] if isinstance(name, str) else name
             raise InvalidInput(
-                f"unknown output {shown!r}; this model has one output {OUTPUT_NAME!r}"
+                f"unknown output {_shown(name)}; this model has one output {OUTPUT_NAME!r}"
             )
         parameters = _parameters(output.get("parameters", {}), "output")
         if "classification" in parameters:
@@ -170,7 +198,7 @@ def _check_outputs(body: InferBody) -> bool:
             )
         unsupported = sorted(k for k in parameters if k != "binary_data")
         if unsupported:
-            raise InvalidInput(f"output parameters {unsupported[:8]} are not supported")
+            raise InvalidInput(f"output parameters {_names(unsupported)} are not supported")
         wanted = parameters.get("binary_data", binary)
         if not isinstance(wanted, bool):
             raise InvalidInput("output parameter 'binary_data' must be a boolean")
@@ -222,17 +250,18 @@ def _json_values(data: object, datatype: str, shape: list[int], count: int) -> b
 def decode_images(body: InferBody, max_images: int) -> np.ndarray:
     """The body's ``images`` tensor -> uint8 [N, 28, 28] (the gRPC decoder does the last step)."""
     if len(body.inputs) != 1 or body.inputs[0].get("name") != INPUT_NAME:
-        names = [t.get("name") for t in body.inputs[:8]]
-        raise InvalidInput(f"expected exactly one input named {INPUT_NAME!r}, got {names}")
+        names = ", ".join(_shown(t.get("name")) for t in body.inputs[:8])
+        raise InvalidInput(f"expected exactly one input named {INPUT_NAME!r}, got [{names}]")
     tensor = body.inputs[0]
     unknown = sorted(k for k in tensor if k not in _INPUT_KEYS)
     if unknown:
-        raise InvalidInput(f"unknown input fields {unknown[:8]}; expected {sorted(_INPUT_KEYS)}")
+        raise InvalidInput(
+            f"unknown input fields {_names(unknown)}; expected {sorted(_INPUT_KEYS)}"
+        )
     datatype = tensor.get("datatype")
     if not isinstance(datatype, str) or datatype not in _ITEM_BYTES:
-        shown = datatype[:32] if isinstance(datatype, str) else datatype
         raise InvalidInput(
-            f"input {INPUT_NAME!r} has datatype {shown!r}; expected UINT8 "
+            f"input {INPUT_NAME!r} has datatype {_shown(datatype)}; expected UINT8 "
             "(or FP32 pixel values in [0, 1])"
         )
     shape = tensor.get("shape")
@@ -249,7 +278,7 @@ def decode_images(body: InferBody, max_images: int) -> np.ndarray:
     parameters = _parameters(tensor.get("parameters", {}), "input")
     unsupported = sorted(k for k in parameters if k != "binary_data_size")
     if unsupported:
-        raise InvalidInput(f"input parameters {unsupported[:8]} are not supported")
+        raise InvalidInput(f"input parameters {_names(unsupported)} are not supported")
     size = parameters.get("binary_data_size")
     if size is not None:
         if "data" in tensor:
@@ -259,7 +288,7 @@ def decode_images(body: InferBody, max_images: int) -> np.ndarray:
         needed = count * _ITEM_BYTES[datatype]
         if type(size) is not int or size != needed:
             raise InvalidInput(
-                f"input {INPUT_NAME!r} binary_data_size is {size!r}; shape {shape} of "
+                f"input {INPUT_NAME!r} binary_data_size is {_shown(size)}; shape {shape} of "
                 f"{datatype} needs {needed}"
             )
         if len(body.binary) != size:

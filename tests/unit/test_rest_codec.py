@@ -215,3 +215,21 @@ def test_one_http_status_per_code_as_the_readme_table_says() -> None:
         Code.INTERNAL: 500,
     }
     assert {code: HTTP_STATUS[code] for code in expected} == expected
+
+
+def test_model_name_and_version_in_the_body_must_agree_with_the_path() -> None:
+    base = {"inputs": []}
+
+    def parse(document: dict, version: str = ""):
+        body = json.dumps({**base, **document}).encode()
+        return parse_infer_body(body, None, model_name="fashion", model_version=version)
+
+    assert parse({"model_name": "fashion", "model_version": "1"}, "1").model_version == "1"
+    assert parse({"model_version": "2"}).model_version == "2"  # named only in the body
+    for document, version in (
+        ({"model_name": "other"}, ""),
+        ({"model_version": "2"}, "1"),
+        ({"model_name": 3}, ""),
+    ):
+        with pytest.raises(InvalidInput, match="model_"):
+            parse(document, version)
