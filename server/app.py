@@ -22,6 +22,7 @@ from server.metrics import Metrics
 from server.model import LoadedModel
 from server.oip import SERVICE as OIP_SERVICE
 from server.readiness import Phase
+from server.rest import RestApi, http_ssl_context
 from server.servicer import SERVICE as PREDICTION_SERVICE
 from server.servicer import SERVICE_NAME, PredictionServicer
 from server.status import add_service
@@ -113,6 +114,9 @@ class App:
         self.port = 0
         self.metrics_port = 0
         self.http: HttpServer | None = None
+        # The Open Inference Protocol REST API (server/rest.py) on --http-port.
+        self.http_port = 0
+        self.rest: HttpServer | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._reload = asyncio.Event()
 
@@ -156,11 +160,38 @@ class App:
                 raise
             self.http = http
             self.metrics_port = http.port
+        if s.http_port >= 0:
+            await self._open_rest()
         logger.info(
-            "listening on %s (gRPC), metrics on port %s",
+            "listening on %s (gRPC), HTTP on port %s, metrics on port %s",
             _bind_address(s.host, self.port),
+            self.http_port or "off",
             self.metrics_port or "off",
         )
+
+    async def _open_rest(self) -> None:
+        s = self.settings
+        rest = HttpServer(
+            host=s.host,
+            port=s.http_port,
+            registry=None,
+            flag="--http-port",
+            ssl_context=http_ssl_context(s),
+            client_max_size=s.max_message_bytes,
+            shutdown_timeout_s=s.grace_s,
+        )
+        RestApi(self.plane, s).add_routes(rest.app)
+        try:
+            await rest.start()
+        except ConfigError:
+            assert self.server is not None
+            await self.server.stop(0)
+            if self.http is not None:
+                await self.http.stop()
+                self.http = None
+            raise
+        self.rest = rest
+        self.http_port = rest.port
 
     async def load(self) -> None:
         """Load and warm the model off the event loop, then report SERVING.
@@ -286,7 +317,12 @@ class App:
             # ran. A short settle window lets each of them reach the closed gate
             # and get an explicit, retryable UNAVAILABLE instead.
             await asyncio.sleep(min(SETTLE_S, grace))
-            await self.server.stop(grace)
+            # In-flight REST requests finish too (aiohttp waits for them), in the same grace.
+            await asyncio.gather(
+                self.server.stop(grace),
+                *([self.rest.stop()] if self.rest is not None else []),
+            )
+            self.rest = None
         await self.plane.stop()
         if self.http is not None:
             await self.http.stop()

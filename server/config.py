@@ -80,6 +80,12 @@ class Settings:
     metrics_port: int = _setting(
         9090, "HTTP port for /metrics (0 = any free port, -1 = off)", min=-1, max=65535
     )
+    http_port: int = _setting(
+        8000,
+        "HTTP port of the Open Inference Protocol REST API (0 = any free port, -1 = off)",
+        min=-1,
+        max=65535,
+    )
     device: str = _setting(
         "cpu", "execution provider: cpu, cuda (no fallback) or auto", choices=DEVICES
     )

@@ -17,8 +17,9 @@ from server.errors import ConfigError, ServingError
 logger = logging.getLogger("server")
 # Printed on stdout when the server is ready (scripts and the tests wait for it), and
 # with --wait-for-model, earlier, when it is live and waiting for a first version.
-READY_LINE = "fashion-serve: serving on port {port} metrics {metrics}"
-WAITING_LINE = "fashion-serve: waiting for a model on port {port} metrics {metrics}"
+# Words after "port": "N metrics M http H" (0 = that port is off).
+READY_LINE = "fashion-serve: serving on port {port} metrics {metrics} http {http}"
+WAITING_LINE = "fashion-serve: waiting for a model on port {port} metrics {metrics} http {http}"
 
 
 async def serve(settings: Settings) -> int:
@@ -35,7 +36,7 @@ async def serve(settings: Settings) -> int:
     except ServingError as exc:
         logger.error("cannot start: %s", exc)
         return 1
-    lines = {"port": app.port, "metrics": app.metrics_port}
+    lines = {"port": app.port, "metrics": app.metrics_port, "http": app.http_port}
     if settings.wait_for_model:
         print(WAITING_LINE.format(**lines), flush=True)
     # Loading (or waiting for a first version) races SIGTERM: a pod deleted while it
