@@ -79,6 +79,8 @@ def start_process(model_repo: Path, *extra: str) -> tuple[subprocess.Popen[str],
         "0",
         "--metrics-port",
         "0",
+        "--http-port",
+        "0",
         "--grace-s",
         "10",
         *extra,
@@ -143,8 +145,9 @@ def run_until_exit(*args: str, env: dict[str, str] | None = None) -> subprocess.
 
 def test_cuda_without_cuda_refuses_to_start(model_repo) -> None:
     result = run_until_exit(
-        "--model-repo", str(model_repo), "--port", "0", "--metrics-port", "-1", "--device", "cuda"
-    )
+        "--model-repo", str(model_repo), "--port", "0", "--metrics-port", "-1", "--http-port", "-1",
+        "--device", "cuda",
+    )  # fmt: skip
     assert result.returncode == 1
     assert "CUDAExecutionProvider" in result.stderr and "--device" in result.stderr
 
@@ -158,7 +161,9 @@ def test_invalid_setting_exits_2_with_the_name(model_repo) -> None:
 
 
 def test_empty_repository_exits_1_with_advice(tmp_path) -> None:
-    result = run_until_exit("--model-repo", str(tmp_path), "--port", "0", "--metrics-port", "-1")
+    result = run_until_exit(
+        "--model-repo", str(tmp_path), "--port", "0", "--metrics-port", "-1", "--http-port", "-1"
+    )
     assert result.returncode == 1
     assert "no model version" in result.stderr and "fashion-train" in result.stderr
 
@@ -170,9 +175,10 @@ def test_port_in_use_is_a_clear_error(model_repo) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        for flag in ("--port", "--metrics-port"):
-            other = "--metrics-port" if flag == "--port" else "--port"
-            result = run_until_exit("--model-repo", str(model_repo), flag, str(port), other, "0")
+        for flag in ("--port", "--metrics-port", "--http-port"):
+            others = [f for f in ("--port", "--metrics-port", "--http-port") if f != flag]
+            free = [x for f in others for x in (f, "0")]
+            result = run_until_exit("--model-repo", str(model_repo), flag, str(port), *free)
             assert result.returncode == 1, result.stderr
-            assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+            assert f"{flag}: cannot listen on 127.0.0.1:{port}" in result.stderr
             assert "Traceback" not in result.stderr
