@@ -57,7 +57,7 @@ print(sum(cpu_seconds(int(pid)) for pid in sys.argv[1:]))' "$@"
 cd "$ROOT"
 for n in $COUNTS; do
   for i in $(seq 1 "$n"); do
-    "$PY" -c "$LAUNCH" --host 127.0.0.1 --port "$PORT" --metrics-port $((METRICS_BASE + i)) \
+    "$PY" -c "$LAUNCH" --host 127.0.0.1 --port "$PORT" --metrics-port $((METRICS_BASE + i)) --http-port -1 \
       --model-repo "$REPO" --model-version "$VERSION" > "$OUT/server-$n-$i.log" 2>&1 &
     pids+=("$!")
   done
