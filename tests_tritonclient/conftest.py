@@ -12,13 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from bench.serverproc import start_server
+from bench.serverproc import ServerProcess, start_server
 from tests.conftest import model_repo  # noqa: F401  (re-exported fixture)
 
 
 @pytest.fixture(scope="module")
-def server(model_repo: Path) -> Iterator[str]:  # noqa: F811
-    """A server process on 127.0.0.1 port 0 -> its "host:port"."""
+def server_process(model_repo: Path) -> Iterator[ServerProcess]:  # noqa: F811
+    """A server process on 127.0.0.1, every port 0 (gRPC, REST, metrics)."""
     process = start_server(model_repo, ["--max-images-per-request", "64"])
-    yield process.target
+    yield process
     assert process.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def server(server_process: ServerProcess) -> str:
+    """That server's gRPC "host:port"."""
+    return server_process.target

@@ -7,7 +7,6 @@ bindings share one data plane, so they must agree bit for bit.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,27 +14,20 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from bench.serverproc import ServerProcess, start_server
+from bench.serverproc import ServerProcess
 
-MAX_IMAGES = 64
-
-
-@pytest.fixture(scope="module")
-def rest_server(model_repo: Path) -> Iterator[ServerProcess]:
-    process = start_server(model_repo, ["--max-images-per-request", str(MAX_IMAGES)])
-    yield process
-    assert process.stop() == 0
+MAX_IMAGES = 64  # conftest's server_process: --max-images-per-request 64
 
 
 @pytest.fixture(scope="module")
-def client(rest_server: ServerProcess) -> Iterator[httpclient.InferenceServerClient]:
-    with httpclient.InferenceServerClient(f"127.0.0.1:{rest_server.http_port}") as c:
+def client(server_process: ServerProcess) -> Iterator[httpclient.InferenceServerClient]:
+    with httpclient.InferenceServerClient(f"127.0.0.1:{server_process.http_port}") as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def grpc_client(rest_server: ServerProcess) -> Iterator[grpcclient.InferenceServerClient]:
-    with grpcclient.InferenceServerClient(rest_server.target) as c:
+def grpc_client(server_process: ServerProcess) -> Iterator[grpcclient.InferenceServerClient]:
+    with grpcclient.InferenceServerClient(server_process.target) as c:
         yield c
 
 
@@ -105,8 +97,8 @@ def test_fp32_input_and_no_requested_outputs_and_compression(client, grpc_client
     )
 
 
-def test_async_infer_answers_every_concurrent_request(rest_server, grpc_client) -> None:
-    url = f"127.0.0.1:{rest_server.http_port}"
+def test_async_infer_answers_every_concurrent_request(server_process, grpc_client) -> None:
+    url = f"127.0.0.1:{server_process.http_port}"
     with httpclient.InferenceServerClient(url, concurrency=8) as concurrent:
         batches = [images(2, seed=s) for s in range(16)]
         pending = []

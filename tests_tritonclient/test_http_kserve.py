@@ -11,14 +11,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-
-from bench.serverproc import ServerProcess, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = Path(__file__).with_name("kserve_rest_client.py")
@@ -35,17 +32,10 @@ def kserve_python() -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def rest_server(model_repo: Path) -> Iterator[ServerProcess]:
-    process = start_server(model_repo)
-    yield process
-    assert process.stop() == 0
-
-
-def test_kserve_rest_client_gets_the_grpc_answers(kserve_python, rest_server) -> None:
+def test_kserve_rest_client_gets_the_grpc_answers(kserve_python, server_process) -> None:
     seed = 5
     done = subprocess.run(
-        [str(kserve_python), str(CLIENT), rest_server.http_url, str(seed)],
+        [str(kserve_python), str(CLIENT), server_process.http_url, str(seed)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -55,7 +45,7 @@ def test_kserve_rest_client_gets_the_grpc_answers(kserve_python, rest_server) ->
     result = json.loads(done.stdout)
     assert result["server_ready"] is True and result["model_ready"] is True
     images = np.random.default_rng(seed).integers(0, 256, (3, 28, 28), dtype=np.uint8)
-    with grpcclient.InferenceServerClient(rest_server.target) as client:
+    with grpcclient.InferenceServerClient(server_process.target) as client:
         tensor = grpcclient.InferInput("images", [3, 28, 28], "UINT8")
         tensor.set_data_from_numpy(images)
         expected = client.infer("fashion", [tensor]).as_numpy("probabilities")

@@ -1,4 +1,6 @@
-"""Triton's perf_analyzer, unchanged, against a real server: unary, -b 8 and --streaming.
+"""Triton's perf_analyzer, unchanged, against a real server: unary, -b 8 and --streaming over
+gRPC; unary and -b 8 over HTTP (``-i http``: the REST API's config and statistics JSON, a JSON
+header with binary tensors).
 
 perf_analyzer needs ModelConfig before it sends anything, ModelStatistics (and
 "statistics" in ServerMetadata.extensions) for its server-side breakdown, and
@@ -13,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.triton_perf import MODES, command, find_binary, parse, run
+from bench.triton_perf import HTTP_MODES, MODES, command, find_binary, parse, run
+
+CASES = [(mode, "grpc") for mode in MODES] + [(mode, "http") for mode in HTTP_MODES]
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +31,17 @@ def perf_analyzer() -> Path:
     return binary
 
 
-@pytest.mark.parametrize("mode", list(MODES))
-def test_perf_analyzer_measures_the_server(perf_analyzer, server, mode, capsys) -> None:
+@pytest.mark.parametrize(("mode", "protocol"), CASES)
+def test_perf_analyzer_measures_the_server(
+    perf_analyzer, server_process, mode, protocol, capsys
+) -> None:
+    flags = {**MODES, **HTTP_MODES}[mode]
+    port = server_process.port if protocol == "grpc" else server_process.http_port
     argv = command(
         perf_analyzer,
-        server,
-        MODES[mode],
+        f"127.0.0.1:{port}",
+        flags,
+        protocol=protocol,
         concurrency="1:2",
         interval_ms=1000,
         # A few seconds on a shared machine: lenient stability, still three agreeing windows.
@@ -45,7 +54,7 @@ def test_perf_analyzer_measures_the_server(perf_analyzer, server, mode, capsys) 
     assert code == 0, output
     points = parse(output)
     assert [p.concurrency for p in points] == [1, 2], output
-    batch = 8 if "-b" in MODES[mode] else 1
+    batch = 8 if "-b" in flags else 1
     for point in points:
         assert point.throughput > 0
         s = point.server
