@@ -368,3 +368,29 @@ async def test_http_port_off_and_tls_with_the_grpc_certificate(start_app, tmp_pa
     )  # fmt: skip
     out, _ = await plain.communicate()
     assert plain.returncode != 0 or b'"ready"' not in out  # plaintext gets no answer
+
+
+PARITY = {
+    "no-images": (np.zeros((0, 28, 28), np.uint8), "", grpc.StatusCode.INVALID_ARGUMENT),
+    "too-many-images": (np.zeros((9, 28, 28), np.uint8), "", grpc.StatusCode.INVALID_ARGUMENT),
+    "unknown-version": (np.zeros((1, 28, 28), np.uint8), "9", grpc.StatusCode.NOT_FOUND),
+    "odd-version": (np.zeros((1, 28, 28), np.uint8), "01", grpc.StatusCode.NOT_FOUND),
+}
+
+
+@pytest.mark.parametrize("case", list(PARITY))
+async def test_rest_and_grpc_answer_the_same_bad_input_with_the_same_code(start_app, case):
+    from server.errors import Code
+    from server.rest import HTTP_STATUS
+
+    app = await start_app(max_images_per_request=8)
+    images, version, code = PARITY[case]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ModelInfer(infer_request(images, model_version=version), timeout=10)
+    assert info.value.code() == code
+    path = f"/v2/models/fashion/versions/{version}/infer" if version else "/v2/models/fashion/infer"
+    reply = await infer(app, json_body(images), path=path)
+    assert reply.status == HTTP_STATUS[Code[code.name]], reply.body
+    assert reply.json()["error"] == info.value.details()  # one message, whichever protocol
