@@ -68,28 +68,24 @@ def _log(message: str) -> None:
     print(f"bench.peers: {message}", file=sys.stderr, flush=True)
 
 
-def _drive(
-    load: LoadGenerator, target: Target, plan: Sequence[tuple[str, int, int]], args: Any
-) -> list[dict[str, Any]]:
-    points = []
-    for api, size, conc in plan:
-        point = measure(
-            load,
-            target,
-            api=api,
-            size=size,
-            concurrency=conc,
-            connections=args.connections,
-            warmup_s=args.warmup_s,
-            duration_s=args.duration_s,
-        )
-        points.append(point)
-        _log(
-            f"  {api:16} {size:2} x conc {conc:2}: {point['images_per_s']:8.0f} img/s, "
-            f"p50 {point['latency_ms']['p50']} ms, errors {point['errors']}, "
-            f"bad {point['bad_responses']}, server cpu {point['server_cpu_cores']}"
-        )
-    return points
+def _point(load: LoadGenerator, target: Target, step: tuple[str, int, int], args: Any) -> dict:
+    api, size, conc = step
+    point = measure(
+        load,
+        target,
+        api=api,
+        size=size,
+        concurrency=conc,
+        connections=args.connections,
+        warmup_s=args.warmup_s,
+        duration_s=args.duration_s,
+    )
+    _log(
+        f"  {api:16} {size:2} x conc {conc:2}: {point['images_per_s']:8.0f} img/s, "
+        f"p50 {point['latency_ms']['p50']} ms, errors {point['errors']}, "
+        f"bad {point['bad_responses']}, server cpu {point['server_cpu_cores']}"
+    )
+    return point
 
 
 def _perf_analyzer(name: str, target: str) -> dict[str, Any]:
@@ -131,10 +127,23 @@ def _with_server(
 ) -> None:
     _log(f"{name}: starting")
     server = start()
-    entry: dict[str, Any] = {"cold_start_s": round(server.cold_start_s, 3), "pid": server.pid}
+    entry: dict[str, Any] = {
+        "cold_start_s": round(server.cold_start_s, 3),
+        "pid": server.pid,
+        "points": [],
+    }
     results["servers"][name] = entry
     try:
-        entry["points"] = _drive(load, target_of(server), plan, args)
+        for step in plan:
+            entry["points"].append(_point(load, target_of(server), step, args))
+            if server.process.poll() is not None:
+                # A server that died mid-point is reported, then restarted for the rest:
+                # the point it died in keeps its errors.
+                crash = {"during": list(step), "exit_code": server.process.returncode}
+                entry.setdefault("crashes", []).append(crash)
+                _log(f"{name} died during {step} (exit {crash['exit_code']}); restarting")
+                server.stop()
+                server = start()
         entry["memory_end"] = memory_mib(server.pid)
         if args.perf_analyzer and name != "floor":
             results.setdefault("perf_analyzer", {})[name] = _perf_analyzer(name, server.target)

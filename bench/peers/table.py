@@ -176,6 +176,14 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     for name, server in results.get("servers", {}).items():
+        for crash in server.get("crashes", []):
+            api, size, conc = crash["during"]
+            parts += [
+                f"**{name} died** during {api} {size} x conc {conc} (exit "
+                f"{crash['exit_code']}; restarted for the points after it).",
+                "",
+            ]
+    for name, server in results.get("servers", {}).items():
         parts += [f"## {name}", "", points_table(server.get("points", [])), ""]
     for name, pa in results.get("perf_analyzer", {}).items():
         parts += [

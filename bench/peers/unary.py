@@ -1,0 +1,157 @@
+"""The unary path at 1 image x 32 clients: where its time goes, and A/B runs of server changes.
+
+    python -m bench.peers.unary profile --model-repo R [--seconds 8] [--out DIR]
+    python -m bench.peers.unary ab --model-repo R --a TREE_A --b TREE_B [--repeats 4]
+
+``profile``: py-spy (``--native``) on the server under ModelInfer, 1 image/request,
+concurrency 32, split into bench.profile's buckets (grpc core, asyncio, ours by module).
+``ab``: two servers started from two source trees (``python -m server.main`` run with each
+tree as its working directory, so its ``server`` package is the one imported), measured
+alternately A, B, A, B... with the same load, so drift on a shared machine hits both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import LoadGenerator
+from bench.point import Target, measure
+from bench.profile import RATE_HZ, py_spy, summarise
+from bench.serverproc import ServerProcess, start_server
+
+
+def _start_in(tree: Path, model_repo: Path, args: Sequence[str]) -> ServerProcess:
+    here = Path.cwd()
+    os.chdir(tree)  # the child imports ``server`` from its working directory
+    try:
+        return start_server(model_repo.resolve(), args)
+    finally:
+        os.chdir(here)
+
+
+def _target(server: ServerProcess) -> Target:
+    return Target(server.target, f"127.0.0.1:{server.metrics_port}", server.pid)
+
+
+def profile(args: argparse.Namespace) -> dict[str, Any]:
+    binary = py_spy()
+    if binary is None:
+        raise SystemExit("py-spy not installed (it is in the dev extra)")
+    server = start_server(args.model_repo, args.server_arg)
+    raw = args.out / "profile-oip-1image-c32.txt"
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        with LoadGenerator(2) as load:
+            used, schedule = load.start(
+                target=server.target,
+                api=args.api,
+                size=1,
+                concurrency=32,
+                connections=4,
+                warmup_s=1.0,
+                duration_s=args.seconds + 1.0,
+            )
+            time.sleep(max(0.0, schedule.measure_from - time.monotonic()))
+            command = [binary, "record", "--pid", str(server.pid), "--duration"]
+            command += [str(int(args.seconds)), "--rate", str(RATE_HZ), "--format", "raw"]
+            command += ["--native", "--threads", "--output", str(raw)]
+            subprocess.run(command, capture_output=True, timeout=args.seconds + 60, check=True)
+            outcome = load.collect(used, timeout_s=args.seconds + 30)
+    finally:
+        server.stop()
+    return {
+        "command": " ".join(["py-spy", *command[1:]]),
+        "load": f"{args.api}, 1 image/request, concurrency 32",
+        "requests_per_s_while_profiled": round(len(outcome.latencies_s) / (args.seconds + 1), 1),
+        **summarise(raw.read_text(), top=25),
+    }
+
+
+def ab(args: argparse.Namespace) -> dict[str, Any]:
+    servers = {
+        "A": _start_in(args.a, args.model_repo, args.server_arg),
+        "B": _start_in(args.b, args.model_repo, args.server_arg),
+    }
+    runs: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
+    try:
+        with LoadGenerator(2) as load:
+            for _ in range(args.repeats):
+                for side, server in servers.items():
+                    point = measure(
+                        load,
+                        _target(server),
+                        api=args.api,
+                        size=args.size,
+                        concurrency=args.concurrency,
+                        connections=4,
+                        warmup_s=1.0,
+                        duration_s=args.duration_s,
+                    )
+                    runs[side].append(point)
+                    print(
+                        f"{side}: {point['images_per_s']:8.0f} img/s p50 "
+                        f"{point['latency_ms']['p50']} ms, "
+                        f"cpu/req {point['server_cpu_ms_per_request']} ms, "
+                        f"errors {point['errors']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    def summary(points: list[dict[str, Any]]) -> dict[str, Any]:
+        ips = [p["images_per_s"] for p in points]
+        cpu = [p["server_cpu_ms_per_request"] for p in points if p["server_cpu_ms_per_request"]]
+        return {
+            "images_per_s": ips,
+            "median_images_per_s": statistics.median(ips),
+            "median_server_cpu_ms_per_request": statistics.median(cpu) if cpu else None,
+            "errors": sum(p["errors"] + p["bad_responses"] for p in points),
+        }
+
+    result = {side: summary(points) for side, points in runs.items()}
+    a, b = result["A"]["median_images_per_s"], result["B"]["median_images_per_s"]
+    result["b_over_a"] = round(b / a, 3) if a else None
+    # Pairwise ratios (each B against the A just before it): the spread is the noise.
+    result["pairwise_b_over_a"] = [
+        round(pb["images_per_s"] / pa["images_per_s"], 3)
+        for pa, pb in zip(runs["A"], runs["B"], strict=True)
+        if pa["images_per_s"]
+    ]
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.peers.unary", description=__doc__)
+    p.add_argument("mode", choices=("profile", "ab"))
+    p.add_argument("--model-repo", type=Path, default=Path("models"))
+    p.add_argument("--server-arg", action="append", default=[])
+    p.add_argument("--api", default="oip")
+    p.add_argument("--size", type=int, default=1)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=8.0, help="profile length")
+    p.add_argument("--duration-s", type=float, default=4.0, help="each A/B point")
+    p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--a", type=Path, default=Path("."), help="source tree A")
+    p.add_argument("--b", type=Path, help="source tree B")
+    p.add_argument("--out", type=Path, default=Path("bench-out/unary"))
+    args = p.parse_args(argv)
+    if args.mode == "ab" and args.b is None:
+        p.error("ab needs --b")
+    result = profile(args) if args.mode == "profile" else ab(args)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
