@@ -394,3 +394,20 @@ async def test_rest_and_grpc_answer_the_same_bad_input_with_the_same_code(start_
     reply = await infer(app, json_body(images), path=path)
     assert reply.status == HTTP_STATUS[Code[code.name]], reply.body
     assert reply.json()["error"] == info.value.details()  # one message, whichever protocol
+
+
+async def test_shutdown_lets_an_in_flight_rest_request_finish(start_app, monkeypatch) -> None:
+    from server.readiness import Phase
+
+    app = await start_app()
+    blocker = Blocker(monkeypatch)
+    running = asyncio.ensure_future(infer(app, json_body(np.zeros((2, 28, 28), np.uint8))))
+    await asyncio.to_thread(blocker.entered.wait, 5)
+    stopping = asyncio.ensure_future(app.stop(grace_s=5))
+    while app.plane.readiness.phase is not Phase.STOPPING:
+        await asyncio.sleep(0.001)
+    blocker.release.set()
+    reply = await running
+    assert reply.status == 200, reply.body
+    assert probabilities_of(reply).shape == (2, 10)
+    await stopping
