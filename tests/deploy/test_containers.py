@@ -1,0 +1,469 @@
+"""The images, built with podman and run the way a kubelet runs the rendered manifests: the
+first deploy (a server pod before any model exists, then the training Job), predictions,
+metrics, a new version under load, and termination under load.
+
+One server container serves the whole module, in the order of a real deployment's life; the
+tests after the first make sure a model was published, so each can also run alone.
+Skipped with the reason where podman is missing or cannot run; with CI=true they must run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from server._proto.fashion.v1 import prediction_pb2 as pb
+from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
+from tests.deploy import kubelet
+from tests.deploy.kubelet import MASTER_SERVICE, SERVING, Container, Prober
+from tests.deploy.manifests import IMAGES, image_name_and_tag, one, render
+from tests.deploy.podman import Podman, unavailable
+from training.data import load_test_split
+
+# A guard against hangs only; the first test's setup includes building the images (a fresh
+# machine: ~7 min on 2 cores).
+pytestmark = pytest.mark.timeout(1800)
+
+# The Job trains for 20 epochs on 60k images; here a subset is enough to publish a real
+# version (argparse: the last --epochs wins over the Job's own).
+TRAIN_ARGS = ("--limit", "2000", "--epochs", "1")
+TRAIN_TIMEOUT_S = 600
+POLL_S = 0.2
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        unavailable("promtool is not installed (Debian's prometheus; scripts/test.sh installs it)")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
+    return Podman.find(tmp_path_factory.mktemp("podman"))
+
+
+def image_of(docs: list[dict[str, Any]], kind: str) -> str:
+    (container,) = one(docs, kind)["spec"]["template"]["spec"]["containers"]
+    return str(container["image"])
+
+
+@pytest.fixture(scope="session")
+def images(podman: Podman) -> dict[str, str]:
+    """Both images, tagged as the manifests name them (layers cached between runs)."""
+    built = {}
+    for docs, kind in ((render("overlays/cpu"), "Deployment"), (render("training"), "Job")):
+        image = image_of(docs, kind)
+        podman.build(IMAGES[image_name_and_tag(image)[0]], image)
+        built[kind] = image
+    return built
+
+
+@dataclass
+class Load:
+    """Client threads sending Predict in a loop, each on its own channel; every call recorded
+    as (sent, done, status code name, model version)."""
+
+    address: str
+    images: np.ndarray
+    threads: int
+    per_request: int = 1
+    pause_s: float = 0.0
+    calls: list[tuple[float, float, str, int]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> Load:
+        for n in range(self.threads):
+            worker = threading.Thread(target=self._run, args=(n,), daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=60)
+
+    def _run(self, n: int) -> None:
+        with grpc.insecure_channel(self.address) as channel:
+            stub = pb_grpc.PredictionServiceStub(channel)
+            i = n
+            while not self._stop.is_set():
+                batch = [
+                    pb.Image(raw=self.images[(i + k) % len(self.images)].tobytes())
+                    for k in range(self.per_request)
+                ]
+                i += self.per_request
+                sent = time.monotonic()
+                try:
+                    reply = stub.Predict(pb.PredictRequest(images=batch), timeout=30)
+                    code, version = "OK", int(reply.model_version)
+                except grpc.RpcError as exc:
+                    code, version = exc.code().name, 0
+                self.calls.append((sent, time.monotonic(), code, version))
+                if code == "UNAVAILABLE" and self._stop.wait(0.05):  # a client's backoff
+                    return
+                if self.pause_s and self._stop.wait(self.pause_s):
+                    return
+
+    def count(self, *, after: float = 0.0) -> int:
+        return sum(1 for sent, *_ in self.calls if sent >= after)
+
+
+@dataclass
+class Deployment:
+    """The server pod of the cpu overlay and the model volume the training Job writes."""
+
+    podman: Podman
+    images: dict[str, str]
+    volume: Path
+    scratch: Path
+    server: Container
+    prober: Prober
+    grpc_port: int
+    metrics_port: int
+    started: float
+    trainer_runs: int = 0
+
+    def health(self, service: str) -> int | None:
+        return kubelet.grpc_health(self.server.address(self.grpc_port), service, 2)
+
+    def versions(self) -> list[int]:
+        root = self.volume / "fashion"
+        if not root.exists():
+            return []
+        return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
+
+    def run_trainer(self) -> Container:
+        """Start the training Job's container (as the Job runs it) on the same volume."""
+        docs = render("training")
+        spec = one(docs, "Job")["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        self.trainer_runs += 1
+        name = f"{self.server.name}-train-{self.trainer_runs}"
+        scratch = self.scratch / name
+        # enableServiceLinks: false in the Job: only the master Service's variables.
+        assert spec["enableServiceLinks"] is False
+        return kubelet.start(
+            self.podman,
+            name,
+            docs,
+            spec,
+            container,
+            claims={"fashion-models": self.volume},
+            scratch=scratch,
+            service_links=kubelet.service_link_env([MASTER_SERVICE]),
+            extra_args=TRAIN_ARGS,
+        )
+
+    def train(self) -> int:
+        """One training Job run to completion; returns the version it published."""
+        before = self.versions()
+        trainer = self.run_trainer()
+        try:
+            code = trainer.wait(TRAIN_TIMEOUT_S)
+            assert code == 0, f"trainer exited {code}:\n{trainer.logs()[-5000:]}"
+        finally:
+            trainer.remove()
+        (new,) = set(self.versions()) - set(before)
+        return new
+
+    def wait_ready(self, budget_s: float) -> float:
+        deadline = time.monotonic() + budget_s
+        while self.health(kubelet_readiness(self)) != SERVING:
+            assert self.server.running(), f"server exited:\n{self.server.logs()[-5000:]}"
+            assert self.prober.killed is None, self.prober.killed
+            assert time.monotonic() < deadline, f"not ready within {budget_s} s"
+            time.sleep(POLL_S)
+        return time.monotonic()
+
+    def ensure_model(self) -> None:
+        """For a test run alone: publish a first version if the first-deploy test did not."""
+        if not self.versions():
+            self.train()
+        self.wait_ready(self.prober.probes["startupProbe"].budget_s)
+
+
+def kubelet_readiness(deployment: Deployment) -> str:
+    return deployment.prober.probes["readinessProbe"].service
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    podman: Podman, images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    docs = render("overlays/cpu")
+    spec = one(docs, "Deployment", "fashion-serving")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    scratch = tmp_path_factory.mktemp("pods")
+    # The model PVC, fresh: like a first deploy. fsGroup 10001 (set by the Job) makes the
+    # kubelet give the volume that group, writable and setgid.
+    volume = tmp_path_factory.mktemp("fashion-models")
+    try:
+        os.chown(volume, 0, 10001)
+        volume.chmod(0o2775)
+    except PermissionError:
+        volume.chmod(0o777)
+    # The namespace's own Services as service-link variables, although the Deployment turns
+    # them off: a cluster policy or a patched manifest may turn them back on, and the server
+    # must start either way.
+    services = [d for d in docs if d["kind"] == "Service"]
+    links = kubelet.service_link_env([MASTER_SERVICE, *services, *kserve_services()])
+    assert "FASHION_SERVING_PORT" in links and "FASHION_PREDICTOR_SERVICE_HOST" in links
+    probes = kubelet.probes_of(container)
+    grpc_port = probes["startupProbe"].port
+    metrics_port = int(
+        one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]
+    )
+    name = f"fashion-test-{os.getpid()}"
+    started = time.monotonic()
+    server = kubelet.start(
+        podman,
+        name,
+        docs,
+        spec,
+        container,
+        claims={"fashion-models": volume},
+        scratch=scratch,
+        service_links=links,
+    )
+    prober = Prober(server.address(grpc_port), probes, started=started)
+    prober.start()
+    deployment = Deployment(
+        podman, images, volume, scratch, server, prober, grpc_port, metrics_port, started
+    )
+    try:
+        yield deployment
+    finally:
+        prober.stop()
+        server.remove()
+        for leftover in podman.run("ps", "-a", "--format={{.Names}}").stdout.split():
+            if leftover.startswith(f"{name}-"):
+                podman.run("rm", "--force", "--time=0", leftover, check=False)
+
+
+def kserve_services() -> list[dict[str, Any]]:
+    """The Service KServe creates for the example InferenceService (RawDeployment):
+    `<name>-predictor`, port 80 to the predictor's first container port, the others as is."""
+    isvc = one(render("kserve"), "InferenceService")
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    ports = [
+        {"name": port["name"], "port": 80 if n == 0 else port["containerPort"], "protocol": "TCP"}
+        for n, port in enumerate(container["ports"])
+    ]
+    name = f"{isvc['metadata']['name']}-predictor"
+    return [{"metadata": {"name": name}, "spec": {"ports": ports}}]
+
+
+@pytest.fixture(scope="module")
+def test_images() -> np.ndarray:
+    images, _labels, _dir = load_test_split()
+    return images[:512]
+
+
+def test_first_deploy_waits_for_the_training_job_then_turns_ready(
+    deployment: Deployment,
+) -> None:
+    probes = deployment.prober.probes
+    startup = probes["startupProbe"]
+    # Started before any model exists: alive (the startup probe passes in its budget) ...
+    while deployment.prober.startup_done_s is None:
+        assert deployment.server.running(), deployment.server.logs()[-5000:]
+        assert deployment.prober.killed is None, deployment.prober.killed
+        assert time.monotonic() - deployment.started < startup.budget_s + startup.period_s
+        time.sleep(POLL_S)
+    assert deployment.prober.startup_done_s <= startup.budget_s
+    assert not deployment.versions()
+    # ... but not ready, and it says why.
+    assert deployment.health(probes["readinessProbe"].service) != SERVING
+    assert deployment.health(probes["livenessProbe"].service) == SERVING
+    with grpc.insecure_channel(deployment.server.address(deployment.grpc_port)) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            pb_grpc.PredictionServiceStub(channel).Predict(
+                pb.PredictRequest(images=[pb.Image(raw=bytes(784))]), timeout=10
+            )
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    # The training Job runs meanwhile: the waiting server stays alive and unready throughout.
+    trainer = deployment.run_trainer()
+    try:
+        while trainer.running():
+            assert deployment.server.running(), deployment.server.logs()[-5000:]
+            assert deployment.prober.killed is None, deployment.prober.killed
+            if not deployment.versions():
+                assert deployment.health(probes["readinessProbe"].service) != SERVING
+            time.sleep(1.0)
+        code = trainer.wait(60)
+        assert code == 0, f"trainer exited {code}:\n{trainer.logs()[-5000:]}"
+    finally:
+        trainer.remove()
+    assert deployment.versions() == [1]
+    published = time.monotonic()
+    # Ready within one poll interval plus loading, well inside a readiness budget.
+    ready = deployment.wait_ready(startup.budget_s)
+    assert ready - published < probes["readinessProbe"].period_s + 10
+    assert deployment.prober.killed is None
+    # The kubelet's own readiness probe sees it too, within its period.
+    deadline = time.monotonic() + 2 * probes["readinessProbe"].period_s
+    while not any(
+        kind == "readinessProbe" and status == SERVING
+        for at, kind, status in deployment.prober.results
+    ):
+        assert time.monotonic() < deadline, deployment.prober.results[-10:]
+        time.sleep(POLL_S)
+
+
+def test_predictions_equal_in_process_onnxruntime(
+    deployment: Deployment, test_images: np.ndarray
+) -> None:
+    deployment.ensure_model()
+    with grpc.insecure_channel(deployment.server.address(deployment.grpc_port)) as channel:
+        stub = pb_grpc.PredictionServiceStub(channel)
+        version = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).version
+        served = []
+        for start in range(0, len(test_images), 64):
+            chunk = test_images[start : start + 64]
+            reply = stub.Predict(
+                pb.PredictRequest(
+                    images=[pb.Image(raw=image.tobytes()) for image in chunk],
+                    include_probabilities=True,
+                ),
+                timeout=30,
+            )
+            assert reply.model_version == version
+            served += [list(p.probabilities) for p in reply.predictions]
+    session = ort.InferenceSession(
+        str(deployment.volume / "fashion" / str(version) / "model.onnx"),
+        providers=["CPUExecutionProvider"],
+    )
+    (expected,) = session.run(["probabilities"], {"images": test_images})
+    np.testing.assert_allclose(np.array(served), expected, atol=1e-5)
+    assert (np.array(served).argmax(axis=1) == expected.argmax(axis=1)).all()
+
+
+def scrape(deployment: Deployment) -> str:
+    docs = render("overlays/cpu")
+    path = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"][
+        "prometheus.io/path"
+    ]
+    url = f"http://{deployment.server.address(deployment.metrics_port)}{path}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        return response.read().decode()
+
+
+def test_metrics_scrape_passes_promtool_and_has_process_series(deployment: Deployment) -> None:
+    deployment.ensure_model()
+    text = scrape(deployment)
+    result = subprocess.run(
+        [promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The standard series of every exporter, measured inside the container.
+    series = {line.split()[0] for line in text.splitlines() if line and line[0] != "#"}
+    for name in (
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ):
+        assert name in series, name
+    assert any(s.startswith("python_info{") for s in series)
+    assert any(s.startswith("fashion_model_info{") for s in series)
+    rss = next(line for line in text.splitlines() if line.startswith("process_resident_memory"))
+    assert 0 < float(rss.split()[1]) < 1024**3, "the pod's memory limit is 1 GiB"
+
+
+def test_onnxruntime_telemetry_is_off_in_the_read_only_container(deployment: Deployment) -> None:
+    deployment.ensure_model()
+    log = deployment.server.logs()
+    assert "ready: version" in log, log[-3000:]
+    # With telemetry on, onnxruntime tries to persist a device ID under $HOME and, on the
+    # read-only root filesystem, says so at import.
+    assert not re.search(r"telemetry", log, re.IGNORECASE), log[-3000:]
+
+
+def test_server_switches_to_a_new_trained_version_under_load_without_a_failed_request(
+    deployment: Deployment, test_images: np.ndarray
+) -> None:
+    deployment.ensure_model()
+    (current,) = deployment.versions()[-1:]
+    address = deployment.server.address(deployment.grpc_port)
+    with Load(address, test_images, threads=2, pause_s=0.005) as load:
+        new = deployment.train()
+        deadline = time.monotonic() + 60
+        while not any(version == new for *_, version in load.calls):
+            assert time.monotonic() < deadline, f"still serving {current} after {new} appeared"
+            time.sleep(POLL_S)
+        switched = time.monotonic()
+        while load.count(after=switched) < 20:
+            time.sleep(POLL_S)
+    codes = {code for _, _, code, _ in load.calls}
+    assert codes == {"OK"}, codes
+    versions = [version for *_, version in sorted(load.calls)]
+    assert versions[0] == current and versions[-1] == new
+    assert set(versions) == {current, new}
+    assert deployment.prober.killed is None
+
+
+def test_prestop_then_sigterm_under_load_drains_and_exits_zero_within_the_grace_period(
+    deployment: Deployment, test_images: np.ndarray
+) -> None:
+    deployment.ensure_model()
+    docs = render("overlays/cpu")
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    pre_stop_s = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    grace_s = spec["terminationGracePeriodSeconds"]
+    readiness = deployment.prober.probes["readinessProbe"]
+    address = deployment.server.address(deployment.grpc_port)
+    with Load(address, test_images, threads=4, per_request=32) as load:
+        while load.count() < 20:
+            time.sleep(POLL_S)
+        # preStop: the kubelet sleeps while the pod leaves the endpoints; the server knows
+        # nothing of it and keeps serving.
+        pre_stop = time.monotonic()
+        deadline = pre_stop + pre_stop_s
+        while time.monotonic() < deadline:
+            assert deployment.health(readiness.service) == SERVING
+            time.sleep(POLL_S)
+        # Taken before: `podman kill` returns some time after the signal was delivered.
+        sigterm = time.monotonic()
+        deployment.server.signal("TERM")
+        code = deployment.server.wait(grace_s - pre_stop_s)
+        exited = time.monotonic()
+        load.stop()
+    log = deployment.server.logs()
+    assert code == 0, log[-5000:]
+    assert exited - pre_stop <= grace_s
+    assert "stopped" in log
+    # Nothing in flight is lost: every call sent before SIGTERM succeeded; later ones got
+    # OK or the explicit, retryable UNAVAILABLE (never CANCELLED, INTERNAL or a hang).
+    before = [c for c in load.calls if c[0] < sigterm]
+    after = [c for c in load.calls if c[0] >= sigterm]
+    failed = [
+        (sent - sigterm, done - sigterm, code) for sent, done, code, _ in before if code != "OK"
+    ]
+    assert before and not failed, f"sent before SIGTERM, failed (s relative to it): {failed}"
+    assert {code for _, _, code, _ in after} <= {"OK", "UNAVAILABLE"}
+    in_flight = [c for c in before if c[1] > sigterm]
+    assert in_flight, "no request was in flight at SIGTERM: not a test under load"
+    assert deployment.prober.killed is None, deployment.prober.killed
