@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads everywhere")
     p.add_argument("--base-port", type=int, default=18000, help="peers' fixed ports from here")
     p.add_argument("--parity-images", type=int, default=2000, help="test images for parity")
-    p.add_argument("--only", default="ours,floor,pytriton,mlserver", help="servers to run")
+    p.add_argument(
+        "--only",
+        default="ours,floor,pytriton,mlserver",
+        help="servers to run, in this order (reverse it for a second run)",
+    )
     p.add_argument("--perf-analyzer", action="store_true", help="also perf_analyzer each")
     p.add_argument("--no-install", action="store_true", help="use the peer venvs as they are")
     return p
@@ -153,7 +157,12 @@ def _with_server(
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
-    only = set(args.only.split(","))
+    order = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(order) - {"ours", "floor", "pytriton", "mlserver"}
+    if unknown:
+        raise SystemExit(f"bench.peers: unknown server(s) in --only: {sorted(unknown)}")
+    only = set(order)
+    args.work = args.work.resolve()  # the peers run with other working directories
     threads = args.threads or len(os.sched_getaffinity(0))
     results: dict[str, Any] = {
         "command": " ".join(["python -m bench.peers", *argv]),
@@ -184,39 +193,32 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     server_args = [f"--threads={threads}"]
     if args.model_version:
         server_args.append(f"--model-version={args.model_version}")
+    peer_target = lambda s: Target(s.target, None, s.pid)  # noqa: E731
+    plans: dict[str, tuple[str, Callable[[], Any], Callable[[Any], Target], Any]] = {
+        "ours": (
+            "fashion-serve",
+            lambda: start_server(args.model_repo, server_args),
+            lambda s: Target(s.target, f"127.0.0.1:{s.metrics_port}", s.pid),
+            OURS,
+        ),
+        "floor": ("floor", start_echo, peer_target, FLOOR),
+        "pytriton": (
+            "pytriton",
+            lambda: servers.start_pytriton(fp32, args.base_port, args.work, threads),
+            peer_target,
+            PEERS["pytriton"],
+        ),
+        "mlserver": (
+            "mlserver",
+            lambda: servers.start_mlserver(fp32, args.base_port, args.work, threads),
+            peer_target,
+            PEERS["mlserver"],
+        ),
+    }
     with LoadGenerator(args.processes) as load:
-        if "ours" in only:
-            _with_server(
-                results,
-                "fashion-serve",
-                lambda: start_server(args.model_repo, server_args),
-                lambda s: Target(s.target, f"127.0.0.1:{s.metrics_port}", s.pid),
-                OURS,
-                load,
-                args,
-            )
-        if "floor" in only:
-            _with_server(
-                results,
-                "floor",
-                start_echo,
-                lambda s: Target(s.target, None, s.pid),
-                FLOOR,
-                load,
-                args,
-            )
-        starters = {"pytriton": servers.start_pytriton, "mlserver": servers.start_mlserver}
-        for name, starter in starters.items():
-            if name in only:
-                _with_server(
-                    results,
-                    name,
-                    lambda starter=starter: starter(fp32, args.base_port, args.work, threads),
-                    lambda s: Target(s.target, None, s.pid),
-                    PEERS[name],
-                    load,
-                    args,
-                )
+        for key in order:  # in the order --only lists them
+            name, start, target_of, plan = plans[key]
+            _with_server(results, name, start, target_of, plan, load, args)
     after = inprocess.images_per_second(original, [1, 32], threads=threads, duration_s=2.0)
     results["inprocess_runs"] = {"before": before, "after": after}
     results["inprocess_images_per_s"] = {str(n): max(before[n], after[n]) for n in before}
