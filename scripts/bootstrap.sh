@@ -24,12 +24,17 @@ ensure_venv() {
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
   fi
-  local stamp="$VENV/.installed-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)-${extras//,/_}"
+  local hash
+  hash="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+  local stamp="$VENV/.installed-$hash-${extras//,/_}"
   if [ ! -f "$stamp" ]; then
     echo "==> installing fashion-serving[$extras]"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[$extras]"
     "$VENV/bin/python" -m pip check
-    rm -f "$VENV"/.installed-*
+    # Stamps of an older pyproject.toml are stale; those of other extras with the same
+    # pyproject stay valid (pip never removes packages), so up.sh and test.sh do not
+    # reinstall each time one follows the other.
+    find "$VENV" -maxdepth 1 -name '.installed-*' ! -name ".installed-$hash-*" -delete
     touch "$stamp"
   fi
 }
