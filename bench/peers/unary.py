@@ -2,6 +2,7 @@
 
     python -m bench.peers.unary profile --model-repo R [--seconds 8] [--out DIR]
     python -m bench.peers.unary ab --model-repo R --a TREE_A --b TREE_B [--repeats 4]
+    python -m bench.peers.unary ab --model-repo R --b-server-arg=--batch-concurrency=2 ...
 
 ``profile``: py-spy (``--native``) on the server under ModelInfer, 1 image/request,
 concurrency 32, split into bench.profile's buckets (grpc core, asyncio, ours by module).
@@ -79,7 +80,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
 def ab(args: argparse.Namespace) -> dict[str, Any]:
     servers = {
         "A": _start_in(args.a, args.model_repo, args.server_arg),
-        "B": _start_in(args.b, args.model_repo, args.server_arg),
+        "B": _start_in(args.b, args.model_repo, [*args.server_arg, *args.b_server_arg]),
     }
     runs: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
     try:
@@ -136,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("mode", choices=("profile", "ab"))
     p.add_argument("--model-repo", type=Path, default=Path("models"))
     p.add_argument("--server-arg", action="append", default=[])
+    p.add_argument(
+        "--b-server-arg", action="append", default=[], help="extra fashion-serve flag, B only"
+    )
     p.add_argument("--api", default="oip")
     p.add_argument("--size", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=32)
@@ -147,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("bench-out/unary"))
     args = p.parse_args(argv)
     if args.mode == "ab" and args.b is None:
-        p.error("ab needs --b")
+        args.b = args.a  # same tree: an A/B of --b-server-arg flags
     result = profile(args) if args.mode == "profile" else ab(args)
     print(json.dumps(result, indent=2))
     return 0
