@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 READY_MARK = "fashion-serve: serving on port "
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -95,16 +96,21 @@ class ServerProcess:
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM (graceful drain), then SIGKILL if it does not exit in time."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process, timeout_s)
         if self.process.stdout is not None:
             self.process.stdout.close()
         return self.process.returncode
+
+
+def terminate(process: subprocess.Popen[Any], timeout_s: float) -> None:
+    """SIGTERM, wait up to ``timeout_s``, then SIGKILL: every server process started here."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
 
 
 def start_server(
@@ -156,6 +162,7 @@ def start_process(command: list[str], ready_mark: str, timeout_s: float) -> Serv
         if not ready or not line or time.monotonic() > deadline:
             process.kill()
             process.wait(5)
+            process.stdout.close()
             raise RuntimeError(
                 f"fashion-serve did not report SERVING within {timeout_s} s "
                 f"(exit code {process.returncode}); command: {' '.join(command)}"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from bench.peers.venvs import MLSERVER, PYTRITON, PeerEnv
-from bench.serverproc import descendants
+from bench.serverproc import descendants, terminate
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,13 +43,7 @@ class PeerProcess:
 
     def stop(self, timeout_s: float = 30.0) -> int:
         family = descendants(self.pid)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process, timeout_s)
         for pid in family:  # whatever the main process left behind
             try:
                 os.kill(pid, signal.SIGKILL)
