@@ -177,6 +177,11 @@ class PredictCodec:
 
     def version(self, request: pb.PredictRequest) -> int:
         check_top_k(request.top_k)
+        if request.model_version < 0:
+            raise InvalidInput(
+                f"model_version is {request.model_version}; send 0 (the served version) or a "
+                "positive version number"
+            )
         return request.model_version
 
     def decode(self, request: pb.PredictRequest, max_images: int) -> np.ndarray | EncodedImages:

@@ -42,6 +42,16 @@ from server.repository import MODEL_NAME
 logger = logging.getLogger(__name__)
 
 GENERIC_INTERNAL = "internal error while handling the request; it has been logged"
+# Error messages quote what the client sent (names, datatypes); gRPC refuses trailing
+# metadata over 16 KiB and would turn a long INVALID_ARGUMENT into RESOURCE_EXHAUSTED.
+MAX_MESSAGE_CHARS = 1024
+
+
+def bounded(message: str) -> str:
+    """``message``, cut to :data:`MAX_MESSAGE_CHARS` characters (marked) when longer."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[: MAX_MESSAGE_CHARS - 20] + " … (message cut)"
 # Requests of one stream submitted ahead of the response being written.
 STREAM_PIPELINE_DEPTH = 64
 # Encoded images are decoded by one thread: decoding is partly Python (it holds the
@@ -250,8 +260,11 @@ class DataPlane:
             return Failure(Code.CANCELLED, "the call was cancelled")
         if isinstance(exc, ServingError):
             if exc.code is Code.INTERNAL:
+                # The server's own trouble (an unreadable repository, a broken model): the
+                # operator reads it in the log; its text names paths a client must not see.
                 logger.error("%s failed: %s", method, exc)
-            return Failure(exc.code, str(exc))
+                return Failure(Code.INTERNAL, GENERIC_INTERNAL)
+            return Failure(exc.code, bounded(str(exc)))
         logger.error("%s failed with an unexpected error", method, exc_info=exc)
         return Failure(Code.INTERNAL, GENERIC_INTERNAL)
 

@@ -203,7 +203,10 @@ class ModelManager:
         """The served model if ``requested`` is 0 or its version, else NOT_FOUND."""
         model = self.current
         if requested and requested != model.version:
-            on_disk = requested in list_versions(self.repo)
+            try:
+                on_disk = requested in list_versions(self.repo)
+            except ModelLoadError:  # an unreadable repository: the answer is still NOT_FOUND
+                on_disk = False
             where = "exists in the repository but is not" if on_disk else "is not"
             raise VersionNotFound(
                 f"model version {requested} {where} served; this server serves version "

@@ -30,7 +30,7 @@ from aiohttp import web
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server.config import Settings
 from server.dataplane import DataPlane, Failure
-from server.errors import Code, DeadlineExpired, ModelNotReady, TooLarge
+from server.errors import Code, DeadlineExpired, InvalidInput, ModelNotReady, TooLarge
 from server.repository import MODEL_NAME
 from server.rest_codec import (
     HEADER_LENGTH,
@@ -216,6 +216,9 @@ class RestApi:
 
     async def _infer(self, request: web.Request) -> web.Response:
         name, version = self._model(request)
+        # Before the body is read and parsed: a server that is not ready says so (503)
+        # instead of spending the loop on up to --max-message-bytes of JSON.
+        self.plane.readiness.check()
         body = await self._read_body(request)
         parsed = parse_infer_body(
             body, request.headers.get(HEADER_LENGTH), model_name=name, model_version=version
@@ -253,6 +256,10 @@ class RestApi:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:  # chunked or compressed past the limit
             raise TooLarge(_too_large(f"more than {limit} bytes", limit)) from None
+        except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on plain bytes
+            raise InvalidInput(f"the request body cannot be read: {exc}") from None
+        except ConnectionResetError:  # the client went away mid-body: nobody to answer
+            raise asyncio.CancelledError from None
 
 
 def _too_large(size: str, limit: int) -> str:

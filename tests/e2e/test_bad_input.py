@@ -76,6 +76,11 @@ async def assert_still_serving(stub) -> None:
             grpc.StatusCode.NOT_FOUND,
             "model version 99 is not served; this server serves version 1",
         ),
+        (
+            pb.PredictRequest(images=[OK_IMAGE], model_version=-5),
+            INVALID,
+            "model_version is -5; send 0 (the served version) or a positive version number",
+        ),
     ],
     ids=[
         "empty",
@@ -88,6 +93,7 @@ async def assert_still_serving(stub) -> None:
         "too-many",
         "top-k",
         "unknown-version",
+        "negative-version",
     ],
 )
 async def test_bad_request_gets_precise_status(start_app, request_, code, fragment) -> None:

@@ -181,3 +181,17 @@ async def test_odd_version_strings_are_not_found_without_a_traceback(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     ok = await stub.ModelInfer(infer_request(np.zeros((1, 28, 28), np.uint8), model_version="1"))
     assert ok.model_version == "1"
+
+
+async def test_a_long_echoed_string_is_still_invalid_argument(app, channel) -> None:
+    """A 20,000-character datatype is quoted in the message; gRPC refuses trailing metadata
+    over 16 KiB, so an uncut message reached the client as RESOURCE_EXHAUSTED (retryable)."""
+    stub = oip_grpc.GRPCInferenceServiceStub(channel)
+    request = infer_request(np.zeros((1, 28, 28), np.uint8))
+    request.inputs[0].datatype = "X" * 20_000
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ModelInfer(request, timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert "has datatype" in info.value.details() and "(message cut)" in info.value.details()
+    ok = await stub.ModelInfer(infer_request(np.zeros((1, 28, 28), np.uint8)), timeout=5)
+    assert ok.model_version == "1"

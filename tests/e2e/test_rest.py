@@ -411,3 +411,15 @@ async def test_shutdown_lets_an_in_flight_rest_request_finish(start_app, monkeyp
     assert reply.status == 200, reply.body
     assert probabilities_of(reply).shape == (2, 10)
     await stopping
+
+
+async def test_unreadable_body_is_400_not_500(app, caplog) -> None:
+    """``Content-Encoding: gzip`` on bytes that are not gzip: a client mistake, not ours."""
+    reply = await infer(app, json_body(np.zeros((1, 28, 28), np.uint8)), "-H",
+                        "Content-Encoding: gzip")
+    assert reply.status == 400, reply.body
+    assert "the request body cannot be read" in reply.json()["error"]
+    assert "unexpected error" not in caplog.text
+    await assert_still_serving(app)
+    metrics = await scrape(app)
+    assert metrics["fashion_requests_total{code=INVALID_ARGUMENT,method=HTTP/ModelInfer}"] == 1
