@@ -162,7 +162,7 @@ class ModelManager:
         if self._refused.get(version) == fingerprint:
             return None
         try:
-            return self.load_version(version)
+            model = self.load_version(version)
         except VersionNotFound:
             return None  # removed since the scan
         except ConfigError:
@@ -176,6 +176,8 @@ class ModelManager:
                 exc,
             )
             return None
+        self._refused.pop(version, None)  # mended since it was refused
+        return model
 
     def scan(self) -> list[int]:
         """Version numbers on disk; each name that is not a version is logged once."""
@@ -190,6 +192,8 @@ class ModelManager:
                 )
         # Forget names that went away, so one that comes back is reported again.
         self._reported_names = set(scan.ignored)
+        # A refused version that was deleted is no longer refused (RepositoryIndex, errors).
+        self._refused = {v: f for v, f in self._refused.items() if v in scan.versions}
         return scan.versions
 
     def refused_versions(self) -> list[int]:

@@ -214,3 +214,21 @@ async def test_a_replaced_version_is_freed(start_app, private_repo) -> None:
         assert await predict_version(stub) == 3
     gc.collect()
     assert old() is None, gc.get_referrers(old())
+
+
+async def test_a_refused_version_is_forgotten_once_mended_or_deleted(start_app, private_repo):
+    app = await start_app(private_repo, poll_interval_s=0)
+    broken = add_version(private_repo, 2, metadata={"model_sha256": "0" * 64})
+    assert await app.reload() is None
+    assert app.manager.refused_versions() == [2]
+    shutil.rmtree(broken)
+    assert await app.reload() is None
+    assert app.manager.refused_versions() == []  # deleted: no longer reported as refused
+    mended = add_version(private_repo, 3, metadata={"model_sha256": "0" * 64})
+    assert await app.reload() is None
+    assert app.manager.refused_versions() == [3]
+    meta = json.loads((mended / "metadata.json").read_text())
+    meta["model_sha256"] = sha256_file(mended / "model.onnx")
+    (mended / "metadata.json").write_text(json.dumps(meta))
+    assert (await app.reload()).version == 3
+    assert app.manager.refused_versions() == []
