@@ -200,7 +200,7 @@ class App:
         error: the server is live (health "") but not ready, and looks again every
         ``--poll-interval-s`` and on SIGHUP until a first valid version appears.
         """
-        model = await asyncio.to_thread(self.manager.load_initial)
+        model = await self._look_for_first_version()
         if model is None and self.settings.wait_for_model:
             model = await self._wait_for_first_version()
         if model is None:
@@ -225,15 +225,24 @@ class App:
         )
         while True:
             await self._next_check()
-            try:
-                model = await asyncio.to_thread(self.manager.load_initial)
-            except ConfigError:
-                raise  # the server's settings, not the repository: waiting cannot fix it
-            except Exception:
-                logger.exception("checking %s for a first model version failed", where)
-                continue
+            model = await self._look_for_first_version()
             if model is not None:
                 return model
+
+    async def _look_for_first_version(self) -> LoadedModel | None:
+        """One look. With --wait-for-model a failing repository (e.g. a volume not yet
+        readable) is logged and looked at again, on the first look as on every later one."""
+        try:
+            return await asyncio.to_thread(self.manager.load_initial)
+        except ConfigError:
+            raise  # the server's settings, not the repository: waiting cannot fix it
+        except Exception:
+            if not self.settings.wait_for_model:
+                raise
+            logger.exception(
+                "checking %s/fashion/ for a first model version failed", self.settings.model_repo
+            )
+            return None
 
     async def _next_check(self) -> None:
         """Return after --poll-interval-s (never, when 0) or at once on SIGHUP."""

@@ -97,6 +97,27 @@ async def test_an_invalid_first_version_is_refused_and_waiting_goes_on(
     assert caplog.text.count("refusing model version 1") == 1
 
 
+async def test_an_unreadable_repository_on_the_first_look_is_waited_out(
+    start_app, model_repo, tmp_path, caplog
+) -> None:
+    """A volume not readable yet (here a symlink loop, which stops root too) when the pod
+    starts: logged and looked at again, as on every later look, not a start-up failure."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "fashion").symlink_to(repo / "fashion")
+    app = await start_app(repo, load=False, wait_for_model=True, poll_interval_s=0.05)
+    loading = asyncio.create_task(app.load())
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        await wait_for_status(channel, "", SERVING)
+        assert not loading.done()
+        (repo / "fashion").unlink()
+        (repo / "fashion").mkdir()
+        publish(model_repo, repo)
+        await wait_for_status(channel, READINESS_SERVICE, SERVING)
+    await loading
+    assert "checking" in caplog.text and "for a first model version failed" in caplog.text
+
+
 def test_without_the_flag_an_empty_repository_is_still_an_error(tmp_path) -> None:
     result = subprocess.run(
         [
