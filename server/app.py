@@ -212,9 +212,8 @@ class App:
 
     async def _wait_for_first_version(self) -> LoadedModel:
         where = f"{self.settings.model_repo}/fashion/"
-        await self.plane.readiness.set(
-            Phase.WAITING,
-            refusal=f"waiting for a first model version in {where}; retry shortly",
+        await self.plane.wait_for_model(
+            refusal=f"waiting for a first model version in {where}; retry shortly"
         )
         logger.warning(
             "waiting for a first model version in %s (%s, or on SIGHUP)",

@@ -143,9 +143,12 @@ class DataPlane:
             await self.batcher.start()
             await self.readiness.set(Phase.READY)
 
-    async def wait_for_model(self) -> None:
-        """Live but not ready: the server works, no model is installed yet."""
-        await self.readiness.set(Phase.WAITING)
+    async def wait_for_model(self, refusal: str | None = None) -> None:
+        """Live but not ready: the server works, no model is installed yet.
+
+        ``refusal``: what refused requests are told (e.g. where the server waits).
+        """
+        await self.readiness.set(Phase.WAITING, refusal=refusal)
 
     async def begin_shutdown(self) -> None:
         """NOT ready and not live from now on: new requests get UNAVAILABLE."""
