@@ -125,7 +125,8 @@ class Settings:
     )
     threads: int = _setting(
         0,
-        "onnxruntime intra-op threads (0 = the CPUs this process may use, cgroup limit included)",
+        "onnxruntime intra-op threads for batches of more than 4 images (0 = the CPUs this "
+        "process may use, cgroup limit included); smaller batches run on one thread",
         min=0,
         max=256,
     )

@@ -83,11 +83,12 @@ class ModelManager:
         self.metrics.set_class_names(model.class_names)
         self.metrics.set_model(model.version, model.provider, model.architecture, model.variant)
         logger.info(
-            "serving %s version %d on %s (%d threads)%s",
+            "serving %s version %d on %s (%d threads%s)%s",
             self.repo,
             model.version,
             model.provider,
             model.threads,
+            model.single_thread_note,
             f", replacing version {previous.version}" if previous else "",
         )
 

@@ -33,6 +33,13 @@ NUM_CLASSES = 10
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
+# Batches of at most this many images run on a one-thread session. Below ~5 images a
+# convolution split over intra-op threads costs more CPU (waking and joining the pool on
+# every layer) than it saves in wall time, and on a busy server that CPU is taken from the
+# event loop: on 2 cores, batch 1 took 0.37 ms CPU on one thread against 0.45-0.64 ms on
+# two, and the server at 1 image x 32 clients served 1.12x the images (A/B, 4 of 5 pairs
+# better; docs/PERFORMANCE.md). Bigger batches keep every thread.
+SINGLE_THREAD_MAX_IMAGES = 4
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,11 @@ class LoadedModel:
         self.provider: str = self._session.get_providers()[0]
         self.class_names = self._class_names()
         self.threads = self._session.get_session_options().intra_op_num_threads
+        # The same file on one thread, for small batches (CPU only: a GPU session has
+        # no intra-op pool to wake). The same graph and kernels, so the same outputs.
+        self._single = self._session
+        if self.provider == CPU and self.threads > 1:
+            self._single = create_session(version.model_path, device, 1)
 
     def _class_names(self) -> tuple[str, ...]:
         names = self.metadata.get("class_names")
@@ -168,14 +180,26 @@ class LoadedModel:
     def architecture(self) -> str:
         return str(self.metadata.get("architecture", ""))
 
+    @property
+    def single_thread_note(self) -> str:
+        """For the log: which batches run on the one-thread session, if there is one."""
+        if self._single is self._session:
+            return ""
+        return f"; batches of <= {SINGLE_THREAD_MAX_IMAGES} images on 1"
+
     def predict(self, images: np.ndarray) -> np.ndarray:
         """uint8 [n, 28, 28] -> float32 [n, 10]. Thread-safe; releases the GIL."""
-        (probabilities,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: images})
+        session = self._single if len(images) <= SINGLE_THREAD_MAX_IMAGES else self._session
+        (probabilities,) = session.run([OUTPUT_NAME], {INPUT_NAME: images})
         return np.asarray(probabilities)
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
-        """Run every batch size once so the first real request pays no allocation cost."""
-        for n in batch_sizes:
+        """Run every batch size once so the first real request pays no allocation cost.
+
+        The one-thread session is also run at its largest batch, so its arena is sized.
+        """
+        largest_single = min(SINGLE_THREAD_MAX_IMAGES, max(batch_sizes))
+        for n in sorted({*batch_sizes, largest_single}):
             out = self.predict(np.zeros((n, *IMAGE_SHAPE), dtype=np.uint8))
             if out.shape != (n, NUM_CLASSES) or not np.all(np.isfinite(out)):
                 raise ModelLoadError(f"version {self.version}: warm-up output is {out.shape}")

@@ -126,3 +126,46 @@ async def test_int8_variant_is_served_when_asked(start_app, private_repo) -> Non
     assert app.manager.current.variant == "int8"
     metrics = await scrape(app)
     assert "variant=int8" in next(k for k in metrics if k.startswith("fashion_model_info{"))
+
+
+class _Recorder:
+    """Delegates to a real session and records the batch sizes it ran."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session, self.sizes = session, []
+
+    def run(self, outputs, feeds):
+        self.sizes.append(len(feeds["images"]))
+        return self.session.run(outputs, feeds)
+
+
+def test_small_batches_run_on_a_one_thread_session_with_the_same_answers(
+    model_repo, test_set
+) -> None:
+    from server.model import SINGLE_THREAD_MAX_IMAGES, LoadedModel
+
+    images, _ = test_set
+    model = LoadedModel(read_version(model_repo, 1), threads=2)
+    assert model.threads == 2
+    assert model._single.get_session_options().intra_op_num_threads == 1
+    reference = ort.InferenceSession(str(read_version(model_repo, 1).model_path))
+    single, pooled = _Recorder(model._single), _Recorder(model._session)
+    model._single, model._session = single, pooled
+    sizes = [1, 2, SINGLE_THREAD_MAX_IMAGES, SINGLE_THREAD_MAX_IMAGES + 1, 64]
+    for n in sizes:
+        batch = images[:n]
+        (expected,) = reference.run(["probabilities"], {"images": batch})
+        got = model.predict(batch)
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+        assert got.argmax(axis=1).tolist() == expected.argmax(axis=1).tolist()
+    assert single.sizes == [1, 2, SINGLE_THREAD_MAX_IMAGES]
+    assert pooled.sizes == [SINGLE_THREAD_MAX_IMAGES + 1, 64]
+    assert "batches of <= 4 images on 1" in model.single_thread_note
+
+
+def test_one_thread_setting_keeps_one_session(model_repo) -> None:
+    from server.model import LoadedModel
+
+    model = LoadedModel(read_version(model_repo, 1), threads=1)
+    assert model._single is model._session
+    assert model.single_thread_note == ""
