@@ -122,6 +122,55 @@ def ratios(results: dict[str, Any]) -> list[Ratio]:
     return out
 
 
+def ceiling(results: dict[str, Any], api: str = "oip") -> dict[str, float] | None:
+    """The most any grpc.aio server could serve of this model at 1 image x 32, this run.
+
+    A server that did nothing but Python gRPC (the floor's CPU per request) and this
+    model's own compute (in-process onnxruntime's CPU per image at small batches, the
+    cheaper of batch 1 and 4) would, being CPU-bound on the same cores, reach the floor's
+    throughput times ``floor / (floor + model)``. No data plane, batcher, codec or metric
+    is counted: it is an upper bound for ours, and ``vs_pytriton`` is the best ratio
+    against PyTriton that any server built on grpc.aio could show here.
+    """
+    floor = find(results, "floor", api, 1, 32)
+    model_cpu = results.get("inprocess_cpu_ms_per_image", {})
+    small = [float(model_cpu[k]) for k in ("1", "4") if k in model_cpu]
+    if floor is None or not floor.get("server_cpu_ms_per_request") or not small:
+        return None
+    floor_ms, model_ms = float(floor["server_cpu_ms_per_request"]), min(small)
+    fraction = floor_ms / (floor_ms + model_ms)
+    out = {
+        "floor_cpu_ms_per_request": floor_ms,
+        "model_cpu_ms_per_image": model_ms,
+        "fraction_of_floor": round(fraction, 3),
+        "images_per_s": round(float(floor["images_per_s"]) * fraction, 1),
+    }
+    triton = value(find(results, "pytriton", PEER_API, 1, 32), "images_per_s")
+    if triton:
+        out["vs_pytriton"] = round(out["images_per_s"] / triton, 3)
+    ours = value(find(results, "fashion-serve", api, 1, 32), "images_per_s")
+    if ours is not None:
+        out["ours_of_ceiling"] = round(ours / out["images_per_s"], 3)
+    return out
+
+
+def ceiling_text(results: dict[str, Any]) -> str:
+    c = ceiling(results)
+    if c is None:
+        return "The ceiling needs the floor and in-process CPU figures of the same run."
+    text = (
+        f"Floor {c['floor_cpu_ms_per_request']:.3f} ms CPU per request + the model's own "
+        f"{c['model_cpu_ms_per_image']:.3f} ms CPU per image (in-process) = at most "
+        f"{c['fraction_of_floor']:.0%} of the floor, {c['images_per_s']:,.0f} images/s, for any "
+        "grpc.aio server running this model on these cores"
+    )
+    if "vs_pytriton" in c:
+        text += f": {c['vs_pytriton']:.2f}x PyTriton at best"
+    if "ours_of_ceiling" in c:
+        text += f"; ours reached {c['ours_of_ceiling']:.0%} of that ceiling"
+    return text + "."
+
+
 def our_errors(results: dict[str, Any]) -> int:
     points = results.get("servers", {}).get("fashion-serve", {}).get("points", [])
     return sum(p["errors"] + p["bad_responses"] for p in points)
@@ -155,9 +204,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"Machine: {results.get('machine', '?')}; load average before/after: "
         f"{results.get('loadavg_before', '?')} / {results.get('loadavg_after', '?')}",
         "",
-        "In-process onnxruntime (same threads): "
+        "In-process onnxruntime (the server's sessions): "
         + ", ".join(
             f"batch {n}: {float(v):,.0f} images/s"
+            + (
+                f" ({float(cpu[n]):.3f} ms CPU/image)"
+                if n in (cpu := results.get("inprocess_cpu_ms_per_image", {}))
+                else ""
+            )
             for n, v in results.get("inprocess_images_per_s", {}).items()
         ),
         "",
@@ -166,6 +220,10 @@ def markdown(results: dict[str, Any]) -> str:
         ratios_table(rows),
         "",
         f"Errors and wrong-sized answers at our points: {our_errors(results)}.",
+        "",
+        "## The ceiling at 1 image x 32 (ModelInfer)",
+        "",
+        ceiling_text(results),
         "",
         "Cold start to ready: "
         + ", ".join(
@@ -228,7 +286,11 @@ def plot(results: dict[str, Any], path: Path) -> bool:
 
 def write(results: dict[str, Any], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = {**results, "ratios": [r.as_dict() for r in ratios(results)]}
+    results = {
+        **results,
+        "ratios": [r.as_dict() for r in ratios(results)],
+        "ceiling_1x32": ceiling(results),
+    }
     written = [out_dir / "peers.json", out_dir / "peers.md"]
     written[0].write_text(json.dumps(results, indent=2) + "\n")
     written[1].write_text(markdown(results) + "\n")

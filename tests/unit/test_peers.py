@@ -197,3 +197,22 @@ def test_server_cpu_includes_the_process_tree():
         finally:
             child.stdin.close()
             child.wait(10)
+
+
+def test_the_ceiling_adds_the_models_own_cpu_to_the_floors():
+    results = _results()
+    results["servers"]["floor"]["points"][0]["server_cpu_ms_per_request"] = 0.6
+    results["inprocess_cpu_ms_per_image"] = {"1": 0.5, "4": 0.4, "32": 0.3}
+    c = table.ceiling(results)
+    assert c is not None
+    assert c["model_cpu_ms_per_image"] == 0.4  # the cheaper small batch, not batch 32
+    assert c["fraction_of_floor"] == 0.6  # 0.6 / (0.6 + 0.4)
+    assert c["images_per_s"] == 1800.0  # 3,000 x 0.6
+    assert c["vs_pytriton"] == 1.8  # 1,800 / 1,000
+    assert c["ours_of_ceiling"] == round(2100 / 1800, 3)
+    assert "at most 60% of the floor" in table.ceiling_text(results)
+
+
+def test_no_ceiling_without_the_same_runs_figures():
+    assert table.ceiling(_results()) is None  # no in-process CPU figures
+    assert "needs the floor" in table.ceiling_text(_results())
