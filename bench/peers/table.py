@@ -122,7 +122,9 @@ def ratios(results: dict[str, Any]) -> list[Ratio]:
     return out
 
 
-def ceiling(results: dict[str, Any], api: str = "oip") -> dict[str, float] | None:
+def ceiling(
+    results: dict[str, Any], api: str = "oip", ours_api: str = ""
+) -> dict[str, float] | None:
     """The most any grpc.aio server could serve of this model at 1 image x 32, this run.
 
     A server that did nothing but Python gRPC (the floor's CPU per request) and this
@@ -130,7 +132,9 @@ def ceiling(results: dict[str, Any], api: str = "oip") -> dict[str, float] | Non
     cheaper of batch 1 and 4) would, being CPU-bound on the same cores, reach the floor's
     throughput times ``floor / (floor + model)``. No data plane, batcher, codec or metric
     is counted: it is an upper bound for ours, and ``vs_pytriton`` is the best ratio
-    against PyTriton that any server built on grpc.aio could show here.
+    against PyTriton that any server built on grpc.aio could show here (for ``stream``,
+    against PyTriton's unary, the streamed target's reference). ``ours_api`` is the API of
+    ours compared with it (default ``api``).
     """
     floor = find(results, "floor", api, 1, 32)
     model_cpu = results.get("inprocess_cpu_ms_per_image", {})
@@ -148,24 +152,25 @@ def ceiling(results: dict[str, Any], api: str = "oip") -> dict[str, float] | Non
     triton = value(find(results, "pytriton", PEER_API, 1, 32), "images_per_s")
     if triton:
         out["vs_pytriton"] = round(out["images_per_s"] / triton, 3)
-    ours = value(find(results, "fashion-serve", api, 1, 32), "images_per_s")
+    ours = value(find(results, "fashion-serve", ours_api or api, 1, 32), "images_per_s")
     if ours is not None:
         out["ours_of_ceiling"] = round(ours / out["images_per_s"], 3)
     return out
 
 
-def ceiling_text(results: dict[str, Any]) -> str:
-    c = ceiling(results)
+def ceiling_text(results: dict[str, Any], api: str = "oip") -> str:
+    c = ceiling(results, api)
     if c is None:
         return "The ceiling needs the floor and in-process CPU figures of the same run."
+    kind = "per message on a stream" if api == "stream" else "per request"
     text = (
-        f"Floor {c['floor_cpu_ms_per_request']:.3f} ms CPU per request + the model's own "
+        f"Floor {c['floor_cpu_ms_per_request']:.3f} ms CPU {kind} + the model's own "
         f"{c['model_cpu_ms_per_image']:.3f} ms CPU per image (in-process) = at most "
         f"{c['fraction_of_floor']:.0%} of the floor, {c['images_per_s']:,.0f} images/s, for any "
         "grpc.aio server running this model on these cores"
     )
     if "vs_pytriton" in c:
-        text += f": {c['vs_pytriton']:.2f}x PyTriton at best"
+        text += f": {c['vs_pytriton']:.2f}x PyTriton's unary at best"
     if "ours_of_ceiling" in c:
         text += f"; ours reached {c['ours_of_ceiling']:.0%} of that ceiling"
     return text + "."
@@ -221,9 +226,11 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Errors and wrong-sized answers at our points: {our_errors(results)}.",
         "",
-        "## The ceiling at 1 image x 32 (ModelInfer)",
+        "## The ceiling at 1 image x 32",
         "",
-        ceiling_text(results),
+        f"Unary (ModelInfer): {ceiling_text(results)}",
+        "",
+        f"Streamed (PredictStream): {ceiling_text(results, 'stream')}",
         "",
         "Cold start to ready: "
         + ", ".join(
@@ -290,6 +297,7 @@ def write(results: dict[str, Any], out_dir: Path) -> list[Path]:
         **results,
         "ratios": [r.as_dict() for r in ratios(results)],
         "ceiling_1x32": ceiling(results),
+        "ceiling_1x32_stream": ceiling(results, "stream"),
     }
     written = [out_dir / "peers.json", out_dir / "peers.md"]
     written[0].write_text(json.dumps(results, indent=2) + "\n")

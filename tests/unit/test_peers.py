@@ -216,3 +216,18 @@ def test_the_ceiling_adds_the_models_own_cpu_to_the_floors():
 def test_no_ceiling_without_the_same_runs_figures():
     assert table.ceiling(_results()) is None  # no in-process CPU figures
     assert "needs the floor" in table.ceiling_text(_results())
+
+
+def test_the_streamed_ceiling_uses_the_floors_stream_and_pytritons_unary():
+    results = _results()
+    results["servers"]["floor"]["points"].append(_point("stream", 1, 32, 9000, 3.0))
+    results["servers"]["floor"]["points"][-1]["server_cpu_ms_per_request"] = 0.2
+    results["servers"]["fashion-serve"]["points"].append(_point("stream", 1, 32, 3000, 9.0))
+    results["inprocess_cpu_ms_per_image"] = {"1": 0.3}
+    c = table.ceiling(results, "stream")
+    assert c is not None
+    assert c["fraction_of_floor"] == 0.4  # 0.2 / (0.2 + 0.3)
+    assert c["images_per_s"] == 3600.0
+    assert c["vs_pytriton"] == 3.6  # against PyTriton's unary 1 x 32
+    assert c["ours_of_ceiling"] == round(3000 / 3600, 3)
+    assert "per message on a stream" in table.ceiling_text(results, "stream")
