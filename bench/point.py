@@ -63,6 +63,8 @@ def measure(
     requests = len(outcome.latencies_s)
     errors = sum(outcome.errors.values())
     server_cpu_s = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+    if server_cpu_s is not None and server_cpu_s < 0:
+        server_cpu_s = None  # a process of the server's tree died in the window: unknown
     return {
         "api": api,
         "size": size,

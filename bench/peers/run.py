@@ -96,6 +96,16 @@ def _point(load: LoadGenerator, target: Target, step: tuple[str, int, int], args
     return point
 
 
+def _died(server: Any, point: dict[str, Any]) -> bool:
+    """The server's process exited, or it answered nothing but errors for a whole point.
+
+    The second catches a peer whose serving child died under a live parent: PyTriton's
+    tritonserver segfaulting leaves its Python process running, every call UNAVAILABLE.
+    """
+    exited = server.process.poll() is not None
+    return exited or (point["requests"] == 0 and point["errors"] > 0)
+
+
 def _perf_analyzer(name: str, target: str) -> dict[str, Any]:
     from bench import triton_perf
 
@@ -143,15 +153,18 @@ def _with_server(
     results["servers"][name] = entry
     try:
         for step in plan:
-            entry["points"].append(_point(load, target_of(server), step, args))
-            if server.process.poll() is not None:
-                # A server that died mid-point is reported, then restarted for the rest:
-                # the point it died in keeps its errors.
-                crash = {"during": list(step), "exit_code": server.process.returncode}
+            point = _point(load, target_of(server), step, args)
+            if _died(server, point):
+                # A server that died mid-point is reported (the crash, the failed point) and
+                # restarted; the point is measured once more on the fresh process, and a
+                # second crash there keeps its errors.
+                crash = {"during": list(step), "exit_code": server.process.poll(), "failed": point}
                 entry.setdefault("crashes", []).append(crash)
                 _log(f"{name} died during {step} (exit {crash['exit_code']}); restarting")
                 server.stop()
                 server = start()
+                point = {**_point(load, target_of(server), step, args), "retried_after_crash": True}
+            entry["points"].append(point)
         entry["memory_end"] = memory_mib(server.pid)
         if args.perf_analyzer and name != "floor":
             results.setdefault("perf_analyzer", {})[name] = _perf_analyzer(name, server.target)

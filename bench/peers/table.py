@@ -243,9 +243,12 @@ def markdown(results: dict[str, Any]) -> str:
     for name, server in results.get("servers", {}).items():
         for crash in server.get("crashes", []):
             api, size, conc = crash["during"]
+            failed = crash.get("failed", {})
             parts += [
                 f"**{name} died** during {api} {size} x conc {conc} (exit "
-                f"{crash['exit_code']}; restarted for the points after it).",
+                f"{crash['exit_code']}; {failed.get('errors', '?')} errors "
+                f"{failed.get('errors_by_code', {})}, {failed.get('requests', '?')} answers); "
+                "restarted, and the point measured again on the fresh process.",
                 "",
             ]
     for name, server in results.get("servers", {}).items():

@@ -231,3 +231,27 @@ def test_the_streamed_ceiling_uses_the_floors_stream_and_pytritons_unary():
     assert c["vs_pytriton"] == 3.6  # against PyTriton's unary 1 x 32
     assert c["ours_of_ceiling"] == round(3000 / 3600, 3)
     assert "per message on a stream" in table.ceiling_text(results, "stream")
+
+
+def test_a_server_whose_serving_child_died_is_seen_as_dead():
+    from types import SimpleNamespace
+
+    from bench.peers.run import _died
+
+    def server(code):
+        return SimpleNamespace(process=SimpleNamespace(poll=lambda: code))
+
+    alive, failed = _point("oip-fp32-stream", 1, 32, 900, 5.0), {"requests": 0, "errors": 7}
+    assert not _died(server(None), alive)
+    assert _died(server(None), {**alive, **failed})  # live parent, every call UNAVAILABLE
+    assert _died(server(-11), alive)  # the process itself exited
+
+
+def test_a_crash_is_reported_with_its_failed_point(tmp_path):
+    results = _results()
+    failed = {"errors": 12, "errors_by_code": {"UNAVAILABLE": 12}, "requests": 0}
+    crash = {"during": ["oip-fp32-stream", 1, 32], "exit_code": None, "failed": failed}
+    results["servers"]["pytriton"]["crashes"] = [crash]
+    text = table.markdown(results)
+    assert "**pytriton died** during oip-fp32-stream 1 x conc 32" in text
+    assert "12 errors {'UNAVAILABLE': 12}, 0 answers" in text
