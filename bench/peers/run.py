@@ -99,11 +99,14 @@ def _point(load: LoadGenerator, target: Target, step: tuple[str, int, int], args
 def _died(server: Any, point: dict[str, Any]) -> bool:
     """The server's process exited, or it answered nothing but errors for a whole point.
 
-    The second catches a peer whose serving child died under a live parent: PyTriton's
-    tritonserver segfaulting leaves its Python process running, every call UNAVAILABLE.
+    The others catch a peer whose serving child died under a live parent: PyTriton's
+    tritonserver segfaulting leaves its Python process running, the calls UNAVAILABLE.
     """
     exited = server.process.poll() is not None
-    return exited or (point["requests"] == 0 and point["errors"] > 0)
+    nothing_but_errors = point["requests"] == 0 and point["errors"] > 0
+    # The tree's CPU shrank (bench.point: None) while calls failed: a child died mid-point.
+    child_died = point["errors"] > 0 and point["server_cpu_cores"] is None
+    return exited or nothing_but_errors or child_died
 
 
 def _perf_analyzer(name: str, target: str) -> dict[str, Any]:
@@ -153,17 +156,20 @@ def _with_server(
     results["servers"][name] = entry
     try:
         for step in plan:
-            point = _point(load, target_of(server), step, args)
-            if _died(server, point):
-                # A server that died mid-point is reported (the crash, the failed point) and
-                # restarted; the point is measured once more on the fresh process, and a
-                # second crash there keeps its errors.
+            # A server that dies mid-point is reported (the crash and the failed point) and
+            # restarted, so what follows (perf_analyzer too) meets a live one; the point is
+            # measured once more on the fresh process, and a second crash keeps its errors.
+            for attempt in (1, 2):
+                point = _point(load, target_of(server), step, args)
+                if attempt == 2:
+                    point["retried_after_crash"] = True
+                if not _died(server, point):
+                    break
                 crash = {"during": list(step), "exit_code": server.process.poll(), "failed": point}
                 entry.setdefault("crashes", []).append(crash)
                 _log(f"{name} died during {step} (exit {crash['exit_code']}); restarting")
                 server.stop()
                 server = start()
-                point = {**_point(load, target_of(server), step, args), "retried_after_crash": True}
             entry["points"].append(point)
         entry["memory_end"] = memory_mib(server.pid)
         if args.perf_analyzer and name != "floor":

@@ -245,6 +245,9 @@ def test_a_server_whose_serving_child_died_is_seen_as_dead():
     assert not _died(server(None), alive)
     assert _died(server(None), {**alive, **failed})  # live parent, every call UNAVAILABLE
     assert _died(server(-11), alive)  # the process itself exited
+    some_failed = {**alive, "errors": 3, "server_cpu_cores": None}  # the tree's CPU shrank
+    assert _died(server(None), some_failed)
+    assert not _died(server(None), {**alive, "errors": 3})  # errors alone: the server's answer
 
 
 def test_a_crash_is_reported_with_its_failed_point(tmp_path):
@@ -255,3 +258,40 @@ def test_a_crash_is_reported_with_its_failed_point(tmp_path):
     text = table.markdown(results)
     assert "**pytriton died** during oip-fp32-stream 1 x conc 32" in text
     assert "12 errors {'UNAVAILABLE': 12}, 0 answers" in text
+
+
+def test_a_crashed_server_is_restarted_measured_again_and_left_alive(monkeypatch):
+    from types import SimpleNamespace
+
+    from bench.peers import run
+
+    started, stopped = [], []
+
+    def start():
+        server = SimpleNamespace(
+            process=SimpleNamespace(poll=lambda: None),
+            cold_start_s=0.1,
+            pid=100 + len(started),
+            target="127.0.0.1:1",
+            stop=lambda: stopped.append(server.pid) or 0,
+        )
+        started.append(server.pid)
+        return server
+
+    crashed = {"requests": 0, "errors": 9, "errors_by_code": {"UNAVAILABLE": 9}}
+    outcomes = iter([{}, crashed, crashed])  # step 1 fine, step 2 crashes on both attempts
+
+    def point(load, target, step, args):
+        return {**_point(step[0], step[1], step[2], 100, 1.0), **next(outcomes)}
+
+    monkeypatch.setattr(run, "_point", point)
+    monkeypatch.setattr(run, "memory_mib", lambda pid: {})
+    results: dict = {"servers": {}}
+    plan = [("oip-fp32", 1, 1), ("oip-fp32-stream", 1, 32)]
+    args = SimpleNamespace(perf_analyzer=False)
+    run._with_server(results, "pytriton", start, lambda s: s, plan, None, args)
+    entry = results["servers"]["pytriton"]
+    assert len(entry["crashes"]) == 2 and started == [100, 101, 102]
+    assert stopped == [100, 101, 102]  # each crashed process and the last one
+    assert entry["points"][1]["retried_after_crash"] is True
+    assert entry["points"][1]["errors"] == 9  # the second crash keeps its errors
