@@ -122,57 +122,75 @@ def ratios(results: dict[str, Any]) -> list[Ratio]:
     return out
 
 
-def ceiling(
-    results: dict[str, Any], api: str = "oip", ours_api: str = ""
-) -> dict[str, float] | None:
+def _client_ms(point: dict[str, Any]) -> float:
+    rate = float(point["requests_per_s"])
+    return 1000.0 * float(point["client_cpu_cores"]) / rate if rate else 0.0
+
+
+def ceiling(results: dict[str, Any], api: str = "oip") -> dict[str, float] | None:
     """The most any grpc.aio server could serve of this model at 1 image x 32, this run.
 
-    A server that did nothing but Python gRPC (the floor's CPU per request) and this
-    model's own compute (in-process onnxruntime's CPU per image at small batches, the
-    cheaper of batch 1 and 4) would, being CPU-bound on the same cores, reach the floor's
-    throughput times ``floor / (floor + model)``. No data plane, batcher, codec or metric
-    is counted: it is an upper bound for ours, and ``vs_pytriton`` is the best ratio
-    against PyTriton that any server built on grpc.aio could show here (for ``stream``,
-    against PyTriton's unary, the streamed target's reference). ``ours_api`` is the API of
-    ours compared with it (default ``api``).
+    An ideal server does, per request, the floor's Python gRPC work on its event loop
+    (``f`` ms CPU, the floor's own figure) plus this model's compute on another thread
+    (``m`` ms CPU per image, in-process onnxruntime at the small batches these requests
+    form: the cheaper of batch 1 and 4), and nothing else; its clients cost what the
+    floor's cost per request (``c``). The machine gives server and clients together what
+    it gave the floor and its clients (``C`` cores, the floor point's sum). Then
+
+        images/s <= min(1000 / f  (one loop thread),  1000 * C / (f + m + c)  (the cores)).
+
+    No data plane, batcher, thread hop, codec or metric is counted, so it bounds ours
+    from above; ``vs_pytriton`` is the best ratio to PyTriton's unary any server built on
+    grpc.aio could show in this run (for ``stream``: the floor's stream, against the
+    streamed target's reference, PyTriton's unary). ``ours_own_ms`` is what ours spends
+    per request beyond ``f + m``: the part that is ours to cut.
     """
     floor = find(results, "floor", api, 1, 32)
     model_cpu = results.get("inprocess_cpu_ms_per_image", {})
     small = [float(model_cpu[k]) for k in ("1", "4") if k in model_cpu]
     if floor is None or not floor.get("server_cpu_ms_per_request") or not small:
         return None
-    floor_ms, model_ms = float(floor["server_cpu_ms_per_request"]), min(small)
-    fraction = floor_ms / (floor_ms + model_ms)
+    f, m, c = float(floor["server_cpu_ms_per_request"]), min(small), _client_ms(floor)
+    cores = float(floor["server_cpu_cores"]) + float(floor["client_cpu_cores"])
+    images = min(1000.0 / f, 1000.0 * cores / (f + m + c))
     out = {
-        "floor_cpu_ms_per_request": floor_ms,
-        "model_cpu_ms_per_image": model_ms,
-        "fraction_of_floor": round(fraction, 3),
-        "images_per_s": round(float(floor["images_per_s"]) * fraction, 1),
+        "floor_cpu_ms_per_request": f,
+        "model_cpu_ms_per_image": m,
+        "client_cpu_ms_per_request": round(c, 3),
+        "cores": round(cores, 2),
+        "images_per_s": round(images, 1),
+        "fraction_of_floor": round(images / float(floor["images_per_s"]), 3),
     }
     triton = value(find(results, "pytriton", PEER_API, 1, 32), "images_per_s")
     if triton:
-        out["vs_pytriton"] = round(out["images_per_s"] / triton, 3)
-    ours = value(find(results, "fashion-serve", ours_api or api, 1, 32), "images_per_s")
+        out["vs_pytriton"] = round(images / triton, 3)
+    ours = find(results, "fashion-serve", api, 1, 32)
     if ours is not None:
-        out["ours_of_ceiling"] = round(ours / out["images_per_s"], 3)
+        out["ours_of_ceiling"] = round(float(ours["images_per_s"]) / images, 3)
+        if ours.get("server_cpu_ms_per_request"):
+            own = float(ours["server_cpu_ms_per_request"]) - f - m
+            out["ours_own_ms_per_request"] = round(own, 3)
     return out
 
 
 def ceiling_text(results: dict[str, Any], api: str = "oip") -> str:
-    c = ceiling(results, api)
-    if c is None:
+    x = ceiling(results, api)
+    if x is None:
         return "The ceiling needs the floor and in-process CPU figures of the same run."
     kind = "per message on a stream" if api == "stream" else "per request"
     text = (
-        f"Floor {c['floor_cpu_ms_per_request']:.3f} ms CPU {kind} + the model's own "
-        f"{c['model_cpu_ms_per_image']:.3f} ms CPU per image (in-process) = at most "
-        f"{c['fraction_of_floor']:.0%} of the floor, {c['images_per_s']:,.0f} images/s, for any "
-        "grpc.aio server running this model on these cores"
+        f"the floor's {x['floor_cpu_ms_per_request']:.3f} ms CPU {kind} + the model's "
+        f"{x['model_cpu_ms_per_image']:.3f} ms per image + its clients' "
+        f"{x['client_cpu_ms_per_request']:.3f} ms, on the {x['cores']:.2f} cores the floor's "
+        f"point got: at most {x['images_per_s']:,.0f} images/s "
+        f"({x['fraction_of_floor']:.0%} of the floor) for any grpc.aio server of this model"
     )
-    if "vs_pytriton" in c:
-        text += f": {c['vs_pytriton']:.2f}x PyTriton's unary at best"
-    if "ours_of_ceiling" in c:
-        text += f"; ours reached {c['ours_of_ceiling']:.0%} of that ceiling"
+    if "vs_pytriton" in x:
+        text += f", {x['vs_pytriton']:.2f}x PyTriton's unary"
+    if "ours_of_ceiling" in x:
+        text += f"; ours reached {x['ours_of_ceiling']:.0%} of it"
+    if "ours_own_ms_per_request" in x:
+        text += f", spending {x['ours_own_ms_per_request']:.3f} ms CPU {kind} beyond floor + model"
     return text + "."
 
 
@@ -308,3 +326,23 @@ def write(results: dict[str, Any], out_dir: Path) -> list[Path]:
     if plot(results, out_dir / "peers.png"):
         written.append(out_dir / "peers.png")
     return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.peers.table DIR...``: rewrite each DIR's peers.md/.png (and the
+    derived figures in peers.json) from its measurements, e.g. after a change to the ratios."""
+    import sys
+
+    dirs = [Path(d) for d in (sys.argv[1:] if argv is None else argv)]
+    if not dirs:
+        print("usage: python -m bench.peers.table DIR [DIR...]", file=sys.stderr)
+        return 2
+    for d in dirs:
+        results = json.loads((d / "peers.json").read_text())
+        for path in write(results, d):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

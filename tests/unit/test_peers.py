@@ -201,16 +201,30 @@ def test_server_cpu_includes_the_process_tree():
 
 def test_the_ceiling_adds_the_models_own_cpu_to_the_floors():
     results = _results()
-    results["servers"]["floor"]["points"][0]["server_cpu_ms_per_request"] = 0.6
+    floor = results["servers"]["floor"]["points"][0]  # 3,000 requests/s
+    floor.update(server_cpu_ms_per_request=0.5, server_cpu_cores=1.0, client_cpu_cores=0.3)
     results["inprocess_cpu_ms_per_image"] = {"1": 0.5, "4": 0.4, "32": 0.3}
     c = table.ceiling(results)
     assert c is not None
     assert c["model_cpu_ms_per_image"] == 0.4  # the cheaper small batch, not batch 32
-    assert c["fraction_of_floor"] == 0.6  # 0.6 / (0.6 + 0.4)
-    assert c["images_per_s"] == 1800.0  # 3,000 x 0.6
-    assert c["vs_pytriton"] == 1.8  # 1,800 / 1,000
-    assert c["ours_of_ceiling"] == round(2100 / 1800, 3)
-    assert "at most 60% of the floor" in table.ceiling_text(results)
+    assert c["client_cpu_ms_per_request"] == 0.1  # 0.3 cores / 3,000 requests/s
+    assert c["cores"] == 1.3
+    # min(1000 / 0.5 (the loop), 1000 x 1.3 / (0.5 + 0.4 + 0.1) (the cores))
+    assert c["images_per_s"] == 1300.0
+    assert c["fraction_of_floor"] == round(1300 / 3000, 3)
+    assert c["vs_pytriton"] == 1.3  # 1,300 / 1,000
+    assert c["ours_of_ceiling"] == round(2100 / 1300, 3)
+    assert c["ours_own_ms_per_request"] == 0.1  # ours 1.0 ms - 0.5 - 0.4
+    assert "at most 1,300 images/s (43% of the floor)" in table.ceiling_text(results)
+
+
+def test_the_loop_thread_bounds_the_ceiling_when_cores_are_plenty():
+    results = _results()
+    floor = results["servers"]["floor"]["points"][0]
+    floor.update(server_cpu_ms_per_request=0.5, server_cpu_cores=1.0, client_cpu_cores=15.0)
+    results["inprocess_cpu_ms_per_image"] = {"1": 0.4}
+    c = table.ceiling(results)
+    assert c is not None and c["images_per_s"] == 2000.0  # one loop thread at 0.5 ms
 
 
 def test_no_ceiling_without_the_same_runs_figures():
@@ -220,16 +234,18 @@ def test_no_ceiling_without_the_same_runs_figures():
 
 def test_the_streamed_ceiling_uses_the_floors_stream_and_pytritons_unary():
     results = _results()
-    results["servers"]["floor"]["points"].append(_point("stream", 1, 32, 9000, 3.0))
-    results["servers"]["floor"]["points"][-1]["server_cpu_ms_per_request"] = 0.2
+    stream = _point("stream", 1, 32, 9000, 3.0)
+    stream.update(server_cpu_ms_per_request=0.2, server_cpu_cores=1.0, client_cpu_cores=0.9)
+    results["servers"]["floor"]["points"].append(stream)
     results["servers"]["fashion-serve"]["points"].append(_point("stream", 1, 32, 3000, 9.0))
     results["inprocess_cpu_ms_per_image"] = {"1": 0.3}
     c = table.ceiling(results, "stream")
     assert c is not None
-    assert c["fraction_of_floor"] == 0.4  # 0.2 / (0.2 + 0.3)
-    assert c["images_per_s"] == 3600.0
-    assert c["vs_pytriton"] == 3.6  # against PyTriton's unary 1 x 32
-    assert c["ours_of_ceiling"] == round(3000 / 3600, 3)
+    # min(1000 / 0.2, 1000 x 1.9 / (0.2 + 0.3 + 0.1))
+    assert c["images_per_s"] == round(1900 / 0.6, 1)
+    assert c["vs_pytriton"] == round(1900 / 0.6 / 1000, 3)  # against PyTriton's unary 1 x 32
+    assert c["ours_of_ceiling"] == round(3000 / (1900 / 0.6), 3)
+    assert c["ours_own_ms_per_request"] == 0.5  # ours 1.0 ms - 0.2 - 0.3
     assert "per message on a stream" in table.ceiling_text(results, "stream")
 
 
@@ -295,3 +311,11 @@ def test_a_crashed_server_is_restarted_measured_again_and_left_alive(monkeypatch
     assert stopped == [100, 101, 102]  # each crashed process and the last one
     assert entry["points"][1]["retried_after_crash"] is True
     assert entry["points"][1]["errors"] == 9  # the second crash keeps its errors
+
+
+def test_a_report_is_rewritten_from_its_measurements(tmp_path):
+    table.write(_results(), tmp_path)
+    (tmp_path / "peers.md").unlink()
+    assert table.main([str(tmp_path)]) == 0
+    assert "Errors and wrong-sized answers" in (tmp_path / "peers.md").read_text()
+    assert table.main([]) == 2
