@@ -138,11 +138,12 @@ def start_server(
     return start_process(command, READY_MARK, timeout_s)
 
 
-def start_echo(timeout_s: float = 60.0) -> ServerProcess:
-    """The canned-answer grpc.aio server of :mod:`bench.echo` (no metrics)."""
+def start_echo(timeout_s: float = 60.0, wait: str = "none") -> ServerProcess:
+    """The canned-answer grpc.aio server of :mod:`bench.echo` (no metrics), ``--wait`` ``wait``."""
     from bench.echo import READY_MARK as ECHO_MARK
 
-    return start_process([sys.executable, "-m", "bench.echo"], ECHO_MARK, timeout_s)
+    command = [sys.executable, "-m", "bench.echo", "--wait", wait]
+    return start_process(command, ECHO_MARK, timeout_s)
 
 
 def start_process(command: list[str], ready_mark: str, timeout_s: float) -> ServerProcess:

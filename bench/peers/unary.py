@@ -3,12 +3,15 @@
     python -m bench.peers.unary profile --model-repo R [--seconds 8] [--out DIR]
     python -m bench.peers.unary ab --model-repo R --a TREE_A --b TREE_B [--repeats 4]
     python -m bench.peers.unary ab --model-repo R --b-server-arg=--batch-concurrency=2 ...
+    python -m bench.peers.unary hops --model-repo R [--repeats 3]
 
 ``profile``: py-spy (``--native``) on the server under ModelInfer, 1 image/request,
 concurrency 32, split into bench.profile's buckets (grpc core, asyncio, ours by module).
 ``ab``: two servers started from two source trees (``python -m server.main`` run with each
 tree as its working directory, so its ``server`` package is the one imported), measured
 alternately A, B, A, B... with the same load, so drift on a shared machine hits both sides.
+``hops``: the floor (bench.echo) with each ``--wait`` of bench.echo, then ours, in turns:
+what a thread hop per request or per batch costs on its own, beside the whole request path.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 from bench.loadgen import LoadGenerator
 from bench.point import Target, measure
 from bench.profile import RATE_HZ, py_spy, summarise
-from bench.serverproc import ServerProcess, start_server
+from bench.serverproc import ServerProcess, start_echo, start_server
 
 
 def _start_in(tree: Path, model_repo: Path, args: Sequence[str]) -> ServerProcess:
@@ -132,9 +135,53 @@ def ab(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def hops(args: argparse.Namespace) -> dict[str, Any]:
+    from bench.echo import WAITS
+
+    servers = {f"echo --wait {w}": start_echo(wait=w) for w in WAITS}
+    servers["fashion-serve"] = start_server(args.model_repo, args.server_arg)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+    try:
+        with LoadGenerator(2) as load:
+            for _ in range(args.repeats):
+                for name, server in servers.items():
+                    port = server.metrics_port
+                    metrics = f"127.0.0.1:{port}" if port > 0 else None
+                    point = measure(
+                        load,
+                        Target(server.target, metrics, server.pid),
+                        api=args.api,
+                        size=1,
+                        concurrency=args.concurrency,
+                        connections=4,
+                        warmup_s=1.0,
+                        duration_s=args.duration_s,
+                    )
+                    runs[name].append(point)
+                    print(
+                        f"{name:20} {point['images_per_s']:8.0f} img/s, "
+                        f"cpu/req {point['server_cpu_ms_per_request']} ms",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    finally:
+        for server in servers.values():
+            server.stop()
+    return {
+        name: {
+            "median_images_per_s": statistics.median(p["images_per_s"] for p in points),
+            "median_server_cpu_ms_per_request": statistics.median(
+                p["server_cpu_ms_per_request"] or 0.0 for p in points
+            ),
+            "errors": sum(p["errors"] + p["bad_responses"] for p in points),
+        }
+        for name, points in runs.items()
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.peers.unary", description=__doc__)
-    p.add_argument("mode", choices=("profile", "ab"))
+    p.add_argument("mode", choices=("profile", "ab", "hops"))
     p.add_argument("--model-repo", type=Path, default=Path("models"))
     p.add_argument("--server-arg", action="append", default=[])
     p.add_argument(
@@ -152,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.mode == "ab" and args.b is None:
         args.b = args.a  # same tree: an A/B of --b-server-arg flags
-    result = profile(args) if args.mode == "profile" else ab(args)
+    result = {"profile": profile, "ab": ab, "hops": hops}[args.mode](args)
     print(json.dumps(result, indent=2))
     return 0
 

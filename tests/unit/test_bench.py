@@ -103,3 +103,27 @@ def test_markdown_reports_fraction_of_limit() -> None:
     assert "| ModelInfer (OIP) | 32 | 8 | 100 | 3,200 | 50 % |" in text
     assert "| 32 images/request, concurrency 8, fraction of in-process | ModelInfer (OIP) " \
            "| ≥ 85% | 50% | **no** |" in text
+
+
+@pytest.mark.parametrize("wait", ["none", "yield", "executor", "batched"])
+def test_echo_answers_concurrent_calls_with_each_wait(wait: str) -> None:
+    import asyncio
+
+    import grpc
+
+    from bench.payload import METHOD, answered_images, images, request_bytes
+    from bench.serverproc import start_echo
+
+    server = start_echo(wait=wait)
+
+    async def calls() -> list[int]:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            call = channel.unary_unary(METHOD["oip"])
+            body = request_bytes("oip", images(1, seed=0))
+            answers = await asyncio.gather(*(call(body, timeout=10) for _ in range(32)))
+            return [answered_images("oip", a) for a in answers]
+
+    try:
+        assert asyncio.run(calls()) == [1] * 32  # 32 in flight: batched waits share hops
+    finally:
+        assert server.stop() == 0
