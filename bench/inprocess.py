@@ -42,8 +42,9 @@ def measure(
     path: Path, batch_sizes: Iterable[int], threads: int = 0, duration_s: float = 2.0
 ) -> dict[int, dict[str, float]]:
     """Per batch size: images/s and this process's CPU ms per image (all its threads)."""
-    pooled = create_session(path, "cpu", threads or available_cpus())
-    single = create_session(path, "cpu", 1)
+    threads = threads or available_cpus()
+    pooled = create_session(path, "cpu", threads)
+    single = pooled if threads == 1 else create_session(path, "cpu", 1)
     out: dict[int, dict[str, float]] = {}
     for n in batch_sizes:
         session = single if n <= SINGLE_THREAD_MAX_IMAGES else pooled

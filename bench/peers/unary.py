@@ -43,7 +43,53 @@ def _start_in(tree: Path, model_repo: Path, args: Sequence[str]) -> ServerProces
 
 
 def _target(server: ServerProcess) -> Target:
-    return Target(server.target, f"127.0.0.1:{server.metrics_port}", server.pid)
+    port = server.metrics_port  # bench.echo has none (-1)
+    return Target(server.target, f"127.0.0.1:{port}" if port > 0 else None, server.pid)
+
+
+def _alternate(
+    servers: dict[str, ServerProcess], args: argparse.Namespace, size: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Each server in turn, ``--repeats`` rounds, the same load: drift hits every side."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+    try:
+        with LoadGenerator(2) as load:
+            for _ in range(args.repeats):
+                for name, server in servers.items():
+                    point = measure(
+                        load,
+                        _target(server),
+                        api=args.api,
+                        size=size,
+                        concurrency=args.concurrency,
+                        connections=4,
+                        warmup_s=1.0,
+                        duration_s=args.duration_s,
+                    )
+                    runs[name].append(point)
+                    print(
+                        f"{name}: {point['images_per_s']:8.0f} img/s p50 "
+                        f"{point['latency_ms']['p50']} ms, "
+                        f"cpu/req {point['server_cpu_ms_per_request']} ms, "
+                        f"errors {point['errors']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    finally:
+        for server in servers.values():
+            server.stop()
+    return runs
+
+
+def _summary(points: list[dict[str, Any]]) -> dict[str, Any]:
+    ips = [p["images_per_s"] for p in points]
+    cpu = [p["server_cpu_ms_per_request"] for p in points if p["server_cpu_ms_per_request"]]
+    return {
+        "images_per_s": ips,
+        "median_images_per_s": statistics.median(ips),
+        "median_server_cpu_ms_per_request": statistics.median(cpu) if cpu else None,
+        "errors": sum(p["errors"] + p["bad_responses"] for p in points),
+    }
 
 
 def profile(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,45 +131,8 @@ def ab(args: argparse.Namespace) -> dict[str, Any]:
         "A": _start_in(args.a, args.model_repo, args.server_arg),
         "B": _start_in(args.b, args.model_repo, [*args.server_arg, *args.b_server_arg]),
     }
-    runs: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
-    try:
-        with LoadGenerator(2) as load:
-            for _ in range(args.repeats):
-                for side, server in servers.items():
-                    point = measure(
-                        load,
-                        _target(server),
-                        api=args.api,
-                        size=args.size,
-                        concurrency=args.concurrency,
-                        connections=4,
-                        warmup_s=1.0,
-                        duration_s=args.duration_s,
-                    )
-                    runs[side].append(point)
-                    print(
-                        f"{side}: {point['images_per_s']:8.0f} img/s p50 "
-                        f"{point['latency_ms']['p50']} ms, "
-                        f"cpu/req {point['server_cpu_ms_per_request']} ms, "
-                        f"errors {point['errors']}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-    finally:
-        for server in servers.values():
-            server.stop()
-
-    def summary(points: list[dict[str, Any]]) -> dict[str, Any]:
-        ips = [p["images_per_s"] for p in points]
-        cpu = [p["server_cpu_ms_per_request"] for p in points if p["server_cpu_ms_per_request"]]
-        return {
-            "images_per_s": ips,
-            "median_images_per_s": statistics.median(ips),
-            "median_server_cpu_ms_per_request": statistics.median(cpu) if cpu else None,
-            "errors": sum(p["errors"] + p["bad_responses"] for p in points),
-        }
-
-    result = {side: summary(points) for side, points in runs.items()}
+    runs = _alternate(servers, args, args.size)
+    result = {side: _summary(points) for side, points in runs.items()}
     a, b = result["A"]["median_images_per_s"], result["B"]["median_images_per_s"]
     result["b_over_a"] = round(b / a, 3) if a else None
     # Pairwise ratios (each B against the A just before it): the spread is the noise.
@@ -140,43 +149,8 @@ def hops(args: argparse.Namespace) -> dict[str, Any]:
 
     servers = {f"echo --wait {w}": start_echo(wait=w) for w in WAITS}
     servers["fashion-serve"] = start_server(args.model_repo, args.server_arg)
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
-    try:
-        with LoadGenerator(2) as load:
-            for _ in range(args.repeats):
-                for name, server in servers.items():
-                    port = server.metrics_port
-                    metrics = f"127.0.0.1:{port}" if port > 0 else None
-                    point = measure(
-                        load,
-                        Target(server.target, metrics, server.pid),
-                        api=args.api,
-                        size=1,
-                        concurrency=args.concurrency,
-                        connections=4,
-                        warmup_s=1.0,
-                        duration_s=args.duration_s,
-                    )
-                    runs[name].append(point)
-                    print(
-                        f"{name:20} {point['images_per_s']:8.0f} img/s, "
-                        f"cpu/req {point['server_cpu_ms_per_request']} ms",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-    finally:
-        for server in servers.values():
-            server.stop()
-    return {
-        name: {
-            "median_images_per_s": statistics.median(p["images_per_s"] for p in points),
-            "median_server_cpu_ms_per_request": statistics.median(
-                p["server_cpu_ms_per_request"] or 0.0 for p in points
-            ),
-            "errors": sum(p["errors"] + p["bad_responses"] for p in points),
-        }
-        for name, points in runs.items()
-    }
+    runs = _alternate(servers, args, 1)
+    return {name: _summary(points) for name, points in runs.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
