@@ -13,13 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bench.payload import images
-from server.model import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    SINGLE_THREAD_MAX_IMAGES,
-    available_cpus,
-    create_session,
-)
+from server.contract import INPUT_NAME, OUTPUT_NAME
+from server.model import SINGLE_THREAD_MAX_IMAGES, available_cpus, create_session
 from server.repository import latest_version, read_version
 
 

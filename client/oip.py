@@ -9,16 +9,17 @@ from __future__ import annotations
 import numpy as np
 
 from server._proto.inference import grpc_predict_v2_pb2 as oip
+from server.contract import INPUT_DATATYPE, INPUT_NAME, MODEL_NAME
 
 
 def infer_request(images: np.ndarray, **fields: object) -> oip.ModelInferRequest:
     """uint8 [N, 28, 28] (or [N, 28, 28, 1]) -> a ModelInferRequest carrying raw bytes."""
     batch = np.ascontiguousarray(images, dtype=np.uint8)
     return oip.ModelInferRequest(
-        model_name="fashion",
+        model_name=MODEL_NAME,
         inputs=[
             oip.ModelInferRequest.InferInputTensor(
-                name="images", datatype="UINT8", shape=list(batch.shape)
+                name=INPUT_NAME, datatype=INPUT_DATATYPE, shape=list(batch.shape)
             )
         ],
         raw_input_contents=[batch.tobytes()],

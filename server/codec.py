@@ -19,10 +19,10 @@ from PIL import UnidentifiedImageError
 
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server.config import Settings
+from server.contract import IMAGE_BYTES, IMAGE_SHAPE, MODEL_NAME, NUM_CLASSES
 from server.errors import InvalidInput, TooLarge
-from server.model import IMAGE_SHAPE, NUM_CLASSES, LoadedModel
+from server.model import LoadedModel
 
-IMAGE_BYTES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 # A real 28x28 PNG or JPEG is a few hundred bytes, a few KiB with an ICC profile or
 # EXIF; 64 KiB leaves room for any honest file and bounds what a crafted one costs.
 MAX_ENCODED_BYTES = 64 * 1024
@@ -206,7 +206,7 @@ def encode_model_info(model: LoadedModel, settings: Settings) -> pb.ModelInfo:
     """GetModelInfo: the served model and the batching settings it runs under."""
     s = settings
     return pb.ModelInfo(
-        name="fashion",
+        name=MODEL_NAME,
         version=model.version,
         class_names=model.class_names,
         inputs=[

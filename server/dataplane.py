@@ -32,12 +32,12 @@ from typing import Protocol, TypeVar, cast
 import numpy as np
 
 from server.batcher import DynamicBatcher
+from server.contract import MODEL_NAME
 from server.errors import Code, Overloaded, ServingError, VersionNotFound
 from server.manager import ModelManager
 from server.metrics import Metrics
 from server.model import LoadedModel
 from server.readiness import Phase, Readiness
-from server.repository import MODEL_NAME
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,20 @@ import numpy as np
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort
 
+from server.contract import (
+    IMAGE_SHAPE,
+    INPUT_NAME,
+    INPUT_SPEC,
+    NUM_CLASSES,
+    OUTPUT_NAME,
+    OUTPUT_SPEC,
+    TensorSpec,
+)
 from server.errors import ConfigError, ModelLoadError
 from server.repository import ModelVersion
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "probabilities"
-IMAGE_SHAPE = (28, 28)
-NUM_CLASSES = 10
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
@@ -40,13 +44,6 @@ _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
 # two, and the server at 1 image x 32 clients served 1.12x the images (A/B, 4 of 5 pairs
 # better; docs/PERFORMANCE.md). Bigger batches keep every thread.
 SINGLE_THREAD_MAX_IMAGES = 4
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]  # -1 = variable (batch) dimension
 
 
 def available_cpus() -> int:
@@ -131,8 +128,7 @@ def check_signature(session: ort.InferenceSession) -> tuple[TensorSpec, TensorSp
     """The server's contract with training: uint8 images [-1,28,28] -> float32 [-1,10]."""
     inputs = [_spec(i) for i in session.get_inputs()]
     outputs = [_spec(o) for o in session.get_outputs()]
-    expected_in = TensorSpec(INPUT_NAME, "uint8", (-1, *IMAGE_SHAPE))
-    expected_out = TensorSpec(OUTPUT_NAME, "float32", (-1, NUM_CLASSES))
+    expected_in, expected_out = INPUT_SPEC, OUTPUT_SPEC
     if inputs != [expected_in] or expected_out not in outputs:
         raise ModelLoadError(
             f"model signature is inputs={inputs} outputs={outputs}; expected one input "

@@ -15,16 +15,13 @@ import grpc
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from server.config import Settings
+from server.contract import MODEL_NAME, PLATFORM, TensorSpec
 from server.dataplane import DataPlane
-from server.model import TensorSpec
 from server.oip_codec import INFER, parse_version
-from server.repository import MODEL_NAME
 from server.status import deadline_of
 
 SERVICE = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVICE_NAME = SERVICE.full_name
-PLATFORM = "onnxruntime_onnx"
-_DATATYPES = {"uint8": "UINT8", "float32": "FP32"}
 
 
 def _server_version() -> str:
@@ -36,7 +33,7 @@ def _server_version() -> str:
 
 def _tensor_metadata(spec: TensorSpec) -> oip.ModelMetadataResponse.TensorMetadata:
     return oip.ModelMetadataResponse.TensorMetadata(
-        name=spec.name, datatype=_DATATYPES[spec.dtype], shape=spec.shape
+        name=spec.name, datatype=spec.datatype, shape=spec.shape
     )
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 from server._proto.inference import grpc_predict_v2_pb2 as oip
+from server.contract import IMAGE_SHAPE, INPUT_NAME, MODEL_NAME, NUM_CLASSES, OUTPUT_NAME
 from server.errors import InvalidInput, TooLarge, VersionNotFound
-from server.model import IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, LoadedModel
-from server.repository import MODEL_NAME, parse_version_number
+from server.model import LoadedModel
+from server.repository import parse_version_number
 
 _DTYPES: dict[str, np.dtype[np.generic]] = {"UINT8": np.dtype("u1"), "FP32": np.dtype("<f4")}
 _TYPED_FIELD = {"UINT8": "uint_contents", "FP32": "fp32_contents"}

@@ -23,11 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.contract import METADATA_FILE, MODEL_FILE, MODEL_NAME
 from server.errors import ModelLoadError, VersionNotFound
 
-MODEL_NAME = "fashion"
-MODEL_FILE = "model.onnx"
-METADATA_FILE = "metadata.json"
 # The float model is model.onnx. Optional extra variants (e.g. a quantized INT8 model)
 # are listed in metadata.json as {"variants": {"int8": {"file": ..., "sha256": ...}}}.
 FLOAT_VARIANT = "float"

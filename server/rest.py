@@ -29,9 +29,9 @@ from aiohttp import web
 
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server.config import Settings
+from server.contract import MODEL_NAME
 from server.dataplane import DataPlane, Failure
 from server.errors import Code, DeadlineExpired, InvalidInput, ModelNotReady, TooLarge
-from server.repository import MODEL_NAME
 from server.rest_codec import (
     HEADER_LENGTH,
     REST_INFER,

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from server._proto.inference import grpc_predict_v2_pb2 as oip
+from server.contract import INPUT_NAME, MODEL_NAME, NUM_CLASSES, OUTPUT_NAME
 from server.errors import InvalidInput
-from server.model import INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, LoadedModel
+from server.model import LoadedModel
 from server.oip_codec import decode_infer_request, image_count, parse_version
-from server.repository import MODEL_NAME
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _ITEM_BYTES = {"UINT8": 1, "FP32": 4}

@@ -14,11 +14,11 @@ from typing import Any
 import grpc
 
 from server._proto.inference import grpc_predict_v2_pb2 as oip
+from server.contract import MODEL_NAME
 from server.dataplane import Failure
 from server.errors import Unimplemented, VersionNotFound
 from server.oip import InferenceServicer
 from server.oip_codec import INFER, parse_version
-from server.repository import MODEL_NAME
 from server.status import deadline_of
 from server.triton_codec import (
     EXTENSIONS,

@@ -13,12 +13,10 @@ from collections.abc import Sequence
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server._proto.inference import model_config_pb2 as mc
 from server.config import Settings
-from server.model import CUDA, LoadedModel, TensorSpec
-from server.repository import MODEL_NAME
+from server.contract import BACKEND, MODEL_NAME, PLATFORM, TensorSpec
+from server.model import CUDA, LoadedModel
 from server.statistics import Duration, VersionStatistics
 
-PLATFORM = "onnxruntime_onnx"
-BACKEND = "onnxruntime"
 _DATA_TYPES: dict[str, mc.DataType] = {"uint8": mc.TYPE_UINT8, "float32": mc.TYPE_FP32}
 READY = "READY"
 UNAVAILABLE = "UNAVAILABLE"

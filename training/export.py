@@ -13,23 +13,31 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from server.contract import (
+    BATCH_DIM,
+    IMAGE_SHAPE,
+    INPUT_DTYPE,
+    INPUT_NAME,
+    NUM_CLASSES,
+    OUTPUT_DTYPE,
+    OUTPUT_NAME,
+)
+
 if TYPE_CHECKING:
     import keras
     import onnx
 
 OPSET = 17
-INPUT_NAME = "images"
-OUTPUT_NAME = "probabilities"
-BATCH_DIM = "batch"
+# The graph's signature as metadata.json records it (the batch axis by its name).
 INPUT_SIGNATURE: dict[str, Any] = {
     "name": INPUT_NAME,
-    "dtype": "uint8",
-    "shape": [BATCH_DIM, 28, 28],
+    "dtype": INPUT_DTYPE,
+    "shape": [BATCH_DIM, *IMAGE_SHAPE],
 }
 OUTPUT_SIGNATURE: dict[str, Any] = {
     "name": OUTPUT_NAME,
-    "dtype": "float32",
-    "shape": [BATCH_DIM, 10],
+    "dtype": OUTPUT_DTYPE,
+    "shape": [BATCH_DIM, NUM_CLASSES],
 }
 MAX_ABS_DIFF = 1e-5
 PARITY_BATCH = 1000
@@ -110,7 +118,7 @@ def to_onnx(model: keras.Model, class_names: list[str]) -> onnx.ModelProto:
     import tensorflow as tf
     import tf2onnx
 
-    signature = [tf.TensorSpec([None, 28, 28], tf.uint8, name=INPUT_NAME)]
+    signature = [tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8, name=INPUT_NAME)]
 
     @tf.function(input_signature=signature)
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from training.export import INPUT_NAME, OUTPUT_NAME
+from server.contract import INPUT_NAME, OUTPUT_NAME
 
 if TYPE_CHECKING:
     import onnx

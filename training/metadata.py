@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from server.contract import MODEL_NAME
 from training.export import INPUT_SIGNATURE, OPSET, OUTPUT_SIGNATURE, Parity
 
 FORMAT = 1
-MODEL_NAME = "fashion"
 LIBRARIES: tuple[str, ...] = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
 
 

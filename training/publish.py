@@ -13,10 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from server.contract import METADATA_FILE, MODEL_FILE, MODEL_NAME
 from server.repository import (
-    METADATA_FILE,
-    MODEL_FILE,
-    MODEL_NAME,
     model_dir,
     publish_version,
     sha256_file,
