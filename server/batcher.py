@@ -28,9 +28,16 @@ from typing import Generic, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
-from server.errors import DeadlineExpired, ModelNotReady, Overloaded
+from server.errors import DeadlineExpired, Overloaded
 
 logger = logging.getLogger(__name__)
+
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher is stopped (or stopped while the batch ran): what to tell the client is
+    the data plane's call, which knows why (shutdown, a version unloaded)."""
+
 
 T = TypeVar("T")
 T_contra = TypeVar("T_contra", contravariant=True)
@@ -120,7 +127,7 @@ class DynamicBatcher(Generic[T]):
         """Queue ``rows`` (first axis = images) and wait for their outputs.
 
         ``deadline`` is in ``loop.time()`` seconds. Raises Overloaded when the
-        queue is full, ModelNotReady when stopped, DeadlineExpired when the
+        queue is full, BatcherClosed when stopped, DeadlineExpired when the
         deadline passes before the rows are computed.
         """
         computed = await self.submit_timed(rows, deadline=deadline)
@@ -131,7 +138,7 @@ class DynamicBatcher(Generic[T]):
         so per-request statistics use the batcher's own measurements."""
         n = len(rows)
         if not self._accepting:
-            raise ModelNotReady("the server is shutting down")
+            raise BatcherClosed("the batcher is stopped")
         if n == 0:
             raise ValueError("empty batch")
         if n > self.max_queue:
@@ -312,7 +319,7 @@ class DynamicBatcher(Generic[T]):
         self._wakeup.set()  # a slot is free: the scheduler may flush the next batch
         exc = None if done.cancelled() else done.exception()
         if done.cancelled() or exc is not None:
-            failure = exc if exc is not None else ModelNotReady("the batch was cancelled")
+            failure = exc if exc is not None else BatcherClosed("the batch was cancelled")
             logger.error("batch of %d images failed", images, exc_info=exc)
             for p in batch:
                 if not p.future.done():

@@ -23,13 +23,13 @@ import logging
 import math
 import os
 import re
-import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from server.errors import ConfigError
+from server.tls import TlsMaterial, load_tls
 
 logger = logging.getLogger(__name__)
 
@@ -178,12 +178,19 @@ class Settings:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ConfigError(f"{_names(name)}: no such file {path!r}")
-        if self.tls:
-            _check_pem(self.tls_cert, self.tls_key, self.tls_client_ca)
+        # Read once, here: a bad file is a configuration error named with its flag.
+        material = load_tls(self.tls_cert, self.tls_key, self.tls_client_ca) if self.tls else None
+        object.__setattr__(self, "_tls_material", material)
 
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert)
+
+    @property
+    def tls_material(self) -> TlsMaterial | None:
+        """The PEM files as read at start-up (None without TLS): gRPC and HTTPS both use it."""
+        material: TlsMaterial | None = getattr(self, "_tls_material", None)
+        return material
 
     @property
     def max_batch_delay_s(self) -> float:
@@ -205,33 +212,6 @@ def _normalise_host(host: str) -> str:
     elif not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", bare):
         raise ConfigError(f"{_names('host')}: {host!r} is not an IP address or host name")
     return bare
-
-
-def _check_pem(cert: str, key: str, client_ca: str) -> None:
-    """Parse the TLS files now, so a bad one is named at start-up (gRPC says "Failed to bind")."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_verify_locations(cafile=cert)
-    except (ssl.SSLError, ValueError):
-        raise ConfigError(f"{_names('tls_cert')}: {cert!r} holds no PEM certificate") from None
-    try:
-        # A password callback that fails: an encrypted key is refused instead of prompting.
-        context.load_cert_chain(cert, key, password=_no_password)
-    except (ssl.SSLError, ValueError):
-        raise ConfigError(
-            f"{_names('tls_key')}: {key!r} is not an unencrypted PEM private key matching {cert!r}"
-        ) from None
-    if client_ca:
-        try:
-            context.load_verify_locations(cafile=client_ca)
-        except (ssl.SSLError, ValueError):
-            raise ConfigError(
-                f"{_names('tls_client_ca')}: {client_ca!r} holds no PEM certificate"
-            ) from None
-
-
-def _no_password() -> str:
-    raise ValueError("encrypted private keys are not supported")
 
 
 def _check(f: dataclasses.Field[Any], value: Any) -> None:

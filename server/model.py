@@ -141,6 +141,7 @@ class LoadedModel:
     """A model version ready to run: verified, signature-checked and warmed up."""
 
     def __init__(self, version: ModelVersion, *, device: str = "cpu", threads: int = 0) -> None:
+        self.name = version.model
         self.version = version.version
         self.metadata = version.metadata
         self.model_sha256 = version.model_sha256

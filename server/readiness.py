@@ -60,6 +60,11 @@ class Readiness:
     def ready(self) -> bool:
         return self._phase.ready
 
+    @property
+    def refusal(self) -> str | None:
+        """What a refused call is told now; None when READY."""
+        return self._refusal
+
     def check(self) -> None:
         """Raise ModelNotReady (UNAVAILABLE) unless READY. The hot path: one attribute test."""
         if self._refusal is not None:

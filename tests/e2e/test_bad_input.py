@@ -129,7 +129,7 @@ async def test_not_ready_is_unavailable_then_serves(start_app) -> None:
         await assert_status(
             stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5),
             grpc.StatusCode.UNAVAILABLE,
-            "not loaded yet",
+            "still loading",  # the readiness state's words, whichever method asks
         )
         await app.load()
         await assert_still_serving(stub)

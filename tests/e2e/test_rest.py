@@ -193,7 +193,7 @@ BAD_BODIES = {
     "short-data": (
         tensor_body("UINT8", [1, 28, 28], [0]),
         400,
-        "has 1 values in 'data'; shape [1, 28, 28] needs 784",
+        "input 'images' 'data' has 1 values; shape [1, 28, 28] needs 784",
     ),
     "pixel-256": (tensor_body("UINT8", [1, 28, 28], [256] * 784), 400, "between 0 and 255"),
     "booleans": (

@@ -9,8 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from server.batcher import DynamicBatcher
-from server.errors import DeadlineExpired, ModelNotReady, Overloaded
+from server.batcher import BatcherClosed, DynamicBatcher
+from server.errors import DeadlineExpired, Overloaded
 
 
 class Recorder:
@@ -242,7 +242,7 @@ async def test_stop_drains_queued_requests_then_refuses(make) -> None:
     await wait_until(lambda: batcher.queued_images == 3)
     stopping = asyncio.create_task(batcher.stop())
     await asyncio.sleep(0.01)
-    with pytest.raises(ModelNotReady):
+    with pytest.raises(BatcherClosed):
         await batcher.submit(rows(1))
     predict.release.set()
     await stopping
