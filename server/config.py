@@ -335,6 +335,7 @@ def check_environment(environ: Mapping[str, str]) -> list[str]:
         if name.startswith(ENV_PREFIX)
         and name not in known
         and name not in _OTHER_ENV
+        and not name.startswith(_TRAINING_ENV_PREFIX)
         and not is_service_link(name, environ[name])
     )
     # Compared without the shared prefix, which would make every pair look alike.
@@ -377,6 +378,10 @@ def is_service_link(name: str, value: str) -> bool:
 _OTHER_ENV = frozenset(
     {"FASHION_MNIST_DIR", "FASHION_VENV", "FASHION_PERF_VENV", "FASHION_TEST_BASE_IMAGE"}
 )
+# fashion-train's own settings (training/config.py; FASHION_TRAIN_EPOCHS, ...): a pod may carry
+# both commands' variables, and the trainer refuses its own misspelt names, so here the whole
+# prefix passes (FASHION_TRAIN_BATCH_SIZE must not read as a typo of FASHION_MAX_BATCH_SIZE).
+_TRAINING_ENV_PREFIX = "FASHION_TRAIN_"
 # difflib ratio (of the names after FASHION_) from which an unknown name is taken for a
 # typo of a setting: MAX_BATCH/MAX_BATCH_SIZE 0.78, PROT/PORT 0.75, THREAD/THREADS 0.92;
 # unrelated names stay below (TEAM/THREADS 0.55, VERSION/MODEL_VERSION 0.70).
