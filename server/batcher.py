@@ -239,7 +239,7 @@ class DynamicBatcher(Generic[T]):
         """Sleep until ``until``, a new request, or a running batch finishing.
 
         One event and one timer handle: cheaper than asyncio.wait() over a set of futures,
-        which allocates a waiter and callbacks on every call (~4 % of a busy server).
+        which allocates a waiter and callbacks on every call (visible in busy-server profiles).
         """
         self._wakeup.clear()
         loop = asyncio.get_running_loop()

@@ -261,8 +261,8 @@ def _convert(name: str, type_name: str, raw: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fashion-serve",
-        description="Serve the Fashion-MNIST ONNX model over gRPC. Every flag can also be set "
-        "as a FASHION_* environment variable (flag wins).",
+        description="Serve the Fashion-MNIST ONNX model over gRPC and HTTP. Every flag can "
+        "also be set as a FASHION_* environment variable (flag wins).",
     )
     for f in dataclasses.fields(Settings):
         # A bool flag alone means true; it also takes a value (--wait-for-model false).

@@ -1,8 +1,8 @@
 """The server's one readiness state: what admission, health and OIP readiness all read.
 
 Transport-agnostic: front ends ask :meth:`Readiness.check` before work, and
-whoever reports health (the gRPC health service, later an HTTP probe) subscribes
-to the changes instead of keeping a second copy of the state.
+whoever reports health (the gRPC health service) subscribes to the changes
+instead of keeping a second copy of the state; the REST probes ask it directly.
 """
 
 from __future__ import annotations

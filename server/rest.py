@@ -1,14 +1,16 @@
 """The Open Inference Protocol over HTTP/REST (KServe v2, with Triton's extensions).
 
-An adapter like the gRPC servicers: routes on an aiohttp application that runs
-on the gRPC server's event loop (one process, one batcher, one readiness state).
+A binding beside the gRPC servicers, never on top of them: routes on an aiohttp
+application that runs on the gRPC server's event loop (one process, one data
+plane, one readiness state).
 
 * Inference: JSON (and Triton's binary tensors) in, :mod:`server.rest_codec`,
   :meth:`DataPlane.infer`, JSON (or binary) out.
-* Everything else is the gRPC answer in JSON: the same servicer method builds
-  the same protobuf message (metadata, readiness, Triton's config, statistics and
-  repository index), and :func:`server.rest_codec.message_json` writes it. So
-  REST and gRPC cannot disagree on what the model is or what it has counted.
+* Everything else is the catalog's answer (:class:`server.catalog.Catalog`, the
+  same protobuf message the gRPC servicers send: metadata, readiness, Triton's
+  config, statistics and repository index), written as JSON by
+  :func:`server.rest_codec.message_json`. So REST and gRPC cannot disagree on
+  what the model is or what it has counted.
 * Errors: :meth:`DataPlane.failure` classifies, :data:`HTTP_STATUS` maps the
   neutral Code to an HTTP status once, the body is ``{"error": message}``.
   Readiness that is false is 503 with the reason, so a probe or load balancer
