@@ -121,21 +121,15 @@ class DynamicBatcher(Generic[T]):
         self._accepting = True
         self._loop_task = asyncio.create_task(self._run(), name="batcher")
 
-    async def submit(
-        self, rows: np.ndarray, *, deadline: float | None = None
-    ) -> tuple[np.ndarray, T]:
+    async def submit(self, rows: np.ndarray, *, deadline: float | None = None) -> Computed[T]:
         """Queue ``rows`` (first axis = images) and wait for their outputs.
 
         ``deadline`` is in ``loop.time()`` seconds. Raises Overloaded when the
         queue is full, BatcherClosed when stopped, DeadlineExpired when the
-        deadline passes before the rows are computed.
+        deadline passes before the rows are computed. The result also carries the
+        request's queue wait and its batch's model time, so per-request statistics
+        use the batcher's own measurements.
         """
-        computed = await self.submit_timed(rows, deadline=deadline)
-        return computed.outputs, computed.tag
-
-    async def submit_timed(self, rows: np.ndarray, *, deadline: float | None = None) -> Computed[T]:
-        """:meth:`submit`, also returning the request's queue wait and its batch's model time,
-        so per-request statistics use the batcher's own measurements."""
         n = len(rows)
         if not self._accepting:
             raise BatcherClosed("the batcher is stopped")

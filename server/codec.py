@@ -133,12 +133,6 @@ def prepare_images(request: pb.PredictRequest, max_images: int) -> np.ndarray | 
     return EncodedImages(out, encoded)
 
 
-def decode_images(request: pb.PredictRequest, max_images: int) -> np.ndarray:
-    """The request's images -> uint8 [n, 28, 28], in request order (decoding inline)."""
-    prepared = prepare_images(request, max_images)
-    return prepared if isinstance(prepared, np.ndarray) else prepared()
-
-
 def check_top_k(top_k: int) -> None:
     if top_k > NUM_CLASSES:
         raise InvalidInput(f"top_k is {top_k}; it must be between 0 and {NUM_CLASSES}")

@@ -265,7 +265,7 @@ class DataPlane:
                 images = await self._decode_off_loop(images)
             decoded = time.perf_counter()
             try:
-                computed = await self.batcher.submit_timed(images, deadline=deadline)
+                computed = await self.batcher.submit(images, deadline=deadline)
             except BatcherClosed:
                 raise ModelNotReady(
                     self.readiness.refusal or "the model version was unloaded; retry"

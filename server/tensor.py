@@ -17,7 +17,6 @@ Accepted for ``images`` (uint8 [N, 28, 28] in the model):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -255,8 +254,3 @@ def _from_fp32(values: np.ndarray) -> np.ndarray:
             "send UINT8 to avoid the conversion"
         )
     return rounded.astype(np.uint8)
-
-
-def element_count(shape: list[int]) -> int:
-    """Elements of a checked shape (for bindings that size their data before decoding)."""
-    return math.prod(shape)
