@@ -105,6 +105,8 @@ class App:
         self.catalog = Catalog(self.plane, settings)
         self.health = health.aio.HealthServicer()
         self.plane.readiness.subscribe(self._report_health)
+        self.plane.readiness.subscribe(self._report_ready)
+        self.metrics.set_queue_capacity(settings.max_queue)
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port = 0
@@ -273,6 +275,10 @@ class App:
             return
         await self.health.set("", SERVING if phase.live else NOT_SERVING)
         await self.health.set(READINESS_SERVICE, SERVING if phase.ready else NOT_SERVING)
+
+    async def _report_ready(self, phase: Phase) -> None:
+        """``fashion_server_ready`` follows the same state (alerts: not ready, nothing served)."""
+        self.metrics.set_ready(phase.ready)
 
     async def start(self) -> None:
         await self.open()

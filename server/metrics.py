@@ -3,7 +3,7 @@ standard ``process_*``, ``python_info`` and ``python_gc_*`` series every exporte
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,7 +16,10 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from server.cgroup import memory_limit_bytes
 from server.statistics import InferenceStatistics
 
 if TYPE_CHECKING:
@@ -48,6 +51,22 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+class MemoryLimitCollector(Collector):
+    """``fashion_memory_limit_bytes``, read at every scrape: what "memory near the limit"
+    alerts divide ``process_resident_memory_bytes`` by, without kube-state-metrics."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        limit = memory_limit_bytes()
+        if limit is not None:
+            yield GaugeMetricFamily(
+                "fashion_memory_limit_bytes",
+                "Memory this process may use: the smallest cgroup limit over its cgroup and "
+                "their ancestors (v2 memory.max, v1 memory.limit_in_bytes), or the machine's "
+                "memory (MemTotal) when that is smaller or no limit is set",
+                value=limit,
+            )
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry, class_names: Sequence[str] = ()) -> None:
         self.registry = registry
@@ -58,6 +77,7 @@ class Metrics:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
+        registry.register(MemoryLimitCollector())
         self.requests = Counter(
             "fashion_requests",
             "RPCs handled, by method and gRPC status code",
@@ -124,12 +144,27 @@ class Metrics:
             ["version", "provider", "architecture", "variant"],
             registry=registry,
         )
+        self.ready = Gauge(
+            "fashion_server_ready",
+            "1 while the server can run inference (a model is loaded and warm, not shutting "
+            "down), else 0: the readiness the health service reports",
+            registry=registry,
+        )
+        self.queue_capacity = Gauge(
+            "fashion_queue_capacity_images",
+            "Most images the batcher queue holds (--max-queue); beyond it RESOURCE_EXHAUSTED",
+            registry=registry,
+        )
         self.model_loads = Counter(
             "fashion_model_loads",
             "Model version loads, by result (loaded, refused)",
             ["result"],
             registry=registry,
         )
+        # Both results exist from the start at 0, so a first refusal is an increase that
+        # rate() and increase() can see (a series born at 1 hides its first step).
+        for result in ("loaded", "refused"):
+            self.model_loads.labels(result)
         self._rpc_counters: dict[tuple[str, str], Any] = {}
         self._rpc_histograms: dict[str, Any] = {}
         self._class_names: tuple[str, ...] = ()
@@ -172,6 +207,12 @@ class Metrics:
         for wait in queue_waits_s:
             self.queue_wait_seconds.observe(wait)
         self.statistics.observe_batch(tag.version, images, inference_s)
+
+    def set_ready(self, ready: bool) -> None:
+        self.ready.set(1 if ready else 0)
+
+    def set_queue_capacity(self, images: int) -> None:
+        self.queue_capacity.set(images)
 
     def set_queue_depth(self, images: int) -> None:
         self.queue_depth.set(images)

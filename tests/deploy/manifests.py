@@ -29,7 +29,7 @@ OVERLAYS = ("cpu", "gpu")
 KUSTOMIZATIONS = ("overlays/cpu", "overlays/gpu", "storage", "training", "kserve")
 SERVICEMONITOR = K8S / "components" / "servicemonitor"
 # Custom resources: no schema offline, checked structurally instead.
-CRD_KINDS = frozenset({"ServiceMonitor", "InferenceService"})
+CRD_KINDS = frozenset({"ServiceMonitor", "PrometheusRule", "InferenceService"})
 POD_OWNERS = ("Deployment", "Job")
 
 

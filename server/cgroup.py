@@ -1,0 +1,82 @@
+"""How much memory this process may use: its cgroup's limit, else the machine's memory.
+
+Read on every scrape (a few small files): Kubernetes can resize a running container's
+limit. Linux only; elsewhere nothing is known and the metric is absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+MEMINFO = Path("/proc/meminfo")
+# cgroup v1 writes "no limit" as the largest page-aligned 64-bit count (9223372036854771712
+# with 4 KiB pages); no real limit comes near 2^62 bytes.
+V1_UNLIMITED = 2**62
+
+
+def _cgroup_paths(proc_self_cgroup: Path) -> tuple[str | None, str | None]:
+    """(v2 path, v1 memory controller path) from /proc/self/cgroup, each None if absent."""
+    v2 = v1 = None
+    try:
+        lines = proc_self_cgroup.read_text().splitlines()
+    except OSError:
+        return None, None
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            v2 = path
+        elif "memory" in controllers.split(","):
+            v1 = path
+    return v2, v1
+
+
+def _limits(mount: Path, path: str | None, name: str) -> list[int]:
+    """Every limit set on the process's cgroup and its ancestors under ``mount``.
+
+    Inside a container with its own cgroup namespace the mount shows the container's
+    cgroup itself (path "/"); without one, the path from /proc/self/cgroup leads there.
+    """
+    directories = [mount]
+    if path:
+        parts = [p for p in path.split("/") if p]
+        directories += [mount.joinpath(*parts[:n]) for n in range(1, len(parts) + 1)]
+    limits = []
+    for directory in directories:
+        try:
+            text = (directory / name).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < V1_UNLIMITED:
+            limits.append(int(text))  # v2 writes "max" for no limit
+    return limits
+
+
+def machine_memory_bytes(meminfo: Path = MEMINFO) -> int | None:
+    try:
+        for line in meminfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key == "MemTotal":
+                number, unit = value.split()
+                return int(number) * 1024 if unit == "kB" else int(number)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def memory_limit_bytes(
+    root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SELF_CGROUP, meminfo: Path = MEMINFO
+) -> int | None:
+    """The smallest of: the cgroup v2 ``memory.max`` and the v1 ``memory.limit_in_bytes``
+    of this process's cgroup and its ancestors, and the machine's memory (``MemTotal``).
+    None when none of them can be read."""
+    v2, v1 = _cgroup_paths(proc_self_cgroup)
+    candidates = _limits(root, v2, "memory.max") if v2 is not None else []
+    if v1 is not None:
+        candidates += _limits(root / "memory", v1, "memory.limit_in_bytes")
+    machine = machine_memory_bytes(meminfo)
+    if machine is not None:
+        candidates.append(machine)
+    return min(candidates) if candidates else None

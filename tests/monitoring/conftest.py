@@ -1,0 +1,3 @@
+"""Same real-server fixtures as the end-to-end tests."""
+
+from tests.e2e.conftest import start_app  # noqa: F401

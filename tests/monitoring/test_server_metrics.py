@@ -1,0 +1,113 @@
+"""The series the rules and the dashboard read, from a real server: readiness, queue
+capacity and the memory limit follow the server's state; every metric name the rules and
+the dashboard use exists; the exposition passes ``promtool check metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.request
+from pathlib import Path
+
+import grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from server._proto.fashion.v1 import prediction_pb2 as pb
+from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
+from server.app import App
+from server.cgroup import memory_limit_bytes
+from tests.monitoring import dashboard, rules
+from tests.monitoring.prometheus import promtool
+
+# A series name; recorded ones (level:metric:operations) are not the server's.
+METRIC = re.compile(r"(?<![:\w])((?:fashion|process)_[a-z_]+)(?![:\w])")
+SUFFIXES = ("_bucket", "_sum", "_count", "_total", "_created")
+
+
+async def exposition(app: App) -> str:
+    url = f"http://127.0.0.1:{app.metrics_port}/metrics"
+
+    def get() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+
+    return await asyncio.to_thread(get)
+
+
+async def samples(app: App) -> dict[str, float]:
+    found = {}
+    for family in text_string_to_metric_families(await exposition(app)):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            found[f"{s.name}{{{labels}}}"] = s.value
+    return found
+
+
+async def test_ready_follows_the_readiness_state(start_app, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    (empty / "fashion").mkdir(parents=True)
+    app = await start_app(empty, load=False, wait_for_model=True, poll_interval_s=0)
+    assert (await samples(app))["fashion_server_ready{}"] == 0  # listening, nothing loaded
+    await app.plane.wait_for_model()
+    assert (await samples(app))["fashion_server_ready{}"] == 0  # live, waiting
+
+
+async def test_ready_is_one_while_serving_and_zero_from_shutdown(start_app) -> None:
+    app = await start_app()
+    assert (await samples(app))["fashion_server_ready{}"] == 1
+    await app.plane.begin_shutdown()  # what stop() does first; /metrics is still up
+    assert (await samples(app))["fashion_server_ready{}"] == 0
+
+
+async def test_queue_capacity_is_max_queue(start_app) -> None:
+    app = await start_app(max_queue=777)
+    assert (await samples(app))["fashion_queue_capacity_images{}"] == 777
+
+
+async def test_memory_limit_is_what_the_process_may_use(start_app) -> None:
+    app = await start_app()
+    found = await samples(app)
+    limit = memory_limit_bytes()
+    assert limit is not None, "Linux: a cgroup limit or MemTotal is always readable"
+    assert found["fashion_memory_limit_bytes{}"] == limit
+    assert 0 < found["process_resident_memory_bytes{}"] < limit
+
+
+async def test_model_load_results_start_at_zero(start_app) -> None:
+    found = await samples(await start_app())
+    assert found["fashion_model_loads_total{result=loaded}"] == 1
+    assert found["fashion_model_loads_total{result=refused}"] == 0
+
+
+def names_used() -> set[str]:
+    used = set()
+    for group in rules.load_groups():
+        for rule in group["rules"]:
+            used |= set(METRIC.findall(rule["expr"]))
+    board = dashboard.load()
+    for query in dashboard.queries(board) + dashboard.variable_queries(board):
+        used |= set(METRIC.findall(query.expr))
+    return used
+
+
+async def test_every_metric_the_rules_and_dashboard_read_is_exported(start_app) -> None:
+    app = await start_app()
+    # One request, so the per-method series exist.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.PredictionServiceStub(channel)
+        await stub.Predict(pb.PredictRequest(images=[pb.Image(raw=bytes(784))]), timeout=10)
+    text = await exposition(app)
+    families = set(re.findall(r"^# TYPE (\S+) ", text, flags=re.MULTILINE))
+    exported = families | {f + s for f in families for s in SUFFIXES}
+    used = names_used()
+    assert {"fashion_server_ready", "process_resident_memory_bytes"} <= used
+    assert used - exported == set(), "read by rules or dashboard, not exported"
+
+
+async def test_exposition_passes_promtool_check_metrics(start_app) -> None:
+    text = await exposition(await start_app())
+    result = promtool("check", "metrics", stdin=text)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("fashion_server_ready", "fashion_queue_capacity_images"):
+        assert f"# TYPE {name} gauge" in text
+    assert "# TYPE fashion_memory_limit_bytes gauge" in text
