@@ -26,6 +26,7 @@ import numpy as np
 from bench.payload import METHOD
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.inference import grpc_predict_v2_pb2 as oip
+from server.contract import MODEL_NAME, NUM_CLASSES, OUTPUT_DATATYPE, OUTPUT_NAME
 
 READY_MARK = "bench-echo: serving on port "
 
@@ -42,14 +43,14 @@ def _canned(api: str, request: bytes) -> bytes:
     n = oip.ModelInferRequest.FromString(request).inputs[0].shape[0]
     return bytes(
         oip.ModelInferResponse(
-            model_name="fashion",
+            model_name=MODEL_NAME,
             model_version="1",
             outputs=[
                 oip.ModelInferResponse.InferOutputTensor(
-                    name="probabilities", datatype="FP32", shape=[n, 10]
+                    name=OUTPUT_NAME, datatype=OUTPUT_DATATYPE, shape=[n, NUM_CLASSES]
                 )
             ],
-            raw_output_contents=[np.zeros((n, 10), "<f4").tobytes()],
+            raw_output_contents=[np.zeros((n, NUM_CLASSES), "<f4").tobytes()],
         ).SerializeToString()
     )
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from server.contract import IMAGE_SHAPE, MODEL_NAME
+
 ASGI = Callable[..., Awaitable[None]]
 
 
@@ -58,7 +60,7 @@ def _asgi_app(plane: Any) -> ASGI:
                 parsed = parse_infer_body(
                     b"".join(chunks),
                     None if length is None else length.decode(),
-                    model_name="fashion",
+                    model_name=MODEL_NAME,
                     model_version="",
                 )
                 encoded = await plane.infer(REST_INFER, parsed, None)
@@ -87,7 +89,7 @@ def _requests(host: str) -> dict[str, bytes]:
     from bench.payload import http_request
 
     ready = f"GET /v2/health/ready HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
-    image = np.zeros((1, 28, 28), np.uint8)
+    image = np.zeros((1, *IMAGE_SHAPE), np.uint8)
     return {"ready": ready, "infer": http_request("http-binary", image, host)}
 
 

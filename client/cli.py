@@ -15,6 +15,7 @@ import numpy as np
 from client.predictor import PredictClient, PredictError, TlsConfig
 from client.reflection import ReflectionError, call_json, list_services
 from server._proto.fashion.v1 import prediction_pb2 as pb
+from server.contract import IMAGE_SHAPE
 from training.data import DataError, load_test_split  # numpy-only loader, no TensorFlow
 
 # Well under the server's default --max-images-per-request (256).
@@ -23,7 +24,10 @@ DEFAULT_BATCH_SIZE = 64
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fashion-predict", description=__doc__)
-    p.add_argument("images", nargs="*", type=Path, help="PNG/JPEG files of 28x28 grayscale images")
+    side = "x".join(map(str, IMAGE_SHAPE))
+    p.add_argument(
+        "images", nargs="*", type=Path, help=f"PNG/JPEG files of {side} grayscale images"
+    )
     p.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline per call, seconds")
     p.add_argument("--top-k", type=int, default=0, help="also print the k most probable classes")

@@ -19,6 +19,7 @@ import numpy as np
 
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
+from server.contract import IMAGE_BYTES
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 _RETRY_POLICY = {
@@ -128,7 +129,7 @@ class PredictClient:
     ) -> pb.PredictResponse:
         """``images``: uint8 [n, 28, 28] pixels, or a sequence of PNG/JPEG file contents."""
         if isinstance(images, np.ndarray):
-            array = np.ascontiguousarray(images, dtype=np.uint8).reshape(-1, 784)
+            array = np.ascontiguousarray(images, dtype=np.uint8).reshape(-1, IMAGE_BYTES)
             messages = [pb.Image(raw=row.tobytes()) for row in array]
         else:
             messages = [pb.Image(encoded=bytes(data)) for data in images]
