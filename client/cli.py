@@ -14,9 +14,9 @@ import numpy as np
 
 from client.predictor import PredictClient, PredictError, TlsConfig
 from client.reflection import ReflectionError, call_json, list_services
+from client.testset import DataSetError, load_test_split
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server.contract import IMAGE_SHAPE
-from training.data import DataError, load_test_split  # numpy-only loader, no TensorFlow
 
 # Well under the server's default --max-images-per-request (256).
 DEFAULT_BATCH_SIZE = 64
@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except grpc.RpcError as exc:  # a --list / --call made on the raw channel
         code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
         print(f"fashion-predict: {code.name}: {details}", file=sys.stderr)
-    except (PredictError, DataError, ReflectionError, OSError, ValueError) as exc:
+    except (PredictError, DataSetError, ReflectionError, OSError, ValueError) as exc:
         print(f"fashion-predict: {exc}", file=sys.stderr)
     return 1
 

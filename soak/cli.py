@@ -26,10 +26,10 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.serverproc import memory_mib, start_server
+from client.testset import load_test_split
 from server.contract import INPUT_NAME, METADATA_FILE, MODEL_FILE, MODEL_NAME, OUTPUT_NAME
 from server.repository import latest_version, read_version, sha256_file
 from soak.traffic import Traffic
-from training.data import load_fashion_mnist
 
 
 def publish_copy(repo: Path) -> int:
@@ -72,8 +72,8 @@ def plant_hostile_entries(repo: Path, valid: int) -> list[str]:
 
 
 async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
-    data = load_fashion_mnist(args.data_dir, allow_download=False)
-    images = data.test_images[: args.images]
+    test_images, _, _ = load_test_split(args.data_dir)
+    images = test_images[: args.images]
     session = ort.InferenceSession(str(read_version(repo, latest_version(repo) or 1).model_path))
     (probabilities,) = session.run([OUTPUT_NAME], {INPUT_NAME: images})
     labels = probabilities.argmax(axis=1)
