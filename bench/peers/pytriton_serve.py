@@ -1,8 +1,7 @@
 """Serve the FP32 model with PyTriton: Triton's core, gRPC front end and dynamic batcher,
 with a Python callable running onnxruntime (run inside ``.venv-pytriton``, not ours).
 
-    .venv-pytriton/bin/python bench/peers/pytriton_serve.py MODEL.onnx --model-name N \
-        --grpc-port P ...
+    .venv-pytriton/bin/python bench/peers/pytriton_serve.py MODEL.onnx --model-name N ...
 
 The tensor names and shapes are read from the graph and the model name is given on the
 command line: this runs on the peer's own interpreter, where the project (and so
