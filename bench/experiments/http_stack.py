@@ -1,7 +1,7 @@
 """Why aiohttp serves the REST API: it against uvicorn + httptools, same process, same data plane.
 
     python -m venv /tmp/alt && /tmp/alt/bin/pip install . "uvicorn[standard]==0.54.0"
-    PYTHONPATH=. /tmp/alt/bin/python -m bench.http_stack --model-repo models [--seconds 3]
+    PYTHONPATH=. /tmp/alt/bin/python -m bench.experiments.http_stack --model-repo models
 
 One server process runs one :class:`server.app.App` (gRPC, the batcher, aiohttp's
 REST API on its loop) and, on the same event loop, a uvicorn server (httptools
