@@ -83,10 +83,6 @@ class ServerProcess:
     http_port: int = 0  # the REST API's port; 0 when off
 
     @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
     def pid(self) -> int:
         return self.process.pid
 

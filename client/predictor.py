@@ -105,14 +105,6 @@ class PredictClient:
     def close(self) -> None:
         self._channel.close()
 
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
-        except grpc.FutureTimeoutError:
-            raise PredictError(
-                grpc.StatusCode.UNAVAILABLE, f"no server answered within {timeout_s} s"
-            ) from None
-
     def _call(self, method: str, request: object) -> object:
         try:
             return getattr(self._stub, method)(request, timeout=self.timeout_s)
