@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bench.payload import images
-from server.contract import INPUT_NAME, OUTPUT_NAME
+from server.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 from server.model import SINGLE_THREAD_MAX_IMAGES, available_cpus, create_session
 from server.repository import latest_version, read_version
 
@@ -21,7 +21,7 @@ from server.repository import latest_version, read_version
 def model_path(model_repo: Path, version: int = 0) -> Path:
     chosen = version or latest_version(model_repo)
     if chosen is None:
-        raise FileNotFoundError(f"no model version under {model_repo}/fashion/")
+        raise FileNotFoundError(f"no model version under {model_repo}/{MODEL_NAME}/")
     return read_version(model_repo, chosen).model_path
 
 

@@ -288,10 +288,6 @@ class LoadGenerator:
             child.close()
             self._workers.append((proc, parent))
 
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p, _ in self._workers if p.pid is not None]
-
     def start(
         self,
         *,

@@ -13,13 +13,22 @@ import numpy as np
 from client.oip import infer_request
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.inference import grpc_predict_v2_pb2 as oip
+from server.contract import (
+    IMAGE_SHAPE,
+    INPUT_DATATYPE,
+    INPUT_NAME,
+    MODEL_NAME,
+    NUM_CLASSES,
+    OIP_DATATYPE,
+    OUTPUT_DTYPE,
+)
 
 # "stream": PredictStream, one long-lived stream per client, one request in flight on it.
 # "http-json" / "http-binary": the REST API's infer (KServe v2 JSON data; Triton's binary
 # tensors in and out), one keep-alive HTTP/1.1 connection per client.
 APIS = ("predict", "oip", "stream", "http-json", "http-binary")
 HTTP_APIS = ("http-json", "http-binary")
-HTTP_INFER_PATH = "/v2/models/fashion/infer"
+HTTP_INFER_PATH = f"/v2/models/{MODEL_NAME}/infer"
 METHOD = {
     "predict": "/fashion.v1.PredictionService/Predict",
     "oip": "/inference.GRPCInferenceService/ModelInfer",
@@ -33,7 +42,8 @@ METHOD = {
 # ready-made servers serve (bench.peers); our server takes UINT8 and refuses it.
 STREAM_APIS = ("stream", "oip-stream", "oip-fp32-stream")
 PEER_APIS = ("oip-fp32", "oip-fp32-stream")
-IMAGE_SHAPE = (28, 28)
+# Raw bytes of one image's answer (FP32 probabilities, one per class).
+ANSWER_BYTES = np.dtype(OUTPUT_DTYPE).itemsize * NUM_CLASSES
 
 
 def images(count: int, *, seed: int) -> np.ndarray:
@@ -53,7 +63,7 @@ def request_bytes(api: str, batch: np.ndarray) -> bytes:
     if api in PEER_APIS:
         scaled = (batch.astype(np.float32) / np.float32(255.0))[..., np.newaxis]
         request = infer_request(batch)
-        request.inputs[0].datatype = "FP32"
+        request.inputs[0].datatype = OIP_DATATYPE[scaled.dtype.name]
         request.inputs[0].shape[:] = list(scaled.shape)
         request.raw_input_contents[0] = scaled.tobytes()
         return bytes(request.SerializeToString())
@@ -67,7 +77,7 @@ def http_request(api: str, batch: np.ndarray, host: str = "127.0.0.1") -> bytes:
     shape = list(batch.shape)
     headers = [f"POST {HTTP_INFER_PATH} HTTP/1.1", f"Host: {host}"]
     if api == "http-json":
-        tensor = {"name": "images", "datatype": "UINT8", "shape": shape}
+        tensor = {"name": INPUT_NAME, "datatype": INPUT_DATATYPE, "shape": shape}
         tensor["data"] = batch.ravel().tolist()
         body = json.dumps({"inputs": [tensor]}, separators=(",", ":")).encode()
         headers.append("Content-Type: application/json")
@@ -77,8 +87,8 @@ def http_request(api: str, batch: np.ndarray, host: str = "127.0.0.1") -> bytes:
             {
                 "inputs": [
                     {
-                        "name": "images",
-                        "datatype": "UINT8",
+                        "name": INPUT_NAME,
+                        "datatype": INPUT_DATATYPE,
                         "shape": shape,
                         "parameters": {"binary_data_size": len(raw)},
                     }
@@ -114,6 +124,6 @@ def answered_images(api: str, response: bytes) -> int:
     else:
         parsed = oip.ModelInferResponse.FromString(response)
     if parsed.raw_output_contents:
-        return len(parsed.raw_output_contents[0]) // (4 * 10)
+        return len(parsed.raw_output_contents[0]) // ANSWER_BYTES
     # A server may answer in typed contents instead (the protocol allows both).
-    return len(parsed.outputs[0].contents.fp32_contents) // 10 if parsed.outputs else 0
+    return len(parsed.outputs[0].contents.fp32_contents) // NUM_CLASSES if parsed.outputs else 0

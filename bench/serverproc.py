@@ -83,10 +83,6 @@ class ServerProcess:
     http_port: int = 0  # the REST API's port; 0 when off
 
     @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
     def pid(self) -> int:
         return self.process.pid
 
@@ -138,11 +134,11 @@ def start_server(
     return start_process(command, READY_MARK, timeout_s)
 
 
-def start_echo(timeout_s: float = 60.0, wait: str = "none") -> ServerProcess:
-    """The canned-answer grpc.aio server of :mod:`bench.echo` (no metrics), ``--wait`` ``wait``."""
+def start_echo(timeout_s: float = 60.0) -> ServerProcess:
+    """The canned-answer grpc.aio server of :mod:`bench.echo` (no metrics)."""
     from bench.echo import READY_MARK as ECHO_MARK
 
-    command = [sys.executable, "-m", "bench.echo", "--wait", wait]
+    command = [sys.executable, "-m", "bench.echo"]
     return start_process(command, ECHO_MARK, timeout_s)
 
 

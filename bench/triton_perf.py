@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.contract import MODEL_NAME
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BINARY = ROOT / ".venv-perf" / "perf_analyzer"
 MODES: dict[str, list[str]] = {
@@ -90,7 +92,7 @@ def command(
     return [
         str(binary),
         "-m",
-        "fashion",
+        MODEL_NAME,
         "-i",
         protocol,
         "-u",

@@ -14,8 +14,9 @@ import numpy as np
 
 from client.predictor import PredictClient, PredictError, TlsConfig
 from client.reflection import ReflectionError, call_json, list_services
+from client.testset import DataSetError, load_test_split
 from server._proto.fashion.v1 import prediction_pb2 as pb
-from training.data import DataError, load_test_split  # numpy-only loader, no TensorFlow
+from server.contract import IMAGE_SHAPE
 
 # Well under the server's default --max-images-per-request (256).
 DEFAULT_BATCH_SIZE = 64
@@ -23,7 +24,10 @@ DEFAULT_BATCH_SIZE = 64
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fashion-predict", description=__doc__)
-    p.add_argument("images", nargs="*", type=Path, help="PNG/JPEG files of 28x28 grayscale images")
+    side = "x".join(map(str, IMAGE_SHAPE))
+    p.add_argument(
+        "images", nargs="*", type=Path, help=f"PNG/JPEG files of {side} grayscale images"
+    )
     p.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline per call, seconds")
     p.add_argument("--top-k", type=int, default=0, help="also print the k most probable classes")
@@ -203,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except grpc.RpcError as exc:  # a --list / --call made on the raw channel
         code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
         print(f"fashion-predict: {code.name}: {details}", file=sys.stderr)
-    except (PredictError, DataError, ReflectionError, OSError, ValueError) as exc:
+    except (PredictError, DataSetError, ReflectionError, OSError, ValueError) as exc:
         print(f"fashion-predict: {exc}", file=sys.stderr)
     return 1
 

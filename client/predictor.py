@@ -19,6 +19,7 @@ import numpy as np
 
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
+from server.contract import IMAGE_BYTES
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 _RETRY_POLICY = {
@@ -104,14 +105,6 @@ class PredictClient:
     def close(self) -> None:
         self._channel.close()
 
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
-        except grpc.FutureTimeoutError:
-            raise PredictError(
-                grpc.StatusCode.UNAVAILABLE, f"no server answered within {timeout_s} s"
-            ) from None
-
     def _call(self, method: str, request: object) -> object:
         try:
             return getattr(self._stub, method)(request, timeout=self.timeout_s)
@@ -128,7 +121,7 @@ class PredictClient:
     ) -> pb.PredictResponse:
         """``images``: uint8 [n, 28, 28] pixels, or a sequence of PNG/JPEG file contents."""
         if isinstance(images, np.ndarray):
-            array = np.ascontiguousarray(images, dtype=np.uint8).reshape(-1, 784)
+            array = np.ascontiguousarray(images, dtype=np.uint8).reshape(-1, IMAGE_BYTES)
             messages = [pb.Image(raw=row.tobytes()) for row in array]
         else:
             messages = [pb.Image(encoded=bytes(data)) for data in images]

@@ -26,9 +26,10 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.serverproc import memory_mib, start_server
+from client.testset import load_test_split
+from server.contract import INPUT_NAME, METADATA_FILE, MODEL_FILE, MODEL_NAME, OUTPUT_NAME
 from server.repository import latest_version, read_version, sha256_file
 from soak.traffic import Traffic
-from training.data import load_fashion_mnist
 
 
 def publish_copy(repo: Path) -> int:
@@ -36,13 +37,13 @@ def publish_copy(repo: Path) -> int:
     current = latest_version(repo)
     assert current is not None
     source = read_version(repo, current)
-    staged = repo / "fashion" / f".tmp-soak-{os.getpid()}"
+    staged = repo / MODEL_NAME / f".tmp-soak-{os.getpid()}"
     shutil.copytree(source.path, staged)
     metadata = dict(
-        source.metadata, version=current + 1, model_sha256=sha256_file(staged / "model.onnx")
+        source.metadata, version=current + 1, model_sha256=sha256_file(staged / MODEL_FILE)
     )
-    (staged / "metadata.json").write_text(json.dumps(metadata))
-    os.rename(staged, repo / "fashion" / str(current + 1))
+    (staged / METADATA_FILE).write_text(json.dumps(metadata))
+    os.rename(staged, repo / MODEL_NAME / str(current + 1))
     return current + 1
 
 
@@ -57,7 +58,7 @@ NOT_VERSIONS = ("99999999999999999999", "\u00b2", "\uff17")
 def plant_hostile_entries(repo: Path, valid: int) -> list[str]:
     """Copies of version ``valid`` under names that are not versions, a symlinked alias and
     version ``valid + 1`` with metadata nested too deeply to parse. Returns what was planted."""
-    model_dir = repo / "fashion"
+    model_dir = repo / MODEL_NAME
     planted = []
     for name in NOT_VERSIONS:
         shutil.copytree(model_dir / str(valid), model_dir / name)
@@ -65,16 +66,16 @@ def plant_hostile_entries(repo: Path, valid: int) -> list[str]:
     (model_dir / str(valid + 2)).symlink_to(model_dir / str(valid))  # records `valid`: refused
     broken = model_dir / f".tmp-soak-broken-{os.getpid()}"
     shutil.copytree(model_dir / str(valid), broken)
-    (broken / "metadata.json").write_text("[" * 100_000 + "]" * 100_000)
+    (broken / METADATA_FILE).write_text("[" * 100_000 + "]" * 100_000)
     os.rename(broken, model_dir / str(valid + 1))
     return [*planted, str(valid + 2), str(valid + 1)]
 
 
 async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
-    data = load_fashion_mnist(args.data_dir, allow_download=False)
-    images = data.test_images[: args.images]
+    test_images, _, _ = load_test_split(args.data_dir)
+    images = test_images[: args.images]
     session = ort.InferenceSession(str(read_version(repo, latest_version(repo) or 1).model_path))
-    (probabilities,) = session.run(["probabilities"], {"images": images})
+    (probabilities,) = session.run([OUTPUT_NAME], {INPUT_NAME: images})
     labels = probabilities.argmax(axis=1)
     server = start_server(
         repo,
@@ -166,7 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fashion-soak-") as tmp:
         repo = Path(tmp) / "repo"
         shutil.copytree(
-            args.model_repo / "fashion", repo / "fashion", ignore=shutil.ignore_patterns(".tmp-*")
+            args.model_repo / MODEL_NAME,
+            repo / MODEL_NAME,
+            ignore=shutil.ignore_patterns(".tmp-*"),
         )
         t0 = time.monotonic()
         report = asyncio.run(run(args, repo))

@@ -24,6 +24,7 @@ import numpy as np
 from bench.serverproc import start_server
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
+from server.contract import IMAGE_BYTES
 
 
 def _ms(values: list[float], q: float) -> float:
@@ -31,7 +32,7 @@ def _ms(values: list[float], q: float) -> float:
 
 
 async def measure(port: int, args: argparse.Namespace) -> dict[str, object]:
-    request = pb.PredictRequest(images=[pb.Image(raw=bytes(784))] * args.images)
+    request = pb.PredictRequest(images=[pb.Image(raw=bytes(IMAGE_BYTES))] * args.images)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.PredictionServiceStub(channel)
         done = 0

@@ -15,8 +15,8 @@ import numpy as np
 from client.oip import infer_request
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
-from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from server.contract import IMAGE_BYTES, NUM_CLASSES
 
 
 @dataclass
@@ -68,29 +68,24 @@ class Traffic:
                     infer_request(batch),
                     timeout=10,
                 )
-                probabilities = np.frombuffer(r2.raw_output_contents[0], "<f4").reshape(-1, 10)
+                probabilities = np.frombuffer(r2.raw_output_contents[0], "<f4").reshape(
+                    -1, NUM_CLASSES
+                )
                 got = probabilities.argmax(axis=1).tolist()
                 version = r2.model_version
             elif kind == "invalid_raw":
                 await self.predict.Predict(
-                    pb.PredictRequest(images=[pb.Image(raw=bytes(self.rng.randrange(0, 784)))]),
+                    pb.PredictRequest(
+                        images=[pb.Image(raw=bytes(self.rng.randrange(0, IMAGE_BYTES)))]
+                    ),
                     timeout=10,
                 )
                 self.tally.unexpected[f"{kind}:accepted"] += 1
                 return
             else:
-                await self.oip.ModelInfer(
-                    oip.ModelInferRequest(
-                        model_name="fashion",
-                        inputs=[
-                            oip.ModelInferRequest.InferInputTensor(
-                                name="images", datatype="UINT8", shape=[1, 28, 28]
-                            )
-                        ],
-                        raw_input_contents=[bytes(100)],
-                    ),
-                    timeout=10,
-                )
+                request = infer_request(self.images[:1])
+                request.raw_input_contents[0] = bytes(100)  # not the shape's one image
+                await self.oip.ModelInfer(request, timeout=10)
                 self.tally.unexpected[f"{kind}:accepted"] += 1
                 return
         except grpc.aio.AioRpcError as exc:

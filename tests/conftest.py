@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from server.contract import MODEL_FILE, MODEL_NAME
+
 ROOT = Path(__file__).resolve().parent.parent
 # Set by scripts/test.sh so its two pytest sessions share one exported model;
 # the fixture trains into it when it holds none (or into a temp dir when unset).
@@ -39,7 +41,7 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository holding version 1 of a small real model (read-only for tests)."""
     cached = os.environ.get(CACHE_ENV)
     repo = Path(cached) if cached else tmp_path_factory.mktemp("model_repo")
-    if not (repo / "fashion" / "1" / "model.onnx").is_file():
+    if not (repo / MODEL_NAME / "1" / MODEL_FILE).is_file():
         _train(repo)
     return repo
 

@@ -34,8 +34,9 @@ def kserve_python() -> Path:
 
 def test_kserve_rest_client_gets_the_grpc_answers(kserve_python, server_process) -> None:
     seed = 5
+    url = f"http://127.0.0.1:{server_process.http_port}"
     done = subprocess.run(
-        [str(kserve_python), str(CLIENT), server_process.http_url, str(seed)],
+        [str(kserve_python), str(CLIENT), url, str(seed)],
         capture_output=True,
         text=True,
         timeout=120,

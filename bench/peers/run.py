@@ -29,6 +29,7 @@ from bench.loadgen import LoadGenerator
 from bench.peers import servers, surgery, table, venvs
 from bench.point import Target, measure
 from bench.serverproc import memory_mib, start_echo, start_server
+from client.testset import load_test_split
 
 # (api, images per request, concurrency) driven against each server.
 OURS = [
@@ -199,8 +200,6 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     }
     original = inprocess.model_path(args.model_repo, args.model_version)
     fp32 = surgery.write_fp32_model(original, args.work / "fashion-fp32.onnx")
-    from training.data import load_test_split
-
     test_images, _, _ = load_test_split()
     parity = surgery.check_parity(original, fp32, test_images[: args.parity_images])
     results["parity"] = {**parity.__dict__, "ok": parity.ok, "model": str(original)}

@@ -1,4 +1,5 @@
-"""Start and stop the ready-made servers on loopback, each serving the FP32 model as "fashion".
+"""Start and stop the ready-made servers on loopback, each serving the FP32 model under our
+model name (:data:`server.contract.MODEL_NAME`).
 
 Triton and MLServer take fixed ports (neither has an ephemeral-port mode that reports back),
 so they get ``base_port`` + offsets; a port in use fails the start loudly. Readiness is the
@@ -21,6 +22,7 @@ from typing import IO
 
 from bench.peers.venvs import MLSERVER, PYTRITON, PeerEnv
 from bench.serverproc import descendants, terminate
+from server.contract import MODEL_NAME
 
 HERE = Path(__file__).resolve().parent
 
@@ -65,7 +67,7 @@ def model_ready(target: str, timeout_s: float = 1.0) -> bool:
             response_deserializer=oip.ModelReadyResponse.FromString,
         )
         try:
-            return bool(ready(oip.ModelReadyRequest(name="fashion"), timeout=timeout_s).ready)
+            return bool(ready(oip.ModelReadyRequest(name=MODEL_NAME), timeout=timeout_s).ready)
         except grpc.RpcError:
             return False
 
@@ -112,6 +114,8 @@ def start_pytriton(model: Path, base_port: int, work: Path, threads: int) -> Pee
         str(PYTRITON.python),
         str(HERE / "pytriton_serve.py"),
         str(model),
+        "--model-name",
+        MODEL_NAME,
         "--grpc-port",
         str(base_port + 1),
         "--http-port",
@@ -135,7 +139,7 @@ def start_mlserver(model: Path, base_port: int, work: Path, threads: int) -> Pee
         "metrics_port": base_port + 82,
     }
     model_settings = {
-        "name": "fashion",
+        "name": MODEL_NAME,
         "implementation": "fashion_runtime.FashionOnnx",
         # Adaptive batching: up to 64 images, waiting at most 1 ms for more.
         "max_batch_size": 64,

@@ -17,10 +17,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from server.contract import IMAGE_SHAPE, INPUT_DTYPE, INPUT_NAME, OUTPUT_NAME
+
 # The ops of the in-graph preprocessing, in the order the exporter writes them.
 PREPROCESSING_OPS = ("Cast", "Mul", "Div", "Unsqueeze")
-INPUT_NAME = "images"
-OUTPUT_NAME = "probabilities"
+# The ONNX element type of the raw pixels our graph takes (what the chain casts from).
+RAW_PIXELS = helper.np_dtype_to_tensor_dtype(np.dtype(INPUT_DTYPE))
 
 
 class SurgeryError(Exception):
@@ -39,8 +41,8 @@ def strip_preprocessing(model: onnx.ModelProto) -> onnx.ModelProto:
     if len(graph.input) != 1:
         raise SurgeryError(f"expected one graph input, found {len(graph.input)}")
     original = graph.input[0]
-    if original.type.tensor_type.elem_type != TensorProto.UINT8:
-        raise SurgeryError(f"input {original.name!r} is not uint8: nothing to strip")
+    if original.type.tensor_type.elem_type != RAW_PIXELS:
+        raise SurgeryError(f"input {original.name!r} is not {INPUT_DTYPE}: nothing to strip")
     chain: list[onnx.NodeProto] = []
     tensor = original.name
     while True:
@@ -53,7 +55,7 @@ def strip_preprocessing(model: onnx.ModelProto) -> onnx.ModelProto:
     if not chain or ops[0] != "Cast" or not {"Mul", "Div"} & set(ops):
         raise SurgeryError(f"the graph does not start with Cast and a scale (found {ops})")
     batch = original.type.tensor_type.shape.dim[0]
-    dims = [batch.dim_param or batch.dim_value, 28, 28]
+    dims = [batch.dim_param or batch.dim_value, *IMAGE_SHAPE]
     if ops[-1] == "Unsqueeze":
         dims.append(1)  # the Keras model's channel axis (NHWC)
     for node in chain:
@@ -68,7 +70,8 @@ def strip_preprocessing(model: onnx.ModelProto) -> onnx.ModelProto:
     used = {name for n in graph.node for name in n.input}
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
-    stripped.doc_string = "Fashion-MNIST classifier; float32 [batch, 28, 28, 1] in [0, 1]"
+    shown = ", ".join(str(d) for d in dims)
+    stripped.doc_string = f"Fashion-MNIST classifier; float32 [{shown}] in [0, 1]"
     onnx.checker.check_model(stripped)
     return stripped
 

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from client.cli import main as predict_main
-from training.data import DEBIAN_DIR, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES
+from client.testset import DEBIAN_DIR, TEST_IMAGES, TEST_LABELS
+from training.data import TRAIN_IMAGES
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -105,16 +105,17 @@ def test_markdown_reports_fraction_of_limit() -> None:
            "| ≥ 85% | 50% | **no** |" in text
 
 
-@pytest.mark.parametrize("wait", ["none", "yield", "executor", "batched"])
+@pytest.mark.parametrize("wait", ["floor", "none", "yield", "executor", "batched"])
 def test_echo_answers_concurrent_calls_with_each_wait(wait: str) -> None:
     import asyncio
 
     import grpc
 
+    from bench.experiments import echo_wait
     from bench.payload import METHOD, answered_images, images, request_bytes
     from bench.serverproc import start_echo
 
-    server = start_echo(wait=wait)
+    server = start_echo() if wait == "floor" else echo_wait.start(wait)
 
     async def calls() -> list[int]:
         async with grpc.aio.insecure_channel(server.target) as channel:

@@ -15,8 +15,8 @@ from bench.payload import answered_images, request_bytes
 from bench.peers import surgery, table
 from bench.peers.venvs import PeerEnv
 from bench.serverproc import cpu_seconds, descendants
+from client.testset import load_test_split
 from server._proto.inference import grpc_predict_v2_pb2 as oip
-from training.data import load_test_split
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 # on the same port (SO_REUSEPORT, the kernel spreading connections over the processes) raise
 # single-image unary throughput on this machine?
 #
-#   bench/workers_experiment.sh MODEL_REPO VERSION OUT_DIR [WORKER_COUNTS]
+#   bench/experiments/workers.sh MODEL_REPO VERSION OUT_DIR [WORKER_COUNTS]
 #
 # For each worker count (default "1 2"): start that many `fashion-serve` processes on one
 # port, each with its own session, batcher and metrics port; run `fashion-bench --target`
@@ -23,7 +23,7 @@ fi
 VERSION=$2 COUNTS=${4:-1 2}
 mkdir -p "$3"
 REPO="$(cd "$1" && pwd)" OUT="$(cd "$3" && pwd)"  # absolute: the script cds to the root
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 PY="$ROOT/.venv/bin/python"
 PORT=50161 METRICS_BASE=9310
 : > "$OUT/summary.txt"

@@ -1,17 +1,18 @@
 """The unary path at 1 image x 32 clients: where its time goes, and A/B runs of server changes.
 
-    python -m bench.peers.unary profile --model-repo R [--seconds 8] [--out DIR]
-    python -m bench.peers.unary ab --model-repo R --a TREE_A --b TREE_B [--repeats 4]
-    python -m bench.peers.unary ab --model-repo R --b-server-arg=--batch-concurrency=2 ...
-    python -m bench.peers.unary hops --model-repo R [--repeats 3]
+    python -m bench.experiments.unary profile --model-repo R [--seconds 8] [--out DIR]
+    python -m bench.experiments.unary ab --model-repo R --a TREE_A --b TREE_B [--repeats 4]
+    python -m bench.experiments.unary ab --model-repo R --b-server-arg=--batch-concurrency=2 ...
+    python -m bench.experiments.unary hops --model-repo R [--repeats 3]
 
 ``profile``: py-spy (``--native``) on the server under ModelInfer, 1 image/request,
 concurrency 32, split into bench.profile's buckets (grpc core, asyncio, ours by module).
 ``ab``: two servers started from two source trees (``python -m server.main`` run with each
 tree as its working directory, so its ``server`` package is the one imported), measured
 alternately A, B, A, B... with the same load, so drift on a shared machine hits both sides.
-``hops``: the floor (bench.echo) with each ``--wait`` of bench.echo, then ours, in turns:
-what a thread hop per request or per batch costs on its own, beside the whole request path.
+``hops``: the floor (bench.echo) with each wait of :mod:`bench.experiments.echo_wait`, then
+ours, in turns: what a thread hop per request or per batch costs on its own, beside the whole
+request path.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.experiments import echo_wait
 from bench.loadgen import LoadGenerator
 from bench.point import Target, measure
 from bench.profile import RATE_HZ, py_spy, summarise
-from bench.serverproc import ServerProcess, start_echo, start_server
+from bench.serverproc import ServerProcess, start_server
 
 
 def _start_in(tree: Path, model_repo: Path, args: Sequence[str]) -> ServerProcess:
@@ -145,16 +147,14 @@ def ab(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def hops(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.echo import WAITS
-
-    servers = {f"echo --wait {w}": start_echo(wait=w) for w in WAITS}
+    servers = {f"echo --wait {w}": echo_wait.start(w) for w in echo_wait.WAITS}
     servers["fashion-serve"] = start_server(args.model_repo, args.server_arg)
     runs = _alternate(servers, args, 1)
     return {name: _summary(points) for name, points in runs.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.peers.unary", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m bench.experiments.unary", description=__doc__)
     p.add_argument("mode", choices=("profile", "ab", "hops"))
     p.add_argument("--model-repo", type=Path, default=Path("models"))
     p.add_argument("--server-arg", action="append", default=[])

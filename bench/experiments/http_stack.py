@@ -1,7 +1,7 @@
 """Why aiohttp serves the REST API: it against uvicorn + httptools, same process, same data plane.
 
     python -m venv /tmp/alt && /tmp/alt/bin/pip install . "uvicorn[standard]==0.54.0"
-    PYTHONPATH=. /tmp/alt/bin/python -m bench.http_stack --model-repo models [--seconds 3]
+    PYTHONPATH=. /tmp/alt/bin/python -m bench.experiments.http_stack --model-repo models
 
 One server process runs one :class:`server.app.App` (gRPC, the batcher, aiohttp's
 REST API on its loop) and, on the same event loop, a uvicorn server (httptools
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from server.contract import IMAGE_SHAPE, MODEL_NAME
 
 ASGI = Callable[..., Awaitable[None]]
 
@@ -58,7 +60,7 @@ def _asgi_app(plane: Any) -> ASGI:
                 parsed = parse_infer_body(
                     b"".join(chunks),
                     None if length is None else length.decode(),
-                    model_name="fashion",
+                    model_name=MODEL_NAME,
                     model_version="",
                 )
                 encoded = await plane.infer(REST_INFER, parsed, None)
@@ -87,7 +89,7 @@ def _requests(host: str) -> dict[str, bytes]:
     from bench.payload import http_request
 
     ready = f"GET /v2/health/ready HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
-    image = np.zeros((1, 28, 28), np.uint8)
+    image = np.zeros((1, *IMAGE_SHAPE), np.uint8)
     return {"ready": ready, "infer": http_request("http-binary", image, host)}
 
 
