@@ -13,7 +13,7 @@ DEBIAN_DATA=/usr/share/datasets/fashion-mnist
 PERF_VENV="${FASHION_PERF_VENV:-$ROOT/.venv-perf}"
 PERF_PACKAGES=(tritonclient==2.41.0 nvidia-cuda-runtime-cu12==12.9.79)
 # KServe's own Python REST client, for tests_tritonclient/test_http_kserve.py. A venv of its
-# own: kserve 0.21 needs psutil<6, the dev extra pins psutil 7 (README "Development").
+# own: kserve 0.21 needs psutil<6, the dev extra pins psutil 7 (docs/DEVELOPMENT.md).
 KSERVE_VENV="$ROOT/.venv-kserve"
 KSERVE_PACKAGES=(kserve==0.21.0)
 
@@ -51,7 +51,7 @@ ensure_data() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
   else
-    echo "==> no apt-get: the training job will look for the data set itself (see README)"
+    echo "==> no apt-get: the training job will look for the data set itself (see docs/TRAINING.md)"
   fi
 }
 

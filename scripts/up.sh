@@ -10,7 +10,7 @@ ensure_venv train,client
 ensure_data
 export FASHION_MODEL_REPO="${FASHION_MODEL_REPO:-$ROOT/models}"
 if ! ls "$FASHION_MODEL_REPO/fashion" 2>/dev/null | grep -qE '^[1-9][0-9]*$'; then
-  # The one measured figure lives in the published run's report (README "Results" quotes it).
+  # The one measured figure lives in the published run's report (docs/TRAINING.md "Results" quotes it).
   report="$ROOT/docs/training/course_cnn_v2/report.md"
   seconds="$(sed -n 's/^- \*\*training seconds\*\*: \([0-9]*\).*/\1/p' "$report" 2>/dev/null || true)"
   echo "==> no model in $FASHION_MODEL_REPO: training one (the published run took ${seconds:-?} s on 2 cores)"

@@ -13,19 +13,20 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from server.batcher import DynamicBatcher
+from server.catalog import Catalog
 from server.config import Settings
 from server.dataplane import DataPlane
 from server.errors import ConfigError, ModelLoadError, VersionNotFound
+from server.grpc_binding import add_service
 from server.http import HttpServer
-from server.manager import ModelManager
+from server.manager import ModelLoader, ModelManager, onnxruntime_loader
 from server.metrics import Metrics
 from server.model import LoadedModel
 from server.oip import SERVICE as OIP_SERVICE
 from server.readiness import Phase
-from server.rest import RestApi, http_ssl_context
+from server.rest import RestApi
 from server.servicer import SERVICE as PREDICTION_SERVICE
 from server.servicer import SERVICE_NAME, PredictionServicer
-from server.status import add_service
 from server.triton import TritonServicer
 
 logger = logging.getLogger(__name__)
@@ -63,24 +64,18 @@ def grpc_options(settings: Settings) -> list[tuple[str, Any]]:
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
-def server_credentials(settings: Settings) -> grpc.ServerCredentials:
-    """TLS, and mTLS when a client CA is given (clients without a valid certificate are refused)."""
-
-    def read(path: str) -> bytes:
-        return Path(path).read_bytes()
-
-    client_ca = read(settings.tls_client_ca) if settings.tls_client_ca else None
-    return grpc.ssl_server_credentials(
-        [(read(settings.tls_key), read(settings.tls_cert))],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
-    )
-
-
 class App:
     """Lifecycle: ``open()`` (listening, NOT_SERVING) -> ``load()`` (SERVING) -> ``stop()``."""
 
-    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        loader: ModelLoader | None = None,
+    ) -> None:
+        """``loader``: how a version's files become a servable model (default: an
+        onnxruntime session on ``--device`` with ``--threads``); tests pass their own."""
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
@@ -88,8 +83,7 @@ class App:
             settings.model_repo,
             pinned_version=settings.model_version,
             variant=settings.model_variant,
-            device=settings.device,
-            threads=settings.threads,
+            load=loader or onnxruntime_loader(settings.device, settings.threads),
             metrics=self.metrics,
             max_batch_size=settings.max_batch_size,
         )
@@ -108,6 +102,7 @@ class App:
             self.metrics,
             max_images_per_request=settings.max_images_per_request,
         )
+        self.catalog = Catalog(self.plane, settings)
         self.health = health.aio.HealthServicer()
         self.plane.readiness.subscribe(self._report_health)
         self.plane.readiness.subscribe(self._report_ready)
@@ -133,14 +128,14 @@ class App:
         )
         add_service(server, self.plane, PredictionServicer(self.plane, s), PREDICTION_SERVICE)
         # The Open Inference Protocol with Triton's extensions (server/triton.py).
-        add_service(server, self.plane, TritonServicer(self.plane, s), OIP_SERVICE)
+        add_service(server, self.plane, TritonServicer(self.plane, self.catalog), OIP_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = [READINESS_SERVICE, OIP_SERVICE.full_name, health.SERVICE_NAME]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
         address = _bind_address(s.host, s.port)
         try:
-            if s.tls:
-                self.port = server.add_secure_port(address, server_credentials(s))
+            if s.tls_material is not None:
+                self.port = server.add_secure_port(address, s.tls_material.grpc_credentials())
             else:
                 if s.host not in LOOPBACK:
                     logger.warning(
@@ -178,11 +173,11 @@ class App:
             port=s.http_port,
             registry=None,
             flag="--http-port",
-            ssl_context=http_ssl_context(s),
+            ssl_context=s.tls_material.ssl_context if s.tls_material is not None else None,
             client_max_size=s.max_message_bytes,
             shutdown_timeout_s=s.grace_s,
         )
-        RestApi(self.plane, s).add_routes(rest.app)
+        RestApi(self.plane, self.catalog, s).add_routes(rest.app)
         try:
             await rest.start()
         except ConfigError:
@@ -344,5 +339,10 @@ class App:
         logger.info("stopped")
 
 
-def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> App:
-    return App(settings, registry=registry)
+def create_app(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    loader: ModelLoader | None = None,
+) -> App:
+    return App(settings, registry=registry, loader=loader)

@@ -28,9 +28,16 @@ from typing import Generic, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
-from server.errors import DeadlineExpired, ModelNotReady, Overloaded
+from server.errors import DeadlineExpired, Overloaded
 
 logger = logging.getLogger(__name__)
+
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher is stopped (or stopped while the batch ran): what to tell the client is
+    the data plane's call, which knows why (shutdown, a version unloaded)."""
+
 
 T = TypeVar("T")
 T_contra = TypeVar("T_contra", contravariant=True)
@@ -114,24 +121,18 @@ class DynamicBatcher(Generic[T]):
         self._accepting = True
         self._loop_task = asyncio.create_task(self._run(), name="batcher")
 
-    async def submit(
-        self, rows: np.ndarray, *, deadline: float | None = None
-    ) -> tuple[np.ndarray, T]:
+    async def submit(self, rows: np.ndarray, *, deadline: float | None = None) -> Computed[T]:
         """Queue ``rows`` (first axis = images) and wait for their outputs.
 
         ``deadline`` is in ``loop.time()`` seconds. Raises Overloaded when the
-        queue is full, ModelNotReady when stopped, DeadlineExpired when the
-        deadline passes before the rows are computed.
+        queue is full, BatcherClosed when stopped, DeadlineExpired when the
+        deadline passes before the rows are computed. The result also carries the
+        request's queue wait and its batch's model time, so per-request statistics
+        use the batcher's own measurements.
         """
-        computed = await self.submit_timed(rows, deadline=deadline)
-        return computed.outputs, computed.tag
-
-    async def submit_timed(self, rows: np.ndarray, *, deadline: float | None = None) -> Computed[T]:
-        """:meth:`submit`, also returning the request's queue wait and its batch's model time,
-        so per-request statistics use the batcher's own measurements."""
         n = len(rows)
         if not self._accepting:
-            raise ModelNotReady("the server is shutting down")
+            raise BatcherClosed("the batcher is stopped")
         if n == 0:
             raise ValueError("empty batch")
         if n > self.max_queue:
@@ -232,7 +233,7 @@ class DynamicBatcher(Generic[T]):
         """Sleep until ``until``, a new request, or a running batch finishing.
 
         One event and one timer handle: cheaper than asyncio.wait() over a set of futures,
-        which allocates a waiter and callbacks on every call (~4 % of a busy server).
+        which allocates a waiter and callbacks on every call (visible in busy-server profiles).
         """
         self._wakeup.clear()
         loop = asyncio.get_running_loop()
@@ -312,7 +313,7 @@ class DynamicBatcher(Generic[T]):
         self._wakeup.set()  # a slot is free: the scheduler may flush the next batch
         exc = None if done.cancelled() else done.exception()
         if done.cancelled() or exc is not None:
-            failure = exc if exc is not None else ModelNotReady("the batch was cancelled")
+            failure = exc if exc is not None else BatcherClosed("the batch was cancelled")
             logger.error("batch of %d images failed", images, exc_info=exc)
             for p in batch:
                 if not p.future.done():

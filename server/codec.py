@@ -22,6 +22,7 @@ from server.config import Settings
 from server.contract import IMAGE_BYTES, IMAGE_SHAPE, MODEL_NAME, NUM_CLASSES
 from server.errors import InvalidInput, TooLarge
 from server.model import LoadedModel
+from server.target import Target
 
 # A real 28x28 PNG or JPEG is a few hundred bytes, a few KiB with an ICC profile or
 # EXIF; 64 KiB leaves room for any honest file and bounds what a crafted one costs.
@@ -132,12 +133,6 @@ def prepare_images(request: pb.PredictRequest, max_images: int) -> np.ndarray | 
     return EncodedImages(out, encoded)
 
 
-def decode_images(request: pb.PredictRequest, max_images: int) -> np.ndarray:
-    """The request's images -> uint8 [n, 28, 28], in request order (decoding inline)."""
-    prepared = prepare_images(request, max_images)
-    return prepared if isinstance(prepared, np.ndarray) else prepared()
-
-
 def check_top_k(top_k: int) -> None:
     if top_k > NUM_CLASSES:
         raise InvalidInput(f"top_k is {top_k}; it must be between 0 and {NUM_CLASSES}")
@@ -175,14 +170,14 @@ def encode_predictions(
 class PredictCodec:
     """fashion.v1 Predict for the data plane (see :class:`server.dataplane.RequestCodec`)."""
 
-    def version(self, request: pb.PredictRequest) -> int:
+    def target(self, request: pb.PredictRequest) -> Target:
         check_top_k(request.top_k)
         if request.model_version < 0:
             raise InvalidInput(
                 f"model_version is {request.model_version}; send 0 (the served version) or a "
                 "positive version number"
             )
-        return request.model_version
+        return Target(MODEL_NAME, str(request.model_version) if request.model_version else "")
 
     def decode(self, request: pb.PredictRequest, max_images: int) -> np.ndarray | EncodedImages:
         return prepare_images(request, max_images)

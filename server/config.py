@@ -23,13 +23,13 @@ import logging
 import math
 import os
 import re
-import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from server.errors import ConfigError
+from server.tls import TlsMaterial, load_tls
 
 logger = logging.getLogger(__name__)
 
@@ -178,12 +178,19 @@ class Settings:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ConfigError(f"{_names(name)}: no such file {path!r}")
-        if self.tls:
-            _check_pem(self.tls_cert, self.tls_key, self.tls_client_ca)
+        # Read once, here: a bad file is a configuration error named with its flag.
+        material = load_tls(self.tls_cert, self.tls_key, self.tls_client_ca) if self.tls else None
+        object.__setattr__(self, "_tls_material", material)
 
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert)
+
+    @property
+    def tls_material(self) -> TlsMaterial | None:
+        """The PEM files as read at start-up (None without TLS): gRPC and HTTPS both use it."""
+        material: TlsMaterial | None = getattr(self, "_tls_material", None)
+        return material
 
     @property
     def max_batch_delay_s(self) -> float:
@@ -205,33 +212,6 @@ def _normalise_host(host: str) -> str:
     elif not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", bare):
         raise ConfigError(f"{_names('host')}: {host!r} is not an IP address or host name")
     return bare
-
-
-def _check_pem(cert: str, key: str, client_ca: str) -> None:
-    """Parse the TLS files now, so a bad one is named at start-up (gRPC says "Failed to bind")."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_verify_locations(cafile=cert)
-    except (ssl.SSLError, ValueError):
-        raise ConfigError(f"{_names('tls_cert')}: {cert!r} holds no PEM certificate") from None
-    try:
-        # A password callback that fails: an encrypted key is refused instead of prompting.
-        context.load_cert_chain(cert, key, password=_no_password)
-    except (ssl.SSLError, ValueError):
-        raise ConfigError(
-            f"{_names('tls_key')}: {key!r} is not an unencrypted PEM private key matching {cert!r}"
-        ) from None
-    if client_ca:
-        try:
-            context.load_verify_locations(cafile=client_ca)
-        except (ssl.SSLError, ValueError):
-            raise ConfigError(
-                f"{_names('tls_client_ca')}: {client_ca!r} holds no PEM certificate"
-            ) from None
-
-
-def _no_password() -> str:
-    raise ValueError("encrypted private keys are not supported")
 
 
 def _check(f: dataclasses.Field[Any], value: Any) -> None:
@@ -281,8 +261,8 @@ def _convert(name: str, type_name: str, raw: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fashion-serve",
-        description="Serve the Fashion-MNIST ONNX model over gRPC. Every flag can also be set "
-        "as a FASHION_* environment variable (flag wins).",
+        description="Serve the Fashion-MNIST ONNX model over gRPC and HTTP. Every flag can "
+        "also be set as a FASHION_* environment variable (flag wins).",
     )
     for f in dataclasses.fields(Settings):
         # A bool flag alone means true; it also takes a value (--wait-for-model false).
@@ -355,6 +335,7 @@ def check_environment(environ: Mapping[str, str]) -> list[str]:
         if name.startswith(ENV_PREFIX)
         and name not in known
         and name not in _OTHER_ENV
+        and not name.startswith(_TRAINING_ENV_PREFIX)
         and not is_service_link(name, environ[name])
     )
     # Compared without the shared prefix, which would make every pair look alike.
@@ -397,6 +378,10 @@ def is_service_link(name: str, value: str) -> bool:
 _OTHER_ENV = frozenset(
     {"FASHION_MNIST_DIR", "FASHION_VENV", "FASHION_PERF_VENV", "FASHION_TEST_BASE_IMAGE"}
 )
+# fashion-train's own settings (training/config.py; FASHION_TRAIN_EPOCHS, ...): a pod may carry
+# both commands' variables, and the trainer refuses its own misspelt names, so here the whole
+# prefix passes (FASHION_TRAIN_BATCH_SIZE must not read as a typo of FASHION_MAX_BATCH_SIZE).
+_TRAINING_ENV_PREFIX = "FASHION_TRAIN_"
 # difflib ratio (of the names after FASHION_) from which an unknown name is taken for a
 # typo of a setting: MAX_BATCH/MAX_BATCH_SIZE 0.78, PROT/PORT 0.75, THREAD/THREADS 0.92;
 # unrelated names stay below (TEAM/THREADS 0.55, VERSION/MODEL_VERSION 0.70).

@@ -16,10 +16,15 @@ a shape, a datatype or a repository file name.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # The model name the training job publishes under and clients ask for by default.
 MODEL_NAME = "fashion"
+# What a model name may be: a directory of the repository and a path segment of the HTTP
+# API, so ASCII letters, digits, "_", "." and "-", starting with a letter or digit (never
+# "." or "..", never hidden like the publisher's staging directories), 1 to 64 characters.
+MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
@@ -64,6 +69,11 @@ class TensorSpec:
     def datatype(self) -> str:
         """The Open Inference Protocol's name of :attr:`dtype` (``UINT8``, ``FP32``)."""
         return OIP_DATATYPE[self.dtype]
+
+
+def is_model_name(text: str) -> bool:
+    """Whether ``text`` is a valid model name (:data:`MODEL_NAME_PATTERN`, ASCII only)."""
+    return re.fullmatch(MODEL_NAME_PATTERN, text, re.ASCII) is not None
 
 
 INPUT_SPEC = TensorSpec(INPUT_NAME, INPUT_DTYPE, (-1, *IMAGE_SHAPE))

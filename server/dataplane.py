@@ -16,7 +16,7 @@ the result back into its wire message. Everything with policy lives here, once:
   :meth:`DataPlane.observe` counts and times it by method and code.
 
 A front end maps :class:`server.errors.Code` to its own status once (gRPC:
-:mod:`server.status`).
+:mod:`server.grpc_binding`).
 """
 
 from __future__ import annotations
@@ -31,13 +31,22 @@ from typing import Protocol, TypeVar, cast
 
 import numpy as np
 
-from server.batcher import DynamicBatcher
+from server.batcher import BatcherClosed, DynamicBatcher
 from server.contract import MODEL_NAME
-from server.errors import Code, Overloaded, ServingError, VersionNotFound
+from server.errors import (
+    Code,
+    DeadlineExpired,
+    ModelNotReady,
+    Overloaded,
+    ServingError,
+    VersionNotFound,
+)
 from server.manager import ModelManager
 from server.metrics import Metrics
 from server.model import LoadedModel
 from server.readiness import Phase, Readiness
+from server.target import Target, version_number
+from server.tensor import shown
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +94,8 @@ Images = np.ndarray | DeferredDecode
 class RequestCodec(Protocol[Req, Resp]):
     """What a front end supplies for one inference message type. Pure, no I/O."""
 
-    def version(self, request: Req) -> int:
-        """Check the fields that are not images; the version asked for (0 = the served one)."""
+    def target(self, request: Req) -> Target:
+        """Check the fields that are not images; the model, version and timeout asked for."""
         ...
 
     def decode(self, request: Req, max_images: int) -> Images:
@@ -166,27 +175,48 @@ class DataPlane:
     # -- questions about the model (every front end asks the same way) -------
 
     def model(self) -> LoadedModel:
-        """The served model; ModelNotReady (UNAVAILABLE) before the first one is installed."""
+        """The served model; UNAVAILABLE (with the reason) while none is served."""
+        if not self.manager.loaded:
+            raise ModelNotReady(self.readiness.refusal or "no model version is served yet")
         return self.manager.current
 
-    def resolve(self, version: int) -> LoadedModel:
-        """The served model if ``version`` is 0 or its number, else NOT_FOUND."""
-        return self.manager.resolve(version)
+    def resolve(self, target: Target) -> tuple[LoadedModel, int]:
+        """The model version ``target`` names (the served one when it names none), and the
+        version number it named (0 for none).
 
-    def model_ready(self, version: int) -> bool:
-        """OIP ModelReady: ready to answer ``version`` (0 = the served one) now.
-
-        NOT_FOUND for a version that exists neither in memory nor on disk; False
-        for one that is on disk but not served.
+        NOT_FOUND for a model or version that is not served (the message says what is);
+        UNAVAILABLE while no model is served.
         """
-        if not self.manager.loaded:
-            return False
-        served = self.manager.current.version
+        if target.model != MODEL_NAME:
+            raise VersionNotFound(
+                f"unknown model {shown(target.model)}; this server serves {MODEL_NAME!r}"
+            )
+        version = version_number(target.model, target.version)
+        return self.manager.resolve(version, self.model()), version
+
+    @staticmethod
+    def version_number(model: str, version: str) -> int:
+        """A version string of ``model`` -> its number (0 for ""); NOT_FOUND if malformed."""
+        return version_number(model, version)
+
+    def model_ready(self, target: Target) -> tuple[bool, str]:
+        """OIP ModelReady: whether ``target`` can be answered now, and if not, why.
+
+        NOT_FOUND for a model or version that exists neither in memory nor on disk.
+        """
+        if target.model != MODEL_NAME:
+            self.resolve(target)  # raises NOT_FOUND with the message
+        version = version_number(target.model, target.version)
+        served = self.manager.current.version if self.manager.loaded else None
         if version and version != served:
             if version not in self.manager.versions_on_disk():
                 raise VersionNotFound(f"model {MODEL_NAME!r} has no version {version}")
-            return False
-        return self.readiness.ready
+            return False, (
+                f"model {MODEL_NAME!r} version {version} is in the repository but not served"
+            )
+        if not self.readiness.ready:
+            return False, self.readiness.refusal or "the server is not ready"
+        return True, ""
 
     # -- the request path -----------------------------------------------------
 
@@ -194,22 +224,54 @@ class DataPlane:
         """One inference request, start to end. ``deadline`` is a ``loop.time()`` instant.
 
         Raises a ServingError for anything the client should be told (see
-        :meth:`failure`); the response is the codec's. Once the version is known the
-        request is also counted in the per-version statistics (Triton's
-        ModelStatistics): success with its decode, queue, model and encode times, or failure.
+        :meth:`failure`); the response is the codec's. A Triton ``timeout`` in the
+        request is a deadline too (the earlier of the two wins), enforced here for
+        every binding: the batcher refuses what cannot be met, and the wait ends when
+        it passes. Once the version is known the request is also counted in the
+        per-version statistics (Triton's ModelStatistics): success with its decode,
+        queue, model and encode times, or failure.
         """
         started = time.perf_counter()
         self.readiness.check()
-        version = codec.version(request)
-        served = self.manager.resolve(version)
+        target = codec.target(request)
+        served, pinned = self.resolve(target)
+        if target.timeout_s is None:
+            return await self._infer(codec, request, served, pinned, deadline, started)
+        timeout_at = asyncio.get_running_loop().time() + target.timeout_s
+        deadline = timeout_at if deadline is None else min(deadline, timeout_at)
+        timeout = asyncio.timeout_at(timeout_at)
+        try:
+            async with timeout:
+                return await self._infer(codec, request, served, pinned, deadline, started)
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            raise DeadlineExpired(
+                f"the request's timeout ({target.timeout_us} us) passed before it was answered"
+            ) from None
+
+    async def _infer(
+        self,
+        codec: RequestCodec[R, S],
+        request: R,
+        served: LoadedModel,
+        pinned: int,
+        deadline: float | None,
+        started: float,
+    ) -> S:
         try:
             images = codec.decode(request, self.max_images)
             if not isinstance(images, np.ndarray):
                 images = await self._decode_off_loop(images)
             decoded = time.perf_counter()
-            computed = await self.batcher.submit_timed(images, deadline=deadline)
+            try:
+                computed = await self.batcher.submit(images, deadline=deadline)
+            except BatcherClosed:
+                raise ModelNotReady(
+                    self.readiness.refusal or "the model version was unloaded; retry"
+                ) from None
             probabilities, model = computed.outputs, computed.tag
-            self.manager.confirm(version, model)
+            self.manager.confirm(pinned, model)
             encoding = time.perf_counter()
             response = codec.encode(request, probabilities, model)
         except BaseException:

@@ -1,8 +1,8 @@
 """Domain errors and the transport-neutral status codes they map to. No grpc here.
 
-Each error class names one :class:`Code`; every front end maps a Code to its own
-wire status once (gRPC in :mod:`server.status`, HTTP later), so the same bad
-input gets the same answer whichever protocol carried it.
+Each error class names one :class:`Code`; every binding maps a Code to its own
+wire status once (gRPC in :mod:`server.grpc_binding`, HTTP in :mod:`server.rest`),
+so the same bad input gets the same answer whichever protocol carried it.
 """
 
 from __future__ import annotations

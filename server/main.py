@@ -94,9 +94,8 @@ def cli() -> None:
     """The ``fashion-serve`` command: :func:`main`, then exit without the interpreter's teardown.
 
     Once ``main`` has returned everything is stopped and drained, but CPython's
-    finalization still collects and frees every object one by one: 0.2-2.7 s after
-    the "stopped" line here after 10-30 s of traffic (py-spy: ``gc_collect_main``,
-    ``unicode_dealloc``), 1.5-4.5 s reported after hours. The kernel frees the
+    finalization still collects and frees every object one by one, seconds after
+    hours of traffic (measured: docs/RELIABILITY.md, finding 11). The kernel frees the
     memory of an exiting process at once; only the buffered output must be flushed.
     """
     code = main()

@@ -8,16 +8,19 @@ already running finish on the old version, the next ones use the new one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from server.errors import ConfigError, ModelLoadError, ModelNotReady, ServingError, VersionNotFound
+from server.errors import ConfigError, ModelLoadError, ServingError, VersionNotFound
 from server.metrics import Metrics
 from server.model import LoadedModel
 from server.repository import (
+    ModelVersion,
     list_versions,
     model_dir,
     read_version,
@@ -32,23 +35,30 @@ logger = logging.getLogger(__name__)
 WARM_UP_BATCHES = (1, 8, 32, 64)
 
 
+# How a version's checked files become a servable model (blocking; runs off the event loop).
+ModelLoader = Callable[[ModelVersion], LoadedModel]
+
+
+def onnxruntime_loader(device: str, threads: int) -> ModelLoader:
+    """The server's loader: an onnxruntime session on ``device`` with ``threads`` threads."""
+    return functools.partial(LoadedModel, device=device, threads=threads)
+
+
 class ModelManager:
     def __init__(
         self,
         repo: Path,
         *,
+        load: ModelLoader,
         pinned_version: int = 0,
         variant: str = "float",
-        device: str = "cpu",
-        threads: int = 0,
         metrics: Metrics,
         max_batch_size: int = 64,
     ) -> None:
         self.repo = Path(repo)
         self.pinned_version = pinned_version
         self.variant = variant
-        self.device = device
-        self.threads = threads
+        self._load = load
         self.metrics = metrics
         self._warm_sizes = tuple(
             sorted({1, *(n for n in WARM_UP_BATCHES if n < max_batch_size), max_batch_size})
@@ -60,9 +70,10 @@ class ModelManager:
 
     @property
     def current(self) -> LoadedModel:
+        """The served model. Only once :attr:`loaded` (the data plane asks first)."""
         model = self._current
         if model is None:
-            raise ModelNotReady("the model is not loaded yet; retry shortly")
+            raise RuntimeError("no model is installed yet")
         return model
 
     @property
@@ -70,7 +81,7 @@ class ModelManager:
         return self._current is not None
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, LoadedModel]:
-        """The batcher's predict function (executor thread)."""
+        """The batcher's predict function (executor thread); batches start after install()."""
         model = self.current
         probabilities = model.predict(images)
         self.metrics.count_predictions(probabilities)
@@ -100,11 +111,7 @@ class ModelManager:
         """
         with self._lock:
             try:
-                model = LoadedModel(
-                    read_version(self.repo, version, variant=self.variant),
-                    device=self.device,
-                    threads=self.threads,
-                )
+                model = self._load(read_version(self.repo, version, variant=self.variant))
                 model.warm_up(self._warm_sizes)
             except (VersionNotFound, ConfigError):
                 raise  # nothing there to refuse, or not this version's fault
@@ -204,9 +211,8 @@ class ModelManager:
     def versions_on_disk(self) -> list[int]:
         return list_versions(self.repo)
 
-    def resolve(self, requested: int) -> LoadedModel:
-        """The served model if ``requested`` is 0 or its version, else NOT_FOUND."""
-        model = self.current
+    def resolve(self, requested: int, model: LoadedModel) -> LoadedModel:
+        """``model`` (the served one) if ``requested`` is 0 or its version, else NOT_FOUND."""
         if requested and requested != model.version:
             try:
                 on_disk = requested in list_versions(self.repo)

@@ -40,9 +40,8 @@ _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
 # Batches of at most this many images run on a one-thread session. Below ~5 images a
 # convolution split over intra-op threads costs more CPU (waking and joining the pool on
 # every layer) than it saves in wall time, and on a busy server that CPU is taken from the
-# event loop: on 2 cores, batch 1 took 0.37 ms CPU on one thread against 0.45-0.64 ms on
-# two, and the server at 1 image x 32 clients served 1.12x the images (A/B, 4 of 5 pairs
-# better; docs/PERFORMANCE.md). Bigger batches keep every thread.
+# event loop (the A/B and its figures: docs/PERFORMANCE.md, "The unary path at 1 image x 32").
+# Bigger batches keep every thread.
 SINGLE_THREAD_MAX_IMAGES = 4
 
 
@@ -69,7 +68,7 @@ def _session_options(threads: int) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Spinning burns ~1 core per idle pool for no throughput gain (NOTES.md).
+    # Spinning threads burn CPU while idle for no throughput gain (docs/PERFORMANCE.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return options
@@ -141,6 +140,7 @@ class LoadedModel:
     """A model version ready to run: verified, signature-checked and warmed up."""
 
     def __init__(self, version: ModelVersion, *, device: str = "cpu", threads: int = 0) -> None:
+        self.name = version.model
         self.version = version.version
         self.metadata = version.metadata
         self.model_sha256 = version.model_sha256

@@ -1,8 +1,8 @@
 """The server's one readiness state: what admission, health and OIP readiness all read.
 
 Transport-agnostic: front ends ask :meth:`Readiness.check` before work, and
-whoever reports health (the gRPC health service, later an HTTP probe) subscribes
-to the changes instead of keeping a second copy of the state.
+whoever reports health (the gRPC health service) subscribes to the changes
+instead of keeping a second copy of the state; the REST probes ask it directly.
 """
 
 from __future__ import annotations
@@ -59,6 +59,11 @@ class Readiness:
     @property
     def ready(self) -> bool:
         return self._phase.ready
+
+    @property
+    def refusal(self) -> str | None:
+        """What a refused call is told now; None when READY."""
+        return self._refusal
 
     def check(self) -> None:
         """Raise ModelNotReady (UNAVAILABLE) unless READY. The hot path: one attribute test."""

@@ -46,6 +46,7 @@ class ModelVersion:
     variant: str = FLOAT_VARIANT
     model_file: str = MODEL_FILE
     model_sha256: str = ""
+    model: str = MODEL_NAME  # the model's name: its directory in the repository
 
     @property
     def model_path(self) -> Path:
@@ -172,7 +173,7 @@ def read_version(
         raise ModelLoadError(
             f"version {version}: sha256 of {model_path} is {actual}, metadata.json says {expected}"
         )
-    return ModelVersion(version, path, metadata, variant, file_name, actual)
+    return ModelVersion(version, path, metadata, variant, file_name, actual, model)
 
 
 def _variant_file(metadata: dict[str, Any], version: int, variant: str) -> tuple[str, str]:

@@ -1,14 +1,16 @@
 """The Open Inference Protocol over HTTP/REST (KServe v2, with Triton's extensions).
 
-An adapter like the gRPC servicers: routes on an aiohttp application that runs
-on the gRPC server's event loop (one process, one batcher, one readiness state).
+A binding beside the gRPC servicers, never on top of them: routes on an aiohttp
+application that runs on the gRPC server's event loop (one process, one data
+plane, one readiness state).
 
 * Inference: JSON (and Triton's binary tensors) in, :mod:`server.rest_codec`,
   :meth:`DataPlane.infer`, JSON (or binary) out.
-* Everything else is the gRPC answer in JSON: the same servicer method builds
-  the same protobuf message (metadata, readiness, Triton's config, statistics and
-  repository index), and :func:`server.rest_codec.message_json` writes it. So
-  REST and gRPC cannot disagree on what the model is or what it has counted.
+* Everything else is the catalog's answer (:class:`server.catalog.Catalog`, the
+  same protobuf message the gRPC servicers send: metadata, readiness, Triton's
+  config, statistics and repository index), written as JSON by
+  :func:`server.rest_codec.message_json`. So REST and gRPC cannot disagree on
+  what the model is or what it has counted.
 * Errors: :meth:`DataPlane.failure` classifies, :data:`HTTP_STATUS` maps the
   neutral Code to an HTTP status once, the body is ``{"error": message}``.
   Readiness that is false is 503 with the reason, so a probe or load balancer
@@ -19,19 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
-import grpc
 from aiohttp import web
 
-from server._proto.inference import grpc_predict_v2_pb2 as oip
+from server.catalog import Catalog
 from server.config import Settings
-from server.contract import MODEL_NAME
 from server.dataplane import DataPlane, Failure
-from server.errors import Code, DeadlineExpired, InvalidInput, ModelNotReady, TooLarge
+from server.errors import Code, InvalidInput, TooLarge
 from server.rest_codec import (
     HEADER_LENGTH,
     REST_INFER,
@@ -39,11 +38,10 @@ from server.rest_codec import (
     parse_index_body,
     parse_infer_body,
 )
-from server.triton import TritonServicer
 
 logger = logging.getLogger(__name__)
 
-# The one Code -> HTTP status table (the gRPC one is server.status.GRPC_STATUS).
+# The one Code -> HTTP status table (the gRPC one is server.grpc_binding.GRPC_STATUS).
 HTTP_STATUS: dict[Code, int] = {
     Code.OK: 200,
     Code.CANCELLED: 499,  # nginx's "client closed request": nobody reads it
@@ -62,24 +60,7 @@ METHOD_PREFIX = "HTTP/"
 # Extensions this binding adds to the gRPC ones in ServerMetadata.
 HTTP_EXTENSIONS = ("binary_tensor_data",)
 
-# The servicer methods called here build their answer from the request message and
-# the data plane; none reads its gRPC context (only inference does, for the deadline,
-# and REST inference calls the data plane itself).
-_NO_CONTEXT = cast(grpc.aio.ServicerContext, None)
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def http_ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    """The gRPC port's TLS settings for HTTPS: the same certificate, mTLS with a client CA."""
-    if not settings.tls:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    if settings.tls_client_ca:
-        context.load_verify_locations(settings.tls_client_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
 
 
 def error_response(failure: Failure) -> web.Response:
@@ -118,11 +99,10 @@ async def _json_routing_errors(request: web.Request, handler: Handler) -> web.St
 class RestApi:
     """Adds the REST routes to an aiohttp application."""
 
-    def __init__(self, plane: DataPlane, settings: Settings) -> None:
+    def __init__(self, plane: DataPlane, catalog: Catalog, settings: Settings) -> None:
         self.plane = plane
-        self.settings = settings
+        self.catalog = catalog
         self.max_body_bytes = settings.max_message_bytes
-        self._grpc = TritonServicer(plane, settings)
 
     def add_routes(self, app: web.Application) -> None:
         app.middlewares.append(_json_routing_errors)
@@ -141,7 +121,7 @@ class RestApi:
             app.router.add_post(base + "/infer", route("ModelInfer", self._infer))
 
     def _route(self, method: str, call: Handler) -> Handler:
-        """Count, time and classify one route's requests, as server.status does for gRPC."""
+        """Count, time and classify one route's requests, as server.grpc_binding does for gRPC."""
         label = METHOD_PREFIX + method
         plane = self.plane
 
@@ -166,78 +146,48 @@ class RestApi:
         return request.match_info["model"], request.match_info.get("version", "")
 
     async def _server_metadata(self, request: web.Request) -> web.Response:
-        answer = await self._grpc.ServerMetadata(oip.ServerMetadataRequest(), _NO_CONTEXT)
-        document = message_json(answer)
-        document["extensions"] = [*document["extensions"], *HTTP_EXTENSIONS]
-        return _json(document)
+        return _json(message_json(self.catalog.server_metadata(HTTP_EXTENSIONS)))
 
     async def _live(self, request: web.Request) -> web.Response:
-        if not self.plane.readiness.live:
-            self.plane.readiness.check()  # raises with the reason
-            raise ModelNotReady("the server is not live")
+        self.catalog.check_live()  # 503 with the reason when not live
         return _json({"live": True})
 
     async def _ready(self, request: web.Request) -> web.Response:
-        self.plane.readiness.check()  # 503 with the reason when not ready
+        self.catalog.check_ready()  # 503 with the reason when not ready
         return _json({"ready": True})
 
     async def _model_metadata(self, request: web.Request) -> web.Response:
-        name, version = self._model(request)
-        message = oip.ModelMetadataRequest(name=name, version=version)
-        return _json(message_json(await self._grpc.ModelMetadata(message, _NO_CONTEXT)))
+        return _json(message_json(self.catalog.model_metadata(*self._model(request))))
 
     async def _model_ready(self, request: web.Request) -> web.Response:
         name, version = self._model(request)
-        message = oip.ModelReadyRequest(name=name, version=version)
-        answer = await self._grpc.ModelReady(message, _NO_CONTEXT)
-        if not answer.ready:
-            self.plane.readiness.check()  # the server's reason, when it is the server
-            raise ModelNotReady(
-                f"model {MODEL_NAME!r} version {version} is in the repository but not served"
-            )
-        return _json({"name": MODEL_NAME, "ready": True})
+        self.catalog.check_model_ready(name, version)  # 503 with the reason when not ready
+        return _json({"name": name, "ready": True})
 
     async def _config(self, request: web.Request) -> web.Response:
-        name, version = self._model(request)
-        message = oip.ModelConfigRequest(name=name, version=version)
-        answer = await self._grpc.ModelConfig(message, _NO_CONTEXT)
-        return _json(message_json(answer.config))  # Triton's REST answer is the config itself
+        # Triton's REST answer is the config itself, not ModelConfigResponse.
+        return _json(message_json(self.catalog.model_config(*self._model(request))))
 
     async def _stats(self, request: web.Request) -> web.Response:
         name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
-        message = oip.ModelStatisticsRequest(name=name, version=version)
-        return _json(message_json(await self._grpc.ModelStatistics(message, _NO_CONTEXT)))
+        return _json(message_json(self.catalog.model_statistics(name, version)))
 
     async def _index(self, request: web.Request) -> web.Response:
         ready = parse_index_body(await self._read_body(request))
-        message = oip.RepositoryIndexRequest(ready=ready)
-        answer = await self._grpc.RepositoryIndex(message, _NO_CONTEXT)
+        answer = self.catalog.repository_index(only_ready=ready)
         return _json([message_json(model) for model in answer.models])
 
     async def _infer(self, request: web.Request) -> web.Response:
         name, version = self._model(request)
         # Before the body is read and parsed: a server that is not ready says so (503)
         # instead of spending the loop on up to --max-message-bytes of JSON.
-        self.plane.readiness.check()
+        self.catalog.check_ready()
         body = await self._read_body(request)
         parsed = parse_infer_body(
             body, request.headers.get(HEADER_LENGTH), model_name=name, model_version=version
         )
-        timeout_s = parsed.timeout_s
-        deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
-        # The deadline lets the batcher refuse what cannot be met; the timeout ends the
-        # wait when it passes (as a gRPC deadline does), and the batcher skips the request.
-        timeout = asyncio.timeout(timeout_s)
-        try:
-            async with timeout:
-                encoded = await self.plane.infer(REST_INFER, parsed, deadline)
-        except TimeoutError:
-            if not timeout.expired():
-                raise
-            raise DeadlineExpired(
-                f"the request's timeout ({parsed.parameters['timeout']} us) passed before "
-                "it was answered"
-            ) from None
+        # No deadline of its own: a Triton "timeout" parameter is the data plane's to enforce.
+        encoded = await self.plane.infer(REST_INFER, parsed, None)
         if encoded.header_length is None:
             response = web.Response(body=encoded.body, content_type="application/json")
         else:

@@ -4,11 +4,10 @@ An inference body is JSON (KServe v2 REST), optionally followed by binary tensor
 data (Triton's binary-tensor extension): the ``Inference-Header-Content-Length``
 header then says how many leading bytes are JSON, and an input whose
 ``parameters.binary_data_size`` is set takes its bytes, in input order, from the
-rest. The tensor rules are the gRPC ones (:mod:`server.oip_codec`): ``images`` as
-UINT8 or FP32 ``pixel / 255``, shape [N, 28, 28] or [N, 28, 28, 1]; JSON ``data``
-is flat (row-major) or nested exactly as the shape. After these checks the
-tensor goes through the same decoder as a gRPC request, so both protocols refuse
-and convert the same values the same way.
+rest. JSON ``data`` is flat (row-major) or nested exactly as the shape. This
+module reads that layout only; names, datatype, shape, parameters and values are
+checked by the one tensor decoder (:mod:`server.tensor`) that the gRPC binding
+shares, so both protocols refuse and convert the same values with the same words.
 
 Responses carry ``probabilities`` as JSON numbers, or as raw little-endian FP32
 after the JSON when the request asks for binary output (``binary_data_output``,
@@ -25,25 +24,35 @@ from typing import Any
 
 import numpy as np
 
-from server._proto.inference import grpc_predict_v2_pb2 as oip
-from server.contract import INPUT_NAME, MODEL_NAME, NUM_CLASSES, OUTPUT_NAME
+from server.contract import INPUT_NAME, NUM_CLASSES, OUTPUT_DATATYPE, OUTPUT_NAME
 from server.errors import InvalidInput
 from server.model import LoadedModel
-from server.oip_codec import decode_infer_request, image_count, parse_version
+from server.target import Target
+from server.tensor import (
+    BINARY_DATA_OUTPUT,
+    TIMEOUT,
+    Header,
+    RequestOptions,
+    check_input,
+    check_value_count,
+    names,
+    pixels_from_bytes,
+    pixels_from_values,
+    request_options,
+    shown,
+    type_name,
+)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-_ITEM_BYTES = {"UINT8": 1, "FP32": 4}
 # model_name / model_version are not in the KServe v2 request schema, but KServe's own
 # client sends them: accepted when they agree with the path.
 _REQUEST_KEYS = frozenset({"id", "parameters", "inputs", "outputs", "model_name", "model_version"})
 _INPUT_KEYS = frozenset({"name", "shape", "datatype", "parameters", "data"})
 _OUTPUT_KEYS = frozenset({"name", "parameters"})
 # Request parameters understood here; any other is refused, never silently ignored.
-# "timeout" is Triton's per-request timeout in microseconds (a deadline).
-_REQUEST_PARAMETERS = frozenset({"binary_data_output", "timeout"})
-# A shape longer than this is refused before it is echoed in a message.
-_MAX_RANK = 8
-_INT64_MAX = 2**63 - 1
+SUPPORTED_PARAMETERS = frozenset({BINARY_DATA_OUTPUT, TIMEOUT})
+# The input parameter of Triton's binary tensor extension: the tensor's bytes follow the JSON.
+BINARY_DATA_SIZE = "binary_data_size"
 
 
 def _reject_constant(name: str) -> float:
@@ -61,12 +70,7 @@ class InferBody:
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]] | None
     binary: bytes
-
-    @property
-    def timeout_s(self) -> float | None:
-        """Triton's ``timeout`` parameter (microseconds) in seconds, or None."""
-        value = self.parameters.get("timeout")
-        return None if value is None else value / 1e6
+    options: RequestOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,27 +79,6 @@ class EncodedResponse:
 
     body: bytes
     header_length: int | None
-
-
-def _type_name(value: object) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}.get(
-        type(value), "a number" if isinstance(value, int | float) else "null"
-    )
-
-
-def _shown(value: object) -> str:
-    """Client JSON for a message: strings cut, containers by type, never echoed whole."""
-    if isinstance(value, str):
-        return repr(value) if len(value) <= 32 else f"{value[:32]!r}... ({len(value)} characters)"
-    if value is None or isinstance(value, bool | int | float):
-        text = repr(value)
-        return text if len(text) <= 32 else f"{text[:32]}..."
-    return _type_name(value)
-
-
-def _names(keys: list[str]) -> str:
-    """Up to eight client field names, each cut, as a list for a message."""
-    return "[" + ", ".join(_shown(k) for k in keys[:8]) + (", ...]" if len(keys) > 8 else "]")
 
 
 def parse_header_length(value: str | None, body_length: int) -> int | None:
@@ -124,19 +107,19 @@ def parse_infer_body(
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
-        raise InvalidInput(f"the request body must be a JSON object, got {_type_name(document)}")
+        raise InvalidInput(f"the request body must be a JSON object, got {type_name(document)}")
     unknown = sorted(k for k in document if k not in _REQUEST_KEYS)
     if unknown:
         raise InvalidInput(
-            f"unknown request fields {_names(unknown)}; expected {sorted(_REQUEST_KEYS)}"
+            f"unknown request fields {names(unknown)}; expected {sorted(_REQUEST_KEYS)}"
         )
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
-        raise InvalidInput(f"'id' must be a string, got {_type_name(request_id)}")
+        raise InvalidInput(f"'id' must be a string, got {type_name(request_id)}")
     for key, in_path in (("model_name", model_name), ("model_version", model_version)):
         named = document.get(key, in_path)
         if not isinstance(named, str):
-            raise InvalidInput(f"{key!r} must be a string, got {_type_name(named)}")
+            raise InvalidInput(f"{key!r} must be a string, got {type_name(named)}")
         if named != in_path and (key == "model_name" or in_path):
             raise InvalidInput(
                 f"the body's {key} {named[:32]!r} differs from the path's {in_path[:32]!r}"
@@ -144,7 +127,6 @@ def parse_infer_body(
         if key == "model_version" and not in_path:
             model_version = named  # a version named only in the body is the one asked for
     parameters = _parameters(document.get("parameters", {}), "request")
-    _check_request_parameters(parameters)
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not all(isinstance(t, dict) for t in inputs):
         raise InvalidInput("'inputs' must be an array of tensor objects")
@@ -153,63 +135,30 @@ def parse_infer_body(
         not isinstance(outputs, list) or not all(isinstance(t, dict) for t in outputs)
     ):
         raise InvalidInput("'outputs' must be an array of objects")
-    return InferBody(model_name, model_version, request_id, parameters, inputs, outputs, binary)
+    requested = []
+    for output in outputs or ():
+        unknown = sorted(k for k in output if k not in _OUTPUT_KEYS)
+        if unknown:
+            raise InvalidInput(
+                f"unknown output fields {names(unknown)}; expected name, parameters"
+            )
+        requested.append((output.get("name"), _parameters(output.get("parameters", {}), "output")))
+    options = request_options(parameters, requested, supported=SUPPORTED_PARAMETERS)
+    return InferBody(
+        model_name, model_version, request_id, parameters, inputs, outputs, binary, options
+    )
 
 
 def _parameters(value: object, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise InvalidInput(f"{where} 'parameters' must be an object, got {_type_name(value)}")
+        raise InvalidInput(f"{where} 'parameters' must be an object, got {type_name(value)}")
     return value
-
-
-def _check_request_parameters(parameters: dict[str, Any]) -> None:
-    unsupported = sorted(k for k in parameters if k not in _REQUEST_PARAMETERS)
-    if unsupported:
-        raise InvalidInput(
-            f"request parameters {_names(unsupported)} are not supported "
-            f"(supported: {sorted(_REQUEST_PARAMETERS)})"
-        )
-    if not isinstance(parameters.get("binary_data_output", False), bool):
-        raise InvalidInput("request parameter 'binary_data_output' must be a boolean")
-    timeout = parameters.get("timeout")
-    if timeout is not None and (type(timeout) is not int or not 0 < timeout <= _INT64_MAX):
-        raise InvalidInput("request parameter 'timeout' must be a positive integer (microseconds)")
-
-
-def _check_outputs(body: InferBody) -> bool:
-    """Only ``probabilities`` exists; True when it is to be sent as binary data."""
-    binary: bool = body.parameters.get("binary_data_output", False)
-    for output in body.outputs or ():
-        unknown = sorted(k for k in output if k not in _OUTPUT_KEYS)
-        if unknown:
-            raise InvalidInput(
-                f"unknown output fields {_names(unknown)}; expected name, parameters"
-            )
-        name = output.get("name")
-        if name != OUTPUT_NAME:
-            raise InvalidInput(
-                f"unknown output {_shown(name)}; this model has one output {OUTPUT_NAME!r}"
-            )
-        parameters = _parameters(output.get("parameters", {}), "output")
-        if "classification" in parameters:
-            raise InvalidInput(
-                "the classification extension is not supported; ask for 'probabilities' "
-                "and take the top classes on the client"
-            )
-        unsupported = sorted(k for k in parameters if k != "binary_data")
-        if unsupported:
-            raise InvalidInput(f"output parameters {_names(unsupported)} are not supported")
-        wanted = parameters.get("binary_data", binary)
-        if not isinstance(wanted, bool):
-            raise InvalidInput("output parameter 'binary_data' must be a boolean")
-        binary = wanted
-    return binary
 
 
 def _flatten(data: object, shape: list[int]) -> list[Any]:
     """``data`` flat, or nested exactly as ``shape`` -> a flat list (values unchecked)."""
     if not isinstance(data, list):
-        raise InvalidInput(f"input {INPUT_NAME!r} 'data' must be an array, got {_type_name(data)}")
+        raise InvalidInput(f"input {INPUT_NAME!r} 'data' must be an array, got {type_name(data)}")
     if not data or not isinstance(data[0], list):
         return data
     level: list[Any] = data
@@ -226,104 +175,83 @@ def _flatten(data: object, shape: list[int]) -> list[Any]:
     return level
 
 
-def _json_values(data: object, datatype: str, shape: list[int], count: int) -> bytes:
-    values = _flatten(data, shape)
-    if len(values) != count:
-        raise InvalidInput(
-            f"input {INPUT_NAME!r} has {len(values)} values in 'data'; shape {shape} needs {count}"
-        )
-    if datatype == "UINT8":
+def _json_pixels(data: object, header: Header) -> np.ndarray:
+    """JSON ``data`` (flat, or nested as the shape) -> uint8 [N, 28, 28]."""
+    values = _flatten(data, header.shape)
+    check_value_count(f"input {INPUT_NAME!r} 'data'", len(values), header)
+    if header.datatype == "UINT8":
         if not all(type(v) is int for v in values):
             raise InvalidInput("UINT8 'data' must hold integers between 0 and 255")
         try:
-            return bytes(values)
+            raw = bytes(values)  # C speed, and it refuses anything outside 0..255
         except ValueError:
             raise InvalidInput("UINT8 values must be between 0 and 255") from None
+        return pixels_from_bytes(f"input {INPUT_NAME!r} 'data'", raw, header)
     if not all(type(v) is float or type(v) is int for v in values):
         raise InvalidInput("FP32 'data' must hold numbers (pixel values divided by 255)")
     try:
-        return np.asarray(values, dtype="<f4").tobytes()
-    except OverflowError:
+        array = np.asarray(values, dtype=np.float64)
+    except OverflowError:  # an integer beyond float range
         raise InvalidInput("FP32 pixels must be uint8 values divided by 255") from None
+    return pixels_from_values(array, header)
 
 
 def decode_images(body: InferBody, max_images: int) -> np.ndarray:
-    """The body's ``images`` tensor -> uint8 [N, 28, 28] (the gRPC decoder does the last step)."""
-    if len(body.inputs) != 1 or body.inputs[0].get("name") != INPUT_NAME:
-        names = ", ".join(_shown(t.get("name")) for t in body.inputs[:8])
-        raise InvalidInput(f"expected exactly one input named {INPUT_NAME!r}, got [{names}]")
-    tensor = body.inputs[0]
-    unknown = sorted(k for k in tensor if k not in _INPUT_KEYS)
-    if unknown:
-        raise InvalidInput(
-            f"unknown input fields {_names(unknown)}; expected {sorted(_INPUT_KEYS)}"
-        )
-    datatype = tensor.get("datatype")
-    if not isinstance(datatype, str) or datatype not in _ITEM_BYTES:
-        raise InvalidInput(
-            f"input {INPUT_NAME!r} has datatype {_shown(datatype)}; expected UINT8 "
-            "(or FP32 pixel values in [0, 1])"
-        )
-    shape = tensor.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) > _MAX_RANK
-        or not all(type(d) is int and abs(d) <= _INT64_MAX for d in shape)
-    ):
-        raise InvalidInput(
-            f"input {INPUT_NAME!r} 'shape' must be an array of integers, e.g. [1, 28, 28]"
-        )
-    image_count(shape, max_images)  # the gRPC shape rule, checked before the data
-    count = math.prod(shape)
+    """The body's ``images`` tensor -> uint8 [N, 28, 28], through the one tensor decoder."""
+    tensors = body.inputs
+    tensor = tensors[0] if tensors else {}
+    if len(tensors) == 1:
+        unknown = sorted(k for k in tensor if k not in _INPUT_KEYS)
+        if unknown:
+            raise InvalidInput(
+                f"unknown input fields {names(unknown)}; expected {sorted(_INPUT_KEYS)}"
+            )
     parameters = _parameters(tensor.get("parameters", {}), "input")
-    unsupported = sorted(k for k in parameters if k != "binary_data_size")
-    if unsupported:
-        raise InvalidInput(f"input parameters {_names(unsupported)} are not supported")
-    size = parameters.get("binary_data_size")
-    if size is not None:
-        if "data" in tensor:
-            raise InvalidInput(
-                f"input {INPUT_NAME!r} has both 'data' and binary_data_size; send one"
-            )
-        needed = count * _ITEM_BYTES[datatype]
-        if type(size) is not int or size != needed:
-            raise InvalidInput(
-                f"input {INPUT_NAME!r} binary_data_size is {_shown(size)}; shape {shape} of "
-                f"{datatype} needs {needed}"
-            )
-        if len(body.binary) != size:
-            raise InvalidInput(
-                f"the body has {len(body.binary)} bytes of binary data after the JSON "
-                f"({HEADER_LENGTH}); binary_data_size says {size}"
-            )
-        raw = body.binary
-    else:
+    header = check_input(
+        [t.get("name") for t in tensors],
+        tensor.get("datatype"),
+        tensor.get("shape"),
+        [k for k in parameters if k != BINARY_DATA_SIZE],
+        max_images,
+    )
+    size = parameters.get(BINARY_DATA_SIZE)
+    if size is None:
         if body.binary:
             raise InvalidInput(
                 f"the body has {len(body.binary)} bytes after the JSON but no input sets "
-                "binary_data_size"
+                f"{BINARY_DATA_SIZE}"
             )
         if "data" not in tensor:
             raise InvalidInput(
-                f"input {INPUT_NAME!r} has no data: set 'data', or binary_data_size and "
+                f"input {INPUT_NAME!r} has no data: set 'data', or {BINARY_DATA_SIZE} and "
                 f"send the bytes after the JSON ({HEADER_LENGTH})"
             )
-        raw = _json_values(tensor["data"], datatype, shape, count)
-    request = oip.ModelInferRequest(
-        inputs=[
-            oip.ModelInferRequest.InferInputTensor(name=INPUT_NAME, datatype=datatype, shape=shape)
-        ],
-        raw_input_contents=[raw],
-    )
-    return decode_infer_request(request, max_images)
+        return _json_pixels(tensor["data"], header)
+    if "data" in tensor:
+        raise InvalidInput(f"input {INPUT_NAME!r} has both 'data' and {BINARY_DATA_SIZE}; send one")
+    if type(size) is not int or size != header.bytes:
+        raise InvalidInput(
+            f"input {INPUT_NAME!r} {BINARY_DATA_SIZE} is {shown(size)}; shape {header.shape} of "
+            f"{header.datatype} needs {header.bytes}"
+        )
+    if len(body.binary) != size:
+        raise InvalidInput(
+            f"the body has {len(body.binary)} bytes of binary data after the JSON "
+            f"({HEADER_LENGTH}); {BINARY_DATA_SIZE} says {size}"
+        )
+    return pixels_from_bytes("the binary data", body.binary, header)
 
 
 def encode_response(
-    probabilities: np.ndarray, *, version: int, request_id: str, binary: bool
+    probabilities: np.ndarray, *, model_name: str, version: int, request_id: str, binary: bool
 ) -> EncodedResponse:
     n = len(probabilities)
-    output: dict[str, Any] = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": [n, NUM_CLASSES]}
-    document: dict[str, Any] = {"model_name": MODEL_NAME, "model_version": str(version)}
+    output: dict[str, Any] = {
+        "name": OUTPUT_NAME,
+        "datatype": OUTPUT_DATATYPE,
+        "shape": [n, NUM_CLASSES],
+    }
+    document: dict[str, Any] = {"model_name": model_name, "model_version": str(version)}
     if request_id:
         document["id"] = request_id
     document["outputs"] = [output]
@@ -339,10 +267,8 @@ def encode_response(
 class RestInferCodec:
     """REST inference for the data plane (see :class:`server.dataplane.RequestCodec`)."""
 
-    def version(self, request: InferBody) -> int:
-        wanted = parse_version(request.model_name, request.model_version)
-        _check_outputs(request)
-        return wanted
+    def target(self, request: InferBody) -> Target:
+        return Target(request.model_name, request.model_version, request.options.timeout_us)
 
     def decode(self, request: InferBody, max_images: int) -> np.ndarray:
         return decode_images(request, max_images)
@@ -352,9 +278,10 @@ class RestInferCodec:
     ) -> EncodedResponse:
         return encode_response(
             probabilities,
+            model_name=model.name,
             version=model.version,
             request_id=request.id,
-            binary=_check_outputs(request),
+            binary=request.options.binary_output,
         )
 
 

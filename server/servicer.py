@@ -1,7 +1,7 @@
 """fashion.v1.PredictionService: protobuf in, a data-plane call, protobuf out.
 
 No policy here: errors, metrics and admission are the data plane's, status
-codes and request parsing are :mod:`server.status`'s (see :func:`add_service`).
+codes and request parsing are :mod:`server.grpc_binding`'s (see :func:`add_service`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server.codec import PREDICT, encode_model_info
 from server.config import Settings
 from server.dataplane import DataPlane
-from server.status import deadline_of
+from server.grpc_binding import deadline_of
 
 SERVICE = pb.DESCRIPTOR.services_by_name["PredictionService"]
 SERVICE_NAME = SERVICE.full_name

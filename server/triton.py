@@ -1,9 +1,11 @@
 """Triton's gRPC extensions of inference.GRPCInferenceService: adapters over the data plane.
 
 Registered in place of :class:`server.oip.InferenceServicer` (it is one, plus
-Triton's methods). Like every servicer here, protobuf in, a data-plane call,
-protobuf out: readiness, version resolution, batching, metrics and the error
-table are the data plane's (:mod:`server.dataplane`, :mod:`server.status`).
+Triton's methods). Like every servicer here, protobuf in, a data-plane or
+catalog call, protobuf out: readiness, version resolution, batching, metrics and
+the error table are the data plane's (:mod:`server.dataplane`,
+:mod:`server.grpc_binding`), the answers about models the catalog's
+(:mod:`server.catalog`).
 """
 
 from __future__ import annotations
@@ -14,24 +16,15 @@ from typing import Any
 import grpc
 
 from server._proto.inference import grpc_predict_v2_pb2 as oip
-from server.contract import MODEL_NAME
 from server.dataplane import Failure
-from server.errors import Unimplemented, VersionNotFound
+from server.errors import Unimplemented
+from server.grpc_binding import deadline_of
 from server.oip import InferenceServicer
-from server.oip_codec import INFER, parse_version
-from server.status import deadline_of
-from server.triton_codec import (
-    EXTENSIONS,
-    NOT_IMPLEMENTED,
-    model_config,
-    model_statistics,
-    not_implemented_message,
-    repository_index,
-)
+from server.oip_codec import INFER
+from server.triton_codec import NOT_IMPLEMENTED, not_implemented_message
 
 
 class TritonServicer(InferenceServicer):
-    EXTENSIONS = EXTENSIONS
 
     def ModelStreamInfer(
         self, requests: AsyncIterator[oip.ModelInferRequest], context: grpc.aio.ServicerContext
@@ -49,43 +42,19 @@ class TritonServicer(InferenceServicer):
     async def ModelConfig(
         self, request: oip.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelConfigResponse:
-        model = self.plane.resolve(parse_version(request.name, request.version))
-        return oip.ModelConfigResponse(config=model_config(model, self.settings))
+        return oip.ModelConfigResponse(
+            config=self.catalog.model_config(request.name, request.version)
+        )
 
     async def ModelStatistics(
         self, request: oip.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelStatisticsResponse:
-        """Every version with traffic plus the served one, or the one asked for.
-
-        An empty name means every model (this server has one).
-        """
-        wanted = parse_version(request.name or MODEL_NAME, request.version)
-        statistics = self.plane.metrics.statistics
-        known = set(statistics.versions())
-        if self.plane.manager.loaded:
-            known.add(self.plane.model().version)
-        if wanted and wanted not in known:
-            raise VersionNotFound(
-                f"model {MODEL_NAME!r} version {wanted} has no statistics: it has not been "
-                f"served (versions with statistics: {sorted(known) or 'none'})"
-            )
-        versions = [wanted] if wanted else sorted(known)
-        return oip.ModelStatisticsResponse(
-            model_stats=[model_statistics(statistics.of(v)) for v in versions]
-        )
+        return self.catalog.model_statistics(request.name, request.version)
 
     async def RepositoryIndex(
         self, request: oip.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> oip.RepositoryIndexResponse:
-        manager = self.plane.manager
-        return repository_index(
-            manager.versions_on_disk(),
-            served=manager.current.version if manager.loaded else None,
-            ready=self.plane.readiness.ready,
-            refused=manager.refused_versions(),
-            pinned=self.settings.model_version,
-            only_ready=request.ready,
-        )
+        return self.catalog.repository_index(only_ready=request.ready)
 
 
 def _unimplemented(method: str) -> Callable[..., Awaitable[Any]]:

@@ -1,7 +1,7 @@
 """KServe's own Python REST client (kserve.InferenceRESTClient, protocol v2) against a server.
 
 Run with the interpreter of a venv that has ``kserve`` (scripts/bootstrap.sh
-``ensure_kserve_client``: it cannot share the project's dev venv, see the README), as
+``ensure_kserve_client``: it cannot share the project's dev venv, see docs/DEVELOPMENT.md), as
 ``python kserve_rest_client.py http://HOST:PORT SEED``. Prints one JSON object:
 readiness as KServe's client reads it, and the probabilities it decoded for the same
 three images sent as JSON data and as binary data.

@@ -165,21 +165,23 @@ def find_data_dir(
     environ: Mapping[str, str] | None = None,
     *,
     names: Sequence[str] = FILE_NAMES,
+    origin: str = "--data-dir",
 ) -> Path | None:
     """The first directory in lookup order that holds ``names`` (all four files), or None.
 
-    Raises DataError when a directory named explicitly lacks a file.
+    Raises DataError when a directory named explicitly lacks a file; ``origin`` is where
+    ``data_dir`` came from, for that message.
     """
     env = os.environ if environ is None else environ
-    explicit = [(data_dir, "--data-dir")]
+    explicit = [(data_dir, origin)]
     if env.get(ENV_DATA_DIR):
         explicit.append((Path(env[ENV_DATA_DIR]), f"${ENV_DATA_DIR}"))
-    for candidate, origin in explicit:
+    for candidate, source in explicit:
         if candidate is None:
             continue
         missing = [name for name in names if not (Path(candidate) / name).is_file()]
         if missing:
-            raise DataError(f"{Path(candidate) / missing[0]}: file is missing (from {origin})")
+            raise DataError(f"{Path(candidate) / missing[0]}: file is missing (from {source})")
         return Path(candidate)
     for candidate in (DEBIAN_DIR, keras_cache_dir(env)):
         if _has_files(candidate, names):
@@ -231,9 +233,10 @@ def load_fashion_mnist(
     environ: Mapping[str, str] | None = None,
     *,
     allow_download: bool = True,
+    origin: str = "--data-dir",
 ) -> FashionMNIST:
     """Find the data set in lookup order and load it; download via Keras as a last resort."""
-    directory = find_data_dir(data_dir, environ)
+    directory = find_data_dir(data_dir, environ, origin=origin)
     if directory is None:
         if not allow_download:
             raise DataError(

@@ -35,6 +35,8 @@ class RunReport:
     hyperparameters: Mapping[str, Any]
     command_line: Sequence[str]
     library_versions: Mapping[str, str]
+    # The name published under: <repo>/<model_name>/<version>/, and metadata.json's "name".
+    model_name: str = MODEL_NAME
 
 
 def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str]:
@@ -74,7 +76,7 @@ def build_metadata(
     created = (created_at or datetime.now(UTC)).astimezone(UTC)
     return {
         "format": FORMAT,
-        "name": MODEL_NAME,
+        "name": report.model_name,
         "version": version,
         "created_at": created.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "architecture": report.architecture,

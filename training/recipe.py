@@ -9,7 +9,7 @@ validation loss stalls. ``bn_cnn`` trains with a cosine schedule (5 % linear war
 for 30 epochs. Measured on the full data (seed 42), with the network before its last pooling
 was padded: the plateau schedule without augmentation reached 93.06 % in 15 epochs, this
 recipe 93.15 % in 17 epochs and 93.49 % in 30; with the padded pooling (``training.model``)
-it reaches 93.59 % in 30 (the README has the published run). Flipping is the one
+it reaches 93.59 % in 30 (docs/TRAINING.md has the published run). Flipping is the one
 augmentation that helped within the time budget: clothes are left-right symmetric, whereas
 random 2-pixel shifts made the task harder than 15 epochs could learn (91.0 %).
 """

@@ -1,25 +1,43 @@
-"""``fashion-train``: data -> model -> fit -> evaluate -> export (parity gate) -> publish."""
+"""``fashion-train``: data -> build -> fit -> export -> gate -> report -> publish.
+
+Each step is a function of the settings (:class:`training.config.TrainConfig`, checked
+once and never changed) and of what the steps before it produced, handed on in small
+frozen dataclasses; :func:`run` is the recipe, :func:`main` the command (settings,
+logging, signals, run).
+"""
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import hashlib
 import logging
 import math
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from training.config import ENV_MODEL_REPO as ENV_MODEL_REPO
+from training.config import TrainConfig, names, parse_args
 from training.data import CLASS_NAMES, DataError, FashionMNIST, load_fashion_mnist
-from training.export import ExportError, check_parity, onnx_predict, scale_images, to_onnx
+from training.export import (
+    ExportError,
+    Parity,
+    check_parity,
+    onnx_predict,
+    scale_images,
+    to_onnx,
+)
 from training.metadata import RunReport, accuracies, build_metadata, library_versions
-from training.model import ARCHITECTURES, build_model
+from training.model import build_model
 from training.publish import publish_model
 from training.quantize import (
     CALIBRATION_IMAGES,
@@ -32,15 +50,7 @@ from training.quantize import (
     refusal_entry,
     variant_entry,
 )
-from training.recipe import (
-    AUGMENTATIONS,
-    RECIPES,
-    SCHEDULES,
-    augmented,
-    learning_rate,
-    learning_rate_log,
-    split_sizes,
-)
+from training.recipe import augmented, learning_rate, learning_rate_log, split_sizes
 from training.report import summary_from_metadata, write_report
 
 if TYPE_CHECKING:
@@ -49,131 +59,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ENV_MODEL_REPO = "FASHION_MODEL_REPO"
-DEFAULT_MODEL_REPO = "./models"
 PREDICT_BATCH = 1000
-# ReduceLROnPlateau's defaults under --schedule plateau.
-DEFAULT_LR_PATIENCE = 1
-DEFAULT_LR_FACTOR = 0.2
-QUANTIZE_CHOICES: tuple[str, ...] = ("none", "int8")
 # TensorFlow's C++ log. On a machine without a GPU it prints, at ERROR level, "failed call to
 # cuInit" and a tf.data "use_unbounded_threadpool" attribute mismatch: alarming and harmless.
 # Level 3 keeps its C++ log to fatal messages (Python exceptions still raise); the devices
 # line below says what TensorFlow found instead. A value the user set is left alone.
 TF_LOG_LEVEL_ENV = "TF_CPP_MIN_LOG_LEVEL"
 QUIET_TF_LOG_LEVEL = "3"
-
-
-def parse_args(argv: Sequence[str] | None, environ: dict[str, str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="fashion-train",
-        description="Train the Fashion-MNIST CNN, export it to ONNX and publish a new version.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    recipes = "; ".join(f"{name}: {recipe}" for name, recipe in RECIPES.items())
-    parser.add_argument(
-        "--epochs", type=int, default=None, help="maximum epochs (early stopping); default: recipe"
-    )
-    parser.add_argument(
-        "--patience", type=int, default=4, help="stop after this many epochs without val_loss gain"
-    )
-    parser.add_argument(
-        "--schedule",
-        choices=SCHEDULES,
-        default=None,
-        help="plateau: lower the rate when val_loss stalls; cosine: warm up to --learning-rate, "
-        "then decay to zero at the last epoch; default: recipe",
-    )
-    parser.add_argument(
-        "--lr-patience",
-        type=int,
-        default=None,
-        help="plateau only: multiply the learning rate by --lr-factor after this many epochs "
-        f"without val_loss gain (0: constant learning rate; default {DEFAULT_LR_PATIENCE})",
-    )
-    parser.add_argument(
-        "--lr-factor",
-        type=float,
-        default=None,
-        help=f"plateau only: learning-rate reduction (default {DEFAULT_LR_FACTOR})",
-    )
-    parser.add_argument("--batch-size", type=int, default=128, help="images per step")
-    parser.add_argument(
-        "--learning-rate",
-        type=float,
-        default=None,
-        help="Adam learning rate (the peak under cosine); default: recipe",
-    )
-    parser.add_argument(
-        "--label-smoothing", type=float, default=None, help="in [0, 1); default: recipe"
-    )
-    parser.add_argument(
-        "--augment",
-        choices=AUGMENTATIONS,
-        default=None,
-        help="training-time augmentation (never exported); default: recipe",
-    )
-    parser.add_argument(
-        "--validation-split", type=float, default=0.1, help="held-out fraction for early stopping"
-    )
-    parser.add_argument("--seed", type=int, default=42, help="seeds Python, numpy and TF")
-    parser.add_argument("--limit", type=int, default=None, help="train on the first N images")
-    parser.add_argument(
-        "--arch",
-        choices=ARCHITECTURES,
-        default="course_cnn",
-        help=f"network; each has a training recipe ({recipes})",
-    )
-    parser.add_argument(
-        "--quantize",
-        choices=QUANTIZE_CHOICES,
-        default="none",
-        help="int8: also publish a static INT8 (QDQ) model.int8.onnx when its test accuracy "
-        "is within 0.3 points of the float model",
-    )
-    parser.add_argument("--no-report", action="store_true", help="skip report.md and its plots")
-    parser.add_argument("--data-dir", type=Path, default=None, help="dir with the IDX gz files")
-    parser.add_argument(
-        "--model-repo",
-        type=Path,
-        default=Path(environ.get(ENV_MODEL_REPO) or DEFAULT_MODEL_REPO),
-        help=f"model repository root; ${ENV_MODEL_REPO} overrides the default",
-    )
-    args = parser.parse_args(argv)
-    recipe = RECIPES[args.arch]
-    for name in ("epochs", "learning_rate", "schedule", "label_smoothing", "augment"):
-        if getattr(args, name) is None:
-            setattr(args, name, getattr(recipe, name))
-    if not 0.0 <= args.validation_split < 1.0:
-        parser.error("--validation-split must be in [0, 1)")
-    plateau_flags = args.lr_patience is not None or args.lr_factor is not None
-    if args.schedule != "plateau":
-        if plateau_flags:
-            parser.error("--lr-patience and --lr-factor apply to --schedule plateau only")
-    elif args.validation_split == 0:
-        # No validation loss to watch: no plateau callback, and metadata says so (None).
-        if plateau_flags:
-            parser.error(
-                "--lr-patience and --lr-factor watch val_loss: they need --validation-split > 0"
-            )
-    else:
-        args.lr_patience = DEFAULT_LR_PATIENCE if args.lr_patience is None else args.lr_patience
-        args.lr_factor = DEFAULT_LR_FACTOR if args.lr_factor is None else args.lr_factor
-    if args.epochs < 1:
-        parser.error("--epochs must be >= 1")
-    if args.batch_size < 1:
-        parser.error("--batch-size must be >= 1")
-    if args.limit is not None and args.limit < 1:
-        parser.error("--limit must be >= 1")
-    if args.lr_factor is not None and not 0.0 < args.lr_factor < 1.0:
-        parser.error("--lr-factor must be in (0, 1)")
-    if args.patience < 0 or (args.lr_patience or 0) < 0:
-        parser.error("--patience and --lr-patience must be >= 0")
-    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
-        parser.error("--learning-rate must be a finite number > 0")
-    if not 0.0 <= args.label_smoothing < 1.0:
-        parser.error("--label-smoothing must be in [0, 1)")
-    return args
 
 
 def quiet_tensorflow_log(environ: MutableMapping[str, str]) -> None:
@@ -199,16 +91,6 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-@dataclass(frozen=True)
-class FitResult:
-    model: keras.Model
-    epochs_run: int
-    best_epoch: int | None
-    training_seconds: float
-    history: dict[str, list[float]]
-    distribution: str
-
-
 def distribution_strategy() -> Any:
     """MirroredStrategy over all GPUs when more than one is visible, else None (no change)."""
     import tensorflow as tf
@@ -219,60 +101,151 @@ def distribution_strategy() -> Any:
     return tf.distribute.MirroredStrategy([gpu.name for gpu in gpus])
 
 
-def fit(data: FashionMNIST, args: argparse.Namespace) -> FitResult:
-    import contextlib
+# --- the hand-offs between steps ----------------------------------------------------------
 
+
+@dataclass(frozen=True)
+class Built:
+    """build -> fit: the network, what is fitted, and how it is spread over the devices."""
+
+    model: keras.Model  # what is exported
+    trainee: keras.Model  # what is fitted: the model, or the model behind its augmentation
+    distribution: str
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """fit -> export: the trained network and how its training went."""
+
+    model: keras.Model
+    epochs_run: int
+    best_epoch: int | None
+    training_seconds: float
+    history: dict[str, list[float]]
+    distribution: str
+
+
+@dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous
+class Exported:
+    """export -> gate: Keras' answers on the test set, its accuracy, and the ONNX graph."""
+
+    proto: onnx.ModelProto
+    keras_probs: np.ndarray
+    test_accuracy: float
+    per_class_accuracy: dict[str, float]
+
+
+@dataclass(frozen=True, eq=False)
+class Gated:
+    """gate -> report: the parity verdict, the ONNX graph's answers, the INT8 variant.
+
+    ``files`` go beside model.onnx (the accepted variant); ``extras`` are its metadata
+    entry (``variants`` or ``variants_refused``), both empty without ``--quantize int8``.
+    """
+
+    parity: Parity
+    onnx_probs: np.ndarray
+    files: Mapping[str, bytes]
+    extras: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Report:
+    """report -> publish: metadata.json's content but the version, and the version's files
+    besides model.onnx (the INT8 variant, report.md and its plots)."""
+
+    run: RunReport
+    extras: Mapping[str, Any]
+    files: Mapping[str, bytes]
+
+
+@dataclass(frozen=True)
+class Published:
+    """What publish made: the version number, its directory and its metadata.json."""
+
+    version: int
+    path: Path
+    metadata: dict[str, Any]
+
+
+# --- the steps ----------------------------------------------------------------------------
+
+
+def load_data(config: TrainConfig) -> FashionMNIST:
+    """data: the four IDX files, each validated (``--data-dir``, else the lookup order)."""
+    data = load_fashion_mnist(config.data_dir, origin=names("data_dir"))
+    logger.info(
+        "data: %s (%d train, %d test images)",
+        data.source_dir,
+        len(data.train_images),
+        len(data.test_images),
+    )
+    return data
+
+
+def build(config: TrainConfig, data: FashionMNIST) -> Built:
+    """build: seeds set, the network built and compiled (over every GPU when several)."""
     import keras
 
-    images = data.train_images[: args.limit]
-    labels = data.train_labels[: args.limit]
+    seed_everything(config.seed)
+    logger.info("devices: %s", describe_devices())
     strategy = distribution_strategy()
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-    train_count, _ = split_sizes(len(images), args.validation_split)
-    total_steps = math.ceil(train_count / args.batch_size) * args.epochs
+    train_count, _ = split_sizes(len(data.train_images[: config.limit]), config.validation_split)
+    total_steps = math.ceil(train_count / config.batch_size) * config.epochs
     with scope:
         # Under MirroredStrategy each step's batch is split across the replicas.
-        model = build_model(args.arch)
-        trainee = augmented(model, args.augment, args.seed)
+        model = build_model(config.arch)
+        trainee = augmented(model, config.augment, config.seed)
         trainee.compile(
             optimizer=keras.optimizers.Adam(
-                learning_rate=learning_rate(args.schedule, args.learning_rate, total_steps)
+                learning_rate=learning_rate(config.schedule, config.learning_rate, total_steps)
             ),
             # One-hot targets: label smoothing needs them (the sparse loss has no option).
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
             metrics=["accuracy"],
         )
     distribution = (
         f"MirroredStrategy({strategy.num_replicas_in_sync} replicas)" if strategy else "none"
     )
+    return Built(model, trainee, distribution)
+
+
+def fit(data: FashionMNIST, config: TrainConfig, built: Built | None = None) -> FitResult:
+    """fit: early stopping on val_loss (best weights restored), the plateau callback under
+    ``--schedule plateau``. Without ``built``, :func:`build` makes it (seeding again)."""
+    import keras
+
+    if built is None:
+        built = build(config, data)
     # First, so the logged rate is the one before ReduceLROnPlateau lowers it.
     callbacks: list[keras.callbacks.Callback] = [learning_rate_log()]
     stopper = None
-    if args.validation_split > 0:
+    if config.validation_split > 0:
         stopper = keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=args.patience, restore_best_weights=True, verbose=1
+            monitor="val_loss", patience=config.patience, restore_best_weights=True, verbose=1
         )
         callbacks.append(stopper)
-        if args.schedule == "plateau" and args.lr_patience > 0:
+        if config.schedule == "plateau" and config.lr_patience:  # 0: a constant rate
             # Measured on the full data (seed 42): at a constant 1e-3, val_loss bottoms out at
             # epoch 7 while the net is still learning (test accuracy 90.6%); a lower rate
             # from there on lets val_loss keep falling instead of early stopping on overfit.
             callbacks.append(
                 keras.callbacks.ReduceLROnPlateau(
                     monitor="val_loss",
-                    factor=args.lr_factor,
-                    patience=args.lr_patience,
+                    factor=config.lr_factor,
+                    patience=config.lr_patience,
                     min_lr=1e-6,
                     verbose=1,
                 )
             )
     started = time.monotonic()
-    history = trainee.fit(
-        scale_images(images),
-        keras.utils.to_categorical(labels, len(CLASS_NAMES)),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        validation_split=args.validation_split,
+    history = built.trainee.fit(
+        scale_images(data.train_images[: config.limit]),
+        keras.utils.to_categorical(data.train_labels[: config.limit], len(CLASS_NAMES)),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        validation_split=config.validation_split,
         callbacks=callbacks,
         # A live progress bar on a terminal; one line per epoch in a log file.
         verbose=1 if sys.stdout.isatty() else 2,
@@ -284,106 +257,150 @@ def fit(data: FashionMNIST, args: argparse.Namespace) -> FitResult:
         for key, values in history.history.items()
         if key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
     }
-    return FitResult(model, len(per_epoch["loss"]), best, seconds, per_epoch, distribution)
-
-
-def run(args: argparse.Namespace, command_line: list[str]) -> tuple[int, Path, dict[str, Any]]:
-    data = load_fashion_mnist(args.data_dir)
-    logger.info(
-        "data: %s (%d train, %d test images)",
-        data.source_dir,
-        len(data.train_images),
-        len(data.test_images),
+    return FitResult(
+        built.model, len(per_epoch["loss"]), best, seconds, per_epoch, built.distribution
     )
-    seed_everything(args.seed)
-    logger.info("devices: %s", describe_devices())
-    result = fit(data, args)
 
-    keras_probs = result.model.predict(
+
+def export(data: FashionMNIST, trained: FitResult) -> Exported:
+    """export: the trained network evaluated on the test set, and converted to ONNX."""
+    keras_probs = trained.model.predict(
         scale_images(data.test_images), batch_size=PREDICT_BATCH, verbose=0
     )
     test_accuracy, per_class = accuracies(data.test_labels, keras_probs.argmax(1), CLASS_NAMES)
     print(f"test accuracy: {test_accuracy:.4f} on {len(data.test_images)} images", flush=True)
+    proto = to_onnx(trained.model, list(CLASS_NAMES))
+    return Exported(proto, keras_probs, test_accuracy, per_class)
 
-    proto = to_onnx(result.model, list(CLASS_NAMES))
-    parity = check_parity(proto, data.test_images, keras_probs)
+
+def gate(config: TrainConfig, data: FashionMNIST, exported: Exported) -> Gated:
+    """gate: the ONNX graph must answer as Keras did on every test image (else ParityError
+    and nothing is published); an INT8 variant is kept only within its accuracy gate."""
+    parity = check_parity(exported.proto, data.test_images, exported.keras_probs)
     print(f"parity: max |delta| {parity.max_abs_diff:.3g}, argmax equal", flush=True)
-    onnx_probs = onnx_predict(proto, data.test_images)
-
-    report = RunReport(
-        architecture=args.arch,
-        class_names=CLASS_NAMES,
-        test_accuracy=test_accuracy,
-        per_class_accuracy=per_class,
-        epochs_run=result.epochs_run,
-        training_seconds=round(result.training_seconds, 3),
-        parameter_count=int(result.model.count_params()),
-        data_sha256=data.sha256,
-        parity=parity,
-        seed=args.seed,
-        hyperparameters={
-            "epochs": args.epochs,
-            "patience": args.patience,
-            "schedule": args.schedule,
-            "lr_patience": args.lr_patience,
-            "lr_factor": args.lr_factor,
-            "best_epoch": result.best_epoch,
-            "batch_size": args.batch_size,
-            "learning_rate": args.learning_rate,
-            "optimizer": "adam",
-            "label_smoothing": args.label_smoothing,
-            "augment": args.augment,
-            "validation_split": args.validation_split,
-            "limit": args.limit,
-            "train_images": len(data.train_images[: args.limit]),
-            "distribution": result.distribution,
-        },
-        command_line=command_line,
-        library_versions=library_versions(),
+    onnx_probs = onnx_predict(exported.proto, data.test_images)
+    if config.quantize != "int8":
+        return Gated(parity, onnx_probs, {}, {})
+    variant, refusal, int8_bytes = quantize_variant(
+        exported.proto, data, exported.test_accuracy, config.seed
     )
-    extras: dict[str, Any] = {"history": result.history}
-    extra_files: dict[str, bytes] = {}
-    if args.quantize == "int8":
-        variant, refusal, int8_bytes = quantize_variant(proto, data, test_accuracy, args.seed)
-        if variant is not None and int8_bytes is not None:
-            extras["variants"] = {"int8": variant}
-            extra_files[INT8_FILE] = int8_bytes
-        else:
-            extras["variants_refused"] = {"int8": refusal}
+    if variant is not None and int8_bytes is not None:
+        return Gated(parity, onnx_probs, {INT8_FILE: int8_bytes}, {"variants": {"int8": variant}})
+    return Gated(parity, onnx_probs, {}, {"variants_refused": {"int8": refusal}})
 
-    def write_extras(staged: Path) -> None:
-        for name, payload in extra_files.items():
-            (staged / name).write_bytes(payload)
-        if not args.no_report:
-            preview = build_metadata(report, version=0, model_sha256="", extras=extras)
-            files = write_report(
-                staged,
+
+def report(
+    config: TrainConfig,
+    data: FashionMNIST,
+    trained: FitResult,
+    exported: Exported,
+    gated: Gated,
+    command_line: Sequence[str],
+) -> Report:
+    """report: what metadata.json will say, and report.md with its plots (unless
+    ``--no-report``), rendered before publishing so they appear with the version."""
+    run = run_report(config, data, trained, exported, gated, command_line)
+    extras: dict[str, Any] = {"history": trained.history, **gated.extras}
+    files = dict(gated.files)
+    if not config.no_report:
+        preview = build_metadata(run, version=0, model_sha256="", extras=extras)
+        with tempfile.TemporaryDirectory(prefix="fashion-train-report-") as scratch:
+            written = write_report(
+                Path(scratch),
                 images=data.test_images,
                 labels=data.test_labels,
-                probabilities=onnx_probs,
+                probabilities=gated.onnx_probs,
                 class_names=CLASS_NAMES,
-                history=result.history,
-                title=f"Training report: {args.arch}",
+                history=trained.history,
+                title=f"Training report: {config.arch}",
                 summary=summary_from_metadata(preview),
             )
-            extras["report"] = {"file": files[0], "images": files[1:]}
+            files.update({name: (Path(scratch) / name).read_bytes() for name in written})
+        extras["report"] = {"file": written[0], "images": written[1:]}
+    return Report(run, extras, files)
 
+
+def run_report(
+    config: TrainConfig,
+    data: FashionMNIST,
+    trained: FitResult,
+    exported: Exported,
+    gated: Gated,
+    command_line: Sequence[str],
+) -> RunReport:
+    """metadata.json's account of the run: results, and every setting that shaped the model."""
+    return RunReport(
+        architecture=config.arch,
+        class_names=CLASS_NAMES,
+        test_accuracy=exported.test_accuracy,
+        per_class_accuracy=exported.per_class_accuracy,
+        epochs_run=trained.epochs_run,
+        training_seconds=round(trained.training_seconds, 3),
+        parameter_count=int(trained.model.count_params()),
+        data_sha256=data.sha256,
+        parity=gated.parity,
+        seed=config.seed,
+        hyperparameters={
+            "epochs": config.epochs,
+            "patience": config.patience,
+            "schedule": config.schedule,
+            "lr_patience": config.lr_patience,
+            "lr_factor": config.lr_factor,
+            "best_epoch": trained.best_epoch,
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
+            "optimizer": "adam",
+            "label_smoothing": config.label_smoothing,
+            "augment": config.augment,
+            "validation_split": config.validation_split,
+            "limit": config.limit,
+            "train_images": len(data.train_images[: config.limit]),
+            "distribution": trained.distribution,
+        },
+        command_line=list(command_line),
+        library_versions=library_versions(),
+        model_name=config.model_name,
+    )
+
+
+def publish(config: TrainConfig, exported: Exported, report: Report) -> Published:
+    """publish: the next version of ``<model-repo>/<model-name>/``, atomically."""
     written: dict[str, Any] = {}
+
+    def write_model(target: Path) -> None:
+        target.write_bytes(exported.proto.SerializeToString())
+
+    def write_extras(staged: Path) -> None:
+        for name, payload in report.files.items():
+            (staged / name).write_bytes(payload)
 
     def make_metadata(version: int, model_sha256: str) -> dict[str, Any]:
         written.clear()
         written.update(
-            build_metadata(report, version=version, model_sha256=model_sha256, extras=extras)
+            build_metadata(
+                report.run, version=version, model_sha256=model_sha256, extras=report.extras
+            )
         )
         return written
 
-    def write_model(target: Path) -> None:
-        target.write_bytes(proto.SerializeToString())
-
     version, path = publish_model(
-        args.model_repo, write_model, make_metadata, write_extras=write_extras
+        config.model_repo,
+        write_model,
+        make_metadata,
+        write_extras=write_extras,
+        model=config.model_name,
     )
-    return version, path, written
+    return Published(version, path, written)
+
+
+def run(config: TrainConfig, command_line: Sequence[str]) -> Published:
+    data = load_data(config)
+    built = build(config, data)
+    trained = fit(data, config, built)
+    exported = export(data, trained)
+    gated = gate(config, data, exported)
+    described = report(config, data, trained, exported, gated, command_line)
+    return publish(config, exported, described)
 
 
 def quantize_variant(
@@ -394,21 +411,21 @@ def quantize_variant(
     quantized = quantize_int8(proto, calibration)
     int8_probs = onnx_predict(quantized, data.test_images)
     int8_accuracy, _ = accuracies(data.test_labels, int8_probs.argmax(1), CLASS_NAMES)
-    gate = accuracy_gate(float_accuracy, int8_accuracy)
-    if not gate.accepted:
-        logger.warning("int8 model refused: %s", gate.reason)
-        return None, refusal_entry(gate, len(calibration)), None
+    verdict = accuracy_gate(float_accuracy, int8_accuracy)
+    if not verdict.accepted:
+        logger.warning("int8 model refused: %s", verdict.reason)
+        return None, refusal_entry(verdict, len(calibration)), None
     payload = quantized.SerializeToString()
     speed = {
         "float": images_per_second(proto.SerializeToString(), data.test_images),
         "int8": images_per_second(payload, data.test_images),
         "threads": SPEED_THREADS,
     }
-    logger.info("int8 model accepted: %s; images/s %s", gate.reason, speed)
-    print(f"int8: {gate.reason}; images/s {speed}", flush=True)
+    logger.info("int8 model accepted: %s; images/s %s", verdict.reason, speed)
+    print(f"int8: {verdict.reason}; images/s {speed}", flush=True)
     entry = variant_entry(
         sha256=hashlib.sha256(payload).hexdigest(),
-        gate=gate,
+        gate=verdict,
         speed=speed,
         size_bytes=len(payload),
         calibration_images=len(calibration),
@@ -432,15 +449,14 @@ def exit_on_sigterm() -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     quiet_tensorflow_log(os.environ)
-    environ = dict(os.environ)
-    args = parse_args(argv, environ)
+    config = parse_args(argv, os.environ)  # a bad setting exits here, with status 2
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     command_line = list(sys.argv) if argv is None else ["fashion-train", *argv]
     previous = exit_on_sigterm()
     try:
-        version, path, _ = run(args, command_line)
+        published = run(config, command_line)
     except (DataError, ExportError) as exc:
         # Known failures get one clear line; nothing was published.
         print(f"fashion-train: error: {exc}", file=sys.stderr)
@@ -449,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     # Absolute: the default ./models is relative to wherever the command was run.
-    print(f"published version {version} to {Path(path).resolve()}", flush=True)
+    print(f"published version {published.version} to {published.path.resolve()}", flush=True)
     return 0
 
 

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server.app import App, create_app
 from server.config import Settings
+from tests.e2e.faults import Faults
 from training.data import load_fashion_mnist
 
 
@@ -27,11 +28,17 @@ def make_settings(repo: Path, **overrides: object) -> Settings:
 
 
 @pytest.fixture
-async def start_app(model_repo: Path) -> AsyncIterator:
+def faults() -> Faults:
+    """Switchable faults of the models every ``start_app`` server loads (off by default)."""
+    return Faults()
+
+
+@pytest.fixture
+async def start_app(model_repo: Path, faults: Faults) -> AsyncIterator:
     apps: list[App] = []
 
     async def start(repo: Path | None = None, *, load: bool = True, **overrides: object) -> App:
-        app = create_app(make_settings(repo or model_repo, **overrides))
+        app = create_app(make_settings(repo or model_repo, **overrides), loader=faults.load)
         apps.append(app)
         if load:
             await app.start()
@@ -40,6 +47,7 @@ async def start_app(model_repo: Path) -> AsyncIterator:
         return app
 
     yield start
+    faults.clear()  # a held predict must not outlive its test
     for app in apps:
         await app.stop(grace_s=1.0)
 

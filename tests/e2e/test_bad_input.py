@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import grpc
 import numpy as np
@@ -11,7 +10,6 @@ import pytest
 
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
-from server.model import LoadedModel
 from tests.e2e.conftest import scrape
 from tests.e2e.test_predict import png
 
@@ -129,35 +127,19 @@ async def test_not_ready_is_unavailable_then_serves(start_app) -> None:
         await assert_status(
             stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5),
             grpc.StatusCode.UNAVAILABLE,
-            "not loaded yet",
+            "still loading",  # the readiness state's words, whichever method asks
         )
         await app.load()
         await assert_still_serving(stub)
 
 
-class Blocker:
-    """Holds LoadedModel.predict until released, so the queue can be filled deterministically."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.release = threading.Event()
-        self.entered = threading.Event()
-        original = LoadedModel.predict
-
-        def blocked(model: LoadedModel, images: np.ndarray) -> np.ndarray:
-            self.entered.set()
-            assert self.release.wait(10)
-            return original(model, images)
-
-        monkeypatch.setattr(LoadedModel, "predict", blocked)
-
-
-async def test_full_queue_is_resource_exhausted(start_app, monkeypatch) -> None:
+async def test_full_queue_is_resource_exhausted(start_app, faults) -> None:
     app = await start_app(max_queue=4, max_images_per_request=4)
-    blocker = Blocker(monkeypatch)
+    faults.hold()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.PredictionServiceStub(channel)
         running = asyncio.ensure_future(stub.Predict(pb.PredictRequest(images=[OK_IMAGE])))
-        await asyncio.to_thread(blocker.entered.wait, 5)
+        await asyncio.to_thread(faults.entered.wait, 5)
         queued = asyncio.ensure_future(stub.Predict(pb.PredictRequest(images=[OK_IMAGE] * 3)))
         while app.batcher.queued_images < 3:
             await asyncio.sleep(0.001)
@@ -166,25 +148,25 @@ async def test_full_queue_is_resource_exhausted(start_app, monkeypatch) -> None:
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "queue full",
         )
-        blocker.release.set()
+        faults.release.set()
         assert len((await running).predictions) == 1
         assert len((await queued).predictions) == 3
     assert (await scrape(app))["fashion_rejected_requests_total{reason=queue_full}"] == 1
 
 
-async def test_deadline_passed_in_queue_is_not_computed(start_app, monkeypatch) -> None:
+async def test_deadline_passed_in_queue_is_not_computed(start_app, faults) -> None:
     app = await start_app()
-    blocker = Blocker(monkeypatch)
+    faults.hold()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.PredictionServiceStub(channel)
         running = asyncio.ensure_future(stub.Predict(pb.PredictRequest(images=[OK_IMAGE])))
-        await asyncio.to_thread(blocker.entered.wait, 5)
+        await asyncio.to_thread(faults.entered.wait, 5)
         await assert_status(
             stub.Predict(pb.PredictRequest(images=[OK_IMAGE] * 2), timeout=0.2),
             grpc.StatusCode.DEADLINE_EXCEEDED,
             "Deadline",
         )
-        blocker.release.set()
+        faults.release.set()
         await running
         await assert_still_serving(stub)
     metrics = await scrape(app)
@@ -197,13 +179,9 @@ async def test_deadline_passed_in_queue_is_not_computed(start_app, monkeypatch) 
     )
 
 
-async def test_unexpected_error_is_internal_without_details(start_app, monkeypatch, caplog) -> None:
+async def test_unexpected_error_is_internal_without_details(start_app, faults, caplog) -> None:
     app = await start_app()
-
-    def broken(model: LoadedModel, images: np.ndarray) -> np.ndarray:
-        raise RuntimeError("secret internal detail")
-
-    monkeypatch.setattr(LoadedModel, "predict", broken)
+    faults.fail("secret internal detail")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.PredictionServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -211,6 +189,6 @@ async def test_unexpected_error_is_internal_without_details(start_app, monkeypat
         assert info.value.code() == grpc.StatusCode.INTERNAL
         assert "secret" not in info.value.details()
         assert "internal error" in info.value.details()
-        monkeypatch.undo()
+        faults.clear()
         await assert_still_serving(stub)
     assert "secret internal detail" in caplog.text

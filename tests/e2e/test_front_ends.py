@@ -15,7 +15,6 @@ import pytest
 from client.oip import infer_request
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.inference import grpc_predict_v2_pb2 as oip
-from server.model import LoadedModel
 
 Tensor = oip.ModelInferRequest.InferInputTensor
 PREDICT = "/fashion.v1.PredictionService/Predict"
@@ -118,12 +117,8 @@ async def test_not_ready_is_unavailable_everywhere(start_app) -> None:
     assert set(found.values()) == {grpc.StatusCode.UNAVAILABLE}
 
 
-async def test_unexpected_error_is_internal_everywhere(start_app, monkeypatch) -> None:
+async def test_unexpected_error_is_internal_everywhere(start_app, faults) -> None:
     app = await start_app()
-
-    def broken(model: LoadedModel, images: np.ndarray) -> np.ndarray:
-        raise RuntimeError("secret")
-
-    monkeypatch.setattr(LoadedModel, "predict", broken)
+    faults.fail("secret")
     found = await statuses(app, _predict(_images(1)), _infer(_images(1)))
     assert set(found.values()) == {grpc.StatusCode.INTERNAL}

@@ -325,18 +325,16 @@ async def test_concurrent_model_infer_and_predict_share_batches(start_app, test_
     assert metrics["fashion_batch_size_images_count{}"] < 480
 
 
-async def test_one_predict_and_one_model_infer_land_in_one_batch(start_app, monkeypatch) -> None:
-    from tests.e2e.test_bad_input import Blocker
-
+async def test_one_predict_and_one_model_infer_land_in_one_batch(start_app, faults) -> None:
     app = await start_app()
-    blocker = Blocker(monkeypatch)
+    faults.hold()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.PredictionServiceStub(channel)
         oip_stub = oip_grpc.GRPCInferenceServiceStub(channel)
         first = asyncio.ensure_future(
             stub.Predict(pb.PredictRequest(images=[pb.Image(raw=bytes(784))]))
         )
-        await asyncio.to_thread(blocker.entered.wait, 5)
+        await asyncio.to_thread(faults.entered.wait, 5)
         mixed = [
             asyncio.ensure_future(
                 stub.Predict(pb.PredictRequest(images=[pb.Image(raw=bytes(784))]))
@@ -347,7 +345,7 @@ async def test_one_predict_and_one_model_infer_land_in_one_batch(start_app, monk
         ]
         while app.batcher.queued_images < 3:
             await asyncio.sleep(0.001)
-        blocker.release.set()
+        faults.release.set()
         await asyncio.gather(first, *mixed)
     metrics = await scrape(app)
     # Two batches: the lone first request, then 1 Predict image + 2 ModelInfer images together.

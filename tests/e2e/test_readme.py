@@ -1,15 +1,21 @@
-"""README.md, read as a new user reads it: its commands run and say what the code does.
+"""README.md and the docs pages it leads to, read as a new user reads them: their commands
+run and say what the code does.
 
-- Every shell command and Python block of "Calling the server" runs, as written, against a
-  ``fashion-serve`` started the way ``scripts/up.sh`` starts it (its ``FASHION_*`` variables
-  set), from a shell whose PATH lacks the venv until the block's own ``source`` line. Only
-  the gRPC and metrics addresses and the venv path are substituted. Outputs are checked
-  against what the prose says they print.
+- README.md opens with exactly the two commands (the second is what ``.ci/run`` runs) and
+  stays short; every link in README.md, docs/*.md, deploy/README.md and examples/README.md
+  reaches a file that exists and, with ``#anchor``, a heading or ``id`` in it.
+- Every shell command and Python block of the calling sections (README "Calling the
+  server", docs/API.md "Calling the server", docs/OPERATIONS.md "Metrics") runs, as written,
+  against a ``fashion-serve`` started the way ``scripts/up.sh`` starts it (its ``FASHION_*``
+  variables set), from a shell whose PATH lacks the venv until the section's own ``source``
+  line. Only the gRPC, REST and metrics addresses and the venv path are substituted. Outputs
+  are checked against what the prose says they print, and every kind of call is there.
 - Everything those blocks import or call is installed by the extras ``up.sh`` installs.
-- ``fashion-train``'s synopsis and ``fashion-serve``'s flag table match their ``--help``;
-  every ``--flag`` the README gives any ``fashion-*`` command exists.
-- The quoted training results are the published runs' reports, and nowhere else is a
-  training time quoted.
+- ``fashion-train``'s synopsis (docs/TRAINING.md) and ``fashion-serve``'s flag table
+  (docs/SERVING.md) match their ``--help``; every ``--flag`` that README.md or a docs page
+  gives any ``fashion-*`` command exists.
+- The quoted training results are the published runs' reports, and no page but
+  docs/TRAINING.md quotes a training time.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -32,23 +39,46 @@ import pytest
 from bench.serverproc import READY_MARK, ServerProcess, start_process
 
 ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text()
+README_PAGE = "README.md"
+DOCS = (
+    "docs/SERVING.md",
+    "docs/API.md",
+    "docs/TRAINING.md",
+    "docs/OPERATIONS.md",
+    "docs/DEVELOPMENT.md",
+)
+# README.md and the pages that took over its reference sections.
+PAGES = {page: (ROOT / page).read_text() for page in (README_PAGE, *DOCS)}
+README = PAGES[README_PAGE]
+README_MAX_LINES = 160  # ten minutes of reading; the rest lives in docs/
+THE_TWO_COMMANDS = ["./scripts/up.sh", "./scripts/test.sh"]
+# Pages whose links must resolve (beside README.md and docs/*.md).
+LINKED_PAGES = ("deploy/README.md", "examples/README.md")
 BIN = Path(sys.executable).parent  # the venv the suite runs in (.venv under scripts/test.sh)
-CALLING = "Calling the server"
+# The sections whose commands a reader runs against the server up.sh started.
+CALLING = (
+    (README_PAGE, "Calling the server"),
+    ("docs/API.md", "Calling the server"),
+    ("docs/OPERATIONS.md", "Metrics"),
+)
+TRAIN_SYNOPSIS = ("docs/TRAINING.md", "`fashion-train`")
+SERVE_FLAGS = ("docs/SERVING.md", "Flags")
+RESULTS_PAGE = "docs/TRAINING.md"
 DEFAULT_TARGET, DEFAULT_METRICS = "127.0.0.1:50051", "127.0.0.1:9090"
 DEFAULT_HTTP = "127.0.0.1:8000"  # the REST API
 COMMANDS = ("fashion-train", "fashion-serve", "fashion-predict", "fashion-inspect")
-# The published runs whose figures README "Results" quotes.
+# The published runs whose figures docs/TRAINING.md (and README "Results") quote.
 REPORTS = {
     "course_cnn": "docs/training/course_cnn_v2/report.md",
     "bn_cnn": "docs/training/bn_cnn/report.md",
 }
 
 
-def section(title: str, level: str = "##") -> str:
-    """The text under the first heading starting with ``title``, up to the next such heading."""
-    match = re.search(rf"^{level} {re.escape(title)}.*?$(.*?)(?=^{level} |\Z)", README, re.M | re.S)
-    assert match, f"README.md has no '{level} {title}' section"
+def section(page: str, title: str, level: str = "##") -> str:
+    """The text under ``page``'s first heading starting with ``title``, to the next such heading."""
+    pattern = rf"^{level} {re.escape(title)}.*?$(.*?)(?=^{level} |\Z)"
+    match = re.search(pattern, PAGES[page], re.M | re.S)
+    assert match, f"{page} has no '{level} {title}' section"
     return match.group(1)
 
 
@@ -62,23 +92,153 @@ def shell_commands(block: str) -> list[str]:
     return [line for line in joined.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def calling_commands() -> tuple[list[str], list[str]]:
-    """(set-up lines such as ``source .venv/bin/activate``, the commands to check)."""
-    prelude, commands = [], []
-    for block in fenced(section(CALLING), "bash"):
-        for command in shell_commands(block):
-            (prelude if command.startswith("source ") else commands).append(command)
-    return prelude, commands
+@dataclass(frozen=True)
+class Call:
+    """One shell command of a calling section, with the section's set-up lines."""
+
+    page: str
+    prelude: tuple[str, ...]
+    command: str
+
+    def __str__(self) -> str:
+        return f"{self.page}: {self.command[:60]}"
 
 
-PRELUDE, CALL_COMMANDS = calling_commands()
-PYTHON_BLOCKS = fenced(section(CALLING), "python")
+def calling_commands() -> list[Call]:
+    """Every command of every calling section, each with its section's ``source`` lines."""
+    calls = []
+    for page, title in CALLING:
+        prelude, commands = [], []
+        for block in fenced(section(page, title), "bash"):
+            for command in shell_commands(block):
+                (prelude if command.startswith("source ") else commands).append(command)
+        calls += [Call(page, tuple(prelude), command) for command in commands]
+    return calls
 
 
-def test_the_calling_section_has_something_to_run() -> None:
-    assert PRELUDE == ["source .venv/bin/activate"]
-    assert len(CALL_COMMANDS) >= 5 and PYTHON_BLOCKS
-    assert all(DEFAULT_TARGET in c for c in CALL_COMMANDS if c.startswith("fashion-predict"))
+CALLS = calling_commands()
+PYTHON_BLOCKS = [b for page, title in CALLING for b in fenced(section(page, title), "python")]
+# What the calling sections say about the output of their commands.
+CALLING_PROSE = "\n".join(section(page, title) for page, title in CALLING)
+
+
+def kind(command: str) -> str:
+    """Which call a command is, as :func:`check_output` tells them apart."""
+    if f"{DEFAULT_HTTP}/v2" in command:
+        if command.endswith("/infer"):
+            return "REST infer"
+        return "REST ready" if "/health/ready" in command else "REST metadata"
+    if command.startswith("curl "):
+        return "metrics"
+    for flag in ("--list", "--evaluate", "--info", "--top-k"):
+        if flag in command:
+            return flag
+    if "--call" in command:
+        return "--call " + command.split("--call ")[1].split()[0]
+    return "image files"
+
+
+# Every kind of call the README offered before its reference moved to docs/; none may go.
+KINDS = {
+    "image files",
+    "--top-k",
+    "--evaluate",
+    "--info",
+    "--list",
+    "--call grpc.health.v1.Health/Check",
+    "--call fashion.v1.PredictionService/Predict",
+    "--call inference.GRPCInferenceService/ModelMetadata",
+    "REST ready",
+    "REST metadata",
+    "REST infer",
+    "metrics",
+}
+
+
+def test_the_calling_sections_have_every_call_to_run() -> None:
+    assert sorted({kind(call.command) for call in CALLS}) == sorted(KINDS)
+    assert len(PYTHON_BLOCKS) == 1
+    for call in CALLS:
+        if call.command.startswith("fashion-predict"):
+            assert DEFAULT_TARGET in call.command, call
+        if call.command.startswith(COMMANDS):
+            assert call.prelude == ("source .venv/bin/activate",), call
+
+
+def test_the_readme_calls_each_protocol_once() -> None:
+    """One short example each: our gRPC API, the OIP over gRPC, the OIP over REST."""
+    readme = [call.command for call in CALLS if call.page == README_PAGE]
+    assert [kind(c) for c in readme] == ["image files", "REST infer"], readme
+    (block,) = fenced(section(README_PAGE, "Calling the server"), "python")
+    assert "tritonclient.grpc" in block
+
+
+def test_the_readme_opens_with_the_two_commands() -> None:
+    before, first = re.split(r"^```\w*\n", README, maxsplit=1, flags=re.M)
+    assert not re.search(r"^##", before, re.M), "a section comes before the two commands"
+    block = first.split("\n```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in block.splitlines()]
+    assert commands == THE_TWO_COMMANDS
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert THE_TWO_COMMANDS[1] in [line.strip() for line in ci], ".ci/run must run the tests"
+
+
+def test_the_readme_is_short() -> None:
+    lines = len(README.splitlines())
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines; move detail into docs/"
+
+
+# --- links -------------------------------------------------------------------------------
+
+
+def without_code(text: str) -> str:
+    """The prose: no fenced blocks, inline code or HTML comments."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
+    return re.sub(r"`[^`]*`", "", text)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: link text kept, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip()).lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+@cache
+def anchors(path: Path) -> set[str]:
+    text = path.read_text()
+    found: set[str] = set(re.findall(r"""\bid=["']([^"']+)["']""", text))
+    seen: dict[str, int] = {}
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+    for heading in re.findall(r"^#{1,6} (.+?)\s*#*$", prose, re.M):
+        base = slug(heading)
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        found.add(f"{base}-{count}" if count else base)
+    return found
+
+
+def linked_pages() -> list[str]:
+    docs = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))
+    return [README_PAGE, *docs, *LINKED_PAGES]
+
+
+@pytest.mark.parametrize("page", linked_pages())
+def test_every_link_resolves(page: str) -> None:
+    source = ROOT / page
+    targets = re.findall(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", without_code(source.read_text()))
+    broken = []
+    for target in targets:
+        if re.match(r"[a-z][a-z+.-]*:", target):  # https:, mailto: ...
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = (source.parent / path).resolve() if path else source
+        if not resolved.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and (resolved.suffix != ".md" or anchor not in anchors(resolved)):
+            broken.append(f"{target}: no such heading")
+    assert broken == []
+    assert targets or page in LINKED_PAGES, "no links found: is the pattern broken?"
 
 
 # --- a server started as up.sh starts it ------------------------------------------------
@@ -114,8 +274,8 @@ def localize(text: str, server: ServerProcess) -> str:
     return text.replace(".venv/bin/activate", shlex.quote(str(BIN / "activate")))
 
 
-def run_shell(command: str, server: ServerProcess) -> subprocess.CompletedProcess[str]:
-    script = "\n".join(["set -euo pipefail", *PRELUDE, command])
+def run_shell(call: Call, server: ServerProcess) -> subprocess.CompletedProcess[str]:
+    script = "\n".join(["set -euo pipefail", *call.prelude, call.command])
     return subprocess.run(
         ["bash", "-c", localize(script, server)],
         cwd=ROOT,
@@ -129,8 +289,8 @@ def run_shell(command: str, server: ServerProcess) -> subprocess.CompletedProces
 
 def documented_keys(lead: str) -> set[str]:
     """The JSON keys the prose says a command prints: ``<lead>` prints `{"a", "b"}`."""
-    match = re.search(re.escape(lead) + r"`\s+prints\s+`\{([^}]*)\}`", section(CALLING))
-    assert match, f"README no longer says what {lead} prints"
+    match = re.search(re.escape(lead) + r"`\s+prints\s+`\{([^}]*)\}`", CALLING_PROSE)
+    assert match, f"the calling sections no longer say what {lead} prints"
     return set(re.findall(r'"(\w+)"', match.group(1)))
 
 
@@ -153,8 +313,8 @@ def check_output(command: str, out: str, model_repo: Path) -> None:
             assert answer["name"] == "fashion" and answer["versions"] == ["1"]
         return
     if command.startswith("curl "):
-        labels = re.search(r"`fashion_model_info\{([^}]*)\}`", section(CALLING))
-        assert labels, "README no longer lists fashion_model_info's labels"
+        labels = re.search(r"`fashion_model_info\{([^}]*)\}`", CALLING_PROSE)
+        assert labels, "the calling sections no longer list fashion_model_info's labels"
         (line,) = lines
         served = set(re.findall(r"(\w+)=\"", line))
         assert served == set(labels.group(1).split(",")), line
@@ -196,14 +356,14 @@ def check_output(command: str, out: str, model_repo: Path) -> None:
         assert all(set(r) == keys for r in records), records[0]
 
 
-@pytest.mark.parametrize("command", CALL_COMMANDS, ids=lambda c: c[:70])
+@pytest.mark.parametrize("call", CALLS, ids=str)
 def test_calling_the_server_shell_command_works_as_written(
-    command: str, served: ServerProcess, model_repo: Path
+    call: Call, served: ServerProcess, model_repo: Path
 ) -> None:
-    result = run_shell(command, served)
-    assert result.returncode == 0, f"{command}\n{result.stderr}"
+    result = run_shell(call, served)
+    assert result.returncode == 0, f"{call}\n{result.stderr}"
     assert result.stderr == ""
-    check_output(command, result.stdout, model_repo)
+    check_output(call.command, result.stdout, model_repo)
 
 
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: b.splitlines()[0][:50])
@@ -240,7 +400,7 @@ def up_sh_requirements() -> set[str]:
     return {re.split(r"[\[<>=! ;]", r, maxsplit=1)[0].lower() for r in requirements}
 
 
-def test_everything_the_calling_section_uses_is_installed_by_up_sh() -> None:
+def test_everything_the_calling_sections_use_is_installed_by_up_sh() -> None:
     installed = up_sh_requirements()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     modules = {
@@ -253,8 +413,8 @@ def test_everything_the_calling_section_uses_is_installed_by_up_sh() -> None:
     for module in modules:
         distributions = {d.lower() for d in providers.get(module, [])}
         assert distributions & installed, f"{module} ({distributions}) is not installed by up.sh"
-    for command in CALL_COMMANDS:
-        program = command.split()[0]
+    for call in CALLS:
+        program = call.command.split()[0]
         if program.startswith("fashion-"):
             assert program in project["scripts"]
 
@@ -293,11 +453,11 @@ def default_in_help(entry: str, value: str) -> bool:
 
 
 def test_fashion_train_synopsis_is_its_help() -> None:
-    (synopsis,) = [b for b in fenced(section("`fashion-train`", "###"), "bash") if "[--" in b]
+    (synopsis,) = [b for b in fenced(section(*TRAIN_SYNOPSIS), "bash") if "[--" in b]
     items = re.findall(r"\[(--[\w-]+)(?: ([^\]]+))?\]", synopsis)
     entries = help_entries("fashion-train")
     assert [flag for flag, _ in items if flag not in entries] == [], "not in --help"
-    assert sorted(set(entries) - {flag for flag, _ in items}) == [], "missing from the README"
+    assert sorted(set(entries) - {flag for flag, _ in items}) == [], "missing from the synopsis"
     for flag, value in items:
         if "|" in value:
             choices = re.search(r"\{([^}]*)\}", entries[flag])
@@ -307,7 +467,7 @@ def test_fashion_train_synopsis_is_its_help() -> None:
 
 
 def test_fashion_serve_flag_table_is_its_help() -> None:
-    rows = re.findall(r"^\| (`--[^|]+) \| ([^|]+) \|", section("`fashion-serve`", "###"), re.M)
+    rows = re.findall(r"^\| (`--[^|]+) \| ([^|]+) \|", section(*SERVE_FLAGS), re.M)
     entries = help_entries("fashion-serve")
     documented = set()
     for flags_cell, default_cell in rows:
@@ -316,19 +476,20 @@ def test_fashion_serve_flag_table_is_its_help() -> None:
         assert len(defaults) == len(flags), flags_cell
         for flag, default in zip(flags, defaults, strict=True):
             documented.add(flag)
-            assert flag in entries, f"{flag} is in the README but not in fashion-serve --help"
+            assert flag in entries, f"{flag} is in {SERVE_FLAGS[0]} but not in fashion-serve --help"
             quoted = {"—": "", "off": "False"}.get(default, default)
             assert default_in_help(entries[flag], quoted), (flag, default, entries[flag])
-    assert sorted(set(entries) - documented) == [], "missing from the README's table"
+    assert sorted(set(entries) - documented) == [], f"missing from {SERVE_FLAGS[0]}'s table"
 
 
 def code_snippets() -> Iterator[str]:
-    """Every inline code span and every command line of every fenced block."""
-    without_blocks = re.sub(r"^```.*?^```", "", README, flags=re.M | re.S)
-    for span in re.findall(r"`([^`]+)`", without_blocks):  # a span may wrap onto the next line
-        yield " ".join(span.split())
-    for block in re.findall(r"^```\w*\n(.*?)^```", README, re.M | re.S):
-        yield from shell_commands(block)
+    """Every inline code span and every command line of every fenced block, on every page."""
+    for text in PAGES.values():
+        without_blocks = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+        for span in re.findall(r"`([^`]+)`", without_blocks):  # a span may wrap onto the next line
+            yield " ".join(span.split())
+        for block in re.findall(r"^```\w*\n(.*?)^```", text, re.M | re.S):
+            yield from shell_commands(block)
 
 
 def test_every_flag_given_to_a_fashion_command_exists() -> None:
@@ -354,7 +515,7 @@ def test_quoted_results_are_the_published_reports() -> None:
     rows = re.findall(
         r"^\| `(fashion-train[^`]*)` \| \*\*([\d.]+) %\*\*[^|]* \| (\d+) \(best: (\d+)\) "
         r"\| (\d+) s",
-        section("Results"),
+        PAGES[RESULTS_PAGE],
         re.M,
     )
     assert len(rows) == 2, rows
@@ -363,11 +524,16 @@ def test_quoted_results_are_the_published_reports() -> None:
         assert float(accuracy) == round(float(report["test accuracy"]) * 100, 2), command
         assert (epochs, best) == (report["epochs run"], report["best epoch"]), command
         assert int(seconds) == round(float(report["training seconds"])), command
+    # README's headline: the course CNN's accuracy, then bn_cnn's.
+    headline = re.findall(r"\*\*([\d.]+) %\*\*", section(README_PAGE, "Results"))
+    published = [report_figures(REPORTS[arch])["test accuracy"] for arch in REPORTS]
+    assert headline == [f"{float(a) * 100:.2f}" for a in published]
 
 
 def test_no_training_time_is_quoted_outside_the_results() -> None:
-    top = README[: README.index(f"## {CALLING}")]
-    assert re.findall(r"\d+\s*(?:s|min|minutes)\b", top) == []
+    for page, text in PAGES.items():
+        if page != RESULTS_PAGE:
+            assert re.findall(r"\d+\s*(?:s|min|minutes)\b", text) == [], page
     up_sh = (ROOT / "scripts" / "up.sh").read_text()
     assert "minute" not in up_sh
     # up.sh's one figure is read from the published run's report at run time.

@@ -19,7 +19,6 @@ from server._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from server.rest_codec import message_json
 from tests.e2e.conftest import scrape
 from tests.e2e.curl import Reply, curl
-from tests.e2e.test_bad_input import Blocker
 
 JSON = ("-H", "Content-Type: application/json")
 
@@ -193,7 +192,7 @@ BAD_BODIES = {
     "short-data": (
         tensor_body("UINT8", [1, 28, 28], [0]),
         400,
-        "has 1 values in 'data'; shape [1, 28, 28] needs 784",
+        "input 'images' 'data' has 1 values; shape [1, 28, 28] needs 784",
     ),
     "pixel-256": (tensor_body("UINT8", [1, 28, 28], [256] * 784), 400, "between 0 and 255"),
     "booleans": (
@@ -315,11 +314,11 @@ async def test_not_ready_is_503_with_the_reason_then_serves(start_app) -> None:
     await assert_still_serving(app)
 
 
-async def test_full_queue_is_429_and_expired_timeout_is_504(start_app, monkeypatch) -> None:
+async def test_full_queue_is_429_and_expired_timeout_is_504(start_app, faults) -> None:
     app = await start_app(max_queue=4, max_images_per_request=4)
-    blocker = Blocker(monkeypatch)
+    faults.hold()
     running = asyncio.ensure_future(infer(app, json_body(np.zeros((1, 28, 28), np.uint8))))
-    await asyncio.to_thread(blocker.entered.wait, 5)
+    await asyncio.to_thread(faults.entered.wait, 5)
     queued = asyncio.ensure_future(infer(app, json_body(np.zeros((3, 28, 28), np.uint8))))
     while app.batcher.queued_images < 3:
         await asyncio.sleep(0.001)
@@ -330,24 +329,18 @@ async def test_full_queue_is_429_and_expired_timeout_is_504(start_app, monkeypat
     one = np.zeros((1, 28, 28), np.uint8)
     late = await infer(app, json_body(one, parameters={"timeout": 1000}))
     assert late.status == 504, late.body
-    blocker.release.set()
+    faults.release.set()
     assert (await running).status == 200 and (await queued).status == 200
 
 
-async def test_unexpected_error_is_500_with_the_generic_message(start_app, monkeypatch, caplog):
-    from server.model import LoadedModel
-
+async def test_unexpected_error_is_500_with_the_generic_message(start_app, faults, caplog):
     app = await start_app()
-
-    def broken(model, images):
-        raise RuntimeError("secret internal detail")
-
-    monkeypatch.setattr(LoadedModel, "predict", broken)
+    faults.fail("secret internal detail")
     reply = await infer(app, json_body(np.zeros((1, 28, 28), np.uint8)))
     assert reply.status == 500
     assert "secret" not in reply.json()["error"] and "internal error" in reply.json()["error"]
     assert "secret internal detail" in caplog.text
-    monkeypatch.undo()
+    faults.clear()
     await assert_still_serving(app)
 
 
@@ -396,17 +389,17 @@ async def test_rest_and_grpc_answer_the_same_bad_input_with_the_same_code(start_
     assert reply.json()["error"] == info.value.details()  # one message, whichever protocol
 
 
-async def test_shutdown_lets_an_in_flight_rest_request_finish(start_app, monkeypatch) -> None:
+async def test_shutdown_lets_an_in_flight_rest_request_finish(start_app, faults) -> None:
     from server.readiness import Phase
 
     app = await start_app()
-    blocker = Blocker(monkeypatch)
+    faults.hold()
     running = asyncio.ensure_future(infer(app, json_body(np.zeros((2, 28, 28), np.uint8))))
-    await asyncio.to_thread(blocker.entered.wait, 5)
+    await asyncio.to_thread(faults.entered.wait, 5)
     stopping = asyncio.ensure_future(app.stop(grace_s=5))
     while app.plane.readiness.phase is not Phase.STOPPING:
         await asyncio.sleep(0.001)
-    blocker.release.set()
+    faults.release.set()
     reply = await running
     assert reply.status == 200, reply.body
     assert probabilities_of(reply).shape == (2, 10)

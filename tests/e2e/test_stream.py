@@ -9,11 +9,8 @@ import grpc
 import numpy as np
 import pytest
 
-import server.codec
 from server._proto.fashion.v1 import prediction_pb2 as pb
-from server.model import LoadedModel
 from tests.e2e.conftest import scrape
-from tests.e2e.test_bad_input import Blocker
 
 GOOD = pb.PredictRequest(images=[pb.Image(raw=bytes(784))])
 STREAM_PATH = "/fashion.v1.PredictionService/PredictStream"
@@ -51,13 +48,8 @@ async def test_bad_message_ends_the_stream_with_its_status(app, stub) -> None:
     assert len((await stub.Predict(good)).predictions) == 1  # still serving
 
 
-async def test_unexpected_error_in_stream_is_internal_without_details(
-    app, stub, monkeypatch
-) -> None:
-    def broken(model: LoadedModel, images: np.ndarray) -> np.ndarray:
-        raise RuntimeError("secret stream detail")
-
-    monkeypatch.setattr(LoadedModel, "predict", broken)
+async def test_unexpected_error_in_stream_is_internal_without_details(app, stub, faults) -> None:
+    faults.fail("secret stream detail")
     with pytest.raises(grpc.aio.AioRpcError) as info:
         async for _ in stub.PredictStream(
             iter([pb.PredictRequest(images=[pb.Image(raw=bytes(784))])])
@@ -78,27 +70,24 @@ async def wait_for_sample(app, name: str, timeout_s: float = 10.0) -> dict[str, 
     return metrics
 
 
-async def test_cancelled_stream_counts_as_cancelled(app, stub, monkeypatch) -> None:
-    blocker = Blocker(monkeypatch)
+async def test_cancelled_stream_counts_as_cancelled(app, stub, faults) -> None:
+    faults.hold()
     call = stub.PredictStream(iter([GOOD]))
-    await asyncio.to_thread(blocker.entered.wait, 5)  # the request is in the model
+    await asyncio.to_thread(faults.entered.wait, 5)  # the request is in the model
     call.cancel()
     metrics = await wait_for_sample(
         app, "fashion_requests_total{code=CANCELLED,method=PredictStream}"
     )
-    blocker.release.set()
+    faults.release.set()
     assert metrics["fashion_requests_total{code=CANCELLED,method=PredictStream}"] == 1
     assert "fashion_requests_total{code=OK,method=PredictStream}" not in metrics
     assert len((await stub.Predict(GOOD, timeout=5)).predictions) == 1
 
 
 async def test_unexpected_error_in_stream_is_logged_with_traceback(
-    app, stub, monkeypatch, caplog
+    app, stub, faults, caplog
 ) -> None:
-    def broken(*args: object, **kwargs: object) -> pb.PredictResponse:
-        raise RuntimeError("secret encoder detail")
-
-    monkeypatch.setattr(server.codec, "encode_predictions", broken)
+    faults.extra_class()  # the encoder finds no name for class 10: an IndexError
     with pytest.raises(grpc.aio.AioRpcError) as info:
         async for _ in stub.PredictStream(iter([GOOD]), timeout=10):
             pass
@@ -107,7 +96,7 @@ async def test_unexpected_error_in_stream_is_logged_with_traceback(
     assert "internal error" in info.value.details()
     (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "PredictStream failed with an unexpected error" in record.getMessage()
-    assert record.exc_info is not None and "secret encoder detail" in str(record.exc_info[1])
+    assert record.exc_info is not None and isinstance(record.exc_info[1], IndexError)
     metrics = await scrape(app)
     assert metrics["fashion_requests_total{code=INTERNAL,method=PredictStream}"] == 1
 

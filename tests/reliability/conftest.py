@@ -1,3 +1,3 @@
 """Same real-server fixtures as the end-to-end tests."""
 
-from tests.e2e.conftest import app, channel, start_app, stub, test_set  # noqa: F401
+from tests.e2e.conftest import app, channel, faults, start_app, stub, test_set  # noqa: F401

@@ -67,7 +67,7 @@ async def test_the_server_refuses_rpcs_beyond_max_concurrent_rpcs(start_app) -> 
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await predict(channels[0])
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        # Health checks count too (README): a flood that reaches the limit fails liveness.
+        # Health checks count too (docs/SERVING.md): a flood that reaches the limit fails liveness.
         health = health_pb2_grpc.HealthStub(channels[2])
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await health.Check(health_pb2.HealthCheckRequest(), timeout=5)

@@ -89,3 +89,16 @@ def test_parity_failure_publishes_nothing(
     assert "parity gate failed" in capsys.readouterr().err
     assert list_versions(tmp_path) == []
     assert list(tmp_path.rglob("*")) == []  # not even a staging directory
+
+
+def test_model_name_publishes_under_its_own_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--limit", "500", "--epochs", "1", "--no-report", "--model-name", "other"]
+    assert main([*argv, "--model-repo", str(tmp_path)]) == 0
+    assert f"published version 1 to {tmp_path / 'other' / '1'}" in capsys.readouterr().out
+    assert [path.name for path in tmp_path.iterdir()] == ["other"]  # nothing under fashion/
+    assert list_versions(tmp_path, "other") == [1] and list_versions(tmp_path) == []
+    found = read_version(tmp_path, 1, "other")  # also checks model_sha256
+    assert found.path == tmp_path / "other" / "1"
+    assert found.metadata["name"] == "other" and found.metadata["version"] == 1

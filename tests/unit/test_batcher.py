@@ -9,8 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from server.batcher import DynamicBatcher
-from server.errors import DeadlineExpired, ModelNotReady, Overloaded
+from server.batcher import BatcherClosed, DynamicBatcher
+from server.errors import DeadlineExpired, Overloaded
 
 
 class Recorder:
@@ -78,7 +78,7 @@ async def test_lone_request_is_not_delayed(make) -> None:
     batcher = await make(Recorder(), max_batch_size=64, max_wait_s=5.0, metrics=flushes)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    out, tag = await batcher.submit(rows(1, 3))
+    out, tag, *_ = await batcher.submit(rows(1, 3))
     # The 5 s delay would show; an idle flush takes milliseconds.
     assert loop.time() - t0 < 1.0
     assert out.tolist() == [[6, 6]] and tag == "batch1"
@@ -143,7 +143,7 @@ async def test_results_reach_the_right_callers_under_random_concurrency(make) ->
         for j in range(20):
             n = rng.randint(1, 9)
             x = np.arange(n * 2, dtype=np.int64).reshape(n, 2) + 1000 * i + 100 * j
-            out, _ = await batcher.submit(x)
+            out, *_ = await batcher.submit(x)
             np.testing.assert_array_equal(out, x * 10 + 1)
             await asyncio.sleep(rng.random() * 0.002)
 
@@ -172,7 +172,7 @@ async def test_one_failure_reaches_every_waiter_of_its_batch(make) -> None:
         with pytest.raises(RuntimeError, match="boom"):
             await victim
     # The batcher survives the failure.
-    out, _ = await batcher.submit(rows(1, 4))
+    out, *_ = await batcher.submit(rows(1, 4))
     assert out.tolist() == [[8, 8]]
 
 
@@ -189,7 +189,7 @@ async def test_cancelled_callers_are_skipped(make) -> None:
     await asyncio.sleep(0)
     predict.release.set()
     await first
-    out, _ = await kept
+    out, *_ = await kept
     assert out.tolist() == [[16, 16]]
     assert [b.tolist() for b in predict.batches[1:]] == [[[8, 8]]]
     assert "cancelled" in flushes.rejected
@@ -242,7 +242,7 @@ async def test_stop_drains_queued_requests_then_refuses(make) -> None:
     await wait_until(lambda: batcher.queued_images == 3)
     stopping = asyncio.create_task(batcher.stop())
     await asyncio.sleep(0.01)
-    with pytest.raises(ModelNotReady):
+    with pytest.raises(BatcherClosed):
         await batcher.submit(rows(1))
     predict.release.set()
     await stopping
@@ -263,7 +263,7 @@ async def test_unmeetable_deadline_fails_fast(make) -> None:
     with pytest.raises(DeadlineExpired, match="cannot be met"):
         await batcher.submit(rows(50), deadline=loop.time() + 0.1)  # needs ~500 ms
     assert flushes.rejected == ["deadline_unmeetable"]
-    out, _ = await batcher.submit(rows(1), deadline=loop.time() + 5)
+    out, *_ = await batcher.submit(rows(1), deadline=loop.time() + 5)
     assert out.shape == (1, 2)
 
 

@@ -9,8 +9,14 @@ import pytest
 from PIL import Image
 
 from server._proto.fashion.v1 import prediction_pb2 as pb
-from server.codec import decode_images, encode_predictions
+from server.codec import encode_predictions, prepare_images
 from server.errors import InvalidInput, TooLarge
+
+
+def decode_images(request, max_images: int) -> np.ndarray:
+    """The request's images, decoding encoded ones inline (the server defers them)."""
+    prepared = prepare_images(request, max_images)
+    return prepared if isinstance(prepared, np.ndarray) else prepared()
 
 NAMES = [f"c{i}" for i in range(10)]
 

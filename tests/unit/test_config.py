@@ -90,6 +90,21 @@ def test_project_variables_are_not_settings_and_pass_silently() -> None:
     assert warnings == []
 
 
+def test_training_variables_pass_silently() -> None:
+    # One pod spec may carry fashion-train's settings too (training/config.py); the trainer
+    # checks its own FASHION_TRAIN_* names, typos included.
+    from training.config import variables
+
+    env = {name: "3" for name in variables() if name.startswith("FASHION_TRAIN_")}
+    assert "FASHION_TRAIN_BATCH_SIZE" in env  # ~ FASHION_MAX_BATCH_SIZE, not a typo of it
+    env |= {"FASHION_MNIST_DIR": "/data", "FASHION_MODEL_REPO": "/srv/models"}  # shared
+    env["FASHION_TRAIN_BATCH_SIZ"] = "3"  # the trainer's typo: the trainer refuses it
+    warnings: list[str] = []
+    settings = load_settings([], env, warnings=warnings)
+    assert settings.model_repo == Path("/srv/models") and settings.max_batch_size == 64
+    assert warnings == []
+
+
 def service_links(service: str, ip: str, ports: dict[str, int]) -> dict[str, str]:
     """The variables the kubelet injects for one Service (pkg/kubelet/envvars), in general."""
     prefix = service.upper().replace("-", "_")
@@ -202,16 +217,16 @@ def test_other_unknown_variables_give_one_warning() -> None:
     assert "FASHION_OWNER_EMAIL, FASHION_TEAM" in warnings[0] and "SERVING" not in warnings[0]
 
 
-def test_readme_documents_every_server_flag() -> None:
+def test_serving_docs_document_every_server_flag() -> None:
     import dataclasses
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "SERVING.md").read_text()
     missing = [
         f.name
         for f in dataclasses.fields(Settings)
         if f"--{f.name.replace('_', '-')}" not in readme
     ]
-    assert not missing, f"README's fashion-serve table lacks {missing}"
+    assert not missing, f"docs/SERVING.md's fashion-serve table lacks {missing}"
 
 
 def test_tls_files_are_parsed_at_start(tmp_path) -> None:

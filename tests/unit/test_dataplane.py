@@ -18,9 +18,11 @@ from server.batcher import DynamicBatcher
 from server.dataplane import DataPlane, Failure, Refused
 from server.errors import Code, InvalidInput, ModelNotReady, Overloaded
 from server.metrics import Metrics
+from server.target import Target
 
 
 class Model:
+    name = "fashion"
     version = 1
 
 
@@ -30,8 +32,8 @@ class Manager:
     loaded = True
     current = Model()
 
-    def resolve(self, version: int) -> Model:
-        return self.current
+    def resolve(self, version: int, model: Model) -> Model:
+        return model
 
     @staticmethod
     def confirm(version: int, model: Model) -> None:
@@ -54,8 +56,8 @@ class Slow:
 class IntCodec:
     """Request n >= 0: one image of pixel value n, answered with that value; n < 0 is bad."""
 
-    def version(self, request: Any) -> int:
-        return 0
+    def target(self, request: Any) -> Target:
+        return Target("fashion")
 
     def decode(self, request: Any, max_images: int) -> Any:
         if isinstance(request, Slow):

@@ -11,9 +11,15 @@ from PIL import Image
 
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.inference import grpc_predict_v2_pb2 as oip
-from server.codec import decode_images
+from server.codec import prepare_images
 from server.errors import InvalidInput
 from server.oip_codec import decode_infer_request
+
+
+def decode_images(request, max_images: int) -> np.ndarray:
+    """The request's images, decoding encoded ones inline (the server defers them)."""
+    prepared = prepare_images(request, max_images)
+    return prepared if isinstance(prepared, np.ndarray) else prepared()
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

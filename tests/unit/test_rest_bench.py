@@ -28,7 +28,8 @@ def test_bench_request_decodes_to_its_images_and_the_answer_is_counted(api) -> N
     binary = api == "http-binary"
     assert parsed.parameters.get("binary_data_output", False) is binary
     encoded = encode_response(
-        np.zeros((5, 10), np.float32), version=1, request_id="", binary=binary
+        np.zeros((5, 10), np.float32), model_name="fashion", version=1, request_id="",
+        binary=binary,
     )
     json_part = (
         encoded.body if encoded.header_length is None else encoded.body[: encoded.header_length]

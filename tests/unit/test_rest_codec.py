@@ -118,7 +118,7 @@ def test_structured_garbage_is_only_ever_invalid_input(
         )
         from server.rest_codec import REST_INFER
 
-        REST_INFER.version(parsed)
+        REST_INFER.target(parsed)
         images = decode_images(parsed, MAX_IMAGES)
     except InvalidInput as exc:
         assert len(str(exc)) < 400  # client text is cut, never echoed whole
@@ -154,7 +154,9 @@ def test_header_length_must_be_a_count_within_the_body() -> None:
 @pytest.mark.parametrize("binary", [True, False])
 def test_response_round_trips(binary) -> None:
     probabilities = np.random.default_rng(1).random((3, 10), dtype=np.float32)
-    encoded = encode_response(probabilities, version=4, request_id="x", binary=binary)
+    encoded = encode_response(
+        probabilities, model_name="fashion", version=4, request_id="x", binary=binary
+    )
     if binary:
         assert encoded.header_length is not None
         head = json.loads(encoded.body[: encoded.header_length])

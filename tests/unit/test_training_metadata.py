@@ -33,6 +33,11 @@ def make_report(**overrides: object) -> RunReport:
     return RunReport(**fields)  # type: ignore[arg-type]
 
 
+def test_the_name_is_the_model_name_published_under() -> None:
+    meta = build_metadata(make_report(model_name="other"), version=1, model_sha256="cd" * 32)
+    assert meta["name"] == "other"
+
+
 def test_metadata_has_the_server_contract() -> None:
     created = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     meta = build_metadata(make_report(), version=3, model_sha256="cd" * 32, created_at=created)

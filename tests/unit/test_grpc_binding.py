@@ -23,10 +23,11 @@ from server._proto.fashion.v1 import prediction_pb2 as pb
 from server.batcher import DynamicBatcher
 from server.dataplane import DataPlane
 from server.errors import InvalidInput
+from server.grpc_binding import add_service
 from server.manager import ModelManager
 from server.metrics import Metrics
+from server.model import LoadedModel
 from server.servicer import SERVICE
-from server.status import add_service
 
 
 class GoneClient:
@@ -78,7 +79,7 @@ class Refusing:
 @pytest.fixture
 def plane(tmp_path: Path) -> DataPlane:
     metrics = Metrics(CollectorRegistry())
-    manager = ModelManager(tmp_path, metrics=metrics)
+    manager = ModelManager(tmp_path, load=LoadedModel, metrics=metrics)
     batcher: DynamicBatcher[Any] = DynamicBatcher(manager.run, metrics=metrics)
     return DataPlane(manager, batcher, metrics, max_images_per_request=8)
 

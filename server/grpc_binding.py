@@ -1,4 +1,4 @@
-"""gRPC side of the data plane: the one Code -> gRPC status table, and service registration.
+"""The gRPC binding: the one Code -> gRPC status table, and service registration.
 
 :func:`add_service` registers a servicer for every method of a service
 descriptor. Each handler receives the raw request bytes and parses them itself,

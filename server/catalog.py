@@ -1,0 +1,135 @@
+"""What the server knows about itself and its models, as the Open Inference Protocol says it.
+
+One module answers every question that is not inference — server metadata,
+liveness and readiness, model metadata and readiness, Triton's model
+configuration, statistics and repository index — from the data plane's state.
+The gRPC servicers (:mod:`server.oip`, :mod:`server.triton`) send the answers
+as they are; the REST binding (:mod:`server.rest`) writes the same messages as
+JSON. So no front end calls another, and REST and gRPC cannot disagree on what
+the model is or what it has counted.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata as package_metadata
+
+from server._proto.inference import grpc_predict_v2_pb2 as oip
+from server._proto.inference import model_config_pb2 as mc
+from server.config import Settings
+from server.contract import MODEL_NAME, PLATFORM, TensorSpec
+from server.dataplane import DataPlane
+from server.errors import ModelNotReady, VersionNotFound
+from server.target import Target
+from server.triton_codec import (
+    EXTENSIONS,
+    model_config,
+    model_statistics,
+    repository_index,
+)
+
+SERVER_NAME = "fashion-serving"
+
+
+def server_version() -> str:
+    try:
+        return package_metadata.version(SERVER_NAME)
+    except package_metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _tensor_metadata(spec: TensorSpec) -> oip.ModelMetadataResponse.TensorMetadata:
+    return oip.ModelMetadataResponse.TensorMetadata(
+        name=spec.name, datatype=spec.datatype, shape=spec.shape
+    )
+
+
+class Catalog:
+    """Answers from the data plane's state; every binding asks here, the same way."""
+
+    def __init__(self, plane: DataPlane, settings: Settings) -> None:
+        self.plane = plane
+        self.settings = settings
+        self._version = server_version()
+
+    # -- the server ----------------------------------------------------------------
+
+    def server_metadata(self, extra_extensions: tuple[str, ...] = ()) -> oip.ServerMetadataResponse:
+        """Name, version and Triton's extensions (plus the binding's own, e.g. REST's binary)."""
+        return oip.ServerMetadataResponse(
+            name=SERVER_NAME, version=self._version, extensions=[*EXTENSIONS, *extra_extensions]
+        )
+
+    def live(self) -> bool:
+        return self.plane.readiness.live
+
+    def ready(self) -> bool:
+        return self.plane.readiness.ready
+
+    def check_live(self) -> None:
+        """UNAVAILABLE with the reason unless live (for bindings that answer with a status)."""
+        if not self.plane.readiness.live:
+            raise ModelNotReady(self.plane.readiness.refusal or "the server is not live")
+
+    def check_ready(self) -> None:
+        """UNAVAILABLE with the reason unless ready."""
+        self.plane.readiness.check()
+
+    # -- models ----------------------------------------------------------------------
+
+    def model_ready(self, name: str, version: str) -> tuple[bool, str]:
+        """Whether the model version can answer now, and if not, why. NOT_FOUND if unknown."""
+        return self.plane.model_ready(Target(name, version))
+
+    def check_model_ready(self, name: str, version: str) -> None:
+        """UNAVAILABLE with the reason unless the model version is ready."""
+        ready, reason = self.model_ready(name, version)
+        if not ready:
+            raise ModelNotReady(reason)
+
+    def model_metadata(self, name: str, version: str) -> oip.ModelMetadataResponse:
+        model, _ = self.plane.resolve(Target(name, version))
+        return oip.ModelMetadataResponse(
+            name=model.name,
+            versions=[str(model.version)],
+            platform=PLATFORM,
+            inputs=[_tensor_metadata(model.input_spec)],
+            outputs=[_tensor_metadata(model.output_spec)],
+        )
+
+    def model_config(self, name: str, version: str) -> mc.ModelConfig:
+        model, _ = self.plane.resolve(Target(name, version))
+        return model_config(model, self.settings)
+
+    def model_statistics(self, name: str, version: str) -> oip.ModelStatisticsResponse:
+        """Every version with traffic plus the served one, or the one asked for.
+
+        An empty name means every model (this server has one).
+        """
+        name = name or MODEL_NAME
+        if name != MODEL_NAME:
+            self.plane.resolve(Target(name))  # NOT_FOUND, naming what is served
+        wanted = self.plane.version_number(name, version)
+        statistics = self.plane.metrics.statistics
+        known = set(statistics.versions())
+        if self.plane.manager.loaded:
+            known.add(self.plane.manager.current.version)
+        if wanted and wanted not in known:
+            raise VersionNotFound(
+                f"model {MODEL_NAME!r} version {wanted} has no statistics: it has not been "
+                f"served (versions with statistics: {sorted(known) or 'none'})"
+            )
+        versions = [wanted] if wanted else sorted(known)
+        return oip.ModelStatisticsResponse(
+            model_stats=[model_statistics(statistics.of(v)) for v in versions]
+        )
+
+    def repository_index(self, only_ready: bool) -> oip.RepositoryIndexResponse:
+        manager = self.plane.manager
+        return repository_index(
+            manager.versions_on_disk(),
+            served=manager.current.version if manager.loaded else None,
+            ready=self.plane.readiness.ready,
+            refused=manager.refused_versions(),
+            pinned=self.settings.model_version,
+            only_ready=only_ready,
+        )
