@@ -1,3 +1,3 @@
 """Same real-server fixtures as the end-to-end tests."""
 
-from tests.e2e.conftest import start_app  # noqa: F401
+from tests.e2e.conftest import faults, start_app  # noqa: F401

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-INSTALL = "Debian's prometheus package (scripts/test.sh installs it: apt-get install prometheus)"
+INSTALL = "Debian's package prometheus; scripts/test.sh installs it with apt-get"
 # Prometheus binds port 0 and logs the address it got (exporter-toolkit, 2.x).
 LISTENING = re.compile(r'msg="Listening on" address=(\S+)')
 START_TIMEOUT_S = 30.0

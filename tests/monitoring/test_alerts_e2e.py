@@ -63,6 +63,8 @@ POLL_S = 0.25
 PHASE_TIMEOUT_S = 120.0
 WAITING_MARK = WAITING_LINE.split("{")[0]
 
+# Model repositories under tmp_path: A's starts empty, B's is a copy of the test model's.
+REPO_A, REPO_B = "repo-a", "repo-b"
 ALL_ALERTS = set(alerts())
 NEVER = {"FashionServingMemoryNearLimit"}
 
@@ -94,9 +96,9 @@ def server_command(repo: Path, *args: str) -> list[str]:
 
 @pytest.fixture
 def servers(tmp_path: Path, model_repo: Path) -> Iterator[dict[str, ServerProcess]]:
-    empty = tmp_path / "repo-a"
+    empty = tmp_path / REPO_A
     (empty / "fashion").mkdir(parents=True)
-    served = tmp_path / "repo-b"
+    served = tmp_path / REPO_B
     shutil.copytree(model_repo, served)
     started: dict[str, ServerProcess] = {}
     try:
@@ -163,7 +165,12 @@ class Watch:
     current: dict[str, str] = field(default_factory=dict)
 
     def poll(self) -> dict[str, str]:
-        now = {key(a): a["state"] for a in self.prometheus.alerts()}
+        active = self.prometheus.alerts()
+        for alert in active:
+            # A template that reads a label the alert lacks renders "<no value>".
+            text = " ".join(alert["annotations"].values())
+            assert "<no value>" not in text, alert
+        now = {key(a): a["state"] for a in active}
         for name in set(now) | set(self.current):
             state = now.get(name, "inactive")
             if state != self.current.get(name, "inactive"):
@@ -232,7 +239,7 @@ def publish(source: Path, repo: Path, version: int, **metadata: object) -> None:
 
 
 def test_alerts_fire_and_clear_as_a_real_server_breaks_and_recovers(
-    servers: dict[str, ServerProcess], prometheus: Prometheus, model_repo: Path, tmp_path: Path
+    prometheus: Prometheus, servers: dict[str, ServerProcess], model_repo: Path, tmp_path: Path
 ) -> None:
     a, b = servers["a"], servers["b"]
     instances = {name: f"127.0.0.1:{server.metrics_port}" for name, server in servers.items()}
@@ -251,7 +258,7 @@ def test_alerts_fire_and_clear_as_a_real_server_breaks_and_recovers(
         watch.only(phase1, "1: no model")
 
     # 2. A gets a model, B joins and is flooded beyond its queue.
-    publish(model_repo / "fashion" / "1", tmp_path / "repo-a", 1)
+    publish(model_repo / "fashion" / "1", tmp_path / REPO_A, 1)
     set_targets(prometheus, a, b)
     phase2 = {
         n("FashionServingQueueSaturated", "b"),
@@ -269,7 +276,7 @@ def test_alerts_fire_and_clear_as_a_real_server_breaks_and_recovers(
 
     # 3. A batches one image at a time with images waiting; B refuses a broken version 2.
     # A checksum that does not match model.onnx: B refuses it and keeps serving version 1.
-    publish(model_repo / "fashion" / "1", tmp_path / "repo-b", 2, model_sha256="0" * 64)
+    publish(model_repo / "fashion" / "1", tmp_path / REPO_B, 2, model_sha256="0" * 64)
     phase3 = {
         n("FashionServingBatchSizeCollapsed", "a"),
         n("FashionServingModelVersionRefused", "b"),
@@ -290,6 +297,11 @@ def test_alerts_fire_and_clear_as_a_real_server_breaks_and_recovers(
     watch.until(set(), {down, n("FashionServingModelVersionRefused", "b")}, "4: all clear")
     assert watch.poll() == {}, watch.report()
 
+    # Prometheus loaded every rule and evaluated each without error.
+    loaded = [rule for group in prometheus.rule_groups() for rule in group["rules"]]
+    assert len(loaded) == sum(len(group["rules"]) for group in scaled_groups(FACTOR))
+    for rule in loaded:
+        assert rule["health"] == "ok", rule
     # Every alert but the silent ones fired, after a pending phase when it has a `for`.
     rules = alerts()
     fired = {name.split("{")[0] for name, states in watch.seen.items() if "firing" in states}
