@@ -12,16 +12,24 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from server.batcher import DynamicBatcher
 from server.catalog import Catalog
 from server.config import Settings
+from server.control import ModelControl
 from server.dataplane import DataPlane
-from server.errors import ConfigError, ModelLoadError, VersionNotFound
+from server.errors import ConfigError, LoadRefused, ModelLoadError, VersionNotFound
 from server.grpc_binding import add_service
 from server.http import HttpServer
-from server.manager import ModelLoader, ModelManager, onnxruntime_loader
+from server.manager import (
+    EXPLICIT,
+    NO_VERSION,
+    POLL,
+    Batching,
+    Change,
+    ModelLoader,
+    ModelManager,
+    onnxruntime_loader,
+)
 from server.metrics import Metrics
-from server.model import LoadedModel
 from server.oip import SERVICE as OIP_SERVICE
 from server.readiness import Phase
 from server.rest import RestApi
@@ -81,32 +89,27 @@ class App:
         self.metrics = Metrics(self.registry)
         self.manager = ModelManager(
             settings.model_repo,
-            pinned_version=settings.model_version,
-            variant=settings.model_variant,
             load=loader or onnxruntime_loader(settings.device, settings.threads),
             metrics=self.metrics,
-            max_batch_size=settings.max_batch_size,
-        )
-        self.batcher: DynamicBatcher[LoadedModel] = DynamicBatcher(
-            self.manager.run,
-            max_batch_size=settings.max_batch_size,
-            max_wait_s=settings.max_batch_delay_s,
-            max_queue=settings.max_queue,
-            concurrency=settings.batch_concurrency,
-            metrics=self.metrics,
+            mode=settings.model_control_mode,
+            pinned_version=settings.model_version,
+            variant=settings.model_variant,
+            batching=Batching(
+                max_batch_size=settings.max_batch_size,
+                max_wait_s=settings.max_batch_delay_s,
+                max_queue=settings.max_queue,
+                concurrency=settings.batch_concurrency,
+            ),
         )
         # The one readiness state: admission, health and OIP readiness all read it.
         self.plane = DataPlane(
-            self.manager,
-            self.batcher,
-            self.metrics,
-            max_images_per_request=settings.max_images_per_request,
+            self.manager, self.metrics, max_images_per_request=settings.max_images_per_request
         )
         self.catalog = Catalog(self.plane, settings)
+        self.control = ModelControl(self.manager, token=settings.model_control_token)
         self.health = health.aio.HealthServicer()
         self.plane.readiness.subscribe(self._report_health)
         self.plane.readiness.subscribe(self._report_ready)
-        self.metrics.set_queue_capacity(settings.max_queue)
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port = 0
@@ -126,9 +129,11 @@ class App:
         server = grpc.aio.server(
             options=grpc_options(s), maximum_concurrent_rpcs=s.max_concurrent_rpcs
         )
-        add_service(server, self.plane, PredictionServicer(self.plane, s), PREDICTION_SERVICE)
+        predict = PredictionServicer(self.plane, self.catalog, s)
+        add_service(server, self.plane, predict, PREDICTION_SERVICE)
         # The Open Inference Protocol with Triton's extensions (server/triton.py).
-        add_service(server, self.plane, TritonServicer(self.plane, self.catalog), OIP_SERVICE)
+        triton = TritonServicer(self.plane, self.catalog, self.control)
+        add_service(server, self.plane, triton, OIP_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = [READINESS_SERVICE, OIP_SERVICE.full_name, health.SERVICE_NAME]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
@@ -177,7 +182,7 @@ class App:
             client_max_size=s.max_message_bytes,
             shutdown_timeout_s=s.grace_s,
         )
-        RestApi(self.plane, self.catalog, s).add_routes(rest.app)
+        RestApi(self.plane, self.catalog, self.control, s).add_routes(rest.app)
         try:
             await rest.start()
         except ConfigError:
@@ -191,29 +196,40 @@ class App:
         self.http_port = rest.port
 
     async def load(self) -> None:
-        """Load and warm the model off the event loop, then report SERVING.
+        """Load the models, warm, then report SERVING.
 
-        With ``--wait-for-model`` a repository without a valid version is not an
-        error: the server is live (health "") but not ready, and looks again every
-        ``--poll-interval-s`` and on SIGHUP until a first valid version appears.
+        Poll mode: every model in the repository (ready once one of them serves);
+        explicit mode: the models of ``--load-model`` (ready once each of them serves;
+        none named: ready at once). With ``--wait-for-model`` a repository that does
+        not meet that yet is not an error: the server is live (health "") but not
+        ready, and looks again every ``--poll-interval-s`` and on SIGHUP.
         """
-        model = await self._look_for_first_version()
-        if model is None and self.settings.wait_for_model:
-            model = await self._wait_for_first_version()
-        if model is None:
-            raise self._nothing_to_serve()
-        if not self.settings.model_version:
+        s = self.settings
+        if self.control.open_to_anyone:
+            logger.warning(
+                "--model-control-mode explicit without --model-control-token: any client "
+                "that reaches port %d%s may load and unload models",
+                s.port,
+                f" or {s.http_port}" if s.http_port >= 0 else "",
+            )
+        if not await self._look():
+            if not s.wait_for_model:
+                raise self._nothing_to_serve()
+            await self._wait_for_models()
+        if s.model_control_mode == POLL:
             self._watcher = asyncio.create_task(self._watch(), name="model-watcher")
         await self.plane.start()
-        logger.info("ready: version %d", self.manager.current.version)
-
-    async def _wait_for_first_version(self) -> LoadedModel:
-        where = f"{self.settings.model_repo}/fashion/"
-        await self.plane.wait_for_model(
-            refusal=f"waiting for a first model version in {where}; retry shortly"
+        served = "; ".join(
+            f"{name}: {route.describe()}" for name, route in sorted(self.manager.routes.items())
         )
+        logger.info("ready: %s", served or "no model loaded (explicit mode)")
+
+    async def _wait_for_models(self) -> None:
+        where = self._where()
+        await self.plane.wait_for_model(refusal=f"waiting for a model in {where}; retry shortly")
         logger.warning(
-            "waiting for a first model version in %s (%s, or on SIGHUP)",
+            "waiting for %s in %s (%s, or on SIGHUP)",
+            "a model" if self.settings.model_control_mode == POLL else "the --load-model models",
             where,
             f"looking every {self.settings.poll_interval_s:g} s"
             if self.settings.poll_interval_s
@@ -221,24 +237,41 @@ class App:
         )
         while True:
             await self._next_check()
-            model = await self._look_for_first_version()
-            if model is not None:
-                return model
+            if await self._look():
+                return
 
-    async def _look_for_first_version(self) -> LoadedModel | None:
-        """One look. With --wait-for-model a failing repository (e.g. a volume not yet
-        readable) is logged and looked at again, on the first look as on every later one."""
+    async def _look(self) -> bool:
+        """One look at the repository; True once what start-up needs is served.
+
+        With --wait-for-model a failing repository (e.g. a volume not yet readable) is
+        logged and looked at again, on the first look as on every later one.
+        """
         try:
-            return await asyncio.to_thread(self.manager.load_initial)
+            if self.settings.model_control_mode == POLL:
+                await self.manager.poll()
+                return bool(self.manager.routes)
+            wanted = self.settings.startup_models
+            names = self.manager.models_on_disk() if wanted == ("*",) else list(wanted)
+            for name in names:
+                if name not in self.manager.routes:
+                    try:
+                        await self.manager.load(name)
+                    except (LoadRefused, VersionNotFound) as exc:
+                        logger.error("cannot load %s at start-up: %s", name, exc)
+            if wanted == ("*",):
+                return bool(self.manager.routes) or not names
+            return all(name in self.manager.routes for name in names)
         except ConfigError:
             raise  # the server's settings, not the repository: waiting cannot fix it
         except Exception:
             if not self.settings.wait_for_model:
                 raise
-            logger.exception(
-                "checking %s/fashion/ for a first model version failed", self.settings.model_repo
-            )
-            return None
+            logger.exception("looking for models in %s failed", self._where())
+            return False
+
+    def _where(self) -> str:
+        # Resolved: the default "models" is relative to wherever the server was started.
+        return str(Path(self.settings.model_repo).resolve())
 
     async def _next_check(self) -> None:
         """Return after --poll-interval-s (never, when 0) or at once on SIGHUP."""
@@ -251,18 +284,22 @@ class App:
         self._reload.clear()
 
     def _nothing_to_serve(self) -> Exception:
-        """Why load_initial() found no model, for the start-up error."""
-        # Resolved: the default "models" is relative to wherever the server was started.
-        where = f"{Path(self.settings.model_repo).resolve()}/fashion/"
-        refused = self.manager.refused_versions()
-        if refused:
-            return ModelLoadError(
-                f"no valid model version in {where}: refused {', '.join(map(str, refused))} "
-                "(reasons logged above)"
+        """Why start-up found nothing to serve, for the start-up error."""
+        where = self._where()
+        problems = self.manager.problems()
+        if self.settings.model_control_mode == EXPLICIT:
+            missing = [n for n in self.settings.startup_models if n not in self.manager.routes]
+            reasons = "; ".join(f"{n}: {problems.get(n, 'not in the repository')}" for n in missing)
+            return ModelLoadError(f"cannot load {', '.join(missing)} from {where} ({reasons})")
+        # A model directory without versions is the usual first deploy, not a refusal.
+        refusals = {name: p for name, p in problems.items() if p != NO_VERSION}
+        if refusals:
+            listed = "; ".join(f"{name}: {problem}" for name, problem in sorted(refusals.items()))
+            return ModelLoadError(f"no valid model version in {where}: {listed}")
+        if self.settings.model_version:
+            return VersionNotFound(
+                f"no model version {self.settings.model_version} in {where} (--model-version)"
             )
-        wanted = self.settings.model_version
-        if wanted:
-            return VersionNotFound(f"no model version {wanted} in {where}")
         return VersionNotFound(
             f"no model version in {where}; run fashion-train first, point --model-repo "
             "(FASHION_MODEL_REPO) at a repository, or start with --wait-for-model"
@@ -289,18 +326,18 @@ class App:
             raise
 
     def request_reload(self) -> None:
-        """Look for a new model version now (SIGHUP)."""
-        if self.settings.model_version and self.manager.loaded:
+        """Look at the repository now (SIGHUP)."""
+        if self.settings.model_control_mode == EXPLICIT and self.plane.readiness.ready:
             logger.info(
-                "model version %d is pinned; not looking for new versions",
-                self.settings.model_version,
+                "--model-control-mode explicit: SIGHUP changes nothing; load and unload "
+                "models through the API"
             )
             return
         self._reload.set()
 
-    async def reload(self) -> LoadedModel | None:
-        """Check the repository once; returns the newly installed model, if any."""
-        return await asyncio.to_thread(self.manager.check_for_update)
+    async def reload(self) -> list[Change]:
+        """Poll the repository once (poll mode); what changed, per model."""
+        return await self.manager.poll()
 
     async def _watch(self) -> None:
         """Poll the repository (and wake on SIGHUP); a failed check never stops serving."""
@@ -310,7 +347,7 @@ class App:
                 await self.reload()
             except Exception:
                 logger.exception(
-                    "checking %s for new model versions failed", self.settings.model_repo
+                    "checking %s for model changes failed", self.settings.model_repo
                 )
 
     async def stop(self, grace_s: float | None = None) -> None:

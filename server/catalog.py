@@ -16,10 +16,12 @@ from importlib import metadata as package_metadata
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server._proto.inference import model_config_pb2 as mc
 from server.config import Settings
-from server.contract import MODEL_NAME, PLATFORM, TensorSpec
+from server.contract import PLATFORM, TensorSpec
 from server.dataplane import DataPlane
-from server.errors import ModelNotReady, VersionNotFound
-from server.target import Target
+from server.errors import InvalidInput, ModelNotReady, VersionNotFound
+from server.routing import Route
+from server.served import ServedVersion
+from server.target import Target, version_number
 from server.triton_codec import (
     EXTENSIONS,
     model_config,
@@ -86,50 +88,55 @@ class Catalog:
         if not ready:
             raise ModelNotReady(reason)
 
+    def describe(self, target: Target) -> tuple[ServedVersion, Route]:
+        """The loaded version ``target`` names and its model's route (versions, labels)."""
+        served = self.plane.resolve(target)
+        return served, self.plane.manager.routes[served.name]
+
     def model_metadata(self, name: str, version: str) -> oip.ModelMetadataResponse:
-        model, _ = self.plane.resolve(Target(name, version))
+        """The model's tensors, and every version of it that may be asked for by number."""
+        served, route = self.describe(Target(name, version))
+        model = served.model
         return oip.ModelMetadataResponse(
             name=model.name,
-            versions=[str(model.version)],
+            versions=[str(v) for v in route.version_numbers],
             platform=PLATFORM,
             inputs=[_tensor_metadata(model.input_spec)],
             outputs=[_tensor_metadata(model.output_spec)],
         )
 
     def model_config(self, name: str, version: str) -> mc.ModelConfig:
-        model, _ = self.plane.resolve(Target(name, version))
-        return model_config(model, self.settings)
+        served, route = self.describe(Target(name, version))
+        return model_config(served.model, route, self.settings)
 
     def model_statistics(self, name: str, version: str) -> oip.ModelStatisticsResponse:
-        """Every version with traffic plus the served one, or the one asked for.
+        """Every loaded version of every model (no name), of one model, or one version.
 
-        An empty name means every model (this server has one).
+        Statistics start when a version is loaded and go when it is unloaded (Triton's).
         """
-        name = name or MODEL_NAME
-        if name != MODEL_NAME:
-            self.plane.resolve(Target(name))  # NOT_FOUND, naming what is served
-        wanted = self.plane.version_number(name, version)
+        routes = self.plane.manager.routes
         statistics = self.plane.metrics.statistics
-        known = set(statistics.versions())
-        if self.plane.manager.loaded:
-            known.add(self.plane.manager.current.version)
-        if wanted and wanted not in known:
-            raise VersionNotFound(
-                f"model {MODEL_NAME!r} version {wanted} has no statistics: it has not been "
-                f"served (versions with statistics: {sorted(known) or 'none'})"
-            )
-        versions = [wanted] if wanted else sorted(known)
+        if not name:
+            if version:
+                raise InvalidInput("a version needs a model name")
+            chosen = [(r.name, v) for r in routes.values() for v in r.version_numbers]
+        else:
+            route = routes.get(name)
+            if route is None:
+                self.plane.resolve(Target(name))  # NOT_FOUND, naming what is served
+                raise VersionNotFound(f"model {name[:64]!r} is not loaded")
+            wanted = version_number(name, version)
+            if wanted and wanted not in route.versions:
+                raise VersionNotFound(
+                    f"model {name!r} version {wanted} has no statistics: it is not loaded "
+                    f"(loaded: {route.describe()})"
+                )
+            chosen = [(name, v) for v in ([wanted] if wanted else route.version_numbers)]
         return oip.ModelStatisticsResponse(
-            model_stats=[model_statistics(statistics.of(v)) for v in versions]
+            model_stats=[model_statistics(statistics.of(m, v)) for m, v in sorted(chosen)]
         )
 
     def repository_index(self, only_ready: bool) -> oip.RepositoryIndexResponse:
-        manager = self.plane.manager
-        return repository_index(
-            manager.versions_on_disk(),
-            served=manager.current.version if manager.loaded else None,
-            ready=self.plane.readiness.ready,
-            refused=manager.refused_versions(),
-            pinned=self.settings.model_version,
-            only_ready=only_ready,
-        )
+        """Every model version in the repository (or loaded) and its state."""
+        entries = self.plane.manager.index(ready=self.plane.readiness.ready)
+        return repository_index(entries, only_ready=only_ready)

@@ -19,9 +19,10 @@ from PIL import UnidentifiedImageError
 
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server.config import Settings
-from server.contract import IMAGE_BYTES, IMAGE_SHAPE, MODEL_NAME, NUM_CLASSES
+from server.contract import IMAGE_BYTES, IMAGE_SHAPE, NUM_CLASSES
 from server.errors import InvalidInput, TooLarge
 from server.model import LoadedModel
+from server.routing import Route
 from server.target import Target
 
 # A real 28x28 PNG or JPEG is a few hundred bytes, a few KiB with an ICC profile or
@@ -167,17 +168,41 @@ def encode_predictions(
     return response
 
 
+def predict_target(
+    default_model: str, model_name: str, model_version: int, version_label: str
+) -> Target:
+    """The fields naming a model version in PredictRequest and GetModelInfoRequest."""
+    if model_version < 0:
+        raise InvalidInput(
+            f"model_version is {model_version}; send 0 (the model's default version) or a "
+            "positive version number"
+        )
+    if model_version and version_label:
+        raise InvalidInput(
+            f"set model_version ({model_version}) or version_label "
+            f"({version_label[:64]!r}), not both"
+        )
+    return Target(
+        model_name or default_model,
+        str(model_version) if model_version else "",
+        label=version_label,
+    )
+
+
 class PredictCodec:
-    """fashion.v1 Predict for the data plane (see :class:`server.dataplane.RequestCodec`)."""
+    """fashion.v1 Predict for the data plane (see :class:`server.dataplane.RequestCodec`).
+
+    ``default_model``: the model a request that names none gets (--default-model).
+    """
+
+    def __init__(self, default_model: str) -> None:
+        self.default_model = default_model
 
     def target(self, request: pb.PredictRequest) -> Target:
         check_top_k(request.top_k)
-        if request.model_version < 0:
-            raise InvalidInput(
-                f"model_version is {request.model_version}; send 0 (the served version) or a "
-                "positive version number"
-            )
-        return Target(MODEL_NAME, str(request.model_version) if request.model_version else "")
+        return predict_target(
+            self.default_model, request.model_name, request.model_version, request.version_label
+        )
 
     def decode(self, request: pb.PredictRequest, max_images: int) -> np.ndarray | EncodedImages:
         return prepare_images(request, max_images)
@@ -185,23 +210,25 @@ class PredictCodec:
     def encode(
         self, request: pb.PredictRequest, probabilities: np.ndarray, model: LoadedModel
     ) -> pb.PredictResponse:
-        return encode_predictions(
+        response = encode_predictions(
             probabilities,
             model.class_names,
             version=model.version,
             include_probabilities=request.include_probabilities,
             top_k=request.top_k,
         )
+        response.model_name = model.name
+        return response
 
 
-PREDICT = PredictCodec()
-
-
-def encode_model_info(model: LoadedModel, settings: Settings) -> pb.ModelInfo:
-    """GetModelInfo: the served model and the batching settings it runs under."""
+def encode_model_info(
+    model: LoadedModel, route: Route, settings: Settings
+) -> pb.ModelInfo:
+    """GetModelInfo: one loaded version, its model's versions and labels, and the batching
+    settings every version runs under (the queue bound is per version)."""
     s = settings
     return pb.ModelInfo(
-        name=MODEL_NAME,
+        name=model.name,
         version=model.version,
         class_names=model.class_names,
         inputs=[
@@ -222,4 +249,7 @@ def encode_model_info(model: LoadedModel, settings: Settings) -> pb.ModelInfo:
             max_images_per_request=s.max_images_per_request,
             concurrency=s.batch_concurrency,
         ),
+        loaded_versions=route.version_numbers,
+        version_labels=dict(route.labels),
+        default_version=route.default,
     )

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server.contract import is_model_name
 from server.errors import ConfigError
 from server.tls import TlsMaterial, load_tls
 
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "FASHION_"
 DEVICES = ("cpu", "cuda", "auto")
+MODEL_CONTROL_MODES = ("poll", "explicit")
 VARIANTS = ("float", "int8")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # gRPC core keeps these in C ints: milliseconds for connection ages, bytes for messages.
@@ -56,7 +58,33 @@ class Settings:
     """
 
     model_repo: Path = _setting(  # noqa: RUF009 (Path is immutable)
-        Path("models"), "model repository root (<repo>/fashion/<version>/)"
+        Path("models"),
+        "model repository root: <repo>/<model>/<version>/, each model with an optional "
+        "<repo>/<model>/config.json (version policy, labels)",
+    )
+    model_control_mode: str = _setting(
+        "poll",
+        "poll: serve every model of the repository and follow it (new models, versions and "
+        "config.json changes, every --poll-interval-s and on SIGHUP); explicit: serve the "
+        "models of --load-model, then only what the API loads and unloads (Triton's "
+        "RepositoryModelLoad / RepositoryModelUnload, POST /v2/repository/models/NAME/load)",
+        choices=MODEL_CONTROL_MODES,
+    )
+    load_model: str = _setting(
+        "",
+        "explicit mode: the models to load at start-up, comma-separated, or * for every "
+        "model in the repository (none: start with no model, ready at once)",
+    )
+    default_model: str = _setting(
+        "fashion",
+        "the model a Predict or GetModelInfo request gets when it names none",
+    )
+    model_control_token: str = _setting(
+        "",
+        "explicit mode: model load/unload requests must carry this token (gRPC metadata or "
+        "HTTP header 'authorization: Bearer TOKEN'); empty: anyone who reaches the port may "
+        "load and unload models (a warning is logged). Prefer the environment variable to "
+        "the flag: flags show in the process list",
     )
     wait_for_model: bool = _setting(
         False,
@@ -65,7 +93,10 @@ class Settings:
         "is a start-up error",
     )
     model_version: int = _setting(
-        0, "serve this version and never switch (0 = the newest, following new versions)", min=0
+        0,
+        "serve this version of every model and never switch (overrides each config.json's "
+        "version policy and labels; 0 = follow each model's config.json)",
+        min=0,
     )
     model_variant: str = _setting(
         "float",
@@ -161,6 +192,7 @@ class Settings:
                 f"--max-images-per-request ({self.max_images_per_request}) must not exceed "
                 f"--max-queue ({self.max_queue}): such a request could never be queued"
             )
+        self._check_model_control()
         if Path(self.model_repo).exists() and not Path(self.model_repo).is_dir():
             raise ConfigError(
                 f"{_names('model_repo')}: {str(self.model_repo)!r} is not a directory"
@@ -168,6 +200,31 @@ class Settings:
         # Frozen: the normalised host replaces the given one.
         object.__setattr__(self, "host", _normalise_host(self.host))
         self._check_tls()
+
+    def _check_model_control(self) -> None:
+        if not is_model_name(self.default_model):
+            raise ConfigError(
+                f"{_names('default_model')}: {self.default_model[:64]!r} is not a model name "
+                "(1-64 ASCII letters, digits, '_', '.', '-', starting with a letter or digit)"
+            )
+        if self.model_control_mode != "explicit":
+            for name in ("load_model", "model_control_token"):
+                if getattr(self, name):
+                    raise ConfigError(
+                        f"{_names(name)} applies to --model-control-mode explicit only"
+                    )
+            return
+        bad = [n for n in self.startup_models if n != "*" and not is_model_name(n)]
+        if bad or ("*" in self.startup_models and len(self.startup_models) > 1):
+            raise ConfigError(
+                f"{_names('load_model')}: {self.load_model[:128]!r} must be model names "
+                "separated by commas, or * alone"
+            )
+
+    @property
+    def startup_models(self) -> tuple[str, ...]:
+        """--load-model as a tuple (``("*",)`` for every model)."""
+        return tuple(name.strip() for name in self.load_model.split(",") if name.strip())
 
     def _check_tls(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):

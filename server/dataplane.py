@@ -6,9 +6,11 @@ the result back into its wire message. Everything with policy lives here, once:
 
 * admission: :attr:`DataPlane.readiness`, the one readiness state (health and
   ``ServerReady`` report it, :meth:`DataPlane.infer` checks it);
-* the request sequence: readiness -> requested version -> decode (encoded images
-  in a bounded pool off the event loop) -> batcher -> the version that answered
-  -> encode, in :meth:`DataPlane.infer`;
+* the request sequence: readiness -> the model version asked for (by number, label
+  or the model's default: :class:`server.manager.ModelManager` routes) -> decode
+  (encoded images in a bounded pool off the event loop) -> that version's own
+  batcher -> encode, in :meth:`DataPlane.infer`; the request holds its version
+  until it is answered, so a version being unloaded drains instead of failing it;
 * pipelined streams, in order, in :meth:`DataPlane.stream` (the first failure ends
   the stream) and :meth:`DataPlane.stream_outcomes` (failures travel in-band);
 * the outcome of every request: :meth:`DataPlane.failure` turns any exception into
@@ -27,12 +29,11 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, cast
+from typing import Generic, Protocol, TypeVar, cast
 
 import numpy as np
 
-from server.batcher import BatcherClosed, DynamicBatcher
-from server.contract import MODEL_NAME
+from server.batcher import BatcherClosed
 from server.errors import (
     Code,
     DeadlineExpired,
@@ -45,8 +46,9 @@ from server.manager import ModelManager
 from server.metrics import Metrics
 from server.model import LoadedModel
 from server.readiness import Phase, Readiness
-from server.target import Target, version_number
-from server.tensor import shown
+from server.request_context import RequestContext, begin, current
+from server.served import ServedVersion
+from server.target import Target
 
 logger = logging.getLogger(__name__)
 
@@ -127,14 +129,12 @@ class DataPlane:
     def __init__(
         self,
         manager: ModelManager,
-        batcher: DynamicBatcher[LoadedModel],
         metrics: Metrics,
         *,
         max_images_per_request: int,
         max_pending_decodes: int = MAX_PENDING_DECODES,
     ) -> None:
         self.manager = manager
-        self.batcher = batcher
         self.metrics = metrics
         self.max_images = max_images_per_request
         self.readiness = Readiness()
@@ -144,12 +144,11 @@ class DataPlane:
         self._pending_decodes = 0
         self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
 
-    # -- lifecycle: the readiness state and the batcher change together ------
+    # -- lifecycle: the readiness state ------------------------------------------
 
     async def start(self) -> None:
-        """A model is installed: start the batcher (once), then report READY."""
+        """Models are loaded (each version's batcher runs): report READY."""
         if self.readiness.phase is not Phase.READY:
-            await self.batcher.start()
             await self.readiness.set(Phase.READY)
 
     async def wait_for_model(self, refusal: str | None = None) -> None:
@@ -164,56 +163,40 @@ class DataPlane:
         await self.readiness.set(Phase.STOPPING)
 
     async def stop(self) -> None:
-        """After the transports stopped: compute what is queued, then release the threads.
+        """After the transports stopped: drain every version, then release the threads.
 
         Every call has ended by now, so a decode still queued has nobody to answer:
         it is dropped, and one still running is not waited for on the event loop.
         """
-        await self.batcher.stop()
+        await self.manager.stop()
         self._decoder.shutdown(wait=False, cancel_futures=True)
 
-    # -- questions about the model (every front end asks the same way) -------
+    # -- questions about models (every front end asks the same way) ---------------
 
-    def model(self) -> LoadedModel:
-        """The served model; UNAVAILABLE (with the reason) while none is served."""
-        if not self.manager.loaded:
-            raise ModelNotReady(self.readiness.refusal or "no model version is served yet")
-        return self.manager.current
+    def resolve(self, target: Target) -> ServedVersion:
+        """The loaded version ``target`` names (by number, label, or the model's default).
 
-    def resolve(self, target: Target) -> tuple[LoadedModel, int]:
-        """The model version ``target`` names (the served one when it names none), and the
-        version number it named (0 for none).
-
-        NOT_FOUND for a model or version that is not served (the message says what is);
-        UNAVAILABLE while no model is served.
+        UNAVAILABLE (with the reason) while the server serves nothing yet; NOT_FOUND
+        for a model, version or label that is not served (the message says what is).
         """
-        if target.model != MODEL_NAME:
-            raise VersionNotFound(
-                f"unknown model {shown(target.model)}; this server serves {MODEL_NAME!r}"
-            )
-        version = version_number(target.model, target.version)
-        return self.manager.resolve(version, self.model()), version
-
-    @staticmethod
-    def version_number(model: str, version: str) -> int:
-        """A version string of ``model`` -> its number (0 for ""); NOT_FOUND if malformed."""
-        return version_number(model, version)
+        if not self.manager.routes:
+            raise ModelNotReady(self.readiness.refusal or "no model is loaded yet; retry shortly")
+        return self.manager.resolve(target)
 
     def model_ready(self, target: Target) -> tuple[bool, str]:
         """OIP ModelReady: whether ``target`` can be answered now, and if not, why.
 
-        NOT_FOUND for a model or version that exists neither in memory nor on disk.
+        NOT_FOUND for a model that is neither loaded nor in the repository, and for a
+        version that is neither loaded nor on disk.
         """
-        if target.model != MODEL_NAME:
-            self.resolve(target)  # raises NOT_FOUND with the message
-        version = version_number(target.model, target.version)
-        served = self.manager.current.version if self.manager.loaded else None
-        if version and version != served:
-            if version not in self.manager.versions_on_disk():
-                raise VersionNotFound(f"model {MODEL_NAME!r} has no version {version}")
-            return False, (
-                f"model {MODEL_NAME!r} version {version} is in the repository but not served"
-            )
+        try:
+            self.resolve(target)
+        except VersionNotFound as exc:
+            if "in the repository but not" in str(exc):
+                return False, str(exc)
+            raise
+        except ModelNotReady as exc:
+            return False, str(exc)
         if not self.readiness.ready:
             return False, self.readiness.refusal or "the server is not ready"
         return True, ""
@@ -227,64 +210,68 @@ class DataPlane:
         :meth:`failure`); the response is the codec's. A Triton ``timeout`` in the
         request is a deadline too (the earlier of the two wins), enforced here for
         every binding: the batcher refuses what cannot be met, and the wait ends when
-        it passes. Once the version is known the request is also counted in the
-        per-version statistics (Triton's ModelStatistics): success with its decode,
-        queue, model and encode times, or failure.
+        it passes. The request holds its model version from the moment it is resolved
+        until it is answered (an unload drains it), and is counted in that version's
+        statistics (Triton's ModelStatistics): success with its decode, queue, model
+        and encode times, or failure.
         """
         started = time.perf_counter()
         self.readiness.check()
         target = codec.target(request)
-        served, pinned = self.resolve(target)
-        if target.timeout_s is None:
-            return await self._infer(codec, request, served, pinned, deadline, started)
-        timeout_at = asyncio.get_running_loop().time() + target.timeout_s
-        deadline = timeout_at if deadline is None else min(deadline, timeout_at)
-        timeout = asyncio.timeout_at(timeout_at)
+        served = self.resolve(target)
+        context = current()
+        if context is not None:
+            context.model, context.version = served.name, str(served.version)
+        served.enter()
         try:
-            async with timeout:
-                return await self._infer(codec, request, served, pinned, deadline, started)
-        except TimeoutError:
-            if not timeout.expired():
-                raise
-            raise DeadlineExpired(
-                f"the request's timeout ({target.timeout_us} us) passed before it was answered"
-            ) from None
+            if target.timeout_s is None:
+                return await self._infer(codec, request, served, deadline, started)
+            timeout_at = asyncio.get_running_loop().time() + target.timeout_s
+            deadline = timeout_at if deadline is None else min(deadline, timeout_at)
+            timeout = asyncio.timeout_at(timeout_at)
+            try:
+                async with timeout:
+                    return await self._infer(codec, request, served, deadline, started)
+            except TimeoutError:
+                if not timeout.expired():
+                    raise
+                raise DeadlineExpired(
+                    f"the request's timeout ({target.timeout_us} us) passed before it was "
+                    "answered"
+                ) from None
+        finally:
+            served.leave()
 
     async def _infer(
         self,
         codec: RequestCodec[R, S],
         request: R,
-        served: LoadedModel,
-        pinned: int,
+        served: ServedVersion,
         deadline: float | None,
         started: float,
     ) -> S:
+        model = served.model
         try:
             images = codec.decode(request, self.max_images)
             if not isinstance(images, np.ndarray):
                 images = await self._decode_off_loop(images)
             decoded = time.perf_counter()
             try:
-                computed = await self.batcher.submit(images, deadline=deadline)
-            except BatcherClosed:
+                computed = await served.batcher.submit(images, deadline=deadline)
+            except BatcherClosed:  # only if the version stopped under it: a bug, but say so
                 raise ModelNotReady(
                     self.readiness.refusal or "the model version was unloaded; retry"
                 ) from None
-            probabilities, model = computed.outputs, computed.tag
-            self.manager.confirm(pinned, model)
             encoding = time.perf_counter()
-            response = codec.encode(request, probabilities, model)
+            response = codec.encode(request, computed.outputs, model)
         except BaseException:
             self._statistics.observe_request(
-                served.version,
-                ok=False,
-                total_s=time.perf_counter() - started,
-                input_s=0.0,
-                output_s=0.0,
+                model.name, model.version, ok=False, total_s=time.perf_counter() - started
             )
             raise
         done = time.perf_counter()
         self._statistics.observe_request(
+            model.name,
             model.version,
             ok=True,
             total_s=done - started,
@@ -333,9 +320,20 @@ class DataPlane:
         logger.error("%s failed with an unexpected error", method, exc_info=exc)
         return Failure(Code.INTERNAL, GENERIC_INTERNAL)
 
-    def observe(self, method: str, code: Code, seconds: float) -> None:
-        """Count one request by method and code (``fashion_requests_total``) and time it."""
-        self.metrics.observe_rpc(method, code.value, seconds)
+    @staticmethod
+    def begin() -> RequestContext:
+        """A binding starts one request (see :mod:`server.request_context`)."""
+        return begin()
+
+    def observe(
+        self, method: str, code: Code, seconds: float, context: RequestContext | None = None
+    ) -> None:
+        """Count one request by method, code and the model version it reached
+        (``fashion_requests_total``) and time it."""
+        if context is None:
+            self.metrics.observe_rpc(method, code.value, seconds)
+        else:
+            self.metrics.observe_rpc(method, code.value, seconds, context.model, context.version)
 
     # -- streams ---------------------------------------------------------------
 
@@ -383,50 +381,60 @@ class DataPlane:
         loop = asyncio.get_running_loop()
         # Unbounded queue, bounded by the semaphore: the reader can always post its
         # end marker, even when it stops because it failed or was cancelled.
-        queue: asyncio.Queue[tuple[asyncio.Future[S], float] | None] = asyncio.Queue()
+        queue: asyncio.Queue[_InFlight[S] | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_PIPELINE_DEPTH)
 
         async def read() -> None:
             try:
                 async for request in requests:
                     await slots.acquire()
+                    # Each message its own context: the task copies the one set here.
+                    context = begin()
                     future = asyncio.ensure_future(self.infer(codec, request, deadline))
-                    queue.put_nowait((future, loop.time()))
+                    queue.put_nowait(_InFlight(future, loop.time(), context))
             except Exception as exc:  # a malformed message, a broken request stream
                 broken: asyncio.Future[S] = loop.create_future()
                 broken.set_exception(exc)
-                queue.put_nowait((broken, loop.time()))
+                queue.put_nowait(_InFlight(broken, loop.time(), RequestContext()))
             finally:
                 queue.put_nowait(None)
 
         reader = asyncio.create_task(read(), name=f"{method}-reader")
-        current: tuple[asyncio.Future[S], float] | None = None
+        head: _InFlight[S] | None = None
         try:
-            while (current := await queue.get()) is not None:
-                future, started = current
+            while (head := await queue.get()) is not None:
                 try:
-                    response = await future
+                    response = await head.future
                 except Exception as exc:
                     failure = self.failure(method, exc)
-                    self.observe(method, failure.code, loop.time() - started)
-                    current = None
+                    self.observe(method, failure.code, loop.time() - head.started, head.context)
+                    head = None
                     if end_on_failure:
                         raise Refused(failure) from None
                     slots.release()
                     yield failure
                     continue
-                self.observe(method, Code.OK, loop.time() - started)
-                current = None
+                self.observe(method, Code.OK, loop.time() - head.started, head.context)
+                head = None
                 slots.release()
                 yield response
         finally:
             reader.cancel()
-            unanswered = [current] if current is not None else []
+            unanswered = [head] if head is not None else []
             while not queue.empty():
                 if (item := queue.get_nowait()) is not None:
                     unanswered.append(item)
             now = loop.time()
-            for future, started in unanswered:
-                if not future.cancel() and not future.cancelled():
-                    future.exception()  # finished unread: retrieved, so nothing is logged
-                self.observe(method, Code.CANCELLED, now - started)
+            for item in unanswered:
+                if not item.future.cancel() and not item.future.cancelled():
+                    item.future.exception()  # finished unread: retrieved, so nothing is logged
+                self.observe(method, Code.CANCELLED, now - item.started, item.context)
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight(Generic[S]):
+    """One stream message submitted ahead of its answer being written."""
+
+    future: asyncio.Future[S]
+    started: float
+    context: RequestContext

@@ -18,9 +18,11 @@ class Code(enum.Enum):
     CANCELLED = "CANCELLED"
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     NOT_FOUND = "NOT_FOUND"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     UNIMPLEMENTED = "UNIMPLEMENTED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
@@ -69,6 +71,26 @@ class Unimplemented(ServingError):
     """The method exists in the protocol but this server does not implement it (UNIMPLEMENTED)."""
 
     code = Code.UNIMPLEMENTED
+
+
+class FailedPrecondition(ServingError):
+    """The request cannot be done in the server's present mode or state (FAILED_PRECONDITION),
+    e.g. loading a model through the API while the server follows the repository itself."""
+
+    code = Code.FAILED_PRECONDITION
+
+
+class LoadRefused(FailedPrecondition):
+    """An explicit model load changed nothing: the repository's content for that model is
+    invalid (a version that fails to load, a refused config.json). The message is for the
+    caller: what is wrong, and what is still served."""
+
+
+class Unauthenticated(ServingError):
+    """The request needs credentials it does not carry (UNAUTHENTICATED), e.g. model control
+    behind --model-control-token."""
+
+    code = Code.UNAUTHENTICATED
 
 
 class ModelLoadError(ServingError):

@@ -117,6 +117,7 @@ def _unary(plane: DataPlane, method: str, parse: Parse, implementation: Unary) -
     async def handle(data: bytes, context: grpc.aio.ServicerContext) -> Any:
         t0 = time.perf_counter()
         code = Code.OK
+        request = plane.begin()
         try:
             return await implementation(parse(data), context)
         except grpc.aio.AbortError:
@@ -129,7 +130,7 @@ def _unary(plane: DataPlane, method: str, parse: Parse, implementation: Unary) -
                 raise
             await _abort(context, failure)
         finally:
-            plane.observe(method, code, time.perf_counter() - t0)
+            plane.observe(method, code, time.perf_counter() - t0, request)
 
     return handle
 

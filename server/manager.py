@@ -1,39 +1,67 @@
-"""Which model version is served: the first load, and atomic swaps to newer versions.
+"""Model control: which models and versions are loaded, and every change to that.
 
-The batcher calls :meth:`ModelManager.run` from an executor thread. It reads
-``self._current`` once per batch, so a whole batch runs on one version and a
-swap (a single attribute assignment) never splits or fails a batch: batches
-already running finish on the old version, the next ones use the new one.
+The repository holds any number of models (``<repo>/<model>/<version>/``), each with
+an optional ``config.json`` (version policy and labels, :mod:`server.serving_config`).
+Two modes, as in Triton:
+
+* ``poll``: every model in the repository is served as its config says; a poll
+  (every ``--poll-interval-s`` and on SIGHUP) applies what changed on disk — new
+  models, new versions, a changed config, a removed model;
+* ``explicit``: only the models named at start-up (``--load-model``) and those
+  loaded since through the API (Triton's ``RepositoryModelLoad`` / ``Unload``).
+
+Applying a model (:meth:`ModelManager._apply`) is atomic for the requests: the
+versions that enter are loaded and warmed (off the event loop) before the model's
+new :class:`Route` replaces the old one; the versions that leave are then drained
+(their in-flight requests finish on them) and freed. A failure changes nothing
+that is served: an invalid version is refused (logged, counted, remembered by its
+files' fingerprint so it is not retried until they change) and the policy falls
+back to the versions that load; a config.json that is malformed or whose labels
+point at versions that did not load is refused and the previous config stays; a
+change that would leave a model with no version at all never takes effect. One
+model's trouble never touches another's. Control operations run one at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from server.errors import ConfigError, ModelLoadError, ServingError, VersionNotFound
+from server.errors import (
+    ConfigError,
+    FailedPrecondition,
+    LoadRefused,
+    ModelLoadError,
+    ServingError,
+    VersionNotFound,
+)
 from server.metrics import Metrics
 from server.model import LoadedModel
 from server.repository import (
     ModelVersion,
-    list_versions,
+    config_fingerprint,
+    config_path,
     model_dir,
     read_version,
+    scan_models,
     scan_versions,
     version_fingerprint,
 )
+from server.routing import Route, resolve
+from server.served import ServedVersion
+from server.serving_config import ConfigRefused, ServingConfig, parse_config, pinned
+from server.target import Target
 
 logger = logging.getLogger(__name__)
 
 # Batch sizes run once before a version is reported ready: the first request of
 # each size otherwise pays onnxruntime's allocation cost.
 WARM_UP_BATCHES = (1, 8, 32, 64)
-
+POLL, EXPLICIT = "poll", "explicit"
 
 # How a version's checked files become a servable model (blocking; runs off the event loop).
 ModelLoader = Callable[[ModelVersion], LoadedModel]
@@ -44,192 +72,440 @@ def onnxruntime_loader(device: str, threads: int) -> ModelLoader:
     return functools.partial(LoadedModel, device=device, threads=threads)
 
 
+@dataclass(frozen=True)
+class Batching:
+    """Each version's batcher settings (``--max-batch-size`` etc.; the queue is per version)."""
+
+    max_batch_size: int = 64
+    max_wait_s: float = 0.002
+    max_queue: int = 1024
+    concurrency: int = 1
+
+
+@dataclass
+class ModelRecord:
+    """The control plane's memory of one model directory (never read by requests)."""
+
+    name: str
+    refused: dict[int, tuple[int, ...]] = field(default_factory=dict)  # version -> files
+    problem: str = ""  # why the model, or its latest change, is not served as asked
+    config_seen: tuple[int, int] | None = None  # config.json's fingerprint when last read
+    reported_names: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one apply did to a model: versions loaded and unloaded (both ascending)."""
+
+    model: str
+    loaded: tuple[int, ...] = ()
+    unloaded: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One row of the repository index: a model version on disk (or loaded) and its state."""
+
+    model: str
+    version: int | None  # None: the model has no version on disk
+    state: str  # READY or UNAVAILABLE
+    reason: str
+
+
 class ModelManager:
     def __init__(
         self,
         repo: Path,
         *,
         load: ModelLoader,
+        metrics: Metrics,
+        mode: str = POLL,
         pinned_version: int = 0,
         variant: str = "float",
-        metrics: Metrics,
-        max_batch_size: int = 64,
+        batching: Batching | None = None,
     ) -> None:
         self.repo = Path(repo)
+        self.mode = mode
         self.pinned_version = pinned_version
         self.variant = variant
-        self._load = load
         self.metrics = metrics
-        self._warm_sizes = tuple(
-            sorted({1, *(n for n in WARM_UP_BATCHES if n < max_batch_size), max_batch_size})
-        )
-        self._current: LoadedModel | None = None
-        self._refused: dict[int, tuple[int, ...]] = {}
-        self._reported_names: set[str] = set()
-        self._lock = threading.Lock()  # one load at a time
+        self._load = load
+        self._batching = batching or Batching()
+        size = self._batching.max_batch_size
+        self._warm_sizes = tuple(sorted({1, *(n for n in WARM_UP_BATCHES if n < size), size}))
+        self._routes: dict[str, Route] = {}  # replaced whole on every change
+        self._records: dict[str, ModelRecord] = {}
+        self._control = asyncio.Lock()  # one control operation at a time
+        self._reported_models: set[str] = set()
+
+    # -- the hot path ----------------------------------------------------------------
 
     @property
-    def current(self) -> LoadedModel:
-        """The served model. Only once :attr:`loaded` (the data plane asks first)."""
-        model = self._current
-        if model is None:
-            raise RuntimeError("no model is installed yet")
-        return model
+    def routes(self) -> Mapping[str, Route]:
+        return self._routes
 
-    @property
-    def loaded(self) -> bool:
-        return self._current is not None
-
-    def run(self, images: np.ndarray) -> tuple[np.ndarray, LoadedModel]:
-        """The batcher's predict function (executor thread); batches start after install()."""
-        model = self.current
-        probabilities = model.predict(images)
-        self.metrics.count_predictions(probabilities)
-        return probabilities, model
-
-    def install(self, model: LoadedModel) -> None:
-        """Serve ``model`` from the next batch on."""
-        previous = self._current
-        self._current = model
-        self.metrics.set_class_names(model.class_names)
-        self.metrics.set_model(model.version, model.provider, model.architecture, model.variant)
-        logger.info(
-            "serving %s version %d on %s (%d threads%s)%s",
-            self.repo,
-            model.version,
-            model.provider,
-            model.threads,
-            model.single_thread_note,
-            f", replacing version {previous.version}" if previous else "",
-        )
-
-    def load_version(self, version: int) -> LoadedModel:
-        """Load, verify and warm one version (blocking: call from a thread).
-
-        Any failure is a refusal (counted) raised as a ServingError: a corrupt
-        version must never take the scan, or the server, down with it.
-        """
-        with self._lock:
-            try:
-                model = self._load(read_version(self.repo, version, variant=self.variant))
-                model.warm_up(self._warm_sizes)
-            except (VersionNotFound, ConfigError):
-                raise  # nothing there to refuse, or not this version's fault
-            except ServingError:
-                self.metrics.model_loads.labels("refused").inc()
-                raise
-            except Exception as exc:
-                self.metrics.model_loads.labels("refused").inc()
-                logger.error("loading model version %d failed unexpectedly", version, exc_info=True)
-                raise ModelLoadError(
-                    f"version {version}: unexpected {type(exc).__name__} while loading "
-                    "(traceback logged)"
-                ) from exc
-            self.metrics.model_loads.labels("loaded").inc()
-            return model
-
-    def load_initial(self) -> LoadedModel | None:
-        """Install the pinned version, or the newest valid one; None when there is none (yet).
-
-        Unpinned, an invalid newest version is refused (as on a reload) and the
-        next lower one is tried. Why nothing could be installed is in the log and
-        in :meth:`refused_versions`.
-        """
-        if not self.pinned_version:
-            return self.check_for_update()
-        if self.pinned_version not in self.scan():
-            return None
-        model = self._try(self.pinned_version)
-        if model is not None:
-            self.install(model)
-        return model
-
-    def check_for_update(self) -> LoadedModel | None:
-        """Load and install the newest valid version above the current one (blocking).
-
-        An invalid version (no metadata, checksum mismatch, unloadable ONNX, wrong
-        signature, anything else that fails) is refused: logged, counted, and
-        remembered with its files' fingerprint so it is not reloaded on every poll
-        (it is retried if the files change); the scan moves on to lower versions.
-        The current version keeps serving. A ConfigError (e.g. ``--device cuda``
-        without CUDA) is not the version's fault and propagates.
-        """
-        if self.pinned_version:
-            return None
-        current = self._current.version if self._current else 0
-        for version in reversed([v for v in self.scan() if v > current]):
-            model = self._try(version)
-            if model is not None:
-                self.install(model)
-                return model
-        return None
-
-    def _try(self, version: int) -> LoadedModel | None:
-        """Load ``version`` unless it was refused with these very files; refuse it on failure."""
-        fingerprint = version_fingerprint(self.repo, version)
-        if self._refused.get(version) == fingerprint:
-            return None
+    def resolve(self, target: Target) -> ServedVersion:
+        """The loaded version ``target`` asks for; VersionNotFound names what is served."""
         try:
-            model = self.load_version(version)
+            return resolve(self._routes, target)
+        except VersionNotFound:
+            # The error path only: say whether the version exists on disk.
+            if target.model in self._routes and target.version and not target.label:
+                on_disk = {target.model: self._versions_on_disk(target.model)}
+                return resolve(self._routes, target, on_disk=on_disk)
+            if target.model not in self._routes and target.model in self._models_on_disk():
+                raise VersionNotFound(
+                    f"model {target.model!r} is in the repository but not loaded"
+                    + (f": {self._records[target.model].problem}" if self._problem(target) else "")
+                ) from None
+            raise
+
+    def _problem(self, target: Target) -> str:
+        record = self._records.get(target.model)
+        return record.problem if record else ""
+
+    # -- control operations ---------------------------------------------------------------
+
+    async def poll(self) -> list[Change]:
+        """Poll mode: apply every model of the repository as it is on disk now."""
+        async with self._control:
+            names = await asyncio.to_thread(self._scan_models)  # ModelLoadError: unlistable
+            changes = [await self._apply(name) for name in names]
+            for name in [n for n in self._routes if n not in names]:
+                logger.warning("model %r left the repository: unloading it", name)
+                changes.append(await self._unload(name))
+            return [c for c in changes if c.loaded or c.unloaded]
+
+    async def load(self, name: str, *, config_text: str | None = None) -> Change:
+        """Load, or reload, one model (explicit mode). LoadRefused says why nothing changed.
+
+        ``config_text``: a config.json to use instead of the file (Triton's ``config``
+        load parameter); it is not written anywhere.
+        """
+        if self.mode != EXPLICIT:
+            raise FailedPrecondition(
+                "models are loaded and unloaded by the server itself (--model-control-mode "
+                "poll: it follows the repository); start it with --model-control-mode "
+                "explicit to load and unload through the API"
+            )
+        async with self._control:
+            if name not in await asyncio.to_thread(self._models_on_disk):
+                raise VersionNotFound(
+                    f"no model {name[:64]!r} in the repository (models: "
+                    f"{', '.join(await asyncio.to_thread(self._models_on_disk)) or 'none'})"
+                )
+            return await self._apply(name, config_text=config_text, strict=True)
+
+    async def unload(self, name: str) -> Change:
+        """Unload one model (explicit mode): its versions drain, then are freed."""
+        if self.mode != EXPLICIT:
+            raise FailedPrecondition(
+                "models are unloaded by the server itself (--model-control-mode poll: remove "
+                "the model from the repository); start it with --model-control-mode explicit "
+                "to load and unload through the API"
+            )
+        async with self._control:
+            if name not in self._routes and name not in await asyncio.to_thread(
+                self._models_on_disk
+            ):
+                raise VersionNotFound(f"no model {name[:64]!r} is loaded or in the repository")
+            return await self._unload(name)
+
+    async def stop(self) -> None:
+        """Drain and stop every version (after the transports stopped)."""
+        async with self._control:
+            for name in list(self._routes):
+                await self._unload(name, quiet=True)
+
+    # -- applying one model ---------------------------------------------------------------
+
+    async def _apply(
+        self, name: str, *, config_text: str | None = None, strict: bool = False
+    ) -> Change:
+        """Make ``name`` serve what its config and the disk say; see the module docstring.
+
+        ``strict`` (an explicit load): a refusal raises LoadRefused instead of being logged.
+        """
+        record = self._records.get(name)
+        if record is None:
+            record = self._records[name] = ModelRecord(name)
+            self.metrics.model_seen(name)
+        current = self._routes.get(name)
+        try:
+            on_disk = await asyncio.to_thread(self._scan_versions, record)
+            config = await asyncio.to_thread(self._read_config, record, config_text)
+        except ModelLoadError as exc:
+            return self._refuse(record, str(exc), strict, config=True)
+        loaded: dict[int, ServedVersion] = dict(current.versions) if current else {}
+        entering: dict[int, ServedVersion] = {}
+        gone: set[int] = set()  # removed from disk since the scan
+        while True:  # a version that fails to load makes the policy look again, lower
+            valid = [v for v in on_disk if v not in record.refused and v not in gone]
+            wanted = config.policy.choose(valid)
+            missing = [v for v in reversed(wanted) if v not in loaded and v not in entering]
+            if not missing:
+                break
+            for version in missing:
+                served = await self._load_version(record, version)
+                if served is not None:
+                    entering[version] = served
+                elif version not in record.refused:
+                    gone.add(version)
+        chosen = {v: loaded.get(v) or entering[v] for v in wanted}
+        problem = ""
+        if not chosen:
+            problem = _nothing_chosen(on_disk, sorted(record.refused), config)
+        else:
+            try:
+                config.check_labels(sorted(chosen))
+            except ConfigRefused as exc:
+                problem = str(exc)
+        if problem:
+            for served in entering.values():  # never routed: nothing to drain but the batcher
+                await self._free(served)
+            return self._refuse(record, problem, strict, config=bool(chosen))
+        default = config.default_version(sorted(chosen)) or max(chosen)
+        leaving = [served for v, served in loaded.items() if v not in chosen]
+        record.problem = ""
+        if (
+            current is not None
+            and not entering
+            and not leaving
+            and current.config == config
+            and current.default == default
+        ):
+            return Change(name)  # nothing changed: the route stays as it is
+        route = Route(name, chosen, dict(config.labels), default, config)
+        self._routes = {**self._routes, name: route}
+        self.metrics.set_served(name, route.version_numbers, dict(route.labels))
+        if entering or leaving or current is None:
+            logger.info(
+                "model %r serves %s%s",
+                name,
+                route.describe(),
+                f" (unloading {', '.join(str(s.version) for s in leaving)})" if leaving else "",
+            )
+        for served in leaving:
+            await self._free(served)
+        return Change(name, tuple(sorted(entering)), tuple(sorted(s.version for s in leaving)))
+
+    def _refuse(self, record: ModelRecord, problem: str, strict: bool, *, config: bool) -> Change:
+        """Nothing changes for ``record``'s model; say why (once per distinct reason)."""
+        served = self._routes.get(record.name)
+        still = f"still serving {served.describe()}" if served else "not served"
+        if problem != record.problem:
+            logger.error("model %r: %s (%s)", record.name, problem, still)
+            if config:
+                self.metrics.count_load(record.name, "refused")
+        record.problem = problem
+        if strict:
+            raise LoadRefused(f"model {record.name!r}: {self._relative(problem)} ({still})")
+        return Change(record.name)
+
+    async def _unload(self, name: str, *, quiet: bool = False) -> Change:
+        route = self._routes.get(name)
+        if route is None:
+            return Change(name)
+        self._routes = {n: r for n, r in self._routes.items() if n != name}
+        self.metrics.forget_model(name)
+        if not quiet:
+            logger.info("unloading model %r (%s)", name, route.describe())
+        for served in route.versions.values():
+            await self._free(served)
+        return Change(name, (), tuple(route.version_numbers))
+
+    async def _free(self, served: ServedVersion) -> None:
+        """Out of every route already: drain, stop, and drop its series."""
+        await served.drain()
+        self.metrics.forget_version(served.model)
+
+    async def _load_version(self, record: ModelRecord, version: int) -> ServedVersion | None:
+        """Load, check and warm ``version`` (in a thread) and start its batcher; None if refused."""
+        fingerprint = await asyncio.to_thread(
+            version_fingerprint, self.repo, version, record.name
+        )
+        try:
+            model = await asyncio.to_thread(self._load_blocking, record.name, version)
         except VersionNotFound:
             return None  # removed since the scan
         except ConfigError:
-            raise
+            raise  # the server's settings (e.g. --device cuda without CUDA), not the version's
         except ServingError as exc:
-            self._refused[version] = fingerprint
-            logger.error(
-                "refusing model version %d (still serving %s): %s",
-                version,
-                self._current.version if self._current else "none",
-                exc,
-            )
+            record.refused[version] = fingerprint
+            self.metrics.count_load(record.name, "refused")
+            logger.error("refusing model %r version %d: %s", record.name, version, exc)
             return None
-        self._refused.pop(version, None)  # mended since it was refused
+        record.refused.pop(version, None)
+        self.metrics.count_load(record.name, "loaded")
+        b = self._batching
+        served = ServedVersion(
+            model,
+            self.metrics.version(model),
+            max_batch_size=b.max_batch_size,
+            max_wait_s=b.max_wait_s,
+            max_queue=b.max_queue,
+            concurrency=b.concurrency,
+        )
+        await served.start()
+        logger.info(
+            "loaded model %r version %d on %s (%d threads%s)",
+            record.name,
+            version,
+            model.provider,
+            model.threads,
+            model.single_thread_note,
+        )
+        return served
+
+    def _load_blocking(self, name: str, version: int) -> LoadedModel:
+        try:
+            model = self._load(read_version(self.repo, version, name, variant=self.variant))
+            model.warm_up(self._warm_sizes)
+        except ServingError:
+            raise
+        except Exception as exc:
+            logger.error(
+                "loading model %r version %d failed unexpectedly", name, version, exc_info=True
+            )
+            raise ModelLoadError(
+                f"version {version}: unexpected {type(exc).__name__} while loading "
+                "(traceback logged)"
+            ) from exc
         return model
 
-    def scan(self) -> list[int]:
-        """Version numbers on disk; each name that is not a version is logged once."""
-        scan = scan_versions(self.repo)
-        for name in scan.ignored:
-            if name not in self._reported_names:
-                logger.warning(
-                    "ignoring %r in %s: not a version (a version is a directory named by an "
-                    "ASCII number from 1 to 2^63-1, without leading zeros)",
-                    name,
-                    model_dir(self.repo),
-                )
-        # Forget names that went away, so one that comes back is reported again.
-        self._reported_names = set(scan.ignored)
-        # A refused version that was deleted is no longer refused (RepositoryIndex, errors).
-        self._refused = {v: f for v, f in self._refused.items() if v in scan.versions}
+    # -- reading the repository (blocking: called in threads) ------------------------------
+
+    def _read_config(self, record: ModelRecord, config_text: str | None) -> ServingConfig:
+        if self.pinned_version:
+            return pinned(self.pinned_version)
+        if config_text is not None:
+            return parse_config(config_text, f"the load request's config for {record.name!r}")
+        path = config_path(self.repo, record.name)
+        record.config_seen = config_fingerprint(self.repo, record.name)
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
+            return ServingConfig()
+        except OSError as exc:
+            raise ConfigRefused(f"{path} is unreadable: {exc.strerror or exc}") from None
+        return parse_config(text, str(path))
+
+    def _scan_versions(self, record: ModelRecord) -> list[int]:
+        scan = scan_versions(self.repo, record.name)
+        for name in sorted(set(scan.ignored) - record.reported_names):
+            logger.warning(
+                "ignoring %r in %s: not a version (a version is a directory named by an "
+                "ASCII number from 1 to 2^63-1, without leading zeros)",
+                name,
+                model_dir(self.repo, record.name),
+            )
+        record.reported_names = set(scan.ignored)  # one that comes back is reported again
+        # A refused version that was deleted is no longer refused (index, errors); one whose
+        # files changed since is tried again.
+        record.refused = {
+            v: f
+            for v, f in record.refused.items()
+            if v in scan.versions and version_fingerprint(self.repo, v, record.name) == f
+        }
         return scan.versions
 
-    def refused_versions(self) -> list[int]:
-        """Versions refused so far (and not changed since), ascending."""
-        return sorted(self._refused)
-
-    def versions_on_disk(self) -> list[int]:
-        return list_versions(self.repo)
-
-    def resolve(self, requested: int, model: LoadedModel) -> LoadedModel:
-        """``model`` (the served one) if ``requested`` is 0 or its version, else NOT_FOUND."""
-        if requested and requested != model.version:
-            try:
-                on_disk = requested in list_versions(self.repo)
-            except ModelLoadError:  # an unreadable repository: the answer is still NOT_FOUND
-                on_disk = False
-            where = "exists in the repository but is not" if on_disk else "is not"
-            raise VersionNotFound(
-                f"model version {requested} {where} served; this server serves version "
-                f"{model.version} (send 0 for the served version)"
+    def _scan_models(self) -> list[str]:
+        scan = scan_models(self.repo)
+        for name in sorted(set(scan.ignored) - self._reported_models):
+            logger.warning(
+                "ignoring %r in %s: not a model directory (a model is a directory named by "
+                "1-64 ASCII letters, digits, '_', '.', '-', starting with a letter or digit)",
+                name,
+                self.repo,
             )
-        return model
+        self._reported_models = set(scan.ignored)
+        return scan.models
 
-    @staticmethod
-    def confirm(requested: int, model: LoadedModel) -> None:
-        """After inference: a request pinned to a version must not be answered by another."""
-        if requested and model.version != requested:
-            raise VersionNotFound(
-                f"model version {requested} was replaced by version {model.version} while the "
-                "request was queued; retry"
+    def models_on_disk(self) -> list[str]:
+        """The repository's model directories now (blocking: lists a directory)."""
+        return self._models_on_disk()
+
+    def _models_on_disk(self) -> list[str]:
+        try:
+            return scan_models(self.repo).models
+        except ModelLoadError:
+            return []
+
+    def _versions_on_disk(self, name: str) -> list[int]:
+        try:
+            return scan_versions(self.repo, name).versions
+        except ModelLoadError:
+            return []
+
+    def _relative(self, message: str) -> str:
+        """A control-plane message without the repository's absolute path."""
+        return message.replace(f"{self.repo.resolve()}/", "").replace(f"{self.repo}/", "")
+
+    # -- what the repository holds, for the index and start-up errors -------------------
+
+    def problems(self) -> dict[str, str]:
+        """Models that are not served as asked, and why."""
+        return {name: r.problem for name, r in self._records.items() if r.problem}
+
+    def refused_versions(self, name: str) -> list[int]:
+        record = self._records.get(name)
+        return sorted(record.refused) if record else []
+
+    def index(self, *, ready: bool) -> list[IndexEntry]:
+        """Every model and version on disk or loaded, with its state (blocking: lists dirs).
+
+        ``ready``: the server's readiness (a loaded version is READY only while it is).
+        """
+        names = sorted({*self._models_on_disk(), *self._routes})
+        entries: list[IndexEntry] = []
+        for name in names:
+            route = self._routes.get(name)
+            record = self._records.get(name)
+            loaded = route.versions if route else {}
+            on_disk = self._versions_on_disk(name)
+            versions = sorted({*on_disk, *loaded})
+            if not versions:
+                entries.append(IndexEntry(name, None, "UNAVAILABLE", NO_VERSION))
+            for version in versions:
+                entries.append(self._entry(name, version, route, record, ready))
+        return entries
+
+    def _entry(
+        self, name: str, version: int, route: Route | None, record: ModelRecord | None, ready: bool
+    ) -> IndexEntry:
+        if route is not None and version in route.versions:
+            if ready:
+                return IndexEntry(name, version, "READY", "")
+            return IndexEntry(
+                name, version, "UNAVAILABLE", "the server is not ready (starting or shutting down)"
             )
+        if record is not None and version in record.refused:
+            reason = "refused: it failed to load or verify (see the log)"
+        elif route is None and self.mode == EXPLICIT:
+            reason = "not loaded (--model-control-mode explicit: load it through the API)"
+        elif route is None and record is not None and record.problem:
+            reason = f"not served: {self._relative(record.problem)}"
+        elif route is None:
+            reason = "not loaded yet: published since the last check"
+        elif self.pinned_version:
+            reason = f"not served: the server is pinned to version {self.pinned_version}"
+        elif version in route.config.policy.choose([*route.version_numbers, version]):
+            reason = "not loaded yet: published since the last check"
+        else:
+            reason = f"not served: outside version policy {route.config.policy.describe()}"
+        return IndexEntry(name, version, "UNAVAILABLE", reason)
+
+
+NO_VERSION = "no version in the repository"
+
+
+def _nothing_chosen(on_disk: list[int], refused: list[int], config: ServingConfig) -> str:
+    """Why a model has no version to serve, in words for the log and the index."""
+    if not on_disk:
+        return NO_VERSION
+    if set(on_disk) <= set(refused):
+        return f"refused {', '.join(map(str, refused))} (reasons logged above)"
+    return (
+        f"version policy {config.policy.describe()} selects none of the versions on disk "
+        f"({', '.join(map(str, on_disk))}; refused: {', '.join(map(str, refused)) or 'none'})"
+    )

@@ -1,5 +1,12 @@
 """All Prometheus metrics, created on an injected registry (prefix ``fashion_``), plus the
-standard ``process_*``, ``python_info`` and ``python_gc_*`` series every exporter has."""
+standard ``process_*``, ``python_info`` and ``python_gc_*`` series every exporter has.
+
+Every request, latency, queue and batch series carries ``model`` and ``version``
+labels. Their values are bounded: only versions that are loaded get series (a
+version's series are removed when it is unloaded), and a request that never
+reached a version (an unknown model, a malformed message) is counted with both
+labels empty, whatever name it asked for.
+"""
 
 from __future__ import annotations
 
@@ -67,129 +74,25 @@ class MemoryLimitCollector(Collector):
             )
 
 
-class Metrics:
-    def __init__(self, registry: CollectorRegistry, class_names: Sequence[str] = ()) -> None:
-        self.registry = registry
-        # Triton's per-version statistics (ModelStatistics), fed by the same observations.
-        self.statistics = InferenceStatistics()
-        # A fresh registry has none of the default collectors: resident memory, CPU seconds,
-        # open fds and start time are what operator dashboards and alerts expect.
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
-        GCCollector(registry=registry)
-        registry.register(MemoryLimitCollector())
-        self.requests = Counter(
-            "fashion_requests",
-            "RPCs handled, by method and gRPC status code",
-            ["method", "code"],
-            registry=registry,
-        )
-        self.request_seconds = Histogram(
-            "fashion_request_duration_seconds",
-            "RPC latency inside the server, by method",
-            ["method"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.queue_wait_seconds = Histogram(
-            "fashion_queue_wait_seconds",
-            "Time a request waited in the batcher queue",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.inference_seconds = Histogram(
-            "fashion_inference_duration_seconds",
-            "onnxruntime time per batch",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.batch_images = Histogram(
-            "fashion_batch_size_images",
-            "Images per batch handed to the model",
-            buckets=BATCH_BUCKETS,
-            registry=registry,
-        )
-        self.batch_flushes = Counter(
-            "fashion_batch_flushes",
-            "Batches flushed, by reason (full, idle, delay, shutdown)",
-            ["reason"],
-            registry=registry,
-        )
-        self.queue_depth = Gauge(
-            "fashion_queue_depth_images",
-            "Images waiting in the batcher queue",
-            registry=registry,
-        )
-        self.images = Counter(
-            "fashion_images",
-            "Images classified",
-            registry=registry,
-        )
-        self.predictions = Counter(
-            "fashion_predictions",
-            "Predictions by predicted class",
-            ["class_name"],
-            registry=registry,
-        )
-        self.rejected = Counter(
-            "fashion_rejected_requests",
-            "Requests refused or dropped before inference, by reason "
-            "(queue_full, deadline, deadline_unmeetable, cancelled, decode_queue_full)",
-            ["reason"],
-            registry=registry,
-        )
-        self.model_info = Gauge(
-            "fashion_model_info",
-            "The model being served (value 1)",
-            ["version", "provider", "architecture", "variant"],
-            registry=registry,
-        )
-        self.ready = Gauge(
-            "fashion_server_ready",
-            "1 while the server can run inference (a model is loaded and warm, not shutting "
-            "down), else 0: the readiness the health service reports",
-            registry=registry,
-        )
-        self.queue_capacity = Gauge(
-            "fashion_queue_capacity_images",
-            "Most images the batcher queue holds (--max-queue); beyond it RESOURCE_EXHAUSTED",
-            registry=registry,
-        )
-        self.model_loads = Counter(
-            "fashion_model_loads",
-            "Model version loads, by result (loaded, refused)",
-            ["result"],
-            registry=registry,
-        )
-        # Both results exist from the start at 0, so a first refusal is an increase that
-        # rate() and increase() can see (a series born at 1 hides its first step).
-        for result in ("loaded", "refused"):
-            self.model_loads.labels(result)
-        self._rpc_counters: dict[tuple[str, str], Any] = {}
-        self._rpc_histograms: dict[str, Any] = {}
-        self._class_names: tuple[str, ...] = ()
-        self._class_counters: list[Counter] = []
-        self.set_class_names(class_names)
+class VersionMetrics:
+    """The series of one loaded model version: what its batcher reports (BatcherMetrics)."""
 
-    def observe_rpc(self, method: str, code: str, seconds: float) -> None:
-        """Count and time one RPC. Label children are cached: labels() costs a lock and a lookup."""
-        key = (method, code)
-        counter = self._rpc_counters.get(key)
-        if counter is None:
-            counter = self._rpc_counters[key] = self.requests.labels(method, code)
-        counter.inc()
-        histogram = self._rpc_histograms.get(method)
-        if histogram is None:
-            histogram = self._rpc_histograms[method] = self.request_seconds.labels(method)
-        histogram.observe(seconds)
+    def __init__(self, metrics: Metrics, model: str, version: int, class_names: Sequence[str]):
+        self._metrics = metrics
+        self.model = model
+        self.version = version
+        labels = (model, str(version))
+        self._batch_images = metrics.batch_images.labels(*labels)
+        self._inference_seconds = metrics.inference_seconds.labels(*labels)
+        self._queue_wait_seconds = metrics.queue_wait_seconds.labels(*labels)
+        self._queue_depth = metrics.queue_depth.labels(*labels)
+        self._images = metrics.images.labels(*labels)
+        self._flushes: dict[str, Any] = {}
+        self._rejected: dict[str, Any] = {}
+        self._class_counters = [metrics.predictions.labels(model, name) for name in class_names]
 
-    def set_class_names(self, class_names: Sequence[str]) -> None:
-        self._class_names = tuple(class_names)
-        self._class_counters = [self.predictions.labels(name) for name in self._class_names]
-
-    def set_model(self, version: int, provider: str, architecture: str, variant: str) -> None:
-        self.model_info.clear()
-        self.model_info.labels(str(version), provider, architecture, variant).set(1)
+    def set_queue_capacity(self, images: int) -> None:
+        self._metrics.queue_capacity.labels(self.model, str(self.version)).set(images)
 
     # BatcherMetrics protocol
     def observe_batch(
@@ -200,25 +103,29 @@ class Metrics:
         queue_waits_s: Sequence[float],
         tag: LoadedModel,
     ) -> None:
-        self.batch_images.observe(images)
-        self.batch_flushes.labels(reason).inc()  # once per batch, not per request
-        self.inference_seconds.observe(inference_s)
-        self.images.inc(images)
+        self._batch_images.observe(images)
+        flushes = self._flushes.get(reason)
+        if flushes is None:
+            flushes = self._flushes[reason] = self._metrics.batch_flushes.labels(
+                self.model, str(self.version), reason
+            )
+        flushes.inc()  # once per batch, not per request
+        self._inference_seconds.observe(inference_s)
+        self._images.inc(images)
         for wait in queue_waits_s:
-            self.queue_wait_seconds.observe(wait)
-        self.statistics.observe_batch(tag.version, images, inference_s)
-
-    def set_ready(self, ready: bool) -> None:
-        self.ready.set(1 if ready else 0)
-
-    def set_queue_capacity(self, images: int) -> None:
-        self.queue_capacity.set(images)
+            self._queue_wait_seconds.observe(wait)
+        self._metrics.statistics.observe_batch(self.model, self.version, images, inference_s)
 
     def set_queue_depth(self, images: int) -> None:
-        self.queue_depth.set(images)
+        self._queue_depth.set(images)
 
     def count_rejected(self, reason: str) -> None:
-        self.rejected.labels(reason).inc()
+        rejected = self._rejected.get(reason)
+        if rejected is None:
+            rejected = self._rejected[reason] = self._metrics.rejected.labels(
+                reason, self.model, str(self.version)
+            )
+        rejected.inc()
 
     def count_predictions(self, probabilities: np.ndarray) -> None:
         """Called once per batch (off the event loop): one bincount, ten increments."""
@@ -226,3 +133,221 @@ class Metrics:
         for counter, count in zip(self._class_counters, counts.tolist(), strict=False):
             if count:
                 counter.inc(count)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        # Triton's per-version statistics (ModelStatistics), fed by the same observations.
+        self.statistics = InferenceStatistics()
+        # A fresh registry has none of the default collectors: resident memory, CPU seconds,
+        # open fds and start time are what operator dashboards and alerts expect.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+        registry.register(MemoryLimitCollector())
+        version = ["model", "version"]
+        self.requests = Counter(
+            "fashion_requests",
+            "Requests handled (gRPC and HTTP), by method, status code (gRPC's names) and the "
+            "model version they reached (empty when they reached none)",
+            ["method", "code", *version],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "fashion_request_duration_seconds",
+            "Request latency inside the server, by method and model version",
+            ["method", *version],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queue_wait_seconds = Histogram(
+            "fashion_queue_wait_seconds",
+            "Time a request waited in its model version's batcher queue",
+            version,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.inference_seconds = Histogram(
+            "fashion_inference_duration_seconds",
+            "onnxruntime time per batch",
+            version,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_images = Histogram(
+            "fashion_batch_size_images",
+            "Images per batch handed to the model",
+            version,
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.batch_flushes = Counter(
+            "fashion_batch_flushes",
+            "Batches flushed, by reason (full, idle, delay, shutdown)",
+            [*version, "reason"],
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "fashion_queue_depth_images",
+            "Images waiting in a model version's batcher queue",
+            version,
+            registry=registry,
+        )
+        self.queue_capacity = Gauge(
+            "fashion_queue_capacity_images",
+            "Most images a model version's batcher queue holds (--max-queue, per version); "
+            "beyond it RESOURCE_EXHAUSTED",
+            version,
+            registry=registry,
+        )
+        self.images = Counter(
+            "fashion_images",
+            "Images classified",
+            version,
+            registry=registry,
+        )
+        self.predictions = Counter(
+            "fashion_predictions",
+            "Predictions by model and predicted class",
+            ["model", "class_name"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "fashion_rejected_requests",
+            "Requests refused or dropped before inference, by reason "
+            "(queue_full, deadline, deadline_unmeetable, cancelled: per model version; "
+            "decode_queue_full: before any version, labels empty)",
+            ["reason", *version],
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "fashion_model_info",
+            "Each loaded model version (value 1)",
+            [*version, "provider", "architecture", "variant"],
+            registry=registry,
+        )
+        self.loaded_versions = Gauge(
+            "fashion_model_versions_loaded",
+            "Versions of each model loaded and served",
+            ["model"],
+            registry=registry,
+        )
+        self.version_labels = Gauge(
+            "fashion_model_version_label",
+            "Each label of a model (config.json) and the version it points at (value 1)",
+            ["model", "label", "version"],
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "fashion_server_ready",
+            "1 while the server can run inference (a model is loaded and warm, not shutting "
+            "down), else 0: the readiness the health service reports",
+            registry=registry,
+        )
+        self.model_loads = Counter(
+            "fashion_model_loads",
+            "Model version loads and model configurations, by model and result (loaded, "
+            "refused: a version that failed to load or verify, or a config.json refused)",
+            ["model", "result"],
+            registry=registry,
+        )
+        self._rpc_counters: dict[tuple[str, str, str, str], Any] = {}
+        self._rpc_histograms: dict[tuple[str, str, str], Any] = {}
+        self._versions: dict[tuple[str, int], VersionMetrics] = {}
+        self._labels: dict[str, dict[str, int]] = {}
+        self._class_names: dict[str, tuple[str, ...]] = {}
+
+    def observe_rpc(
+        self, method: str, code: str, seconds: float, model: str = "", version: str = ""
+    ) -> None:
+        """Count and time one request. Label children are cached: labels() costs a lock and a
+        lookup. ``model``/``version``: the loaded version it reached, or empty."""
+        key = (method, code, model, version)
+        counter = self._rpc_counters.get(key)
+        if counter is None:
+            counter = self._rpc_counters[key] = self.requests.labels(*key)
+        counter.inc()
+        hkey = (method, model, version)
+        histogram = self._rpc_histograms.get(hkey)
+        if histogram is None:
+            histogram = self._rpc_histograms[hkey] = self.request_seconds.labels(*hkey)
+        histogram.observe(seconds)
+
+    def count_rejected(self, reason: str) -> None:
+        """A refusal before any model version was chosen (e.g. the decode queue was full)."""
+        self.rejected.labels(reason, "", "").inc()
+
+    def model_seen(self, model: str) -> None:
+        """A model directory is known: its load results start at 0, so a first refusal is an
+        increase that rate() and increase() can see (a series born at 1 hides its first step)."""
+        for result in ("loaded", "refused"):
+            self.model_loads.labels(model, result)
+
+    def count_load(self, model: str, result: str) -> None:
+        self.model_loads.labels(model, result).inc()
+
+    def version(self, model: LoadedModel) -> VersionMetrics:
+        """The series of a version being loaded (created now, removed by forget_version)."""
+        series = VersionMetrics(self, model.name, model.version, model.class_names)
+        self._versions[(model.name, model.version)] = series
+        self._class_names[model.name] = tuple(model.class_names)
+        self.model_info.labels(
+            model.name, str(model.version), model.provider, model.architecture, model.variant
+        ).set(1)
+        return series
+
+    def forget_version(self, model: LoadedModel) -> None:
+        """A version was unloaded: its series go, so cardinality follows what is loaded."""
+        self._versions.pop((model.name, model.version), None)
+        name, version = model.name, str(model.version)
+        for metric in (
+            self.queue_wait_seconds,
+            self.inference_seconds,
+            self.batch_images,
+            self.queue_depth,
+            self.queue_capacity,
+            self.images,
+        ):
+            _remove(metric, (name, version))
+        _remove(
+            self.model_info, (name, version, model.provider, model.architecture, model.variant)
+        )
+        for reason in ("full", "idle", "delay", "shutdown"):
+            _remove(self.batch_flushes, (name, version, reason))
+        for key in [k for k in self._rpc_counters if k[2:] == (name, version)]:
+            self._rpc_counters.pop(key)
+            _remove(self.requests, key)
+        for hkey in [k for k in self._rpc_histograms if k[1:] == (name, version)]:
+            self._rpc_histograms.pop(hkey)
+            _remove(self.request_seconds, hkey)
+        for reason in ("queue_full", "deadline", "deadline_unmeetable", "cancelled"):
+            _remove(self.rejected, (reason, name, version))
+        self.statistics.forget(name, model.version)
+
+    def set_served(self, model: str, versions: Sequence[int], labels: dict[str, int]) -> None:
+        """What a model serves now: how many versions, and its labels."""
+        self.loaded_versions.labels(model).set(len(versions))
+        for label, version in self._labels.get(model, {}).items():
+            _remove(self.version_labels, (model, label, str(version)))
+        for label, version in labels.items():
+            self.version_labels.labels(model, label, str(version)).set(1)
+        self._labels[model] = dict(labels)
+
+    def forget_model(self, model: str) -> None:
+        """A model left the server (unloaded, or its directory removed)."""
+        self.set_served(model, (), {})
+        _remove(self.loaded_versions, (model,))
+        for class_name in self._class_names.pop(model, ()):
+            _remove(self.predictions, (model, class_name))
+
+    def set_ready(self, ready: bool) -> None:
+        self.ready.set(1 if ready else 0)
+
+
+def _remove(metric: Any, labels: tuple[str, ...]) -> None:
+    """Drop one child, if it exists (prometheus_client raises KeyError otherwise)."""
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass

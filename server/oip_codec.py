@@ -10,6 +10,7 @@ binding shares.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +35,9 @@ _WIDE_DTYPE = {"UINT8": np.uint32, "FP32": np.float32}
 SUPPORTED_PARAMETERS = frozenset({TIMEOUT, EMPTY_FINAL_RESPONSE})
 
 
-def parameter_values(parameters: Mapping[str, oip.InferParameter]) -> dict[str, object]:
-    """Protobuf ``InferParameter``s -> plain values (bool, int, str, float), as in JSON."""
+def parameter_values(parameters: Mapping[str, Any]) -> dict[str, object]:
+    """Protobuf parameters (``InferParameter``, ``ModelRepositoryParameter``) -> plain values
+    (bool, int, str, float, bytes), as JSON would carry them."""
     values: dict[str, object] = {}
     for key, parameter in parameters.items():
         choice = parameter.WhichOneof("parameter_choice")

@@ -1,4 +1,5 @@
-"""The versioned model repository: ``<root>/<model>/<version>/{model.onnx,metadata.json}``.
+"""The versioned model repository: ``<root>/<model>/<version>/{model.onnx,metadata.json}``,
+and each model's optional ``<root>/<model>/config.json`` (:mod:`server.serving_config`).
 
 This is the one place that knows the on-disk layout (the Triton / TF Serving
 layout). The training job publishes through :func:`publish_version`; the server
@@ -19,11 +20,11 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.contract import METADATA_FILE, MODEL_FILE, MODEL_NAME
+from server.contract import CONFIG_FILE, METADATA_FILE, MODEL_FILE, MODEL_NAME, is_model_name
 from server.errors import ModelLoadError, VersionNotFound
 
 # The float model is model.onnx. Optional extra variants (e.g. a quantized INT8 model)
@@ -76,10 +77,11 @@ def parse_version_number(text: str) -> int | None:
 
 @dataclass(frozen=True)
 class Scan:
-    """What one look at a model directory found."""
+    """What one look at a model directory (or at the repository's root) found."""
 
     versions: list[int]  # ascending
-    ignored: list[str]  # names that are not versions (dot names excluded: those are expected)
+    ignored: list[str]  # names that are neither (dot names excluded: those are expected)
+    models: list[str] = field(default_factory=list)  # the root's model directories
 
 
 def scan_versions(root: Path, model: str = MODEL_NAME) -> Scan:
@@ -99,9 +101,49 @@ def scan_versions(root: Path, model: str = MODEL_NAME) -> Scan:
         number = parse_version_number(entry.name)
         if number is not None and entry.is_dir():
             versions.append(number)
-        elif not entry.name.startswith("."):
+        elif not entry.name.startswith(".") and entry.name != CONFIG_FILE:
             ignored.append(entry.name)
     return Scan(sorted(versions), sorted(ignored))
+
+
+def scan_models(root: Path) -> Scan:
+    """Model directories of the repository (``versions`` holds nothing; ``ignored``: other
+    names that are not dot-names). Missing repository -> empty scan.
+
+    A model is a directory whose name follows :func:`server.contract.is_model_name`.
+    Raises ModelLoadError when the repository exists but cannot be listed.
+    """
+    root = Path(root)
+    try:
+        entries = list(root.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return Scan([], [], [])
+    except OSError as exc:
+        raise ModelLoadError(f"cannot list {root}: {exc.strerror or exc}") from exc
+    models, ignored = [], []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        # Not is_dir(): a model directory that cannot be read (a broken volume, a symlink
+        # loop) is still that model, and says why when its versions are listed.
+        if is_model_name(entry.name) and not entry.is_file():
+            models.append(entry.name)
+        else:
+            ignored.append(entry.name)
+    return Scan([], sorted(ignored), sorted(models))
+
+
+def config_path(root: Path, model: str) -> Path:
+    return model_dir(root, model) / CONFIG_FILE
+
+
+def config_fingerprint(root: Path, model: str) -> tuple[int, int]:
+    """Size and mtime of a model's config.json ((-1, -1) when absent): changes when it does."""
+    try:
+        st = config_path(root, model).stat()
+    except OSError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
 
 
 def list_versions(root: Path, model: str = MODEL_NAME) -> list[int]:

@@ -29,12 +29,14 @@ from aiohttp import web
 
 from server.catalog import Catalog
 from server.config import Settings
+from server.control import AUTHORIZATION, ModelControl
 from server.dataplane import DataPlane, Failure
 from server.errors import Code, InvalidInput, TooLarge
 from server.rest_codec import (
     HEADER_LENGTH,
     REST_INFER,
     message_json,
+    parse_control_body,
     parse_index_body,
     parse_infer_body,
 )
@@ -47,9 +49,11 @@ HTTP_STATUS: dict[Code, int] = {
     Code.CANCELLED: 499,  # nginx's "client closed request": nobody reads it
     Code.INVALID_ARGUMENT: 400,
     Code.NOT_FOUND: 404,
+    Code.FAILED_PRECONDITION: 400,  # e.g. a model load refused: the repository, not the request
     Code.RESOURCE_EXHAUSTED: 429,
     Code.DEADLINE_EXCEEDED: 504,
     Code.UNIMPLEMENTED: 501,
+    Code.UNAUTHENTICATED: 401,
     Code.UNAVAILABLE: 503,
     Code.INTERNAL: 500,
 }
@@ -68,6 +72,8 @@ def error_response(failure: Failure) -> web.Response:
     retry = _RETRY_AFTER.get(failure.code)
     if retry is not None:
         response.headers["Retry-After"] = retry
+    if failure.code is Code.UNAUTHENTICATED:
+        response.headers["WWW-Authenticate"] = "Bearer"
     return response
 
 
@@ -99,9 +105,12 @@ async def _json_routing_errors(request: web.Request, handler: Handler) -> web.St
 class RestApi:
     """Adds the REST routes to an aiohttp application."""
 
-    def __init__(self, plane: DataPlane, catalog: Catalog, settings: Settings) -> None:
+    def __init__(
+        self, plane: DataPlane, catalog: Catalog, control: ModelControl, settings: Settings
+    ) -> None:
         self.plane = plane
         self.catalog = catalog
+        self.control = control
         self.max_body_bytes = settings.max_message_bytes
 
     def add_routes(self, app: web.Application) -> None:
@@ -111,6 +120,9 @@ class RestApi:
         app.router.add_get("/v2/health/live", route("ServerLive", self._live))
         app.router.add_get("/v2/health/ready", route("ServerReady", self._ready))
         app.router.add_post("/v2/repository/index", route("RepositoryIndex", self._index))
+        load, unload = "/v2/repository/models/{model}/load", "/v2/repository/models/{model}/unload"
+        app.router.add_post(load, route("RepositoryModelLoad", self._load))
+        app.router.add_post(unload, route("RepositoryModelUnload", self._unload))
         # Before /v2/models/{model}: "stats" here is all models, not a model named "stats".
         app.router.add_get("/v2/models/stats", route("ModelStatistics", self._stats))
         for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
@@ -128,6 +140,7 @@ class RestApi:
         async def handle(request: web.Request) -> web.StreamResponse:
             t0 = time.perf_counter()
             code = Code.OK
+            context = plane.begin()
             try:
                 return await call(request)
             except (Exception, asyncio.CancelledError) as exc:
@@ -137,7 +150,7 @@ class RestApi:
                     raise
                 return error_response(failure)
             finally:
-                plane.observe(label, code, time.perf_counter() - t0)
+                plane.observe(label, code, time.perf_counter() - t0, context)
 
         return handle
 
@@ -176,6 +189,18 @@ class RestApi:
         ready = parse_index_body(await self._read_body(request))
         answer = self.catalog.repository_index(only_ready=ready)
         return _json([message_json(model) for model in answer.models])
+
+    async def _load(self, request: web.Request) -> web.Response:
+        parameters = parse_control_body(await self._read_body(request))
+        name = request.match_info["model"]
+        await self.control.load(name, parameters, request.headers.get(AUTHORIZATION))
+        return _json({})
+
+    async def _unload(self, request: web.Request) -> web.Response:
+        parameters = parse_control_body(await self._read_body(request))
+        name = request.match_info["model"]
+        await self.control.unload(name, parameters, request.headers.get(AUTHORIZATION))
+        return _json({})
 
     async def _infer(self, request: web.Request) -> web.Response:
         name, version = self._model(request)

@@ -304,6 +304,19 @@ def parse_index_body(body: bytes) -> bool:
     return ready
 
 
+def parse_control_body(body: bytes) -> dict[str, object]:
+    """Triton's load/unload body ``{"parameters": {...}}`` (or none) -> the parameters."""
+    if not body.strip():
+        return {}
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidInput("the request body is not valid JSON") from None
+    if not isinstance(document, dict) or not set(document) <= {"parameters"}:
+        raise InvalidInput('the body is {"parameters": {...}} or empty')
+    return _parameters(document.get("parameters", {}), "request")
+
+
 # -- protobuf -> JSON, as Triton's REST API writes its messages ---------------
 
 

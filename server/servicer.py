@@ -12,7 +12,8 @@ import grpc
 
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
-from server.codec import PREDICT, encode_model_info
+from server.catalog import Catalog
+from server.codec import PredictCodec, encode_model_info, predict_target
 from server.config import Settings
 from server.dataplane import DataPlane
 from server.grpc_binding import deadline_of
@@ -22,22 +23,31 @@ SERVICE_NAME = SERVICE.full_name
 
 
 class PredictionServicer(pb_grpc.PredictionServiceServicer):
-    def __init__(self, plane: DataPlane, settings: Settings) -> None:
+    def __init__(self, plane: DataPlane, catalog: Catalog, settings: Settings) -> None:
         self.plane = plane
+        self.catalog = catalog
         self.settings = settings
+        self._codec = PredictCodec(settings.default_model)
 
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictResponse:
-        return await self.plane.infer(PREDICT, request, deadline_of(context))
+        return await self.plane.infer(self._codec, request, deadline_of(context))
 
     def PredictStream(
         self, requests: AsyncIterator[pb.PredictRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.PredictResponse]:
         """Pipelined: each request is submitted as it arrives, responses go out in order."""
-        return self.plane.stream("PredictStream", PREDICT, requests, deadline_of(context))
+        return self.plane.stream("PredictStream", self._codec, requests, deadline_of(context))
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInfo:
-        return encode_model_info(self.plane.model(), self.settings)
+        target = predict_target(
+            self.settings.default_model,
+            request.model_name,
+            request.model_version,
+            request.version_label,
+        )
+        served, route = self.catalog.describe(target)
+        return encode_model_info(served.model, route, self.settings)

@@ -43,6 +43,7 @@ class Duration:
 
 @dataclass
 class VersionStatistics:
+    model: str
     version: int
     inference_count: int = 0  # images the model computed
     execution_count: int = 0  # batches the model computed
@@ -60,20 +61,20 @@ class VersionStatistics:
 
 
 class InferenceStatistics:
-    """Cumulative since start-up, per model version."""
+    """Cumulative per loaded model version, since it was loaded (dropped when unloaded)."""
 
     def __init__(self) -> None:
-        self._versions: dict[int, VersionStatistics] = {}
+        self._versions: dict[tuple[str, int], VersionStatistics] = {}
 
-    def _of(self, version: int) -> VersionStatistics:
-        stats = self._versions.get(version)
+    def _of(self, model: str, version: int) -> VersionStatistics:
+        stats = self._versions.get((model, version))
         if stats is None:
-            stats = self._versions[version] = VersionStatistics(version)
+            stats = self._versions[(model, version)] = VersionStatistics(model, version)
         return stats
 
-    def observe_batch(self, version: int, images: int, inference_s: float) -> None:
-        """One batch of ``images`` computed by ``version`` in ``inference_s``."""
-        stats = self._of(version)
+    def observe_batch(self, model: str, version: int, images: int, inference_s: float) -> None:
+        """One batch of ``images`` computed by ``version`` of ``model`` in ``inference_s``."""
+        stats = self._of(model, version)
         stats.inference_count += images
         stats.execution_count += 1
         # A timestamp, not a duration: Triton reports it as wall-clock milliseconds.
@@ -85,6 +86,7 @@ class InferenceStatistics:
 
     def observe_request(
         self,
+        model: str,
         version: int,
         *,
         ok: bool,
@@ -97,10 +99,10 @@ class InferenceStatistics:
         """One request answered (``ok``) or failed, after ``total_s`` in the server.
 
         ``version`` is the one that answered, or for a failure the one the request was
-        for (the served one when it named none). As in Triton, only a success counts
+        for (the default one when it named none). As in Triton, only a success counts
         its parts (decode, queue, model, encode); a failure counts its time until it failed.
         """
-        stats = self._of(version)
+        stats = self._of(model, version)
         if ok:
             stats.success.add(total_s)
             stats.compute_input.add(input_s)
@@ -110,10 +112,10 @@ class InferenceStatistics:
         else:
             stats.fail.add(total_s)
 
-    def versions(self) -> list[int]:
-        """Versions that have seen traffic, ascending."""
-        return sorted(self._versions)
+    def of(self, model: str, version: int) -> VersionStatistics:
+        """The statistics of ``version`` of ``model``; all zeros for one without traffic."""
+        return self._versions.get((model, version)) or VersionStatistics(model, version)
 
-    def of(self, version: int) -> VersionStatistics:
-        """The statistics of ``version``; all zeros for one without traffic."""
-        return self._versions.get(version) or VersionStatistics(version)
+    def forget(self, model: str, version: int) -> None:
+        """The version was unloaded: its statistics go with it (as in Triton)."""
+        self._versions.pop((model, version), None)

@@ -15,16 +15,18 @@ from server.tensor import shown
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A request's model, version and Triton-style timeout.
+    """A request's model, version or label, and Triton-style timeout.
 
     ``version`` is the text the client sent ("" = the model's default version),
     parsed by :func:`version_number` once the model is known to exist, so an
-    unknown model is reported as such whatever version it names.
+    unknown model is reported as such whatever version it names. ``label`` (our
+    Predict API only, like TF Serving's ``version_label``) names a version instead.
     """
 
     model: str
     version: str = ""
     timeout_us: int | None = None  # Triton's "timeout" parameter, as sent
+    label: str = ""
 
     @property
     def timeout_s(self) -> float | None:

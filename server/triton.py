@@ -16,15 +16,20 @@ from typing import Any
 import grpc
 
 from server._proto.inference import grpc_predict_v2_pb2 as oip
-from server.dataplane import Failure
-from server.errors import Unimplemented
+from server.catalog import Catalog
+from server.control import AUTHORIZATION, ModelControl
+from server.dataplane import DataPlane, Failure
+from server.errors import InvalidInput, Unimplemented
 from server.grpc_binding import deadline_of
 from server.oip import InferenceServicer
-from server.oip_codec import INFER
+from server.oip_codec import INFER, parameter_values
 from server.triton_codec import NOT_IMPLEMENTED, not_implemented_message
 
 
 class TritonServicer(InferenceServicer):
+    def __init__(self, plane: DataPlane, catalog: Catalog, control: ModelControl) -> None:
+        super().__init__(plane, catalog)
+        self.control = control
 
     def ModelStreamInfer(
         self, requests: AsyncIterator[oip.ModelInferRequest], context: grpc.aio.ServicerContext
@@ -54,7 +59,44 @@ class TritonServicer(InferenceServicer):
     async def RepositoryIndex(
         self, request: oip.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> oip.RepositoryIndexResponse:
+        _one_repository(request.repository_name)
         return self.catalog.repository_index(only_ready=request.ready)
+
+    async def RepositoryModelLoad(
+        self, request: oip.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> oip.RepositoryModelLoadResponse:
+        """Load or reload a model (``--model-control-mode explicit``); it serves when this
+        returns. A failure says why, and leaves what is served as it was."""
+        _one_repository(request.repository_name)
+        await self.control.load(
+            request.model_name, parameter_values(request.parameters), _authorization(context)
+        )
+        return oip.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: oip.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> oip.RepositoryModelUnloadResponse:
+        """Unload a model: its in-flight requests finish first (this returns after them)."""
+        _one_repository(request.repository_name)
+        await self.control.unload(
+            request.model_name, parameter_values(request.parameters), _authorization(context)
+        )
+        return oip.RepositoryModelUnloadResponse()
+
+
+def _one_repository(name: str) -> None:
+    if name:
+        raise InvalidInput(
+            f"repository {name[:64]!r}: this server has one model repository; leave "
+            "repository_name empty"
+        )
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == AUTHORIZATION:
+            return value if isinstance(value, str) else None
+    return None
 
 
 def _unimplemented(method: str) -> Callable[..., Awaitable[Any]]:

@@ -8,13 +8,15 @@ these are in :mod:`server.triton`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server._proto.inference import model_config_pb2 as mc
 from server.config import Settings
-from server.contract import BACKEND, MODEL_NAME, PLATFORM, TensorSpec
+from server.contract import BACKEND, PLATFORM, TensorSpec
+from server.manager import IndexEntry
 from server.model import CUDA, LoadedModel
+from server.routing import Route
 from server.statistics import Duration, VersionStatistics
 
 _DATA_TYPES: dict[str, mc.DataType] = {"uint8": mc.TYPE_UINT8, "float32": mc.TYPE_FP32}
@@ -23,15 +25,12 @@ UNAVAILABLE = "UNAVAILABLE"
 
 # What ServerMetadata.extensions announces: exactly what this server implements, in
 # Triton's names (perf_analyzer asks for server-side statistics only when "statistics"
-# is listed). Not "model_repository": Triton's extension includes load and unload.
-EXTENSIONS = ("model_configuration", "statistics")
+# is listed; "model_repository" is the index with load and unload).
+EXTENSIONS = ("model_configuration", "model_repository", "statistics")
 
 # The declared Triton RPCs this server does not implement, and why (the client is told).
 _NO_SHM = "shared memory is not supported; send the tensors in the request"
 NOT_IMPLEMENTED = {
-    "RepositoryModelLoad": "model versions are published into the repository and picked up "
-    "by the server itself (it polls, or reloads on SIGHUP)",
-    "RepositoryModelUnload": "the served version is replaced by publishing a newer one",
     "SystemSharedMemoryStatus": _NO_SHM,
     "SystemSharedMemoryRegister": _NO_SHM,
     "SystemSharedMemoryUnregister": _NO_SHM,
@@ -52,8 +51,20 @@ def _tensor(spec: TensorSpec) -> tuple[mc.DataType, list[int]]:
     return _DATA_TYPES[spec.dtype], list(spec.shape[1:])
 
 
-def model_config(model: LoadedModel, settings: Settings) -> mc.ModelConfig:
-    """The served version's configuration, with the batcher's real settings.
+def _version_policy(route: Route) -> mc.ModelVersionPolicy:
+    policy = route.config.policy
+    if policy.kind == "all":
+        return mc.ModelVersionPolicy(all=mc.ModelVersionPolicy.All())
+    if policy.kind == "specific":
+        return mc.ModelVersionPolicy(
+            specific=mc.ModelVersionPolicy.Specific(versions=list(policy.specific))
+        )
+    return mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=policy.latest))
+
+
+def model_config(model: LoadedModel, route: Route, settings: Settings) -> mc.ModelConfig:
+    """One loaded version's configuration, with its model's version policy and labels and
+    the batcher's real settings (each version has its own batcher and queue).
 
     ``max_batch_size`` is the most images one request may carry (what Triton clients
     check a request against); the batcher flushes as soon as ``--max-batch-size``
@@ -61,12 +72,6 @@ def model_config(model: LoadedModel, settings: Settings) -> mc.ModelConfig:
     """
     in_type, in_dims = _tensor(model.input_spec)
     out_type, out_dims = _tensor(model.output_spec)
-    if settings.model_version:
-        policy = mc.ModelVersionPolicy(
-            specific=mc.ModelVersionPolicy.Specific(versions=[settings.model_version])
-        )
-    else:
-        policy = mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1))
     gpu = model.provider == CUDA
     parameters = {
         "version": str(model.version),
@@ -77,12 +82,14 @@ def model_config(model: LoadedModel, settings: Settings) -> mc.ModelConfig:
         "max_batch_size_images": str(settings.max_batch_size),
         "max_queue_images": str(settings.max_queue),
         "class_names": ",".join(model.class_names),
+        "default_version": str(route.default),
+        "labels": ",".join(f"{name}={v}" for name, v in sorted(route.labels.items())),
     }
     return mc.ModelConfig(
-        name=MODEL_NAME,
+        name=model.name,
         platform=PLATFORM,
         backend=BACKEND,
-        version_policy=policy,
+        version_policy=_version_policy(route),
         max_batch_size=settings.max_images_per_request,
         input=[mc.ModelInput(name=model.input_spec.name, data_type=in_type, dims=in_dims)],
         output=[mc.ModelOutput(name=model.output_spec.name, data_type=out_type, dims=out_dims)],
@@ -94,7 +101,7 @@ def model_config(model: LoadedModel, settings: Settings) -> mc.ModelConfig:
         ),
         instance_group=[
             mc.ModelInstanceGroup(
-                name=MODEL_NAME,
+                name=model.name,
                 kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
                 # Batches that run at the same time, each on the one shared session.
                 count=settings.batch_concurrency,
@@ -111,7 +118,7 @@ def _duration(d: Duration) -> oip.StatisticDuration:
 
 def model_statistics(stats: VersionStatistics) -> oip.ModelStatistics:
     return oip.ModelStatistics(
-        name=MODEL_NAME,
+        name=stats.model,
         version=str(stats.version),
         last_inference=stats.last_inference_ms,
         inference_count=stats.inference_count,
@@ -132,39 +139,18 @@ def model_statistics(stats: VersionStatistics) -> oip.ModelStatistics:
 
 
 def repository_index(
-    on_disk: Sequence[int],
-    *,
-    served: int | None,
-    ready: bool,
-    refused: Sequence[int],
-    pinned: int,
-    only_ready: bool,
+    entries: Iterable[IndexEntry], *, only_ready: bool
 ) -> oip.RepositoryIndexResponse:
-    """Every version directory in the repository and its state.
-
-    One version is served at a time: the served one is READY (while the server is),
-    every other one is UNAVAILABLE with the reason.
-    """
-    refused_set = set(refused)
-    models = []
-    for version in on_disk:
-        if version == served and ready:
-            state, reason = READY, ""
-        elif version == served:
-            state, reason = UNAVAILABLE, "the server is not ready (starting or shutting down)"
-        elif version in refused_set:
-            state, reason = UNAVAILABLE, "refused: it failed to load or verify (see the log)"
-        elif pinned:
-            state, reason = UNAVAILABLE, f"not served: the server is pinned to version {pinned}"
-        elif served is not None and version < served:
-            state, reason = UNAVAILABLE, f"not served: version {served} is newer"
-        else:
-            state, reason = UNAVAILABLE, "not loaded yet: published since the last check"
-        if only_ready and state != READY:
-            continue
-        models.append(
+    """Every model version in the repository (or loaded) and its state, as Triton lists them."""
+    return oip.RepositoryIndexResponse(
+        models=[
             oip.RepositoryIndexResponse.ModelIndex(
-                name=MODEL_NAME, version=str(version), state=state, reason=reason
+                name=entry.model,
+                version="" if entry.version is None else str(entry.version),
+                state=entry.state,
+                reason=entry.reason,
             )
-        )
-    return oip.RepositoryIndexResponse(models=models)
+            for entry in entries
+            if not only_ready or entry.state == READY
+        ]
+    )

@@ -16,6 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server.app import App, create_app
 from server.config import Settings
+from server.contract import MODEL_NAME
+from server.manager import Change
+from server.model import LoadedModel
 from tests.e2e.faults import Faults
 from training.data import load_fashion_mnist
 
@@ -74,8 +77,49 @@ def test_set() -> tuple[np.ndarray, np.ndarray]:
     return data.test_images, data.test_labels
 
 
-async def scrape(app: App) -> dict[str, float]:
-    """GET /metrics over HTTP -> {sample name{labels}: value}.
+class Samples(dict[str, float]):
+    """Scraped samples by ``name{k=v,...}`` (labels sorted). A key names a sample or a
+    subset of its labels: ``samples["fashion_requests_total{code=OK,method=Predict}"]``
+    is the sum over every sample of that name whose labels include those, whatever
+    else they carry (the model and version labels). KeyError when none matches."""
+
+    def _matches(self, key: str) -> list[float]:
+        name, _, rest = key.partition("{")
+        wanted = {tuple(item.split("=", 1)) for item in rest.rstrip("}").split(",") if item}
+        found = []
+        for sample, value in dict.items(self):
+            sample_name, _, labels = sample.partition("{")
+            have = {tuple(item.split("=", 1)) for item in labels.rstrip("}").split(",") if item}
+            if sample_name == name and wanted <= have:
+                found.append(value)
+        return found
+
+    def __getitem__(self, key: str) -> float:
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        found = self._matches(key)
+        if not found:
+            raise KeyError(key)
+        return sum(found)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and (dict.__contains__(self, key) or bool(self._matches(key)))
+
+    def get(self, key: str, default: float | None = None) -> float | None:  # type: ignore[override]
+        return self[key] if key in self else default
+
+
+def parse_samples(text: str) -> Samples:
+    samples = Samples()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}"] = s.value
+    return samples
+
+
+async def scrape(app: App) -> Samples:
+    """GET /metrics over HTTP -> :class:`Samples`.
 
     Async: the metrics endpoint is served on the test's own event loop, so a
     blocking request from the loop would wait for itself.
@@ -86,10 +130,25 @@ async def scrape(app: App) -> dict[str, float]:
         with urllib.request.urlopen(url, timeout=5) as response:
             return response.read().decode()
 
-    text = await asyncio.to_thread(get)
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            samples[f"{s.name}{{{labels}}}"] = s.value
-    return samples
+    return parse_samples(await asyncio.to_thread(get))
+
+
+def default_model(app: App, name: str = MODEL_NAME) -> LoadedModel:
+    """The loaded version a request that names no version of ``name`` gets."""
+    route = app.manager.routes[name]
+    return route.versions[route.default].model
+
+
+def queued_images(app: App) -> int:
+    """Images waiting in every loaded version's batcher queue."""
+    return sum(
+        served.batcher.queued_images
+        for route in app.manager.routes.values()
+        for served in route.versions.values()
+    )
+
+
+def installed(changes: list[Change], name: str = MODEL_NAME) -> int | None:
+    """The newest version of ``name`` a reload loaded, or None when it loaded none."""
+    loaded = [v for change in changes if change.model == name for v in change.loaded]
+    return max(loaded) if loaded else None

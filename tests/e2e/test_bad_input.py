@@ -10,7 +10,7 @@ import pytest
 
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
-from tests.e2e.conftest import scrape
+from tests.e2e.conftest import queued_images, scrape
 from tests.e2e.test_predict import png
 
 OK_IMAGE = pb.Image(raw=bytes(784))
@@ -72,12 +72,12 @@ async def assert_still_serving(stub) -> None:
         (
             pb.PredictRequest(images=[OK_IMAGE], model_version=99),
             grpc.StatusCode.NOT_FOUND,
-            "model version 99 is not served; this server serves version 1",
+            "model 'fashion' version 99 is not served; it serves version 1",
         ),
         (
             pb.PredictRequest(images=[OK_IMAGE], model_version=-5),
             INVALID,
-            "model_version is -5; send 0 (the served version) or a positive version number",
+            "model_version is -5; send 0 (the model's default version) or a positive version",
         ),
     ],
     ids=[
@@ -141,7 +141,7 @@ async def test_full_queue_is_resource_exhausted(start_app, faults) -> None:
         running = asyncio.ensure_future(stub.Predict(pb.PredictRequest(images=[OK_IMAGE])))
         await asyncio.to_thread(faults.entered.wait, 5)
         queued = asyncio.ensure_future(stub.Predict(pb.PredictRequest(images=[OK_IMAGE] * 3)))
-        while app.batcher.queued_images < 3:
+        while queued_images(app) < 3:
             await asyncio.sleep(0.001)
         await assert_status(
             stub.Predict(pb.PredictRequest(images=[OK_IMAGE] * 2), timeout=5),

@@ -90,12 +90,14 @@ def start_process(model_repo: Path, *extra: str) -> tuple[subprocess.Popen[str],
 
 
 def queued_images(metrics_port: int) -> float:
+    """Images queued in every model version's batcher (the gauge is per model version)."""
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("fashion_queue_depth_images "):
-                return float(line.split()[1])
-    return 0.0
+        return sum(
+            float(line.split()[-1])
+            for line in response.read().decode().splitlines()
+            if line.startswith("fashion_queue_depth_images{")
+        )
 
 
 async def test_sigterm_loses_no_in_flight_request(model_repo) -> None:

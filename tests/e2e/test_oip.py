@@ -18,7 +18,7 @@ from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
-from tests.e2e.conftest import scrape
+from tests.e2e.conftest import queued_images, scrape
 from tests.e2e.test_bad_input import assert_status
 
 Tensor = oip.ModelInferRequest.InferInputTensor
@@ -231,7 +231,7 @@ BAD = [
         "unknown-version",
         _raw("UINT8", [1, 28, 28], bytes(784), model_version="7"),
         NOT_FOUND,
-        "model version 7 is not served",
+        "model 'fashion' version 7 is not served",
     ),
     (
         "bad-version",
@@ -269,7 +269,7 @@ async def test_metadata_and_readiness(start_app) -> None:
         await assert_status(
             stub.ModelReady(oip.ModelReadyRequest(name="fashion", version="3")),
             NOT_FOUND,
-            "has no version 3",
+            "version 3 is not served",
         )
         await assert_status(
             stub.ModelMetadata(oip.ModelMetadataRequest(name="cifar")),
@@ -343,7 +343,7 @@ async def test_one_predict_and_one_model_infer_land_in_one_batch(start_app, faul
                 oip_stub.ModelInfer(infer_request(np.zeros((2, 28, 28), np.uint8)))
             ),
         ]
-        while app.batcher.queued_images < 3:
+        while queued_images(app) < 3:
             await asyncio.sleep(0.001)
         faults.release.set()
         await asyncio.gather(first, *mixed)

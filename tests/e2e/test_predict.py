@@ -11,7 +11,7 @@ from PIL import Image
 
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server.repository import read_version
-from tests.e2e.conftest import scrape
+from tests.e2e.conftest import default_model, scrape
 
 
 def png(array: np.ndarray) -> bytes:
@@ -37,7 +37,7 @@ async def test_predictions_equal_in_process_onnxruntime(app, stub, model_repo, t
     np.testing.assert_allclose(got, expected, atol=1e-6)
     labels = [p.label for p in response.predictions]
     assert labels == expected.argmax(axis=1).tolist()
-    names = app.manager.current.class_names
+    names = default_model(app).class_names
     assert [p.class_name for p in response.predictions] == [names[i] for i in labels]
     assert [p.top_k[0].label for p in response.predictions] == labels
     assert all(len(p.top_k) == 3 for p in response.predictions)
@@ -93,8 +93,9 @@ async def test_metrics_are_served_over_http(app, stub, test_set) -> None:
     images, _ = test_set
     await stub.Predict(pb.PredictRequest(images=[pb.Image(raw=images[0].tobytes())] * 3))
     metrics = await scrape(app)
-    assert metrics["fashion_requests_total{code=OK,method=Predict}"] == 1
-    assert metrics["fashion_images_total{}"] == 3
+    # Every series carries the model and version that answered.
+    assert metrics["fashion_requests_total{code=OK,method=Predict,model=fashion,version=1}"] == 1
+    assert metrics["fashion_images_total{model=fashion,version=1}"] == 3
     assert metrics["fashion_request_duration_seconds_count{method=Predict}"] == 1
     assert metrics["fashion_inference_duration_seconds_count{}"] == 1
     assert metrics["fashion_queue_wait_seconds_count{}"] == 1
@@ -103,7 +104,7 @@ async def test_metrics_are_served_over_http(app, stub, test_set) -> None:
     assert sum(v for k, v in metrics.items() if k.startswith("fashion_predictions_total")) == 3
     info = [k for k in metrics if k.startswith("fashion_model_info{")]
     assert info == [
-        "fashion_model_info{architecture=course_cnn,provider=CPUExecutionProvider,"
+        "fashion_model_info{architecture=course_cnn,model=fashion,provider=CPUExecutionProvider,"
         "variant=float,version=1}"
     ]
 
@@ -123,7 +124,7 @@ async def test_int8_variant_is_served_when_asked(start_app, private_repo) -> Non
     }
     (path / "metadata.json").write_text(json.dumps(meta))
     app = await start_app(private_repo, model_variant="int8")
-    assert app.manager.current.variant == "int8"
+    assert default_model(app).variant == "int8"
     metrics = await scrape(app)
     assert "variant=int8" in next(k for k in metrics if k.startswith("fashion_model_info{"))
 

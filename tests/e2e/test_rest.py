@@ -17,7 +17,7 @@ from client.oip import infer_request
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from server.rest_codec import message_json
-from tests.e2e.conftest import scrape
+from tests.e2e.conftest import queued_images, scrape
 from tests.e2e.curl import Reply, curl
 
 JSON = ("-H", "Content-Type: application/json")
@@ -320,7 +320,7 @@ async def test_full_queue_is_429_and_expired_timeout_is_504(start_app, faults) -
     running = asyncio.ensure_future(infer(app, json_body(np.zeros((1, 28, 28), np.uint8))))
     await asyncio.to_thread(faults.entered.wait, 5)
     queued = asyncio.ensure_future(infer(app, json_body(np.zeros((3, 28, 28), np.uint8))))
-    while app.batcher.queued_images < 3:
+    while queued_images(app) < 3:
         await asyncio.sleep(0.001)
     full = await infer(app, json_body(np.zeros((2, 28, 28), np.uint8)))
     assert full.status == 429 and "queue full" in full.json()["error"]

@@ -10,12 +10,12 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server.app import App
 from server.cgroup import memory_limit_bytes
+from tests.e2e.conftest import Samples, parse_samples
 from tests.monitoring import dashboard, rules
 from tests.monitoring.prometheus import promtool
 
@@ -34,13 +34,8 @@ async def exposition(app: App) -> str:
     return await asyncio.to_thread(get)
 
 
-async def samples(app: App) -> dict[str, float]:
-    found = {}
-    for family in text_string_to_metric_families(await exposition(app)):
-        for s in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            found[f"{s.name}{{{labels}}}"] = s.value
-    return found
+async def samples(app: App) -> Samples:
+    return parse_samples(await exposition(app))
 
 
 async def test_ready_follows_the_readiness_state(start_app, tmp_path: Path) -> None:
@@ -61,7 +56,8 @@ async def test_ready_is_one_while_serving_and_zero_from_shutdown(start_app) -> N
 
 async def test_queue_capacity_is_max_queue(start_app) -> None:
     app = await start_app(max_queue=777)
-    assert (await samples(app))["fashion_queue_capacity_images{}"] == 777
+    # Per loaded version: the bound is each version's own queue.
+    assert (await samples(app))["fashion_queue_capacity_images{model=fashion,version=1}"] == 777
 
 
 async def test_memory_limit_is_what_the_process_may_use(start_app) -> None:
@@ -75,8 +71,8 @@ async def test_memory_limit_is_what_the_process_may_use(start_app) -> None:
 
 async def test_model_load_results_start_at_zero(start_app) -> None:
     found = await samples(await start_app())
-    assert found["fashion_model_loads_total{result=loaded}"] == 1
-    assert found["fashion_model_loads_total{result=refused}"] == 0
+    assert found["fashion_model_loads_total{model=fashion,result=loaded}"] == 1
+    assert found["fashion_model_loads_total{model=fashion,result=refused}"] == 0
 
 
 def names_used() -> set[str]:

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server.repository import list_versions, sha256_file
-from tests.e2e.conftest import scrape
+from tests.e2e.conftest import default_model, installed, scrape
 from tests.e2e.test_lifecycle import start_process
 
 IMAGE = pb.Image(raw=bytes(784))
@@ -70,34 +70,38 @@ async def test_new_version_swaps_in_without_failed_requests(start_app, private_r
     app = await start_app(private_repo, poll_interval_s=0)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.PredictionServiceStub(channel)
-        seen: list[int] = []
+        seen: list[list[int]] = [[] for _ in range(8)]
         stop = asyncio.Event()
 
-        async def traffic() -> None:
+        async def traffic(client: int) -> None:
             while not stop.is_set():
-                seen.append(await predict_version(stub))
+                seen[client].append(await predict_version(stub))
 
-        clients = [asyncio.create_task(traffic()) for _ in range(8)]
+        clients = [asyncio.create_task(traffic(i)) for i in range(8)]
         await asyncio.sleep(0.2)
         add_version(private_repo, 2, metadata={"test_accuracy": 0.5})
-        installed = await app.reload()
-        assert installed is not None and installed.version == 2
+        assert installed(await app.reload()) == 2
         await asyncio.sleep(0.2)
         stop.set()
         await asyncio.gather(*clients)  # any failed request would raise here
-        assert seen[0] == 1 and seen[-1] == 2
-        # Once a request saw version 2, no later one saw version 1.
-        assert seen == sorted(seen)
+        for versions in seen:
+            assert versions[0] == 1 and versions[-1] == 2
+            # Once a client saw version 2, it never saw version 1 again (requests that
+            # held version 1 when it was swapped out were answered by it: it drained).
+            assert versions == sorted(versions)
         info = await stub.GetModelInfo(pb.GetModelInfoRequest())
         assert (info.version, info.test_accuracy) == (2, 0.5)
+        assert list(info.loaded_versions) == [2]
     metrics = await scrape(app)
     assert (
         metrics[
-            "fashion_model_info{architecture=course_cnn,provider=CPUExecutionProvider,variant=float,version=2}"
+            "fashion_model_info{architecture=course_cnn,model=fashion,provider=CPUExecutionProvider,"
+            "variant=float,version=2}"
         ]
         == 1
     )
-    assert not any(k.startswith("fashion_model_info{") and "version=1" in k for k in metrics)
+    # Version 1 was unloaded: its series went with it.
+    assert not any("version=1" in k for k in metrics if k.startswith("fashion_"))
     assert metrics["fashion_model_loads_total{result=loaded}"] == 2
 
 
@@ -115,16 +119,16 @@ async def test_invalid_version_is_refused_and_current_keeps_serving(
 ) -> None:
     app = await start_app(private_repo, poll_interval_s=0)
     add_version(private_repo, 2, **BROKEN[kind])
-    assert await app.reload() is None
-    assert await app.reload() is None  # remembered: not loaded (or counted) again
-    assert app.manager.current.version == 1
+    assert installed(await app.reload()) is None
+    assert installed(await app.reload()) is None  # remembered: not loaded (or counted) again
+    assert default_model(app).version == 1
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         assert await predict_version(pb_grpc.PredictionServiceStub(channel)) == 1
     assert (await scrape(app))["fashion_model_loads_total{result=refused}"] == 1
-    assert "refusing model version 2" in caplog.text
+    assert "refusing model 'fashion' version 2" in caplog.text
     # A valid version 3 published afterwards is taken.
     add_version(private_repo, 3)
-    assert (await app.reload()).version == 3
+    assert installed(await app.reload()) == 3
 
 
 async def test_pinned_version_never_switches(start_app, private_repo) -> None:
@@ -132,8 +136,8 @@ async def test_pinned_version_never_switches(start_app, private_repo) -> None:
     add_version(private_repo, 2)
     app.request_reload()
     await asyncio.sleep(0.3)
-    assert await app.reload() is None
-    assert app.manager.current.version == 1
+    assert installed(await app.reload()) is None
+    assert default_model(app).version == 1
 
 
 async def test_sighup_forces_a_check(private_repo) -> None:
@@ -178,8 +182,8 @@ async def test_kill_9_during_export_leaves_no_visible_version(start_app, private
     assert any(name.startswith(".tmp-") for name in leftovers)  # the debris exists...
     assert list_versions(private_repo) == [1]  # ...but is no version
     app = await start_app(private_repo, poll_interval_s=0)
-    assert await app.reload() is None
-    assert app.manager.current.version == 1
+    assert installed(await app.reload()) is None
+    assert default_model(app).version == 1
     shutil.rmtree(private_repo / "fashion" / next(n for n in leftovers if n.startswith(".tmp-")))
 
 
@@ -198,7 +202,7 @@ async def test_a_replaced_version_is_freed(start_app, private_repo) -> None:
     app = await start_app(private_repo, poll_interval_s=0)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.PredictionServiceStub(channel)
-        old = weakref.ref(app.manager.current)
+        old = weakref.ref(default_model(app))
         stop = asyncio.Event()
 
         async def traffic() -> None:
@@ -208,7 +212,7 @@ async def test_a_replaced_version_is_freed(start_app, private_repo) -> None:
         clients = [asyncio.create_task(traffic()) for _ in range(4)]
         for version in (2, 3):
             add_version(private_repo, version)
-            assert (await app.reload()).version == version
+            assert installed(await app.reload()) == version
         stop.set()
         await asyncio.gather(*clients)
         assert await predict_version(stub) == 3
@@ -219,16 +223,16 @@ async def test_a_replaced_version_is_freed(start_app, private_repo) -> None:
 async def test_a_refused_version_is_forgotten_once_mended_or_deleted(start_app, private_repo):
     app = await start_app(private_repo, poll_interval_s=0)
     broken = add_version(private_repo, 2, metadata={"model_sha256": "0" * 64})
-    assert await app.reload() is None
-    assert app.manager.refused_versions() == [2]
+    assert installed(await app.reload()) is None
+    assert app.manager.refused_versions("fashion") == [2]
     shutil.rmtree(broken)
-    assert await app.reload() is None
-    assert app.manager.refused_versions() == []  # deleted: no longer reported as refused
+    assert installed(await app.reload()) is None
+    assert app.manager.refused_versions("fashion") == []  # deleted: no longer reported as refused
     mended = add_version(private_repo, 3, metadata={"model_sha256": "0" * 64})
-    assert await app.reload() is None
-    assert app.manager.refused_versions() == [3]
+    assert installed(await app.reload()) is None
+    assert app.manager.refused_versions("fashion") == [3]
     meta = json.loads((mended / "metadata.json").read_text())
     meta["model_sha256"] = sha256_file(mended / "model.onnx")
     (mended / "metadata.json").write_text(json.dumps(meta))
-    assert (await app.reload()).version == 3
-    assert app.manager.refused_versions() == []
+    assert installed(await app.reload()) == 3
+    assert app.manager.refused_versions("fashion") == []

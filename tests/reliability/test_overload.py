@@ -11,7 +11,7 @@ import numpy as np
 
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
-from tests.e2e.conftest import scrape
+from tests.e2e.conftest import queued_images, scrape
 
 
 async def test_overload_is_refused_fast_and_admitted_latency_stays_bounded(start_app) -> None:
@@ -40,7 +40,7 @@ async def test_overload_is_refused_fast_and_admitted_latency_stays_bounded(start
         async def watch_depth() -> None:
             nonlocal depth_seen
             while time.monotonic() < end:
-                depth_seen = max(depth_seen, app.batcher.queued_images)
+                depth_seen = max(depth_seen, queued_images(app))
                 await asyncio.sleep(0.0005)
 
         # 64 clients x 32 images = 2048 images wanted at once against a queue of 128.

@@ -19,7 +19,7 @@ import pytest
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server.repository import sha256_file
-from tests.e2e.conftest import scrape
+from tests.e2e.conftest import default_model, installed, scrape
 from tests.reliability.test_hot_reload import add_version
 
 IMAGE = pb.Image(raw=bytes(784))
@@ -59,7 +59,7 @@ async def test_names_that_are_not_versions_are_ignored_once_each(
         copy_as(private_repo, name, recorded=int(name) if name.isascii() else None)
     app = await start_app(private_repo, poll_interval_s=0)  # also proves start-up survives
     for _ in range(3):
-        assert await app.reload() is None
+        assert installed(await app.reload()) is None
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.PredictionServiceStub(channel)
         assert await served_version(stub) == 1
@@ -70,7 +70,7 @@ async def test_names_that_are_not_versions_are_ignored_once_each(
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
         # A valid new version is not blocked by them.
         add_version(private_repo, 2)
-        assert (await app.reload()).version == 2
+        assert installed(await app.reload()) == 2
         assert await served_version(stub) == 2
     # One line per name for the whole life of the server, not one per poll.
     assert {name: ignored_lines(caplog, name) for name in NOT_VERSIONS} == dict.fromkeys(
@@ -86,16 +86,16 @@ async def test_unreadable_metadata_refuses_the_version_and_the_scan_moves_on(
     add_version(private_repo, 2)
     nest_metadata(add_version(private_repo, 3))
     # Version 3 is refused (a RecursionError inside json) and the valid version 2 is taken.
-    assert (await app.reload()).version == 2
-    assert await app.reload() is None
-    assert await app.reload() is None
+    assert installed(await app.reload()) == 2
+    assert installed(await app.reload()) is None
+    assert installed(await app.reload()) is None
     assert (await scrape(app))["fashion_model_loads_total{result=refused}"] == 1  # remembered
-    refusals = [r for r in caplog.records if "refusing model version 3" in r.getMessage()]
+    refusals = [r for r in caplog.records if "refusing model 'fashion' version 3" in r.getMessage()]
     assert len(refusals) == 1 and "nested too deeply" in refusals[0].getMessage()
     # Fixed files are retried: a valid version 3 is taken.
     shutil.rmtree(private_repo / "fashion" / "3")
     add_version(private_repo, 3)
-    assert (await app.reload()).version == 3
+    assert installed(await app.reload()) == 3
 
 
 def give_int8_variant(version_dir: Path) -> None:
@@ -121,7 +121,7 @@ async def test_start_up_skips_an_unreadable_newest_version(start_app, private_re
         meta = json.loads(meta_path.read_text())
         meta_path.write_text(json.dumps({**meta, "variants": ["int8"]}))
     app = await start_app(private_repo, poll_interval_s=0, model_variant="int8")
-    assert app.manager.current.version == 1
+    assert default_model(app).version == 1
     assert (await scrape(app))["fashion_model_loads_total{result=refused}"] == 1
 
 
@@ -138,9 +138,10 @@ async def test_a_symlinked_version_is_refused_unless_its_metadata_agrees(
 ) -> None:
     app = await start_app(private_repo, poll_interval_s=0)
     (private_repo / "fashion" / "4").symlink_to(private_repo / "fashion" / "1")
-    assert await app.reload() is None
-    assert app.manager.current.version == 1
-    assert "refusing model version 4" in caplog.text and "records version 1" in caplog.text
+    assert installed(await app.reload()) is None
+    assert default_model(app).version == 1
+    assert "refusing model 'fashion' version 4" in caplog.text
+    assert "records version 1" in caplog.text
     # A copy that records its own number is a version like any other.
     copy_as(private_repo, "5", recorded=5)
-    assert (await app.reload()).version == 5
+    assert installed(await app.reload()) == 5

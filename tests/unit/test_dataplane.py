@@ -14,33 +14,45 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from server.batcher import DynamicBatcher
 from server.dataplane import DataPlane, Failure, Refused
 from server.errors import Code, InvalidInput, ModelNotReady, Overloaded
 from server.metrics import Metrics
+from server.served import ServedVersion
 from server.target import Target
 
 
 class Model:
+    """A model whose output row is the image's first ten pixels."""
+
     name = "fashion"
     version = 1
+    class_names = tuple(str(i) for i in range(10))
+    provider, architecture, variant = "CPUExecutionProvider", "fake", "float"
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return images.reshape(len(images), -1)[:, :10].astype(np.float32)
 
 
 class Manager:
-    """Serves one model whose output row is the image's first ten pixels."""
+    """Serves one version of one model (a real ServedVersion: batcher, drain)."""
 
-    loaded = True
-    current = Model()
+    def __init__(self, metrics: Metrics) -> None:
+        model: Any = Model()
+        self.served = ServedVersion(
+            model, metrics.version(model), max_batch_size=64, max_wait_s=0.002,
+            max_queue=1024, concurrency=1,
+        )  # fmt: skip
+        self.routes: dict[str, Any] = {}
 
-    def resolve(self, version: int, model: Model) -> Model:
-        return model
+    async def start(self) -> None:
+        await self.served.start()
+        self.routes["fashion"] = object()
 
-    @staticmethod
-    def confirm(version: int, model: Model) -> None:
-        pass
+    def resolve(self, target: Target) -> ServedVersion:
+        return self.served
 
-    def run(self, images: np.ndarray) -> tuple[np.ndarray, Model]:
-        return images.reshape(len(images), -1)[:, :10].astype(np.float32), self.current
+    async def stop(self) -> None:
+        await self.served.drain()
 
 
 class Slow:
@@ -76,9 +88,9 @@ CODEC = IntCodec()
 @pytest.fixture
 async def plane() -> AsyncIterator[DataPlane]:
     metrics = Metrics(CollectorRegistry())
-    manager = Manager()
-    batcher: DynamicBatcher[Any] = DynamicBatcher(manager.run, metrics=metrics)
-    plane = DataPlane(manager, batcher, metrics, max_images_per_request=8)
+    manager = Manager(metrics)
+    await manager.start()
+    plane = DataPlane(manager, metrics, max_images_per_request=8)  # type: ignore[arg-type]
     await plane.start()
     yield plane
     await plane.begin_shutdown()
@@ -94,7 +106,8 @@ async def requests(items: Iterable[Any], broken_after: int | None = None) -> Asy
 
 def counted(plane: DataPlane, code: str) -> float:
     value = plane.metrics.registry.get_sample_value(
-        "fashion_requests_total", {"method": "Stream", "code": code}
+        "fashion_requests_total",
+        {"method": "Stream", "code": code, "model": "fashion", "version": "1"},
     )
     return value or 0.0
 
@@ -131,13 +144,13 @@ async def test_an_abandoned_stream_counts_its_unanswered_messages_as_cancelled(p
 
 async def test_no_admission_unless_ready() -> None:
     metrics = Metrics(CollectorRegistry())
-    manager = Manager()
-    batcher: DynamicBatcher[Any] = DynamicBatcher(manager.run, metrics=metrics)
-    plane = DataPlane(manager, batcher, metrics, max_images_per_request=8)
+    manager = Manager(metrics)
+    plane = DataPlane(manager, metrics, max_images_per_request=8)  # type: ignore[arg-type]
     with pytest.raises(ModelNotReady, match="still loading"):
         await plane.infer(CODEC, 1, None)
     await plane.wait_for_model()
     assert plane.readiness.live and not plane.readiness.ready
+    await manager.start()
     await plane.start()
     assert await plane.infer(CODEC, 3, None) == 3
     await plane.begin_shutdown()
@@ -152,7 +165,8 @@ async def test_encoded_images_beyond_the_decode_bound_are_refused(plane) -> None
         await plane.infer(CODEC, Slow(1025), None)
     assert (
         plane.metrics.registry.get_sample_value(
-            "fashion_rejected_requests_total", {"reason": "decode_queue_full"}
+            "fashion_rejected_requests_total",
+            {"reason": "decode_queue_full", "model": "", "version": ""},  # before any version
         )
         == 1
     )

@@ -20,7 +20,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from server._proto.fashion.v1 import prediction_pb2 as pb
-from server.batcher import DynamicBatcher
 from server.dataplane import DataPlane
 from server.errors import InvalidInput
 from server.grpc_binding import add_service
@@ -80,8 +79,7 @@ class Refusing:
 def plane(tmp_path: Path) -> DataPlane:
     metrics = Metrics(CollectorRegistry())
     manager = ModelManager(tmp_path, load=LoadedModel, metrics=metrics)
-    batcher: DynamicBatcher[Any] = DynamicBatcher(manager.run, metrics=metrics)
-    return DataPlane(manager, batcher, metrics, max_images_per_request=8)
+    return DataPlane(manager, metrics, max_images_per_request=8)
 
 
 def registered(plane: DataPlane) -> dict[str, grpc.RpcMethodHandler]:
@@ -92,7 +90,7 @@ def registered(plane: DataPlane) -> dict[str, grpc.RpcMethodHandler]:
 
 def requests_total(plane: DataPlane, method: str, code: str) -> float | None:
     return plane.metrics.registry.get_sample_value(
-        "fashion_requests_total", {"method": method, "code": code}
+        "fashion_requests_total", {"method": method, "code": code, "model": "", "version": ""}
     )
 
 

@@ -24,31 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)server/_proto/fashion/v1/prediction.proto\x12\nfashion.v1\"%\n\x05Image\x12\x0b\n\x03raw\x18\x01 \x01(\x0c\x12\x0f\n\x07\x65ncoded\x18\x02 \x01(\x0c\"x\n\x0ePredictRequest\x12!\n\x06images\x18\x01 \x03(\x0b\x32\x11.fashion.v1.Image\x12\x1d\n\x15include_probabilities\x18\x02 \x01(\x08\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\"D\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\x05\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"\x81\x01\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\x05\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12\x15\n\rprobabilities\x18\x04 \x03(\x02\x12%\n\x05top_k\x18\x05 \x03(\x0b\x32\x16.fashion.v1.ClassScore\"U\n\x0fPredictResponse\x12+\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x16.fashion.v1.Prediction\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"\x15\n\x13GetModelInfoRequest\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x91\x01\n\x0c\x42\x61tchingInfo\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x1a\n\x12max_batch_delay_ms\x18\x02 \x01(\x01\x12\x18\n\x10max_queue_images\x18\x03 \x01(\r\x12\x1e\n\x16max_images_per_request\x18\x04 \x01(\r\x12\x13\n\x0b\x63oncurrency\x18\x05 \x01(\r\"\xb2\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12&\n\x06inputs\x18\x04 \x03(\x0b\x32\x16.fashion.v1.TensorSpec\x12\'\n\x07outputs\x18\x05 \x03(\x0b\x32\x16.fashion.v1.TensorSpec\x12\x1a\n\x12\x65xecution_provider\x18\x06 \x01(\t\x12\x15\n\rtest_accuracy\x18\x07 \x01(\x01\x12\x14\n\x0c\x61rchitecture\x18\x08 \x01(\t\x12*\n\x08\x62\x61tching\x18\t \x01(\x0b\x32\x18.fashion.v1.BatchingInfo\x12\x14\n\x0cmodel_sha256\x18\n \x01(\t\x12\x15\n\rmodel_variant\x18\x0b \x01(\t2\xed\x01\n\x11PredictionService\x12\x42\n\x07Predict\x12\x1a.fashion.v1.PredictRequest\x1a\x1b.fashion.v1.PredictResponse\x12L\n\rPredictStream\x12\x1a.fashion.v1.PredictRequest\x1a\x1b.fashion.v1.PredictResponse(\x01\x30\x01\x12\x46\n\x0cGetModelInfo\x12\x1f.fashion.v1.GetModelInfoRequest\x1a\x15.fashion.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)server/_proto/fashion/v1/prediction.proto\x12\nfashion.v1\"%\n\x05Image\x12\x0b\n\x03raw\x18\x01 \x01(\x0c\x12\x0f\n\x07\x65ncoded\x18\x02 \x01(\x0c\"\xa3\x01\n\x0ePredictRequest\x12!\n\x06images\x18\x01 \x03(\x0b\x32\x11.fashion.v1.Image\x12\x1d\n\x15include_probabilities\x18\x02 \x01(\x08\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x15\n\rversion_label\x18\x06 \x01(\t\"D\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\x05\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"\x81\x01\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\x05\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12\x15\n\rprobabilities\x18\x04 \x03(\x02\x12%\n\x05top_k\x18\x05 \x03(\x0b\x32\x16.fashion.v1.ClassScore\"i\n\x0fPredictResponse\x12+\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x16.fashion.v1.Prediction\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x12\n\nmodel_name\x18\x03 \x01(\t\"W\n\x13GetModelInfoRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x15\n\rversion_label\x18\x03 \x01(\t\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x91\x01\n\x0c\x42\x61tchingInfo\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x1a\n\x12max_batch_delay_ms\x18\x02 \x01(\x01\x12\x18\n\x10max_queue_images\x18\x03 \x01(\r\x12\x1e\n\x16max_images_per_request\x18\x04 \x01(\r\x12\x13\n\x0b\x63oncurrency\x18\x05 \x01(\r\"\xdc\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12&\n\x06inputs\x18\x04 \x03(\x0b\x32\x16.fashion.v1.TensorSpec\x12\'\n\x07outputs\x18\x05 \x03(\x0b\x32\x16.fashion.v1.TensorSpec\x12\x1a\n\x12\x65xecution_provider\x18\x06 \x01(\t\x12\x15\n\rtest_accuracy\x18\x07 \x01(\x01\x12\x14\n\x0c\x61rchitecture\x18\x08 \x01(\t\x12*\n\x08\x62\x61tching\x18\t \x01(\x0b\x32\x18.fashion.v1.BatchingInfo\x12\x14\n\x0cmodel_sha256\x18\n \x01(\t\x12\x15\n\rmodel_variant\x18\x0b \x01(\t\x12\x17\n\x0floaded_versions\x18\x0c \x03(\x03\x12@\n\x0eversion_labels\x18\r \x03(\x0b\x32(.fashion.v1.ModelInfo.VersionLabelsEntry\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x0e \x01(\x03\x1a\x34\n\x12VersionLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xed\x01\n\x11PredictionService\x12\x42\n\x07Predict\x12\x1a.fashion.v1.PredictRequest\x1a\x1b.fashion.v1.PredictResponse\x12L\n\rPredictStream\x12\x1a.fashion.v1.PredictRequest\x1a\x1b.fashion.v1.PredictResponse(\x01\x30\x01\x12\x46\n\x0cGetModelInfo\x12\x1f.fashion.v1.GetModelInfoRequest\x1a\x15.fashion.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'server._proto.fashion.v1.prediction_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_MODELINFO_VERSIONLABELSENTRY']._loaded_options = None
+  _globals['_MODELINFO_VERSIONLABELSENTRY']._serialized_options = b'8\001'
   _globals['_IMAGE']._serialized_start=57
   _globals['_IMAGE']._serialized_end=94
-  _globals['_PREDICTREQUEST']._serialized_start=96
-  _globals['_PREDICTREQUEST']._serialized_end=216
-  _globals['_CLASSSCORE']._serialized_start=218
-  _globals['_CLASSSCORE']._serialized_end=286
-  _globals['_PREDICTION']._serialized_start=289
-  _globals['_PREDICTION']._serialized_end=418
-  _globals['_PREDICTRESPONSE']._serialized_start=420
-  _globals['_PREDICTRESPONSE']._serialized_end=505
-  _globals['_GETMODELINFOREQUEST']._serialized_start=507
-  _globals['_GETMODELINFOREQUEST']._serialized_end=528
-  _globals['_TENSORSPEC']._serialized_start=530
-  _globals['_TENSORSPEC']._serialized_end=586
-  _globals['_BATCHINGINFO']._serialized_start=589
-  _globals['_BATCHINGINFO']._serialized_end=734
-  _globals['_MODELINFO']._serialized_start=737
-  _globals['_MODELINFO']._serialized_end=1043
-  _globals['_PREDICTIONSERVICE']._serialized_start=1046
-  _globals['_PREDICTIONSERVICE']._serialized_end=1283
+  _globals['_PREDICTREQUEST']._serialized_start=97
+  _globals['_PREDICTREQUEST']._serialized_end=260
+  _globals['_CLASSSCORE']._serialized_start=262
+  _globals['_CLASSSCORE']._serialized_end=330
+  _globals['_PREDICTION']._serialized_start=333
+  _globals['_PREDICTION']._serialized_end=462
+  _globals['_PREDICTRESPONSE']._serialized_start=464
+  _globals['_PREDICTRESPONSE']._serialized_end=569
+  _globals['_GETMODELINFOREQUEST']._serialized_start=571
+  _globals['_GETMODELINFOREQUEST']._serialized_end=658
+  _globals['_TENSORSPEC']._serialized_start=660
+  _globals['_TENSORSPEC']._serialized_end=716
+  _globals['_BATCHINGINFO']._serialized_start=719
+  _globals['_BATCHINGINFO']._serialized_end=864
+  _globals['_MODELINFO']._serialized_start=867
+  _globals['_MODELINFO']._serialized_end=1343
+  _globals['_MODELINFO_VERSIONLABELSENTRY']._serialized_start=1291
+  _globals['_MODELINFO_VERSIONLABELSENTRY']._serialized_end=1343
+  _globals['_PREDICTIONSERVICE']._serialized_start=1346
+  _globals['_PREDICTIONSERVICE']._serialized_end=1583
 # @@protoc_insertion_point(module_scope)

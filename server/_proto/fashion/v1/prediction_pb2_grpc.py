@@ -60,7 +60,8 @@ class PredictionServiceServicer(object):
         """Classifies a batch of images. Predictions come back in request order.
 
         Errors: INVALID_ARGUMENT (malformed image, empty request, too many images,
-        bad top_k), NOT_FOUND (model_version not served), RESOURCE_EXHAUSTED
+        bad top_k), NOT_FOUND (model, version or label not served; the message
+        names what is), RESOURCE_EXHAUSTED
         (queue full: retry with backoff), DEADLINE_EXCEEDED (deadline passed before
         inference), UNAVAILABLE (not ready yet or shutting down: retry elsewhere).
         """
@@ -80,7 +81,8 @@ class PredictionServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
-        """Describes the model being served and the server's batching settings.
+        """Describes a served model version (the default model's default version unless
+        the request names another) and the server's batching settings.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
