@@ -12,11 +12,13 @@ from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server.contract import INPUT_DATATYPE, INPUT_NAME, MODEL_NAME
 
 
-def infer_request(images: np.ndarray, **fields: object) -> oip.ModelInferRequest:
+def infer_request(
+    images: np.ndarray, *, model_name: str = MODEL_NAME, **fields: object
+) -> oip.ModelInferRequest:
     """uint8 [N, 28, 28] (or [N, 28, 28, 1]) -> a ModelInferRequest carrying raw bytes."""
     batch = np.ascontiguousarray(images, dtype=np.uint8)
     return oip.ModelInferRequest(
-        model_name=MODEL_NAME,
+        model_name=model_name,
         inputs=[
             oip.ModelInferRequest.InferInputTensor(
                 name=INPUT_NAME, datatype=INPUT_DATATYPE, shape=list(batch.shape)

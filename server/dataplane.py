@@ -192,7 +192,7 @@ class DataPlane:
         try:
             self.resolve(target)
         except VersionNotFound as exc:
-            if "in the repository but not" in str(exc):
+            if self.manager.on_disk(target):  # it exists, it is just not served
                 return False, str(exc)
             raise
         except ModelNotReady as exc:

@@ -160,6 +160,15 @@ class ModelManager:
                 ) from None
             raise
 
+    def on_disk(self, target: Target) -> bool:
+        """Whether ``target``'s model (and version, when it names one) is in the repository
+        (blocking: lists directories; for answers about models, not for requests)."""
+        if target.model not in self._models_on_disk():
+            return False
+        if target.label or not target.version:
+            return True
+        return target.version in {str(v) for v in self._versions_on_disk(target.model)}
+
     def _problem(self, target: Target) -> str:
         record = self._records.get(target.model)
         return record.problem if record else ""
@@ -237,12 +246,19 @@ class ModelManager:
         except ModelLoadError as exc:
             return self._refuse(record, str(exc), strict, config=True)
         loaded: dict[int, ServedVersion] = dict(current.versions) if current else {}
+        # A loaded version whose files changed on disk is loaded again (a reload); if the
+        # new files fail, the policy treats it as refused, like any invalid version.
+        stale = await asyncio.to_thread(self._stale, record.name, loaded, on_disk)
         entering: dict[int, ServedVersion] = {}
         gone: set[int] = set()  # removed from disk since the scan
         while True:  # a version that fails to load makes the policy look again, lower
             valid = [v for v in on_disk if v not in record.refused and v not in gone]
             wanted = config.policy.choose(valid)
-            missing = [v for v in reversed(wanted) if v not in loaded and v not in entering]
+            missing = [
+                v
+                for v in reversed(wanted)
+                if (v not in loaded or v in stale) and v not in entering
+            ]
             if not missing:
                 break
             for version in missing:
@@ -251,7 +267,7 @@ class ModelManager:
                     entering[version] = served
                 elif version not in record.refused:
                     gone.add(version)
-        chosen = {v: loaded.get(v) or entering[v] for v in wanted}
+        chosen = {v: entering.get(v) or loaded[v] for v in wanted}
         problem = ""
         if not chosen:
             problem = _nothing_chosen(on_disk, sorted(record.refused), config)
@@ -265,7 +281,7 @@ class ModelManager:
                 await self._free(served)
             return self._refuse(record, problem, strict, config=bool(chosen))
         default = config.default_version(sorted(chosen)) or max(chosen)
-        leaving = [served for v, served in loaded.items() if v not in chosen]
+        leaving = [served for v, served in loaded.items() if chosen.get(v) is not served]
         record.problem = ""
         if (
             current is not None
@@ -288,6 +304,15 @@ class ModelManager:
         for served in leaving:
             await self._free(served)
         return Change(name, tuple(sorted(entering)), tuple(sorted(s.version for s in leaving)))
+
+    def _stale(
+        self, name: str, loaded: Mapping[int, ServedVersion], on_disk: list[int]
+    ) -> set[int]:
+        return {
+            v
+            for v, served in loaded.items()
+            if v in on_disk and version_fingerprint(self.repo, v, name) != served.fingerprint
+        }
 
     def _refuse(self, record: ModelRecord, problem: str, strict: bool, *, config: bool) -> Change:
         """Nothing changes for ``record``'s model; say why (once per distinct reason)."""
@@ -317,7 +342,7 @@ class ModelManager:
     async def _free(self, served: ServedVersion) -> None:
         """Out of every route already: drain, stop, and drop its series."""
         await served.drain()
-        self.metrics.forget_version(served.model)
+        self.metrics.forget_version(served.metrics, served.model)
 
     async def _load_version(self, record: ModelRecord, version: int) -> ServedVersion | None:
         """Load, check and warm ``version`` (in a thread) and start its batcher; None if refused."""
@@ -346,6 +371,7 @@ class ModelManager:
             max_queue=b.max_queue,
             concurrency=b.concurrency,
         )
+        served.fingerprint = fingerprint
         await served.start()
         logger.info(
             "loaded model %r version %d on %s (%d threads%s)",
@@ -492,7 +518,8 @@ class ModelManager:
         elif version in route.config.policy.choose([*route.version_numbers, version]):
             reason = "not loaded yet: published since the last check"
         else:
-            reason = f"not served: outside version policy {route.config.policy.describe()}"
+            policy = route.config.policy.describe()
+            reason = f"not served: version policy {policy} serves {route.describe()}"
         return IndexEntry(name, version, "UNAVAILABLE", reason)
 
 

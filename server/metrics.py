@@ -297,9 +297,15 @@ class Metrics:
         ).set(1)
         return series
 
-    def forget_version(self, model: LoadedModel) -> None:
-        """A version was unloaded: its series go, so cardinality follows what is loaded."""
-        self._versions.pop((model.name, model.version), None)
+    def forget_version(self, series: VersionMetrics, model: LoadedModel) -> None:
+        """A version was unloaded: its series go, so cardinality follows what is loaded.
+
+        Unless the same version was loaded again (a reload of changed files) and its new
+        copy now owns the series: then they stay.
+        """
+        if self._versions.get((model.name, model.version)) is not series:
+            return
+        del self._versions[(model.name, model.version)]
         name, version = model.name, str(model.version)
         for metric in (
             self.queue_wait_seconds,

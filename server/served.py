@@ -48,6 +48,8 @@ class ServedVersion:
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
+        # Sizes and mtimes of its files when loaded: a change on disk means a reload.
+        self.fingerprint: tuple[int, ...] = ()
 
     @property
     def name(self) -> str:

@@ -72,7 +72,7 @@ def _infer(client, array: np.ndarray):
 
 def test_server_metadata_lists_exactly_the_implemented_extensions(client) -> None:
     meta = client.get_server_metadata(as_json=True)
-    assert meta["extensions"] == ["model_configuration", "statistics"]
+    assert meta["extensions"] == ["model_configuration", "model_repository", "statistics"]
 
 
 def test_model_config_describes_the_model_and_the_real_batcher(client) -> None:
@@ -291,7 +291,7 @@ def test_repository_index_says_why_a_version_is_unavailable(model_repo, tmp_path
         with triton.InferenceServerClient(process.target) as c:
             index = [(m.version, m.state, m.reason) for m in c.get_model_repository_index().models]
             assert index == [
-                ("1", "UNAVAILABLE", "not served: version 2 is newer"),
+                ("1", "UNAVAILABLE", "not served: version policy latest 1 serves version 2"),
                 ("2", "READY", ""),
                 ("3", "UNAVAILABLE", "refused: it failed to load or verify (see the log)"),
             ]
@@ -321,8 +321,6 @@ def test_repository_index_of_a_pinned_server(model_repo, tmp_path) -> None:
 @pytest.mark.parametrize(
     ("call", "method"),
     [
-        (lambda c: c.load_model("fashion"), "RepositoryModelLoad"),
-        (lambda c: c.unload_model("fashion"), "RepositoryModelUnload"),
         (lambda c: c.get_system_shared_memory_status(), "SystemSharedMemoryStatus"),
         (
             lambda c: c.register_system_shared_memory("r", "/k", 16),

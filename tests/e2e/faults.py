@@ -23,6 +23,15 @@ class Faults:
         self.entered = threading.Event()
         self._mode: str | None = None
         self._message = ""
+        self._only: tuple[str, int] | None = None  # (model, version) the fault applies to
+
+    def only(self, model: str, version: int) -> Faults:
+        """Apply the next fault to that model version alone (the others run normally)."""
+        self._only = (model, version)
+        return self
+
+    def applies_to(self, model: LoadedModel) -> bool:
+        return self._only is None or self._only == (model.name, model.version)
 
     def load(self, version: ModelVersion) -> LoadedModel:
         return FaultyModel(version, self)
@@ -42,6 +51,7 @@ class Faults:
 
     def clear(self) -> None:
         self._mode = None
+        self._only = None
         self.release.set()
 
 
@@ -52,7 +62,7 @@ class FaultyModel(LoadedModel):
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         faults = self._faults
-        mode = faults._mode
+        mode = faults._mode if faults.applies_to(self) else None
         if mode == "hold":
             faults.entered.set()
             assert faults.release.wait(10), "a held predict was never released"

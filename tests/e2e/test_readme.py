@@ -582,5 +582,5 @@ def test_a_server_started_outside_the_repository_says_where_it_looked(tmp_path: 
         check=False,
     )
     assert result.returncode == 1
-    assert f"{tmp_path.resolve() / 'models'}/fashion/" in result.stderr
+    assert f"no model version in {tmp_path.resolve() / 'models'};" in result.stderr
     assert "--model-repo" in result.stderr and "FASHION_MODEL_REPO" in result.stderr
