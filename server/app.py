@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 
 from server.batcher import DynamicBatcher
@@ -17,7 +17,7 @@ from server.catalog import Catalog
 from server.config import Settings
 from server.dataplane import DataPlane
 from server.errors import ConfigError, ModelLoadError, VersionNotFound
-from server.grpc_binding import add_service
+from server.grpc_binding import Limits, add_foreign_service, add_service
 from server.http import HttpServer
 from server.manager import ModelLoader, ModelManager, onnxruntime_loader
 from server.metrics import Metrics
@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 READINESS_SERVICE = SERVICE_NAME
 SETTLE_S = 0.2
 SERVING = health_pb2.HealthCheckResponse.SERVING
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
+REFLECTION_SERVICE = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
+# Probes answered at once from memory: never refused for the number of calls in progress.
+OIP_PROBES = frozenset({"ServerLive", "ServerReady"})
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -120,16 +124,32 @@ class App:
         s = self.settings
         await self.health.set("", NOT_SERVING)
         await self.health.set(READINESS_SERVICE, NOT_SERVING)
-        # Beyond maximum_concurrent_rpcs, grpc answers RESOURCE_EXHAUSTED at once.
-        server = grpc.aio.server(
-            options=grpc_options(s), maximum_concurrent_rpcs=s.max_concurrent_rpcs
+        # The limits are ours (server/budget.py), not grpc's maximum_concurrent_rpcs, which
+        # counts health checks too: a flood of idle streams made every probe fail.
+        limits = Limits.of(
+            s.max_concurrent_rpcs, s.max_inflight_bytes, s.max_stream_inflight_bytes
         )
-        add_service(server, self.plane, PredictionServicer(self.plane, s), PREDICTION_SERVICE)
+        server = grpc.aio.server(options=grpc_options(s))
+        add_service(
+            server, self.plane, PredictionServicer(self.plane, s), PREDICTION_SERVICE, limits
+        )
         # The Open Inference Protocol with Triton's extensions (server/triton.py).
-        add_service(server, self.plane, TritonServicer(self.plane, self.catalog), OIP_SERVICE)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        add_service(
+            server,
+            self.plane,
+            TritonServicer(self.plane, self.catalog),
+            OIP_SERVICE,
+            limits,
+            probes=OIP_PROBES,
+        )
+        add_foreign_service(server, self.health, HEALTH_SERVICE, limits.calls, probes={"Check"})
         names = [READINESS_SERVICE, OIP_SERVICE.full_name, health.SERVICE_NAME]
-        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+        add_foreign_service(
+            server,
+            reflection.aio.ReflectionServicer([*names, reflection.SERVICE_NAME]),
+            REFLECTION_SERVICE,
+            limits.calls,
+        )
         address = _bind_address(s.host, s.port)
         try:
             if s.tls_material is not None:
