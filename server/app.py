@@ -108,6 +108,14 @@ class App:
         )
         self.catalog = Catalog(self.plane, settings)
         self.health = health.aio.HealthServicer()
+        # What every gRPC call is held to. Ours (server/budget.py), not grpc's
+        # maximum_concurrent_rpcs, which counts health checks too: a flood of idle
+        # streams made every probe fail (issue #28).
+        self.limits = Limits.of(
+            settings.max_concurrent_rpcs,
+            settings.max_inflight_bytes,
+            settings.max_stream_inflight_bytes,
+        )
         self.plane.readiness.subscribe(self._report_health)
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -124,11 +132,7 @@ class App:
         s = self.settings
         await self.health.set("", NOT_SERVING)
         await self.health.set(READINESS_SERVICE, NOT_SERVING)
-        # The limits are ours (server/budget.py), not grpc's maximum_concurrent_rpcs, which
-        # counts health checks too: a flood of idle streams made every probe fail.
-        limits = Limits.of(
-            s.max_concurrent_rpcs, s.max_inflight_bytes, s.max_stream_inflight_bytes
-        )
+        limits = self.limits
         server = grpc.aio.server(options=grpc_options(s))
         add_service(
             server, self.plane, PredictionServicer(self.plane, s), PREDICTION_SERVICE, limits

@@ -11,6 +11,7 @@
   backpressure instead of refusal: a request's bytes are held until its response is
   written, so a client that does not read its responses stops being read from (HTTP/2
   flow control then stops its writes) instead of making the server queue its requests.
+  A stream also waits (is not read) while the server-wide budget is full.
 
 No grpc here: the gRPC binding (:mod:`server.grpc_binding`) applies them.
 """
@@ -50,6 +51,10 @@ class ByteBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def fits(self, n: int) -> bool:
+        return not self.used or self.used + n <= self.limit
 
     def take(self, n: int) -> None:
         """Hold ``n`` more bytes, or raise Overloaded (RESOURCE_EXHAUSTED) when they do not fit."""
@@ -66,14 +71,28 @@ class ByteBudget:
 
     def give(self, n: int) -> None:
         self.used -= n
+        _wake(self._waiters)
+
+    def freed(self) -> asyncio.Future[None]:
+        """A future done at the next :meth:`give`."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()
 
 
 class StreamBudget:
     """One stream's requests held until answered, and its responses until written.
 
     :meth:`admit` waits while the stream holds ``limit`` bytes (the first request of an
-    idle stream always fits), then takes the bytes from the server-wide budget too
-    (which may refuse). :meth:`answered` gives the oldest request's bytes back when its
+    idle stream always fits) or the server-wide budget is full, then takes the bytes
+    from both. :meth:`answered` gives the oldest request's bytes back when its
     response has been written; :meth:`close` gives back everything at the end.
     """
 
@@ -82,12 +101,18 @@ class StreamBudget:
         self.server = server
         self.used = 0
         self._requests: deque[int] = deque()
-        self._freed = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
 
     async def admit(self, n: int) -> None:
-        while self.used and self.used + n > self.limit:
-            self._freed.clear()
-            await self._freed.wait()
+        while (self.used and self.used + n > self.limit) or not self.server.fits(n):
+            mine = asyncio.get_running_loop().create_future()
+            self._waiters.append(mine)
+            theirs = self.server.freed()
+            try:
+                await asyncio.wait([mine, theirs], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                mine.cancel()
+                theirs.cancel()
         self.server.take(n)
         self.used += n
         self._requests.append(n)
@@ -100,7 +125,7 @@ class StreamBudget:
     def release(self, n: int) -> None:
         self.used -= n
         self.server.give(n)
-        self._freed.set()
+        _wake(self._waiters)
 
     def answered(self) -> None:
         """The oldest request's response was written (or failed): its bytes are free."""

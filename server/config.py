@@ -157,7 +157,7 @@ class Settings:
         128 * 1024 * 1024,
         "most bytes of gRPC requests held by calls in progress on the whole server (stream "
         "requests until their response is written, and responses waiting to be written); "
-        "beyond it RESOURCE_EXHAUSTED",
+        "beyond it unary calls get RESOURCE_EXHAUSTED and streams are not read until it frees",
         min=1024,
         max=2**40,
     )
@@ -167,6 +167,13 @@ class Settings:
         "beyond it the server stops reading the stream until the client reads its responses",
         min=1024,
         max=2**40,
+    )
+    memory_trim_interval_s: float = _setting(
+        1.0,
+        "how often freed memory is given back to the kernel (glibc malloc_trim; 0 = never): "
+        "a flood of large messages otherwise leaves it resident",
+        min=0.0,
+        max=3600.0,
     )
 
     def __post_init__(self) -> None:

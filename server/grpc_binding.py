@@ -336,7 +336,7 @@ def _streaming(
             return
         client_key.set(context.peer())
         budget = StreamBudget(limits.stream_bytes, limits.bytes)
-        responses = implementation(_metered(raw, parse, budget, plane), context)
+        responses = implementation(_metered(raw, parse, budget), context)
         try:
             async for response in responses:
                 size = response.ByteSize()
@@ -372,17 +372,13 @@ async def _parsed(raw: AsyncIterator[bytes], parse: Parse) -> AsyncIterator[Any]
 
 
 async def _metered(
-    raw: AsyncIterator[bytes], parse: Parse, budget: StreamBudget, plane: DataPlane
+    raw: AsyncIterator[bytes], parse: Parse, budget: StreamBudget
 ) -> AsyncIterator[Any]:
-    """Parsed requests, each admitted to ``budget`` first (this waits while the stream is
-    full; RESOURCE_EXHAUSTED, ending the stream, when the server is)."""
+    """Parsed requests, each admitted to ``budget`` first: this waits while the stream or
+    the server is full, so the stream is not read meanwhile (backpressure)."""
     async for data in raw:
         request = parse(data)
-        try:
-            await budget.admit(len(data))
-        except Overloaded:
-            plane.metrics.count_rejected("memory_budget")
-            raise
+        await budget.admit(len(data))
         yield request
 
 

@@ -430,15 +430,15 @@ def attacks(target: str) -> dict[str, Attack]:
     }
 
 
-async def attack(target: str, pid: int, name: str, duration_s: float) -> dict[str, Any]:
-    """One attack for ``duration_s`` with the probe running; then the server must recover."""
+async def attack(target: str, pid: int, run: Attack, duration_s: float) -> dict[str, Any]:
+    """``run`` for ``duration_s`` with the probe running; then the server must recover."""
     process = psutil.Process(pid)
     before = {"rss_mib": round(rss_mib(process), 1), "fds": process.num_fds()}
     cpu = process.cpu_times()
     stop = asyncio.Event()
     probe = Probe(target, pid)
     probing = asyncio.create_task(probe.run(stop))
-    running = asyncio.create_task(attacks(target)[name](target, stop))
+    running = asyncio.create_task(run(target, stop))
     await asyncio.sleep(duration_s)
     stop.set()
     try:
@@ -470,7 +470,7 @@ async def run_all(
 ) -> dict[str, Any]:
     reports: dict[str, Any] = {}
     for name in names:
-        reports[name] = await attack(target, pid, name, duration_s)
+        reports[name] = await attack(target, pid, attacks(target)[name], duration_s)
         reports[name]["passed"] = passed(reports[name], **limits)
     return reports
 
