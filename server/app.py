@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 
 from server.catalog import Catalog
@@ -17,7 +17,7 @@ from server.config import Settings
 from server.control import ModelControl
 from server.dataplane import DataPlane
 from server.errors import ConfigError, LoadRefused, ModelLoadError, VersionNotFound
-from server.grpc_binding import add_service
+from server.grpc_binding import Limits, add_foreign_service, add_service
 from server.http import HttpServer
 from server.manager import (
     EXPLICIT,
@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 READINESS_SERVICE = SERVICE_NAME
 SETTLE_S = 0.2
 SERVING = health_pb2.HealthCheckResponse.SERVING
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
+REFLECTION_SERVICE = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
+# Probes answered at once from memory: never refused for the number of calls in progress.
+OIP_PROBES = frozenset({"ServerLive", "ServerReady"})
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -108,6 +112,14 @@ class App:
         self.catalog = Catalog(self.plane, settings)
         self.control = ModelControl(self.manager, token=settings.model_control_token)
         self.health = health.aio.HealthServicer()
+        # What every gRPC call is held to. Ours (server/budget.py), not grpc's
+        # maximum_concurrent_rpcs, which counts health checks too: a flood of idle
+        # streams made every probe fail (issue #28).
+        self.limits = Limits.of(
+            settings.max_concurrent_rpcs,
+            settings.max_inflight_bytes,
+            settings.max_stream_inflight_bytes,
+        )
         self.plane.readiness.subscribe(self._report_health)
         self.plane.readiness.subscribe(self._report_ready)
         self.server: grpc.aio.Server | None = None
@@ -125,18 +137,21 @@ class App:
         s = self.settings
         await self.health.set("", NOT_SERVING)
         await self.health.set(READINESS_SERVICE, NOT_SERVING)
-        # Beyond maximum_concurrent_rpcs, grpc answers RESOURCE_EXHAUSTED at once.
-        server = grpc.aio.server(
-            options=grpc_options(s), maximum_concurrent_rpcs=s.max_concurrent_rpcs
-        )
+        limits = self.limits
+        server = grpc.aio.server(options=grpc_options(s))
         predict = PredictionServicer(self.plane, self.catalog, s)
-        add_service(server, self.plane, predict, PREDICTION_SERVICE)
+        add_service(server, self.plane, predict, PREDICTION_SERVICE, limits)
         # The Open Inference Protocol with Triton's extensions (server/triton.py).
         triton = TritonServicer(self.plane, self.catalog, self.control)
-        add_service(server, self.plane, triton, OIP_SERVICE)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        add_service(server, self.plane, triton, OIP_SERVICE, limits, probes=OIP_PROBES)
+        add_foreign_service(server, self.health, HEALTH_SERVICE, limits.calls, probes={"Check"})
         names = [READINESS_SERVICE, OIP_SERVICE.full_name, health.SERVICE_NAME]
-        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+        add_foreign_service(
+            server,
+            reflection.aio.ReflectionServicer([*names, reflection.SERVICE_NAME]),
+            REFLECTION_SERVICE,
+            limits.calls,
+        )
         address = _bind_address(s.host, s.port)
         try:
             if s.tls_material is not None:

@@ -10,6 +10,8 @@ runs off the event loop; raw pixels never leave the fast path.
 from __future__ import annotations
 
 import io
+import math
+import time
 import warnings
 from collections.abc import Sequence
 
@@ -73,17 +75,31 @@ def decode_encoded(data: bytes, index: int) -> np.ndarray:
 
 
 class EncodedImages:
-    """A deferred decode: fills ``out`` with the encoded images (blocking, CPU-bound)."""
+    """A deferred decode: fills ``out`` with the encoded images (blocking, CPU-bound), a
+    slice at a time (:class:`server.decoder.SlicedDecode`)."""
 
     def __init__(self, out: np.ndarray, encoded: list[tuple[int, bytes]]) -> None:
         self.out = out
         self.encoded = encoded
         self.images = len(encoded)  # how many images the call decodes
+        self._next = 0
+
+    def decode_some(self, slice_s: float) -> np.ndarray | None:
+        """Decode images for about ``slice_s`` (at least one); ``out`` once all are done."""
+        until = time.perf_counter() + slice_s
+        while self._next < len(self.encoded):
+            i, data = self.encoded[self._next]
+            self.out[i] = decode_encoded(data, i)
+            self._next += 1
+            if time.perf_counter() >= until:
+                break
+        return self.out if self._next == len(self.encoded) else None
 
     def __call__(self) -> np.ndarray:
-        for i, data in self.encoded:
-            self.out[i] = decode_encoded(data, i)
-        return self.out
+        """Decode them all at once."""
+        out = self.decode_some(math.inf)
+        assert out is not None
+        return out
 
 
 def prepare_images(request: pb.PredictRequest, max_images: int) -> np.ndarray | EncodedImages:

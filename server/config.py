@@ -143,7 +143,8 @@ class Settings:
     )
     max_concurrent_rpcs: int = _setting(
         4096,
-        "most RPCs (streams included) in progress on the server; beyond it RESOURCE_EXHAUSTED",
+        "most RPCs (streams included) in progress on the server; beyond it RESOURCE_EXHAUSTED "
+        "(health checks and OIP ServerLive/ServerReady are not counted)",
         min=1,
         max=1_000_000,
     )
@@ -183,6 +184,28 @@ class Settings:
         "", "PEM CA bundle: require client certificates signed by it (mTLS)"
     )
     log_level: str = _setting("info", "log level", choices=LOG_LEVELS)
+    max_inflight_bytes: int = _setting(
+        128 * 1024 * 1024,
+        "most bytes of gRPC requests held by calls in progress on the whole server (stream "
+        "requests until their response is written, and responses waiting to be written); "
+        "beyond it unary calls get RESOURCE_EXHAUSTED and streams are not read until it frees",
+        min=1024,
+        max=2**40,
+    )
+    max_stream_inflight_bytes: int = _setting(
+        8 * 1024 * 1024,
+        "most bytes one gRPC stream may hold (requests until their response is written); "
+        "beyond it the server stops reading the stream until the client reads its responses",
+        min=1024,
+        max=2**40,
+    )
+    memory_trim_interval_s: float = _setting(
+        1.0,
+        "how often freed memory is given back to the kernel (glibc malloc_trim; 0 = never): "
+        "a flood of large messages otherwise leaves it resident",
+        min=0.0,
+        max=3600.0,
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -27,13 +27,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar, cast
 
 import numpy as np
 
 from server.batcher import BatcherClosed
+from server.decoder import FairDecoder, SlicedDecode
 from server.errors import (
     Code,
     DeadlineExpired,
@@ -63,13 +63,12 @@ def bounded(message: str) -> str:
     if len(message) <= MAX_MESSAGE_CHARS:
         return message
     return message[: MAX_MESSAGE_CHARS - 20] + " … (message cut)"
-# Requests of one stream submitted ahead of the response being written.
+# Requests of one stream submitted ahead of the response being written (the stream's
+# byte budget, server.budget.StreamBudget, may stop reading sooner).
 STREAM_PIPELINE_DEPTH = 64
-# Encoded images are decoded by one thread: decoding is partly Python (it holds the
-# GIL), so more threads would not decode faster, only take more from the event loop.
-DECODE_THREADS = 1
-# Encoded images waiting for or in the decode thread; beyond this RESOURCE_EXHAUSTED,
-# so a flood of crafted images cannot queue unbounded work (raw pixels are not held up).
+# Encoded images waiting for or in the decode thread (server.decoder); beyond this
+# RESOURCE_EXHAUSTED, so a flood of crafted images cannot queue unbounded work (raw
+# pixels are not held up).
 MAX_PENDING_DECODES = 1024
 
 Req = TypeVar("Req", contravariant=True)
@@ -78,16 +77,8 @@ R = TypeVar("R")
 S = TypeVar("S")
 
 
-class DeferredDecode(Protocol):
-    """A blocking call that decodes a request's images (run off the event loop)."""
-
-    @property
-    def images(self) -> int:
-        """How many images it decodes (what the pending-decode limit counts)."""
-        ...
-
-    def __call__(self) -> np.ndarray: ...
-
+# A request's images still encoded: decoded off the event loop, a slice at a time.
+DeferredDecode = SlicedDecode
 
 # Decoded images, or a call that decodes them.
 Images = np.ndarray | DeferredDecode
@@ -140,9 +131,7 @@ class DataPlane:
         self.readiness = Readiness()
         self._statistics = metrics.statistics
         # One request's images always fit, however high --max-images-per-request is set.
-        self._max_pending_decodes = max(max_pending_decodes, max_images_per_request)
-        self._pending_decodes = 0
-        self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
+        self._decoder = FairDecoder(max_pending=max(max_pending_decodes, max_images_per_request))
 
     # -- lifecycle: the readiness state ------------------------------------------
 
@@ -169,7 +158,7 @@ class DataPlane:
         it is dropped, and one still running is not waited for on the event loop.
         """
         await self.manager.stop()
-        self._decoder.shutdown(wait=False, cancel_futures=True)
+        self._decoder.close()
 
     # -- questions about models (every front end asks the same way) ---------------
 
@@ -283,19 +272,13 @@ class DataPlane:
         return response
 
     async def _decode_off_loop(self, decode: DeferredDecode) -> np.ndarray:
-        """Decode in the pool; a caller that goes away while queued is never decoded."""
-        n = decode.images
-        if self._pending_decodes + n > self._max_pending_decodes:
-            self.metrics.count_rejected("decode_queue_full")
-            raise Overloaded(
-                f"{self._pending_decodes} encoded images are waiting to be decoded (at most "
-                f"{self._max_pending_decodes}); retry with backoff, or send raw pixels"
-            )
-        self._pending_decodes += n
+        """Decode in the decode thread, in turns with other clients (server.decoder); a
+        caller that goes away is never decoded further."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._decoder, decode)
-        finally:
-            self._pending_decodes -= n
+            return await self._decoder.decode(decode)
+        except Overloaded:
+            self.metrics.count_rejected("decode_queue_full")
+            raise
 
     # -- outcomes: the one classification and the one place that counts ------
 
@@ -365,7 +348,9 @@ class DataPlane:
     ) -> AsyncIterator[S | Failure]:
         """Like :meth:`stream`, but a failure is yielded in its place and the stream goes on
         (Triton's ModelStreamInfer sends it in ``error_message``). A broken request
-        stream (a malformed message) is yielded as a Failure and ends the iteration.
+        stream (a malformed message, or one the server has no memory left for) still
+        ends it with :class:`Refused`, after the requests before it are answered: the
+        stream must not end OK when the client's messages were not all read.
         """
         return self._pipeline(method, codec, requests, deadline, end_on_failure=False)
 
@@ -383,6 +368,7 @@ class DataPlane:
         # end marker, even when it stops because it failed or was cancelled.
         queue: asyncio.Queue[_InFlight[S] | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_PIPELINE_DEPTH)
+        broken: asyncio.Future[S] = loop.create_future()  # the request stream's own failure
 
         async def read() -> None:
             try:
@@ -393,7 +379,6 @@ class DataPlane:
                     future = asyncio.ensure_future(self.infer(codec, request, deadline))
                     queue.put_nowait(_InFlight(future, loop.time(), context))
             except Exception as exc:  # a malformed message, a broken request stream
-                broken: asyncio.Future[S] = loop.create_future()
                 broken.set_exception(exc)
                 queue.put_nowait(_InFlight(broken, loop.time(), RequestContext()))
             finally:
@@ -408,8 +393,9 @@ class DataPlane:
                 except Exception as exc:
                     failure = self.failure(method, exc)
                     self.observe(method, failure.code, loop.time() - head.started, head.context)
+                    ended = head.future is broken
                     head = None
-                    if end_on_failure:
+                    if end_on_failure or ended:
                         raise Refused(failure) from None
                     slots.release()
                     yield failure

@@ -7,14 +7,22 @@ traceback) rather than grpc-python's UNKNOWN; then it calls the servicer method
 (an adapter: protobuf in, data-plane call, protobuf out) and turns whatever it
 raises into a status through :meth:`DataPlane.failure`. Servicer methods hold
 no error handling, metrics or status codes of their own.
+
+Every call is also held to the server's :class:`Limits` (issue #28): the calls in
+progress (health probes not counted) and the bytes they hold, server-wide and per
+stream (:mod:`server.budget`). :func:`add_foreign_service` serves a servicer we do not
+own (grpc's health checking and reflection) the same way: raw bytes parsed here, so
+a malformed message is INVALID_ARGUMENT without a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -27,8 +35,10 @@ from google.protobuf.descriptor import (  # type: ignore[import-untyped]
 from google.protobuf.message import DecodeError, Message  # type: ignore[import-untyped]
 from google.protobuf.message_factory import GetMessageClass  # type: ignore[import-untyped]
 
+from server.budget import ByteBudget, CallLimit, StreamBudget
 from server.dataplane import DataPlane, Failure, Refused
-from server.errors import Code, InvalidInput, Unimplemented
+from server.decoder import client_key
+from server.errors import Code, InvalidInput, Overloaded, Unimplemented
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +50,23 @@ Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 Streaming = Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What every call on the server is held to (see :mod:`server.budget`)."""
+
+    calls: CallLimit
+    bytes: ByteBudget
+    stream_bytes: int
+
+    @classmethod
+    def of(cls, max_calls: int, max_bytes: int, max_stream_bytes: int) -> Limits:
+        return cls(CallLimit(max_calls), ByteBudget(max_bytes), max_stream_bytes)
+
+
+# No limits: what a binding gets when none are given (tests of the binding alone).
+UNLIMITED_BYTES = 2**62
+
+
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     """The RPC deadline as a ``loop.time()`` instant, or None."""
     remaining: float | None = context.time_remaining()
@@ -49,13 +76,21 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
 
 
 def add_service(
-    server: grpc.aio.Server, plane: DataPlane, servicer: object, service: ServiceDescriptor
+    server: grpc.aio.Server,
+    plane: DataPlane,
+    servicer: object,
+    service: ServiceDescriptor,
+    limits: Limits | None = None,
+    *,
+    probes: Collection[str] = (),
 ) -> None:
     """Serve every method of ``service`` from the same-named method of ``servicer``.
 
     A method the servicer does not define (or inherits from the generated base
-    class) answers UNIMPLEMENTED with a message naming it.
+    class) answers UNIMPLEMENTED with a message naming it. ``probes``: unary methods
+    that answer at once from memory (readiness), not counted in ``limits.calls``.
     """
+    limits = limits or Limits.of(2**31, UNLIMITED_BYTES, UNLIMITED_BYTES)
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
         response_class = GetMessageClass(method.output_type)
@@ -63,20 +98,127 @@ def add_service(
         parse = _parser(GetMessageClass(method.input_type))
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                _streaming(plane, method.name, parse, implementation),
+                _streaming(plane, method.name, parse, implementation, limits),
                 response_serializer=response_class.SerializeToString,
             )
         elif not method.client_streaming and not method.server_streaming:
+            calls = None if method.name in probes else limits.calls
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(plane, method.name, parse, implementation),
+                _unary(plane, method.name, parse, implementation, calls, limits.bytes),
                 response_serializer=response_class.SerializeToString,
             )
         else:
             raise TypeError(f"{method.full_name}: only unary and bidirectional RPCs are supported")
+    _register(server, service, handlers)
+
+
+def _register(
+    server: grpc.aio.Server, service: ServiceDescriptor, handlers: dict[str, grpc.RpcMethodHandler]
+) -> None:
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def add_foreign_service(
+    server: grpc.aio.Server,
+    servicer: object,
+    service: ServiceDescriptor,
+    calls: CallLimit,
+    *,
+    probes: Collection[str] = (),
+) -> None:
+    """Serve a servicer we do not own (grpc's health checking, reflection) from raw bytes.
+
+    A malformed message is INVALID_ARGUMENT with a neutral message and nothing logged
+    (grpc-python answers ``UNKNOWN: Unexpected <class DecodeError>`` with a traceback
+    per call). Every call but ``probes`` (unary methods answered at once) counts in
+    ``calls``. The servicer's own statuses (``context.abort``) pass through unchanged.
+    """
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        response_class = GetMessageClass(method.output_type)
+        implementation = getattr(servicer, method.name)
+        parse = _parser(GetMessageClass(method.input_type))
+        limit = None if method.name in probes else calls
+        serialize = response_class.SerializeToString
+        if not method.client_streaming and not method.server_streaming:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _foreign(implementation, parse, limit, streaming=False),
+                response_serializer=serialize,
+            )
+        elif not method.client_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _foreign(implementation, parse, limit, streaming=True),
+                response_serializer=serialize,
+            )
+        elif method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _foreign_stream(implementation, parse, limit), response_serializer=serialize
+            )
+        else:
+            raise TypeError(f"{method.full_name}: client-streaming RPCs are not supported")
+    _register(server, service, handlers)
+
+
+def _foreign(
+    implementation: Any, parse: Parse, calls: CallLimit | None, *, streaming: bool
+) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def handle(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            with _counted(calls):
+                request = parse(data)
+                result = implementation(request, context)
+                if not streaming:
+                    return await result
+                await _write_all(result, context)
+                return None
+        except (InvalidInput, Overloaded) as exc:
+            await _abort(context, Failure(exc.code, str(exc)))
+        return None
+
+    return handle
+
+
+def _foreign_stream(
+    implementation: Any, parse: Parse, calls: CallLimit | None
+) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Awaitable[None]]:
+    async def handle(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        try:
+            with _counted(calls):
+                await _write_all(implementation(_parsed(raw, parse), context), context)
+        except (InvalidInput, Overloaded) as exc:
+            await _abort(context, Failure(exc.code, str(exc)))
+
+    return handle
+
+
+async def _write_all(result: Any, context: grpc.aio.ServicerContext) -> None:
+    """A streaming method's answers: an async generator's items, or what it wrote itself."""
+    if inspect.isawaitable(result):
+        await result
+        return
+    try:
+        async for response in result:
+            await context.write(response)
+    finally:
+        await result.aclose()
+
+
+class _counted:
+    """``with _counted(limit)``: one call counted in ``limit`` (None: not counted)."""
+
+    def __init__(self, limit: CallLimit | None) -> None:
+        self.limit = limit
+
+    def __enter__(self) -> None:
+        if self.limit is not None:
+            self.limit.enter()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.limit is not None:
+            self.limit.leave()
 
 
 def _implementation(servicer: object, method: MethodDescriptor) -> Any:
@@ -113,12 +255,23 @@ def _parser(message_class: type[Message]) -> Parse:
     return parse
 
 
-def _unary(plane: DataPlane, method: str, parse: Parse, implementation: Unary) -> Unary:
+def _unary(
+    plane: DataPlane,
+    method: str,
+    parse: Parse,
+    implementation: Unary,
+    calls: CallLimit | None,
+    budget: ByteBudget,
+) -> Unary:
     async def handle(data: bytes, context: grpc.aio.ServicerContext) -> Any:
         t0 = time.perf_counter()
         code = Code.OK
         request = plane.begin()
+        admitted = False
+        client_key.set(context.peer())
         try:
+            _admit(plane, calls, budget, len(data))
+            admitted = True
             return await implementation(parse(data), context)
         except grpc.aio.AbortError:
             code = _CODE_OF.get(context.code(), Code.INTERNAL)
@@ -130,31 +283,73 @@ def _unary(plane: DataPlane, method: str, parse: Parse, implementation: Unary) -
                 raise
             await _abort(context, failure)
         finally:
+            if admitted:
+                _leave(calls, budget, len(data))
             plane.observe(method, code, time.perf_counter() - t0, request)
 
     return handle
 
 
+def _admit(plane: DataPlane, calls: CallLimit | None, budget: ByteBudget, n: int) -> None:
+    """Count a call and hold its ``n`` request bytes, or raise Overloaded (counted)."""
+    if calls is not None:
+        try:
+            calls.enter()
+        except Overloaded:
+            plane.metrics.count_rejected("too_many_calls")
+            raise
+    try:
+        budget.take(n)
+    except Overloaded:
+        if calls is not None:
+            calls.leave()
+        plane.metrics.count_rejected("memory_budget")
+        raise
+
+
+def _leave(calls: CallLimit | None, budget: ByteBudget, n: int) -> None:
+    budget.give(n)
+    if calls is not None:
+        calls.leave()
+
+
 def _streaming(
-    plane: DataPlane, method: str, parse: Parse, implementation: Streaming
+    plane: DataPlane, method: str, parse: Parse, implementation: Streaming, limits: Limits
 ) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Awaitable[None]]:
     """A coroutine that writes the responses itself (grpc's reader/writer API).
 
     Writing here rather than yielding to grpc means a cancellation arrives in
     this frame, so the stream is closed (and its unanswered messages counted)
-    at once, not whenever the abandoned generator is collected.
+    at once, not whenever the abandoned generator is collected. Each request's
+    bytes are held in the stream's budget until its response is written (every
+    streaming method answers each request once, in order), so a client that does
+    not read stops being read from.
     """
 
     async def handle(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
         t0 = time.perf_counter()
-        responses = implementation(_parsed(raw, parse), context)
+        try:
+            limits.calls.enter()
+        except Overloaded as exc:
+            plane.metrics.count_rejected("too_many_calls")
+            plane.observe(method, exc.code, time.perf_counter() - t0)
+            await _abort(context, Failure(exc.code, str(exc)))
+            return
+        client_key.set(context.peer())
+        budget = StreamBudget(limits.stream_bytes, limits.bytes)
+        responses = implementation(_metered(raw, parse, budget), context)
         try:
             async for response in responses:
+                size = response.ByteSize()
+                budget.hold(size)
                 try:
                     await context.write(response)
                 except grpc.aio.InternalError:  # the client is gone: nothing to write to
                     await _abort(context, Failure(Code.CANCELLED, "the client went away"))
                     return
+                finally:
+                    budget.release(size)
+                budget.answered()
         except (grpc.aio.BaseError, asyncio.CancelledError):
             raise  # grpc's own ending (aborted, server stopped, cancelled): grpc finishes it
         except Exception as exc:
@@ -166,6 +361,8 @@ def _streaming(
             close = getattr(responses, "aclose", None)
             if close is not None:
                 await close()
+            budget.close()
+            limits.calls.leave()
 
     return handle
 
@@ -173,6 +370,17 @@ def _streaming(
 async def _parsed(raw: AsyncIterator[bytes], parse: Parse) -> AsyncIterator[Any]:
     async for data in raw:
         yield parse(data)
+
+
+async def _metered(
+    raw: AsyncIterator[bytes], parse: Parse, budget: StreamBudget
+) -> AsyncIterator[Any]:
+    """Parsed requests, each admitted to ``budget`` first: this waits while the stream or
+    the server is full, so the stream is not read meanwhile (backpressure)."""
+    async for data in raw:
+        request = parse(data)
+        await budget.admit(len(data))
+        yield request
 
 
 async def _abort(context: grpc.aio.ServicerContext, failure: Failure) -> None:

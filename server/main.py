@@ -13,6 +13,7 @@ from collections.abc import Sequence
 # Only light imports here: the heavy ones (grpc, onnxruntime) wait until SIGHUP is ignored.
 from server.config import Settings, load_settings
 from server.errors import ConfigError, ServingError
+from server.memory import keep_large_blocks_unmapped, start_trimming
 
 logger = logging.getLogger("server")
 # Printed on stdout when the server is ready (scripts and the tests wait for it), and
@@ -81,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for warning in warnings:
         logger.warning("%s", warning)
+    # Before any large allocation: freed message buffers go back to the kernel.
+    keep_large_blocks_unmapped()
+    start_trimming(settings.memory_trim_interval_s)
     # grpc and onnxruntime (~1 s of imports) only now that SIGHUP is ignored.
     import server.app  # noqa: F401
     try:

@@ -23,6 +23,7 @@ from server.tensor import (
     EMPTY_FINAL_RESPONSE,
     TIMEOUT,
     check_input,
+    check_request_id,
     check_value_count,
     pixels_from_bytes,
     pixels_from_values,
@@ -46,7 +47,9 @@ def parameter_values(parameters: Mapping[str, Any]) -> dict[str, object]:
 
 
 def infer_target(request: oip.ModelInferRequest) -> Target:
-    """Model, version and timeout; the request parameters and requested outputs are checked."""
+    """Model, version and timeout; the id, request parameters and requested outputs are
+    checked."""
+    check_request_id(request.id)
     options = request_options(
         parameter_values(request.parameters),
         [(output.name, parameter_values(output.parameters)) for output in request.outputs],

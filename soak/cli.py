@@ -29,6 +29,7 @@ from bench.serverproc import memory_mib, start_server
 from client.testset import load_test_split
 from server.contract import INPUT_NAME, METADATA_FILE, MODEL_FILE, MODEL_NAME, OUTPUT_NAME
 from server.repository import latest_version, read_version, sha256_file
+from soak import hostile_grpc
 from soak.traffic import Traffic
 
 
@@ -103,6 +104,11 @@ async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
             rss_end = memory_mib(server.pid)["rss_mib"]
             stop.set()
             await asyncio.gather(*workers)
+        if args.hostile_s > 0:  # issue #28: hostile gRPC clients, after the steady traffic
+            report["hostile_grpc"] = await hostile_grpc.run_all(
+                server.target, server.pid, list(hostile_grpc.attacks(server.target)),
+                args.hostile_s, rss_budget_mib=768.0, health_p99_ms=1000.0,
+            )  # fmt: skip
     finally:
         report["server_exit_code"] = server.stop()
     tally = traffic.tally
@@ -137,6 +143,10 @@ async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
         and report["rss_reload_step_pct"] < MAX_RELOAD_STEP_PCT
         and report["server_exit_code"] == 0
         and str(report["reloaded_to_version"]) in tally.versions_seen
+        and all(
+            set(r["during"]["health_checks"]) == {"SERVING"}
+            for r in report.get("hostile_grpc", {}).values()
+        )
     )
     return report
 
@@ -157,6 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
+    p.add_argument(
+        "--hostile-s",
+        type=float,
+        default=0.0,
+        help="then run each hostile gRPC attack (soak/hostile_grpc.py) this long (0 = none); "
+        "reported under hostile_grpc, health must stay SERVING",
+    )
     p.add_argument(
         "--server-arg",
         action="append",

@@ -344,3 +344,16 @@ def test_unimplemented_rpcs_say_so(client, call, method) -> None:
     assert "UNIMPLEMENTED" in str(info.value.status())
     assert f"fashion-serve does not implement {method}: " in info.value.message()
     assert client.is_server_ready()
+
+
+def test_triton_timeout_parameter_over_grpc(client, images) -> None:
+    """tritonclient.grpc ``infer(timeout=us)`` sends Triton's ``timeout`` request parameter:
+    honoured as a deadline (issue #28 item 9: it used to be refused over gRPC)."""
+    tensor = triton.InferInput("images", [1, 28, 28], "UINT8")
+    tensor.set_data_from_numpy(images[:1])
+    result = client.infer("fashion", [tensor], timeout=10_000_000)  # 10 s: met
+    assert result.as_numpy("probabilities").shape == (1, 10)
+    with pytest.raises(triton.InferenceServerException) as info:
+        client.infer("fashion", [tensor], timeout=1)  # 1 us: passes before the answer
+    assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED", info.value
+    assert "deadline" in info.value.message() or "timeout" in info.value.message()

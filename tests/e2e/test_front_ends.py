@@ -94,9 +94,16 @@ async def statuses(app, predict: bytes, infer: bytes) -> dict[str, grpc.StatusCo
         stream_infer = channel.stream_stream(
             STREAM_INFER, response_deserializer=oip.ModelStreamInferResponse.FromString
         )
-        (answer,) = [r async for r in stream_infer(iter([infer]), timeout=10)]
-        assert answer.error_message == details
-        assert answer.HasField("infer_response") == (out["ModelInfer"] == grpc.StatusCode.OK)
+        try:
+            answers = [r async for r in stream_infer(iter([infer]), timeout=10)]
+        except grpc.aio.AioRpcError as exc:
+            # Bytes that are no ModelInferRequest break the request stream itself: it ends
+            # with ModelInfer's status and message (Triton answers in-band what it parsed).
+            assert (exc.code(), exc.details()) == (out["ModelInfer"], details)
+        else:
+            (answer,) = answers
+            assert answer.error_message == details
+            assert answer.HasField("infer_response") == (out["ModelInfer"] == grpc.StatusCode.OK)
     return out
 
 

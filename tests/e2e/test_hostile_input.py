@@ -23,6 +23,7 @@ from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from server.codec import MAX_ENCODED_BYTES
+from server.tensor import MAX_REQUEST_ID_CHARS
 from tests.e2e.conftest import scrape
 from tests.e2e.test_bad_input import assert_status
 
@@ -198,3 +199,97 @@ async def test_a_long_echoed_string_is_still_invalid_argument(app, channel) -> N
     assert len(details) < 300
     ok = await stub.ModelInfer(infer_request(np.zeros((1, 28, 28), np.uint8)), timeout=5)
     assert ok.model_version == "1"
+
+
+# grpc's own servicers, served from raw bytes like ours (issue #28 item 9).
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+
+
+async def test_malformed_protobuf_to_health_and_reflection_is_invalid_argument_and_quiet(
+    app, channel, caplog
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    for _ in range(3):
+        await assert_status(
+            channel.unary_unary(HEALTH_CHECK)(MALFORMED, timeout=5),
+            INVALID,
+            "not a valid grpc.health.v1.HealthCheckRequest message (protobuf parsing failed)",
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in channel.unary_stream(HEALTH_WATCH)(MALFORMED, timeout=5):
+                pass
+        assert info.value.code() == INVALID, info.value.details()
+        call = channel.stream_stream(REFLECTION)(timeout=5)
+        await call.write(MALFORMED)
+        await call.done_writing()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in call:
+                pass
+        assert info.value.code() == INVALID, info.value.details()
+        assert "ServerReflectionRequest message" in info.value.details()
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.WARNING]
+    # The servicers still answer well-formed calls, their own statuses included.
+    health = health_pb2_grpc.HealthStub(channel)
+    ready = health_pb2.HealthCheckRequest(service="fashion.v1.PredictionService")
+    answer = await health.Check(ready, timeout=5)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
+    assert info.value.code() == NOT_FOUND
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
+
+
+async def test_reflection_still_lists_the_services(app, channel) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = stub.ServerReflectionInfo(timeout=5)
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    answer = await call.read()
+    await call.done_writing()
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"fashion.v1.PredictionService", "inference.GRPCInferenceService"} <= names
+
+
+async def test_model_stream_infer_cut_by_a_malformed_message_does_not_end_ok(app, channel) -> None:
+    """Answers before the bad message arrive in-band; then the stream ends INVALID_ARGUMENT
+    (it ended OK, as if every message had been read)."""
+    call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")(timeout=20)
+    await call.write(infer_request(np.zeros((1, 28, 28), np.uint8), id="a").SerializeToString())
+    first = oip.ModelStreamInferResponse.FromString(await call.read())
+    assert first.infer_response.id == "a" and not first.error_message
+    await call.write(MALFORMED)
+    await call.done_writing()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call.read()
+    assert info.value.code() == INVALID, info.value.details()
+    assert "not a valid inference.ModelInferRequest message" in info.value.details()
+    metrics = await scrape(app)
+    assert metrics["fashion_requests_total{code=OK,method=ModelStreamInfer}"] == 1
+    assert metrics["fashion_requests_total{code=INVALID_ARGUMENT,method=ModelStreamInfer}"] == 1
+
+
+async def test_request_ids_longer_than_the_limit_are_refused(app, channel) -> None:
+    """An id is echoed in the response: one of 4 MB doubled what a stream held (issue #28)."""
+    stub = oip_grpc.GRPCInferenceServiceStub(channel)
+    images = np.zeros((1, 28, 28), np.uint8)
+    ok = await stub.ModelInfer(infer_request(images, id="i" * MAX_REQUEST_ID_CHARS), timeout=5)
+    assert ok.id == "i" * MAX_REQUEST_ID_CHARS
+    await assert_status(
+        stub.ModelInfer(infer_request(images, id="i" * (MAX_REQUEST_ID_CHARS + 1)), timeout=5),
+        INVALID,
+        f"the request id has {MAX_REQUEST_ID_CHARS + 1} characters; at most "
+        f"{MAX_REQUEST_ID_CHARS}",
+    )
+    # In a stream the refusal travels in-band and the stream goes on.
+    stream = stub.ModelStreamInfer(timeout=10)
+    await stream.write(infer_request(images, id="x" * 100_000))
+    await stream.write(infer_request(images, id="b"))
+    await stream.done_writing()
+    answers = [answer async for answer in stream]
+    assert "the request id has 100000 characters" in answers[0].error_message
+    assert answers[1].infer_response.id == "b"

@@ -67,11 +67,12 @@ async def test_the_server_refuses_rpcs_beyond_max_concurrent_rpcs(start_app) -> 
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await predict(channels[0])
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        # Health checks count too (docs/SERVING.md): a flood that reaches the limit fails liveness.
+        assert "calls in progress (at most 6)" in info.value.details()
+        # Health checks are not counted (issue #28 item 6): liveness and readiness still answer.
         health = health_pb2_grpc.HealthStub(channels[2])
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for service in ("", "fashion.v1.PredictionService"):
+            answer = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
         streams.pop().cancel()
         # A freed slot is taken again.
         for _ in range(100):

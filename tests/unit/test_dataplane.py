@@ -104,10 +104,11 @@ async def requests(items: Iterable[Any], broken_after: int | None = None) -> Asy
         yield item
 
 
-def counted(plane: DataPlane, code: str) -> float:
+def counted(plane: DataPlane, code: str, model: str = "fashion", version: str = "1") -> float:
+    """Stream messages counted with ``code``; those that reached no version have no labels."""
     value = plane.metrics.registry.get_sample_value(
         "fashion_requests_total",
-        {"method": "Stream", "code": code, "model": "fashion", "version": "1"},
+        {"method": "Stream", "code": code, "model": model, "version": version},
     )
     return value or 0.0
 
@@ -129,9 +130,17 @@ async def test_the_first_failure_ends_a_stream_with_its_status(plane) -> None:
 
 
 async def test_a_broken_request_stream_is_answered_in_order_and_ends_it(plane) -> None:
+    """Even where failures travel in-band, a broken request stream ends the stream with
+    its status (issue #28 item 9): ending OK would tell the client all was read."""
     outcomes = plane.stream_outcomes("Stream", CODEC, requests([1, 2, 3], broken_after=2), None)
-    got = [a async for a in outcomes]
-    assert got == [1, 2, Failure(Code.INVALID_ARGUMENT, "message 2 is not a valid request")]
+    got = []
+    with pytest.raises(Refused) as info:
+        async for answer in outcomes:
+            got.append(answer)
+    assert got == [1, 2]
+    assert info.value.failure == Failure(Code.INVALID_ARGUMENT, "message 2 is not a valid request")
+    # The broken message never reached a model version: counted without one.
+    assert (counted(plane, "OK"), counted(plane, "INVALID_ARGUMENT", "", "")) == (2, 1)
 
 
 async def test_an_abandoned_stream_counts_its_unanswered_messages_as_cancelled(plane) -> None:

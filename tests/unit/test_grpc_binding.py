@@ -45,6 +45,9 @@ class GoneClient:
     def time_remaining(self) -> float | None:
         return None
 
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:40000"
+
     def code(self) -> None:
         return None
 

@@ -1,0 +1,137 @@
+"""Budgets that bound what hostile or slow clients can make the server hold (issue #28).
+
+* :class:`CallLimit`: calls in progress on the whole server, counted by the front end
+  (``--max-concurrent-rpcs``). Health checks are not counted, so a flood of idle
+  streams cannot make the liveness and readiness probes fail.
+* :class:`ByteBudget`: bytes of requests (and responses waiting to be written) held for
+  calls in progress on the whole server (``--max-inflight-bytes``). A call that does
+  not fit is refused at once with RESOURCE_EXHAUSTED: memory stays bounded however many
+  calls carry large messages.
+* :class:`StreamBudget`: the same for one stream (``--max-stream-inflight-bytes``), with
+  backpressure instead of refusal: a request's bytes are held until its response is
+  written, so a client that does not read its responses stops being read from (HTTP/2
+  flow control then stops its writes) instead of making the server queue its requests.
+  A stream also waits (is not read) while the server-wide budget is full.
+
+No grpc here: the gRPC binding (:mod:`server.grpc_binding`) applies them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from server.errors import Overloaded
+
+
+class CallLimit:
+    """At most ``limit`` calls in progress; :meth:`enter` refuses the next one."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def enter(self) -> None:
+        """Count one more call, or raise Overloaded (RESOURCE_EXHAUSTED) when full."""
+        if self.active >= self.limit:
+            raise Overloaded(
+                f"the server has {self.active} calls in progress (at most {self.limit}); "
+                "retry with backoff"
+            )
+        self.active += 1
+
+    def leave(self) -> None:
+        self.active -= 1
+
+
+class ByteBudget:
+    """At most ``limit`` bytes held at once, server-wide. One message always fits when
+    nothing else is held, so a limit below the largest message never locks it out."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def fits(self, n: int) -> bool:
+        return not self.used or self.used + n <= self.limit
+
+    def take(self, n: int) -> None:
+        """Hold ``n`` more bytes, or raise Overloaded (RESOURCE_EXHAUSTED) when they do not fit."""
+        if self.used and self.used + n > self.limit:
+            raise Overloaded(
+                f"the server holds {self.used} bytes of calls in progress and this message "
+                f"has {n} (at most {self.limit} in all); retry with backoff"
+            )
+        self.used += n
+
+    def hold(self, n: int) -> None:
+        """Hold ``n`` bytes that already exist (a response to write): never refused."""
+        self.used += n
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        _wake(self._waiters)
+
+    def freed(self) -> asyncio.Future[None]:
+        """A future done at the next :meth:`give`."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()
+
+
+class StreamBudget:
+    """One stream's requests held until answered, and its responses until written.
+
+    :meth:`admit` waits while the stream holds ``limit`` bytes (the first request of an
+    idle stream always fits) or the server-wide budget is full, then takes the bytes
+    from both. :meth:`answered` gives the oldest request's bytes back when its
+    response has been written; :meth:`close` gives back everything at the end.
+    """
+
+    def __init__(self, limit: int, server: ByteBudget) -> None:
+        self.limit = limit
+        self.server = server
+        self.used = 0
+        self._requests: deque[int] = deque()
+        self._waiters: list[asyncio.Future[None]] = []
+
+    async def admit(self, n: int) -> None:
+        while (self.used and self.used + n > self.limit) or not self.server.fits(n):
+            mine = asyncio.get_running_loop().create_future()
+            self._waiters.append(mine)
+            theirs = self.server.freed()
+            try:
+                await asyncio.wait([mine, theirs], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                mine.cancel()
+                theirs.cancel()
+        self.server.take(n)
+        self.used += n
+        self._requests.append(n)
+
+    def hold(self, n: int) -> None:
+        """A response of ``n`` bytes waits to be written: held until :meth:`release`."""
+        self.used += n
+        self.server.hold(n)
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self.server.give(n)
+        _wake(self._waiters)
+
+    def answered(self) -> None:
+        """The oldest request's response was written (or failed): its bytes are free."""
+        if self._requests:
+            self.release(self._requests.popleft())
+
+    def close(self) -> None:
+        while self._requests:
+            self.release(self._requests.popleft())
