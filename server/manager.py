@@ -30,6 +30,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from server.errors import (
     ConfigError,
@@ -103,6 +104,55 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Poll:
+    """Apply every model of the repository as it is on disk (poll mode)."""
+
+
+@dataclass(frozen=True)
+class Load:
+    """Load or reload one model (explicit mode), optionally with a config.json of its own."""
+
+    name: str
+    config_text: str | None = None
+
+
+@dataclass(frozen=True)
+class Unload:
+    """Unload one model (explicit mode)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Sync:
+    """Serve exactly ``state`` (a :meth:`ModelManager.state`): a worker joining its peers."""
+
+    state: Mapping[str, Mapping[str, Any]]
+
+
+Operation = Poll | Load | Unload | Sync
+
+
+@dataclass
+class Step:
+    """One model's prepared change, not yet visible to requests."""
+
+    name: str
+    route: Route | None  # after the commit; None: the model goes away
+    entering: dict[int, ServedVersion]  # loaded and warmed for it
+    leaving: list[ServedVersion]  # drained and freed at the commit
+    unchanged: bool = False
+
+
+@dataclass
+class Plan:
+    """A prepared operation: its steps, and what every model would serve once committed."""
+
+    steps: list[Step]
+    state: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class IndexEntry:
     """One row of the repository index: a model version on disk (or loaded) and its state."""
 
@@ -173,17 +223,17 @@ class ModelManager:
         record = self._records.get(target.model)
         return record.problem if record else ""
 
-    # -- control operations ---------------------------------------------------------------
+    # -- control operations: prepared, then committed ---------------------------------------
+    #
+    # Every change is prepared first (versions that enter are loaded and warmed, nothing a
+    # request sees changes), then committed (the routes swap, the versions that leave drain)
+    # or aborted (what was loaded for it is freed). One process does both at once; with
+    # --workers the supervisor prepares every worker, compares what each would serve, and
+    # commits only when they agree (server/supervisor.py), so workers never disagree.
 
     async def poll(self) -> list[Change]:
         """Poll mode: apply every model of the repository as it is on disk now."""
-        async with self._control:
-            names = await asyncio.to_thread(self._scan_models)  # ModelLoadError: unlistable
-            changes = [await self._apply(name) for name in names]
-            for name in [n for n in self._routes if n not in names]:
-                logger.warning("model %r left the repository: unloading it", name)
-                changes.append(await self._unload(name))
-            return [c for c in changes if c.loaded or c.unloaded]
+        return await self.commit(await self.prepare(Poll()))
 
     async def load(self, name: str, *, config_text: str | None = None) -> Change:
         """Load, or reload, one model (explicit mode). LoadRefused says why nothing changed.
@@ -191,60 +241,178 @@ class ModelManager:
         ``config_text``: a config.json to use instead of the file (Triton's ``config``
         load parameter); it is not written anywhere.
         """
-        if self.mode != EXPLICIT:
+        changes = await self.commit(await self.prepare(Load(name, config_text)))
+        return changes[0] if changes else Change(name)
+
+    async def unload(self, name: str) -> Change:
+        """Unload one model (explicit mode): its versions drain, then are freed."""
+        changes = await self.commit(await self.prepare(Unload(name)))
+        return changes[0] if changes else Change(name)
+
+    async def prepare(self, operation: Operation) -> Plan:
+        """Prepare ``operation``; the control lock is held until :meth:`commit` or :meth:`abort`.
+
+        Raises (and holds nothing) when the operation is refused: FailedPrecondition for
+        model control in poll mode, VersionNotFound for an unknown model, LoadRefused for
+        a load that would change nothing, ModelLoadError for an unlistable repository.
+        """
+        if isinstance(operation, Load | Unload) and self.mode != EXPLICIT:
             raise FailedPrecondition(
                 "models are loaded and unloaded by the server itself (--model-control-mode "
                 "poll: it follows the repository); start it with --model-control-mode "
                 "explicit to load and unload through the API"
             )
-        async with self._control:
-            if name not in await asyncio.to_thread(self._models_on_disk):
-                raise VersionNotFound(
-                    f"no model {name[:64]!r} in the repository (models: "
-                    f"{', '.join(await asyncio.to_thread(self._models_on_disk)) or 'none'})"
-                )
-            return await self._apply(name, config_text=config_text, strict=True)
+        await self._control.acquire()
+        steps: list[Step] = []
+        try:
+            steps = await self._prepare(operation)
+        except BaseException:
+            for step in steps:
+                await self._drop(step)
+            self._control.release()
+            raise
+        return Plan(steps, self._state_after(steps))
 
-    async def unload(self, name: str) -> Change:
-        """Unload one model (explicit mode): its versions drain, then are freed."""
-        if self.mode != EXPLICIT:
-            raise FailedPrecondition(
-                "models are unloaded by the server itself (--model-control-mode poll: remove "
-                "the model from the repository); start it with --model-control-mode explicit "
-                "to load and unload through the API"
-            )
-        async with self._control:
-            if name not in self._routes and name not in await asyncio.to_thread(
-                self._models_on_disk
-            ):
-                raise VersionNotFound(f"no model {name[:64]!r} is loaded or in the repository")
-            return await self._unload(name)
+    async def commit(self, plan: Plan) -> list[Change]:
+        """Make a prepared plan what requests see, then drain what left. Releases the lock."""
+        try:
+            changes = [await self._commit(step) for step in plan.steps]
+        finally:
+            self._control.release()
+        return [c for c in changes if c.loaded or c.unloaded]
+
+    async def abort(self, plan: Plan) -> None:
+        """Forget a prepared plan (nothing requests see changed). Releases the lock."""
+        try:
+            for step in plan.steps:
+                await self._drop(step)
+        finally:
+            self._control.release()
 
     async def stop(self) -> None:
         """Drain and stop every version (after the transports stopped)."""
         async with self._control:
             for name in list(self._routes):
-                await self._unload(name, quiet=True)
+                await self._commit(self._unload_step(name), quiet=True)
 
-    # -- applying one model ---------------------------------------------------------------
+    def state(self) -> dict[str, dict[str, Any]]:
+        """What is served now, as :class:`Plan` states describe it (comparable, JSON-able)."""
+        return {name: route.state() for name, route in sorted(self._routes.items())}
 
-    async def _apply(
-        self, name: str, *, config_text: str | None = None, strict: bool = False
-    ) -> Change:
-        """Make ``name`` serve what its config and the disk say; see the module docstring.
+    async def _prepare(self, operation: Operation) -> list[Step]:
+        if isinstance(operation, Poll):
+            names = await asyncio.to_thread(self._scan_models)  # ModelLoadError: unlistable
+            steps = [await self._prepare_model(name) for name in names]
+            for name in [n for n in self._routes if n not in names]:
+                logger.warning("model %r left the repository: unloading it", name)
+                steps.append(self._unload_step(name))
+            return steps
+        if isinstance(operation, Load):
+            on_disk = await asyncio.to_thread(self._models_on_disk)
+            if operation.name not in on_disk:
+                raise VersionNotFound(
+                    f"no model {operation.name[:64]!r} in the repository (models: "
+                    f"{', '.join(on_disk) or 'none'})"
+                )
+            return [
+                await self._prepare_model(
+                    operation.name, config_text=operation.config_text, strict=True
+                )
+            ]
+        if isinstance(operation, Unload):
+            if operation.name not in self._routes and operation.name not in await asyncio.to_thread(
+                self._models_on_disk
+            ):
+                raise VersionNotFound(
+                    f"no model {operation.name[:64]!r} is loaded or in the repository"
+                )
+            return [self._unload_step(operation.name)]
+        # Sync: serve exactly ``operation.state`` (a worker joining its peers).
+        steps = []
+        for name, wanted in operation.state.items():
+            config = ServingConfig.from_state(wanted["config"])
+            versions = [int(v) for v in wanted["versions"]]
+            step = await self._prepare_model(name, config=config, exact=versions, strict=True)
+            steps.append(step)
+        for name in [n for n in self._routes if n not in operation.state]:
+            steps.append(self._unload_step(name))
+        return steps
 
-        ``strict`` (an explicit load): a refusal raises LoadRefused instead of being logged.
+    def _unload_step(self, name: str) -> Step:
+        route = self._routes.get(name)
+        leaving = list(route.versions.values()) if route else []
+        return Step(name, None, {}, leaving, unchanged=route is None)
+
+    async def _commit(self, step: Step, *, quiet: bool = False) -> Change:
+        name = step.name
+        if step.unchanged:
+            return Change(name)
+        current = self._routes.get(name)
+        if step.route is None:
+            self._routes = {n: r for n, r in self._routes.items() if n != name}
+            self.metrics.forget_model(name)
+            if not quiet and current is not None:
+                logger.info("unloading model %r (%s)", name, current.describe())
+        else:
+            self._routes = {**self._routes, name: step.route}
+            self.metrics.set_served(name, step.route.version_numbers, dict(step.route.labels))
+            logger.info(
+                "model %r serves %s%s",
+                name,
+                step.route.describe(),
+                f" (unloading {', '.join(str(s.version) for s in step.leaving)})"
+                if step.leaving
+                else "",
+            )
+        for served in step.leaving:
+            await self._free(served)
+        return Change(
+            name, tuple(sorted(step.entering)), tuple(sorted(s.version for s in step.leaving))
+        )
+
+    async def _drop(self, step: Step) -> None:
+        for served in step.entering.values():  # never routed: nothing to drain but the batcher
+            await self._free(served)
+
+    def _state_after(self, steps: list[Step]) -> dict[str, dict[str, Any]]:
+        routes = dict(self._routes)
+        for step in steps:
+            if step.route is None:
+                routes.pop(step.name, None)
+            else:
+                routes[step.name] = step.route
+        return {name: route.state() for name, route in sorted(routes.items())}
+
+    # -- preparing one model ----------------------------------------------------------------
+
+    async def _prepare_model(
+        self,
+        name: str,
+        *,
+        config_text: str | None = None,
+        config: ServingConfig | None = None,
+        exact: list[int] | None = None,
+        strict: bool = False,
+    ) -> Step:
+        """What ``name`` should serve per its config and the disk; see the module docstring.
+
+        ``config``/``exact``: serve exactly these versions under this config (a sync).
+        ``strict`` (an explicit load, a sync): a refusal raises LoadRefused instead of being
+        logged, and holds nothing.
         """
         record = self._records.get(name)
         if record is None:
             record = self._records[name] = ModelRecord(name)
             self.metrics.model_seen(name)
         current = self._routes.get(name)
+        unchanged = Step(name, current, {}, [], unchanged=True)
         try:
             on_disk = await asyncio.to_thread(self._scan_versions, record)
-            config = await asyncio.to_thread(self._read_config, record, config_text)
+            if config is None:
+                config = await asyncio.to_thread(self._read_config, record, config_text)
         except ModelLoadError as exc:
-            return self._refuse(record, str(exc), strict, config=True)
+            self._refuse(record, str(exc), strict, config=True)
+            return unchanged
         loaded: dict[int, ServedVersion] = dict(current.versions) if current else {}
         # A loaded version whose files changed on disk is loaded again (a reload); if the
         # new files fail, the policy treats it as refused, like any invalid version.
@@ -253,7 +421,10 @@ class ModelManager:
         gone: set[int] = set()  # removed from disk since the scan
         while True:  # a version that fails to load makes the policy look again, lower
             valid = [v for v in on_disk if v not in record.refused and v not in gone]
-            wanted = config.policy.choose(valid)
+            if exact is not None:
+                wanted = [v for v in exact if v in valid]
+            else:
+                wanted = config.policy.choose(valid)
             missing = [
                 v
                 for v in reversed(wanted)
@@ -269,7 +440,9 @@ class ModelManager:
                     gone.add(version)
         chosen = {v: entering.get(v) or loaded[v] for v in wanted}
         problem = ""
-        if not chosen:
+        if exact is not None and sorted(chosen) != sorted(exact):
+            problem = f"cannot serve versions {exact}: only {sorted(chosen) or 'none'} load"
+        elif not chosen:
             problem = _nothing_chosen(on_disk, sorted(record.refused), config)
         else:
             try:
@@ -277,9 +450,10 @@ class ModelManager:
             except ConfigRefused as exc:
                 problem = str(exc)
         if problem:
-            for served in entering.values():  # never routed: nothing to drain but the batcher
+            for served in entering.values():
                 await self._free(served)
-            return self._refuse(record, problem, strict, config=bool(chosen))
+            self._refuse(record, problem, strict, config=bool(chosen))
+            return unchanged
         default = config.default_version(sorted(chosen)) or max(chosen)
         leaving = [served for v, served in loaded.items() if chosen.get(v) is not served]
         record.problem = ""
@@ -290,20 +464,9 @@ class ModelManager:
             and current.config == config
             and current.default == default
         ):
-            return Change(name)  # nothing changed: the route stays as it is
+            return unchanged
         route = Route(name, chosen, dict(config.labels), default, config)
-        self._routes = {**self._routes, name: route}
-        self.metrics.set_served(name, route.version_numbers, dict(route.labels))
-        if entering or leaving or current is None:
-            logger.info(
-                "model %r serves %s%s",
-                name,
-                route.describe(),
-                f" (unloading {', '.join(str(s.version) for s in leaving)})" if leaving else "",
-            )
-        for served in leaving:
-            await self._free(served)
-        return Change(name, tuple(sorted(entering)), tuple(sorted(s.version for s in leaving)))
+        return Step(name, route, entering, leaving, unchanged=False)
 
     def _stale(
         self, name: str, loaded: Mapping[int, ServedVersion], on_disk: list[int]
@@ -314,7 +477,7 @@ class ModelManager:
             if v in on_disk and version_fingerprint(self.repo, v, name) != served.fingerprint
         }
 
-    def _refuse(self, record: ModelRecord, problem: str, strict: bool, *, config: bool) -> Change:
+    def _refuse(self, record: ModelRecord, problem: str, strict: bool, *, config: bool) -> None:
         """Nothing changes for ``record``'s model; say why (once per distinct reason)."""
         served = self._routes.get(record.name)
         still = f"still serving {served.describe()}" if served else "not served"
@@ -325,19 +488,6 @@ class ModelManager:
         record.problem = problem
         if strict:
             raise LoadRefused(f"model {record.name!r}: {self._relative(problem)} ({still})")
-        return Change(record.name)
-
-    async def _unload(self, name: str, *, quiet: bool = False) -> Change:
-        route = self._routes.get(name)
-        if route is None:
-            return Change(name)
-        self._routes = {n: r for n, r in self._routes.items() if n != name}
-        self.metrics.forget_model(name)
-        if not quiet:
-            logger.info("unloading model %r (%s)", name, route.describe())
-        for served in route.versions.values():
-            await self._free(served)
-        return Change(name, (), tuple(route.version_numbers))
 
     async def _free(self, served: ServedVersion) -> None:
         """Out of every route already: drain, stop, and drop its series."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from server.errors import VersionNotFound
 from server.served import ServedVersion
@@ -31,6 +32,16 @@ class Route:
     @property
     def version_numbers(self) -> list[int]:
         return sorted(self.versions)
+
+    def state(self) -> dict[str, Any]:
+        """What this route serves, JSON-able and comparable between processes: each version
+        with its files' fingerprint, the labels, the default and the config."""
+        return {
+            "versions": {str(v): list(s.fingerprint) for v, s in sorted(self.versions.items())},
+            "labels": dict(sorted(self.labels.items())),
+            "default": self.default,
+            "config": self.config.to_state(),
+        }
 
     def describe(self) -> str:
         """For messages: ``versions 3, 4 (stable -> 3, canary -> 4)``."""

@@ -80,6 +80,26 @@ class ServingConfig:
                 f"version policy {self.policy.describe()}: {list(loaded) or 'none'})"
             )
 
+    def to_state(self) -> dict[str, Any]:
+        """A JSON-able form (workers compare and send it; :meth:`from_state` reads it)."""
+        policy = self.policy
+        return {
+            "policy": {
+                "kind": policy.kind,
+                "latest": policy.latest,
+                "specific": list(policy.specific),
+            },
+            "labels": dict(sorted(self.labels.items())),
+        }
+
+    @staticmethod
+    def from_state(state: Mapping[str, Any]) -> ServingConfig:
+        policy = state["policy"]
+        return ServingConfig(
+            VersionPolicy(policy["kind"], int(policy["latest"]), tuple(policy["specific"])),
+            {str(k): int(v) for k, v in state["labels"].items()},
+        )
+
     def default_version(self, loaded: Sequence[int]) -> int | None:
         """The ``stable`` label's version when set, else the newest of ``loaded``."""
         if STABLE in self.labels:
