@@ -24,7 +24,7 @@ from bench.loadgen import LoadGenerator
 from bench.payload import APIS, HTTP_APIS
 from bench.point import Target, measure
 from bench.serverproc import ServerProcess, cold_starts, memory_mib, start_echo, start_server
-from server.model import available_cpus
+from server.cgroup import available_cpus
 
 QUICK = {
     "duration_s": 1.0,

@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bench.payload import images
+from server.cgroup import available_cpus
 from server.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
-from server.model import SINGLE_THREAD_MAX_IMAGES, available_cpus, create_session
+from server.model import SINGLE_THREAD_MAX_IMAGES, create_session
 from server.repository import latest_version, read_version
 
 

@@ -110,7 +110,11 @@ def terminate(process: subprocess.Popen[Any], timeout_s: float) -> None:
 
 
 def start_server(
-    model_repo: Path, extra_args: Sequence[str] = (), *, timeout_s: float = 60.0
+    model_repo: Path,
+    extra_args: Sequence[str] = (),
+    *,
+    timeout_s: float = 60.0,
+    stderr: Any = None,
 ) -> ServerProcess:
     """Start ``python -m server.main`` on loopback, any free port, and wait until SERVING."""
     command = [
@@ -131,7 +135,7 @@ def start_server(
         "warning",
         *extra_args,
     ]
-    return start_process(command, READY_MARK, timeout_s)
+    return start_process(command, READY_MARK, timeout_s, stderr=stderr)
 
 
 def start_echo(timeout_s: float = 60.0) -> ServerProcess:
@@ -142,11 +146,20 @@ def start_echo(timeout_s: float = 60.0) -> ServerProcess:
     return start_process(command, ECHO_MARK, timeout_s)
 
 
-def start_process(command: list[str], ready_mark: str, timeout_s: float) -> ServerProcess:
-    """Run ``command`` and wait for the line ``<ready_mark>N metrics M`` on its stdout."""
+def start_process(
+    command: list[str], ready_mark: str, timeout_s: float, *, stderr: Any = None
+) -> ServerProcess:
+    """Run ``command`` and wait for the line ``<ready_mark>N metrics M`` on its stdout.
+
+    ``stderr``: where its log goes (an open file; default: this process's stderr).
+    """
     t0 = time.monotonic()
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        command,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert process.stdout is not None
     deadline = t0 + timeout_s

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -35,6 +35,7 @@ from server.readiness import Phase
 from server.rest import RestApi
 from server.servicer import SERVICE as PREDICTION_SERVICE
 from server.servicer import SERVICE_NAME, PredictionServicer
+from server.statistics import VersionStatistics
 from server.triton import TritonServicer
 
 logger = logging.getLogger(__name__)
@@ -55,12 +56,14 @@ def _bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-def grpc_options(settings: Settings) -> list[tuple[str, Any]]:
+def grpc_options(settings: Settings, *, reuse_port: bool = False) -> list[tuple[str, Any]]:
+    """``reuse_port``: a worker of --workers N, sharing the port with its peers."""
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        # On by default on Linux: a second server would silently share the port.
-        ("grpc.so_reuseport", 0),
+        # On by default on Linux: a second server would silently share the port. Only the
+        # workers of one server share it on purpose (the supervisor holds it for them).
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
         # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: one connection cannot pile up unbounded
         # idle streams (each costs memory); a client beyond it waits for a free stream.
         ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
@@ -76,8 +79,23 @@ def grpc_options(settings: Settings) -> list[tuple[str, Any]]:
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
+class Peers(Protocol):
+    """The other workers of ``--workers N``, reached through the supervisor
+    (:class:`server.worker.WorkerLink`)."""
+
+    async def statistics(self, versions: list[tuple[str, int]]) -> list[VersionStatistics]: ...
+
+    async def control(self, action: str, name: str, config_text: str | None) -> Change: ...
+
+
 class App:
-    """Lifecycle: ``open()`` (listening, NOT_SERVING) -> ``load()`` (SERVING) -> ``stop()``."""
+    """Lifecycle: ``open()`` (listening, NOT_SERVING) -> ``load()`` (SERVING) -> ``stop()``.
+
+    As one worker of ``--workers N`` (``peers`` given) the supervisor drives the models
+    instead of ``load()`` (server/worker.py): the ports are shared with the other
+    workers, statistics are summed over all of them, and model load/unload requests go
+    to every worker through the supervisor.
+    """
 
     def __init__(
         self,
@@ -85,12 +103,14 @@ class App:
         *,
         registry: CollectorRegistry | None = None,
         loader: ModelLoader | None = None,
+        peers: Peers | None = None,
     ) -> None:
         """``loader``: how a version's files become a servable model (default: an
         onnxruntime session on ``--device`` with ``--threads``); tests pass their own."""
         self.settings = settings
+        self.peers = peers
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = Metrics(self.registry)
+        self.metrics = Metrics(self.registry, worker=peers is not None)
         self.manager = ModelManager(
             settings.model_repo,
             load=loader or onnxruntime_loader(settings.device, settings.threads),
@@ -109,8 +129,14 @@ class App:
         self.plane = DataPlane(
             self.manager, self.metrics, max_images_per_request=settings.max_images_per_request
         )
-        self.catalog = Catalog(self.plane, settings)
-        self.control = ModelControl(self.manager, token=settings.model_control_token)
+        self.catalog = Catalog(
+            self.plane, settings, peer_statistics=peers.statistics if peers else None
+        )
+        self.control = ModelControl(
+            self.manager,
+            token=settings.model_control_token,
+            peers=peers.control if peers else None,
+        )
         self.health = health.aio.HealthServicer()
         # What every gRPC call is held to. Ours (server/budget.py), not grpc's
         # maximum_concurrent_rpcs, which counts health checks too: a flood of idle
@@ -138,7 +164,7 @@ class App:
         await self.health.set("", NOT_SERVING)
         await self.health.set(READINESS_SERVICE, NOT_SERVING)
         limits = self.limits
-        server = grpc.aio.server(options=grpc_options(s))
+        server = grpc.aio.server(options=grpc_options(s, reuse_port=self.peers is not None))
         predict = PredictionServicer(self.plane, self.catalog, s)
         add_service(server, self.plane, predict, PREDICTION_SERVICE, limits)
         # The Open Inference Protocol with Triton's extensions (server/triton.py).
@@ -196,6 +222,7 @@ class App:
             ssl_context=s.tls_material.ssl_context if s.tls_material is not None else None,
             client_max_size=s.max_message_bytes,
             shutdown_timeout_s=s.grace_s,
+            reuse_port=self.peers is not None,
         )
         RestApi(self.plane, self.catalog, self.control, s).add_routes(rest.app)
         try:
@@ -326,7 +353,8 @@ class App:
             await self.health.enter_graceful_shutdown()
             return
         await self.health.set("", SERVING if phase.live else NOT_SERVING)
-        await self.health.set(READINESS_SERVICE, SERVING if phase.ready else NOT_SERVING)
+        ready = self.plane.readiness.reported_ready
+        await self.health.set(READINESS_SERVICE, SERVING if ready else NOT_SERVING)
 
     async def _report_ready(self, phase: Phase) -> None:
         """``fashion_server_ready`` follows the same state (alerts: not ready, nothing served)."""
@@ -396,5 +424,6 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     loader: ModelLoader | None = None,
+    peers: Peers | None = None,
 ) -> App:
-    return App(settings, registry=registry, loader=loader)
+    return App(settings, registry=registry, loader=loader, peers=peers)

@@ -12,6 +12,7 @@ the model is or what it has counted.
 from __future__ import annotations
 
 from importlib import metadata as package_metadata
+from typing import Protocol
 
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server._proto.inference import model_config_pb2 as mc
@@ -21,6 +22,7 @@ from server.dataplane import DataPlane
 from server.errors import InvalidInput, ModelNotReady, VersionNotFound
 from server.routing import Route
 from server.served import ServedVersion
+from server.statistics import VersionStatistics
 from server.target import Target, version_number
 from server.triton_codec import (
     EXTENSIONS,
@@ -45,13 +47,26 @@ def _tensor_metadata(spec: TensorSpec) -> oip.ModelMetadataResponse.TensorMetada
     )
 
 
-class Catalog:
-    """Answers from the data plane's state; every binding asks here, the same way."""
+class PeerStatistics(Protocol):
+    """With --workers: the statistics of every worker for the given model versions."""
 
-    def __init__(self, plane: DataPlane, settings: Settings) -> None:
+    async def __call__(self, versions: list[tuple[str, int]]) -> list[VersionStatistics]: ...
+
+
+class Catalog:
+    """Answers from the data plane's state; every binding asks here, the same way.
+
+    ``peer_statistics`` (with --workers): Triton's statistics are summed over every
+    worker, whichever one the request reached.
+    """
+
+    def __init__(
+        self, plane: DataPlane, settings: Settings, peer_statistics: PeerStatistics | None = None
+    ) -> None:
         self.plane = plane
         self.settings = settings
         self._version = server_version()
+        self._peer_statistics = peer_statistics
 
     # -- the server ----------------------------------------------------------------
 
@@ -65,7 +80,7 @@ class Catalog:
         return self.plane.readiness.live
 
     def ready(self) -> bool:
-        return self.plane.readiness.ready
+        return self.plane.readiness.reported_ready
 
     def check_live(self) -> None:
         """UNAVAILABLE with the reason unless live (for bindings that answer with a status)."""
@@ -73,8 +88,10 @@ class Catalog:
             raise ModelNotReady(self.plane.readiness.refusal or "the server is not live")
 
     def check_ready(self) -> None:
-        """UNAVAILABLE with the reason unless ready."""
-        self.plane.readiness.check()
+        """UNAVAILABLE with the reason unless ready (every worker, with --workers)."""
+        readiness = self.plane.readiness
+        if not readiness.reported_ready:
+            raise ModelNotReady(readiness.unready_reason)
 
     # -- models ----------------------------------------------------------------------
 
@@ -109,7 +126,7 @@ class Catalog:
         served, route = self.describe(Target(name, version))
         return model_config(served.model, route, self.settings)
 
-    def model_statistics(self, name: str, version: str) -> oip.ModelStatisticsResponse:
+    async def model_statistics(self, name: str, version: str) -> oip.ModelStatisticsResponse:
         """Every loaded version of every model (no name), of one model, or one version.
 
         Statistics start when a version is loaded and go when it is unloaded (Triton's).
@@ -132,9 +149,12 @@ class Catalog:
                     f"(loaded: {route.describe()})"
                 )
             chosen = [(name, v) for v in ([wanted] if wanted else route.version_numbers)]
-        return oip.ModelStatisticsResponse(
-            model_stats=[model_statistics(statistics.of(m, v)) for m, v in sorted(chosen)]
-        )
+        chosen.sort()
+        if self._peer_statistics is not None:
+            found = await self._peer_statistics(chosen)
+        else:
+            found = [statistics.of(m, v) for m, v in chosen]
+        return oip.ModelStatisticsResponse(model_stats=[model_statistics(s) for s in found])
 
     def repository_index(self, only_ready: bool) -> oip.RepositoryIndexResponse:
         """Every model version in the repository (or loaded) and its state."""

@@ -1,11 +1,13 @@
-"""How much memory this process may use: its cgroup's limit, else the machine's memory.
+"""What this process may use: CPUs (its cgroup's quota and its affinity mask) and memory
+(its cgroup's limit, else the machine's memory).
 
-Read on every scrape (a few small files): Kubernetes can resize a running container's
-limit. Linux only; elsewhere nothing is known and the metric is absent.
+Memory is read on every scrape (a few small files): Kubernetes can resize a running
+container's limit. Linux only; elsewhere nothing is known and the metric is absent.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -80,3 +82,37 @@ def memory_limit_bytes(
     if machine is not None:
         candidates.append(machine)
     return min(candidates) if candidates else None
+
+
+def _cpu_quota(root: Path = CGROUP_ROOT) -> int | None:
+    """Whole CPUs of the cgroup's quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), at
+    least 1; None without a quota. A fraction rounds down: 1.5 CPUs is 1."""
+    candidates = [(root / "cpu.max", None), (root / "cpu" / "cpu.cfs_quota_us", "cfs")]
+    for path, kind in candidates:
+        try:
+            if kind is None:
+                quota, period = path.read_text().split()[:2]
+                if quota == "max":
+                    return None
+            else:
+                quota = path.read_text().strip()
+                period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+                if int(quota) < 0:
+                    return None
+            return max(1, int(quota) // int(period))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: its affinity mask and its cgroup's CPU quota.
+
+    onnxruntime sizes its pool from the host's core count, which oversubscribes a
+    container limited to fewer CPUs; ``--workers auto`` uses this too.
+    """
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    count = count or 1
+    quota = _cpu_quota()
+    return min(count, quota) if quota is not None else count
+

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server.cgroup import available_cpus
 from server.contract import is_model_name
 from server.errors import ConfigError
 from server.tls import TlsMaterial, load_tls
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 ENV_PREFIX = "FASHION_"
 DEVICES = ("cpu", "cuda", "auto")
 MODEL_CONTROL_MODES = ("poll", "explicit")
+MAX_WORKERS = 256
 VARIANTS = ("float", "int8")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # gRPC core keeps these in C ints: milliseconds for connection ages, bytes for messages.
@@ -162,6 +164,13 @@ class Settings:
         min=0,
         max=256,
     )
+    workers: str = _setting(
+        "1",
+        "server processes sharing the gRPC and REST ports (SO_REUSEPORT) under one "
+        "supervisor that restarts them, sums their metrics and applies every model change "
+        "to all of them at once; each loads every model. auto = the CPUs this process may "
+        "use (cgroup quota, then affinity mask)",
+    )
     grace_s: float = _setting(
         10.0, "on SIGTERM, how long in-flight requests may take to finish", min=0.0, max=3600.0
     )
@@ -216,6 +225,7 @@ class Settings:
                 f"--max-queue ({self.max_queue}): such a request could never be queued"
             )
         self._check_model_control()
+        self._check_workers()
         if Path(self.model_repo).exists() and not Path(self.model_repo).is_dir():
             raise ConfigError(
                 f"{_names('model_repo')}: {str(self.model_repo)!r} is not a directory"
@@ -223,6 +233,20 @@ class Settings:
         # Frozen: the normalised host replaces the given one.
         object.__setattr__(self, "host", _normalise_host(self.host))
         self._check_tls()
+
+    def _check_workers(self) -> None:
+        text = self.workers.strip().lower()
+        if text != "auto" and not (text.isdigit() and 1 <= int(text) <= MAX_WORKERS):
+            raise ConfigError(
+                f"{_names('workers')} must be auto or a whole number from 1 to {MAX_WORKERS}, "
+                f"got {self.workers[:32]!r}"
+            )
+
+    @property
+    def worker_count(self) -> int:
+        """--workers as a number (auto resolved now: the CPUs this process may use)."""
+        text = self.workers.strip().lower()
+        return available_cpus() if text == "auto" else int(text)
 
     def _check_model_control(self) -> None:
         if not is_model_name(self.default_model):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Mapping
+from typing import Protocol
 
 from server.errors import InvalidInput, Unauthenticated
 from server.manager import EXPLICIT, Change, ModelManager
@@ -27,10 +28,21 @@ CONFIG = "config"
 UNLOAD_DEPENDENTS = "unload_dependents"
 
 
+class PeerControl(Protocol):
+    """With --workers: a load or unload applied in every worker at once, or in none."""
+
+    async def __call__(self, action: str, name: str, config_text: str | None) -> Change: ...
+
+
 class ModelControl:
-    def __init__(self, manager: ModelManager, *, token: str = "") -> None:
+    """``peers`` (with --workers): the change goes through the supervisor to every worker."""
+
+    def __init__(
+        self, manager: ModelManager, *, token: str = "", peers: PeerControl | None = None
+    ) -> None:
         self.manager = manager
         self._expected = f"Bearer {token}".encode() if token else None
+        self._peers = peers
 
     @property
     def open_to_anyone(self) -> bool:
@@ -66,7 +78,10 @@ class ModelControl:
         config = parameters.get(CONFIG)
         if config is not None and not isinstance(config, str):
             raise InvalidInput(f"load parameter {CONFIG!r} must be a string (JSON)")
-        change = await self.manager.load(name, config_text=config)
+        if self._peers is not None:
+            change = await self._peers("load", name, config)
+        else:
+            change = await self.manager.load(name, config_text=config)
         logger.info(
             "model %r loaded through the API (versions loaded %s, unloaded %s)",
             name,
@@ -87,6 +102,9 @@ class ModelControl:
             )
         if not isinstance(parameters.get(UNLOAD_DEPENDENTS, False), bool):
             raise InvalidInput(f"unload parameter {UNLOAD_DEPENDENTS!r} must be a boolean")
-        change = await self.manager.unload(name)
+        if self._peers is not None:
+            change = await self._peers("unload", name, None)
+        else:
+            change = await self.manager.unload(name)
         logger.info("model %r unloaded through the API (versions %s)", name, list(change.unloaded))
         return change

@@ -99,3 +99,17 @@ class ModelLoadError(ServingError):
 
 class ConfigError(ServingError):
     """A setting has an invalid value; the message names the setting (INTERNAL)."""
+
+
+class RemoteError(ServingError):
+    """An error raised in another process of this server (a worker, the supervisor), carried
+    by its code and message: the client is told what it would have been told there."""
+
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.code = code  # type: ignore[misc]  # an instance's code, not the class's
+
+
+def error_for(code: Code, message: str) -> ServingError:
+    """The error another process raised, from its code and message."""
+    return RemoteError(code, message)

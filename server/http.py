@@ -40,14 +40,17 @@ class HttpServer:
         ssl_context: ssl.SSLContext | None = None,
         client_max_size: int = 1024**2,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
+        reuse_port: bool = False,
     ) -> None:
-        """``registry`` None: no ``/metrics``; ``flag`` names the port in a bind error."""
+        """``registry`` None: no ``/metrics``; ``flag`` names the port in a bind error;
+        ``reuse_port``: a worker of --workers N, sharing the port with its peers."""
         self.host = host
         self.requested_port = port
         self.registry = registry
         self.flag = flag
         self.ssl_context = ssl_context
         self.shutdown_timeout_s = shutdown_timeout_s
+        self.reuse_port = reuse_port
         self.app = web.Application(client_max_size=client_max_size)
         if registry is not None:
             self.app.router.add_get(METRICS_PATH, self._metrics)
@@ -63,7 +66,7 @@ class HttpServer:
             runner,
             self.host,
             self.requested_port,
-            reuse_port=False,
+            reuse_port=self.reuse_port,
             ssl_context=self.ssl_context,
         )
         try:

@@ -76,15 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fashion-serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings)
     for warning in warnings:
         logger.warning("%s", warning)
-    # Before any large allocation: freed message buffers go back to the kernel.
-    keep_large_blocks_unmapped()
-    start_trimming(settings.memory_trim_interval_s)
+    if settings.worker_count > 1:
+        # The supervisor imports neither grpc nor onnxruntime: the workers do.
+        from server.supervisor import supervise
+
+        return supervise(settings, list(sys.argv[1:] if argv is None else argv))
+    prepare_memory(settings)
     # grpc and onnxruntime (~1 s of imports) only now that SIGHUP is ignored.
     import server.app  # noqa: F401
     try:
@@ -92,6 +92,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         # Closing the loop restored SIGHUP's default (terminate): stay deaf while exiting.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def configure_logging(settings: Settings, *, prefix: str = "") -> None:
+    """Logging for the whole process, once, from the settings (``prefix``: a worker's tag)."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def prepare_memory(settings: Settings) -> None:
+    """Before any large allocation: freed message buffers go back to the kernel."""
+    keep_large_blocks_unmapped()
+    start_trimming(settings.memory_trim_interval_s)
 
 
 def cli() -> None:

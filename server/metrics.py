@@ -136,16 +136,21 @@ class VersionMetrics:
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    """``worker``: one worker of --workers N. Its series are summed over every worker by the
+    supervisor, which also reports readiness, the memory limit and each process's
+    ``process_*`` series itself (server/supervisor.py): a worker has none of those."""
+
+    def __init__(self, registry: CollectorRegistry, *, worker: bool = False) -> None:
         self.registry = registry
         # Triton's per-version statistics (ModelStatistics), fed by the same observations.
         self.statistics = InferenceStatistics()
-        # A fresh registry has none of the default collectors: resident memory, CPU seconds,
-        # open fds and start time are what operator dashboards and alerts expect.
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
-        GCCollector(registry=registry)
-        registry.register(MemoryLimitCollector())
+        if not worker:
+            # A fresh registry has none of the default collectors: resident memory, CPU
+            # seconds, open fds and start time are what dashboards and alerts expect.
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+            registry.register(MemoryLimitCollector())
         version = ["model", "version"]
         self.requests = Counter(
             "fashion_requests",
@@ -242,8 +247,9 @@ class Metrics:
         self.ready = Gauge(
             "fashion_server_ready",
             "1 while the server can run inference (a model is loaded and warm, not shutting "
-            "down), else 0: the readiness the health service reports",
-            registry=registry,
+            "down; with --workers: every worker), else 0: the readiness the health service "
+            "reports",
+            registry=None if worker else registry,
         )
         self.model_loads = Counter(
             "fashion_model_loads",

@@ -20,6 +20,7 @@ import numpy as np
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort
 
+from server.cgroup import available_cpus
 from server.contract import (
     IMAGE_SHAPE,
     INPUT_NAME,
@@ -43,23 +44,6 @@ _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
 # event loop (the A/B and its figures: docs/PERFORMANCE.md, "The unary path at 1 image x 32").
 # Bigger batches keep every thread.
 SINGLE_THREAD_MAX_IMAGES = 4
-
-
-def available_cpus() -> int:
-    """CPUs this process may really use: affinity mask and cgroup v2 quota.
-
-    onnxruntime sizes its pool from the host's core count, which oversubscribes
-    a container limited to fewer CPUs.
-    """
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    count = count or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, int(int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return count
 
 
 def _session_options(threads: int) -> ort.SessionOptions:

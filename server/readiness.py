@@ -47,6 +47,8 @@ class Readiness:
         self._phase = Phase.STARTING
         self._refusal: str | None = _REFUSALS[Phase.STARTING]
         self._listeners: list[Listener] = []
+        # With --workers: whether every other worker is ready too (the supervisor says).
+        self._peers_ready = True
 
     @property
     def phase(self) -> Phase:
@@ -59,6 +61,26 @@ class Readiness:
     @property
     def ready(self) -> bool:
         return self._phase.ready
+
+    @property
+    def reported_ready(self) -> bool:
+        """Ready as health checks and probes report it: this process ready, and with
+        --workers every other worker too (a pod is ready only when all of it is)."""
+        return self._phase.ready and self._peers_ready
+
+    @property
+    def unready_reason(self) -> str:
+        """Why :attr:`reported_ready` is false (for probes that answer with a body)."""
+        if not self._phase.ready:
+            return self._refusal or "not ready"
+        return "another worker of this server is not ready yet; retry shortly"
+
+    async def set_peers_ready(self, ready: bool) -> None:
+        """The supervisor's word on the other workers; listeners hear it like a change."""
+        if ready != self._peers_ready:
+            self._peers_ready = ready
+            for listener in self._listeners:
+                await listener(self._phase)
 
     @property
     def refusal(self) -> str | None:

@@ -183,7 +183,7 @@ class RestApi:
 
     async def _stats(self, request: web.Request) -> web.Response:
         name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
-        return _json(message_json(self.catalog.model_statistics(name, version)))
+        return _json(message_json(await self.catalog.model_statistics(name, version)))
 
     async def _index(self, request: web.Request) -> web.Response:
         ready = parse_index_body(await self._read_body(request))
@@ -206,7 +206,7 @@ class RestApi:
         name, version = self._model(request)
         # Before the body is read and parsed: a server that is not ready says so (503)
         # instead of spending the loop on up to --max-message-bytes of JSON.
-        self.catalog.check_ready()
+        self.plane.readiness.check()  # admission: this process ready (peers do not matter)
         body = await self._read_body(request)
         parsed = parse_infer_body(
             body, request.headers.get(HEADER_LENGTH), model_name=name, model_version=version

@@ -19,8 +19,10 @@ No grpc here: server/triton_codec.py turns the statistics into protobuf.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 NS_PER_S = 1_000_000_000
 
@@ -58,6 +60,47 @@ class VersionStatistics:
     # request (in the front ends), not per batch, so a batch has no input or output step
     # of its own to report: Triton's per-batch compute_input/compute_output stay unset.
     batches: dict[int, Duration] = field(default_factory=dict)
+
+
+_DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+
+
+def to_dict(stats: VersionStatistics) -> dict[str, Any]:
+    """JSON-able (a worker sends its statistics to the supervisor, which sums them)."""
+    return dataclasses.asdict(stats)
+
+
+def from_dict(data: dict[str, Any]) -> VersionStatistics:
+    durations = {name: Duration(**data[name]) for name in _DURATIONS}
+    return VersionStatistics(
+        model=data["model"],
+        version=data["version"],
+        inference_count=data["inference_count"],
+        execution_count=data["execution_count"],
+        last_inference_ms=data["last_inference_ms"],
+        batches={int(size): Duration(**d) for size, d in data["batches"].items()},
+        **durations,
+    )
+
+
+def merged(parts: list[VersionStatistics]) -> VersionStatistics:
+    """The statistics of one version over several workers: counts and times summed, the
+    last inference the latest of them."""
+    first = parts[0]
+    total = VersionStatistics(first.model, first.version)
+    for part in parts:
+        total.inference_count += part.inference_count
+        total.execution_count += part.execution_count
+        total.last_inference_ms = max(total.last_inference_ms, part.last_inference_ms)
+        for name in _DURATIONS:
+            mine, theirs = getattr(total, name), getattr(part, name)
+            mine.count += theirs.count
+            mine.ns += theirs.ns
+        for size, duration in part.batches.items():
+            batch = total.batches.setdefault(size, Duration())
+            batch.count += duration.count
+            batch.ns += duration.ns
+    return total
 
 
 class InferenceStatistics:

@@ -54,7 +54,7 @@ class TritonServicer(InferenceServicer):
     async def ModelStatistics(
         self, request: oip.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelStatisticsResponse:
-        return self.catalog.model_statistics(request.name, request.version)
+        return await self.catalog.model_statistics(request.name, request.version)
 
     async def RepositoryIndex(
         self, request: oip.RepositoryIndexRequest, context: grpc.aio.ServicerContext

@@ -1,0 +1,665 @@
+"""``fashion-serve --workers N``: one supervisor process and N worker processes behind one port.
+
+One Python process serves at most what its one event-loop thread can handle (about
+1000 / f requests per second: docs/PERFORMANCE.md). Workers are whole servers
+(:mod:`server.worker`) sharing the gRPC and REST ports with SO_REUSEPORT: the kernel
+spreads connections over them. The supervisor imports neither grpc nor onnxruntime
+and owns everything that must be one thing for the whole server:
+
+* **the ports:** it binds them first (SO_REUSEPORT, not listening: port 0 becomes a
+  real port, and the ports stay this server's while a worker restarts), then starts
+  the workers on them;
+* **the lifecycle:** it restarts a worker that dies (with back-off, counted in
+  ``fashion_worker_restarts_total``), forwards SIGTERM and exits 0 only when every
+  worker has drained and exited 0;
+* **what is served:** every model change — the first load, each poll (every
+  ``--poll-interval-s`` and on SIGHUP), each load or unload that reached one worker —
+  is prepared in every worker, compared, and committed only when every worker would
+  serve exactly the same versions (with the same files, labels and defaults);
+  otherwise it is aborted everywhere and the reason logged or returned. A restarted
+  worker first serves exactly what its peers serve. So workers never disagree;
+* **readiness:** ready (health, ``ServerReady``, ``/v2/health/ready``,
+  ``fashion_server_ready``) only while every worker is ready; a first deploy without
+  a model waits in every worker;
+* **one view:** ``/metrics`` is the workers' series summed (:mod:`server.metrics_merge`)
+  plus each process's ``process_*`` series (label ``process``), and Triton's
+  ``ModelStatistics`` are summed over the workers whichever one is asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, PlatformCollector, ProcessCollector
+from prometheus_client.core import Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from server.channel import Channel, ChannelClosed, Message
+from server.config import Settings
+from server.errors import ConfigError, FailedPrecondition, LoadRefused, ServingError
+from server.http import HttpServer
+from server.main import READY_LINE, WAITING_LINE
+from server.metrics import MemoryLimitCollector
+from server.metrics_merge import Family, Key, cumulative_samples, merge, parse, served_only
+from server.statistics import from_dict, merged, to_dict
+from server.worker import FD_VARIABLE, INDEX_VARIABLE, PORTS_VARIABLE
+
+logger = logging.getLogger("server.supervisor")
+
+# A worker that opens its ports slower than this at start-up is a failed start.
+LISTEN_TIMEOUT_S = 120.0
+# Restart back-off: doubles from the first to the last, back to the first once a
+# worker has run this long.
+BACKOFF_S = (0.5, 30.0)
+STABLE_S = 60.0
+# How often the supervisor reads every worker's counters (what a dead worker leaves behind).
+SAMPLE_EVERY_S = 2.0
+# A worker that does not answer a metrics or statistics request within this is skipped.
+ASK_TIMEOUT_S = 5.0
+
+
+@dataclass
+class WorkerHandle:
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    channel: Channel | None = None
+    phase: str = "starting"
+    listening: asyncio.Event = field(default_factory=asyncio.Event)
+    failed: str = ""
+    joined: bool = False  # serves the committed state, takes part in every change
+    started_at: float = 0.0
+    restarts: int = 0
+    families: dict[str, Family] = field(default_factory=dict)  # its last metrics
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, argv: Sequence[str]) -> None:
+        self.settings = settings
+        self.argv = list(argv)
+        self.count = settings.worker_count
+        self.workers = [WorkerHandle(i) for i in range(self.count)]
+        self.ports: tuple[int, int] = (0, -1)
+        self.metrics_port = 0
+        self._holders: list[socket.socket] = []
+        # Resolved once: the default "models" is relative to where the server was started.
+        self._where = os.path.abspath(settings.model_repo)
+        self._control = asyncio.Lock()  # one model change at a time, for every worker
+        self.committed: dict[str, Any] = {}
+        self._started = False  # the workers were told to serve
+        self._stopping = False
+        self._stop = asyncio.Event()
+        self._poll = asyncio.Event()
+        self._cluster_ready = False
+        self._readiness_changed = asyncio.Event()
+        self._carried: dict[Key, tuple[Family, float]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.registry = CollectorRegistry()
+        self._ready_gauge = Gauge(
+            "fashion_server_ready",
+            "1 while the server can run inference (every worker ready, not shutting down)",
+            registry=self.registry,
+        )
+        self._workers_gauge = Gauge(
+            "fashion_workers", "Worker processes, by state", ["state"], registry=self.registry
+        )
+        self._restarts = Counter(
+            "fashion_worker_restarts",
+            "Workers restarted after they died, by how they ended (exit code or signal)",
+            ["reason"],
+            registry=self.registry,
+        )
+        PlatformCollector(registry=self.registry)
+        self.registry.register(MemoryLimitCollector())
+        self.registry.register(_Processes(self))
+        self._merged: list[Metric] = []
+        self.registry.register(_Merged(self))
+        self._http: HttpServer | None = None
+
+    # -- the whole run ------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        try:
+            self._hold_ports()
+            await self._open_metrics()
+        except ConfigError as exc:
+            logger.error("cannot start: %s", exc)
+            self._release_ports()
+            return 1
+        for worker in self.workers:
+            await self._spawn(worker)
+        code = await self._start()
+        if code is None:
+            self._spawn_task(self._watch(), "model-watcher")
+            self._spawn_task(self._sample(), "metrics-sampler")
+            await self._stop.wait()
+            code = 0
+        return await self._shutdown(code)
+
+    async def _start(self) -> int | None:
+        """Open every worker, load the models into all of them, then serve. None: serving;
+        a number: the exit code of a start that failed (or was stopped)."""
+        opening = asyncio.ensure_future(self._open_all())
+        if await self._wait_or_stop(opening):
+            return 0
+        failed = [w for w in self.workers if not w.listening.is_set() or w.failed]
+        if failed:
+            logger.error("cannot start: worker %d: %s", failed[0].index, failed[0].failed)
+            return 1
+        for worker in self.workers:
+            worker.joined = True
+        lines = {"port": self.ports[0], "metrics": self.metrics_port, "http": max(self.ports[1], 0)}
+        waiting = False
+        while True:
+            try:
+                if await self._first_look():
+                    break
+            except ServingError as exc:
+                logger.error("cannot start: %s", exc)
+                return 1
+            if not self.settings.wait_for_model:
+                logger.error("cannot start: %s", await self._nothing_to_serve())
+                return 1
+            if not waiting:
+                waiting = True
+                where = self._where
+                refusal = f"waiting for a model in {where}; retry shortly"
+                await self._broadcast("wait", refusal=refusal)
+                print(WAITING_LINE.format(**lines), flush=True)
+                logger.warning("waiting for a model in %s (in every worker)", where)
+            if await self._next_look():
+                return 0
+        self._started = True
+        await self._broadcast("start")
+        await self._update_readiness()
+        while not self._cluster_ready:
+            self._readiness_changed.clear()
+            if await self._wait_or_stop(self._readiness_changed.wait()):
+                return 0
+        print(READY_LINE.format(**lines), flush=True)
+        logger.info("ready: %d workers serving %s", self.count, _describe(self.committed))
+        return None
+
+    async def _open_all(self) -> None:
+        await asyncio.gather(*(self._listening(w) for w in self.workers))
+
+    async def _first_look(self) -> bool:
+        """Apply the start-up models in every worker; True once what start-up needs is served."""
+        s = self.settings
+        try:
+            if s.model_control_mode == "poll":
+                await self.apply({"operation": "poll"})
+                return bool(self.committed)
+            wanted = s.startup_models
+            names = tuple(self._models_on_disk()) if wanted == ("*",) else wanted
+            for name in names:
+                if name not in self.committed:
+                    try:
+                        await self.apply({"operation": "load", "name": name})
+                    except ServingError as exc:
+                        logger.error("cannot load %s at start-up: %s", name, exc)
+            if wanted == ("*",):
+                return bool(self.committed) or not names
+            return all(name in self.committed for name in names)
+        except ServingError as exc:
+            if not s.wait_for_model:
+                raise
+            logger.error("looking for models failed: %s", exc)
+            return False
+
+    def _models_on_disk(self) -> list[str]:
+        from server.repository import scan_models  # light: no grpc, no onnxruntime
+
+        try:
+            return scan_models(self.settings.model_repo).models
+        except ServingError:
+            return []
+
+    async def _nothing_to_serve(self) -> str:
+        with contextlib.suppress(ServingError, ChannelClosed):
+            reply = await self._first_worker().request("state", timeout_s=ASK_TIMEOUT_S)
+            problems = reply.get("problems") or {}
+            if problems:
+                listed = "; ".join(f"{name}: {p}" for name, p in sorted(problems.items()))
+                return f"no valid model version in {self.settings.model_repo}: {listed}"
+        return (
+            f"no model version in {self._where}; run "
+            "fashion-train first, point --model-repo (FASHION_MODEL_REPO) at a repository, "
+            "or start with --wait-for-model"
+        )
+
+    async def _next_look(self) -> bool:
+        """Wait for the next poll (interval or SIGHUP); True when asked to stop instead."""
+        timeout = self.settings.poll_interval_s or None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wait_or_stop(self._poll.wait()), timeout)
+        self._poll.clear()
+        return self._stop.is_set()
+
+    async def _wait_or_stop(self, waiting: Any) -> bool:
+        task = asyncio.ensure_future(waiting)
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        for pending in (task, stop):
+            pending.cancel()
+        return self._stop.is_set()
+
+    def _on_sighup(self) -> None:
+        if self.settings.model_control_mode == "poll":
+            self._poll.set()
+        else:
+            logger.info(
+                "--model-control-mode explicit: SIGHUP changes nothing; load and unload "
+                "models through the API"
+            )
+
+    async def _watch(self) -> None:
+        """Poll mode: apply the repository in every worker at each interval and on SIGHUP."""
+        if self.settings.model_control_mode != "poll":
+            return
+        while not await self._next_look():
+            try:
+                await self.apply({"operation": "poll"})
+            except ServingError as exc:
+                logger.error("polling the repository changed nothing: %s", exc)
+
+    # -- every model change, in every worker at once -------------------------------------
+
+    async def apply(self, operation: Message) -> list[dict[str, Any]]:
+        """Prepare ``operation`` in every worker, commit where they all agree, else abort.
+
+        Returns the first worker's changes; raises a ServingError that says why nothing
+        changed (a worker's refusal, a worker gone, or workers that disagree).
+        """
+        async with self._control:
+            return await self._apply(operation, [w for w in self.workers if w.joined])
+
+    async def _apply(
+        self, operation: Message, workers: list[WorkerHandle]
+    ) -> list[dict[str, Any]]:
+        if not workers:
+            raise FailedPrecondition("no worker is running; retry shortly")
+        replies = await asyncio.gather(
+            *(self._ask(w, "prepare", **operation) for w in workers), return_exceptions=True
+        )
+        prepared = [(w, r) for w, r in zip(workers, replies, strict=True) if isinstance(r, dict)]
+        failed = [(w, r) for w, r in zip(workers, replies, strict=True) if not isinstance(r, dict)]
+        states = [reply["state"] for _, reply in prepared]
+        if failed or any(state != states[0] for state in states):
+            await asyncio.gather(
+                *(self._ask(w, "abort", plan=r["plan"]) for w, r in prepared),
+                return_exceptions=True,
+            )
+            if failed:
+                worker, error = failed[0]
+                if isinstance(error, ServingError):
+                    raise error
+                raise FailedPrecondition(
+                    f"worker {worker.index} went away while the change was prepared; nothing "
+                    "changed; retry"
+                )
+            raise LoadRefused(_disagreement(prepared))
+        committed = await asyncio.gather(
+            *(self._ask(w, "commit", plan=r["plan"]) for w, r in prepared),
+            return_exceptions=True,
+        )
+        self.committed = states[0]
+        served = {name: list(state["versions"]) for name, state in self.committed.items()}
+        self._carried = served_only(self._carried, served)
+        first = committed[0]
+        return list(first["changes"]) if isinstance(first, dict) else []
+
+    async def _ask(self, worker: WorkerHandle, op: str, **fields: Any) -> Message:
+        if worker.channel is None:
+            raise ChannelClosed(f"worker {worker.index} is not running")
+        return await worker.channel.request(op, **fields)
+
+    async def _broadcast(self, op: str, **fields: Any) -> None:
+        await asyncio.gather(
+            *(self._ask(w, op, **fields) for w in self.workers if w.joined),
+            return_exceptions=True,
+        )
+
+    def _first_worker(self) -> Channel:
+        for worker in self.workers:
+            if worker.joined and worker.channel is not None:
+                return worker.channel
+        raise ChannelClosed("no worker is running")
+
+    # -- what workers ask -------------------------------------------------------------------
+
+    async def _handle(self, worker: WorkerHandle, message: Message) -> Message | None:
+        op = message["op"]
+        if op == "listening":
+            worker.listening.set()
+        elif op == "failed":
+            worker.failed = str(message.get("message", "failed to start"))
+            worker.listening.set()
+        elif op == "phase":
+            worker.phase = str(message["phase"])
+            await self._update_readiness()
+        elif op == "control":
+            operation = {"operation": message["action"], "name": message["name"]}
+            if message.get("config") is not None:
+                operation["config"] = message["config"]
+            changes = await self.apply(operation)
+            change = changes[0] if changes else {"loaded": [], "unloaded": []}
+            return {"loaded": change["loaded"], "unloaded": change["unloaded"]}
+        elif op == "statistics":
+            return {"statistics": await self._statistics(message["versions"])}
+        return None
+
+    async def _statistics(self, versions: list[list[Any]]) -> list[dict[str, Any]]:
+        """Triton's statistics of ``versions``, summed over every worker."""
+        replies = await asyncio.gather(
+            *(
+                self._ask(w, "local-statistics", versions=versions, timeout_s=ASK_TIMEOUT_S)
+                for w in self.workers
+                if w.joined
+            ),
+            return_exceptions=True,
+        )
+        parts = [r["statistics"] for r in replies if isinstance(r, dict)]
+        if not parts:
+            raise FailedPrecondition("no worker answered; retry shortly")
+        return [
+            to_dict(merged([from_dict(part[i]) for part in parts])) for i in range(len(versions))
+        ]
+
+    # -- readiness --------------------------------------------------------------------------
+
+    async def _update_readiness(self) -> None:
+        ready = (
+            self._started
+            and not self._stopping
+            and all(w.joined and w.phase == "ready" for w in self.workers)
+        )
+        counts: dict[str, int] = {}
+        for worker in self.workers:
+            state = worker.phase if worker.joined else "restarting"
+            counts[state] = counts.get(state, 0) + 1
+        self._workers_gauge.clear()
+        for state, count in counts.items():
+            self._workers_gauge.labels(state).set(count)
+        if ready != self._cluster_ready:
+            self._cluster_ready = ready
+            self._ready_gauge.set(1 if ready else 0)
+            await self._broadcast("peers", ready=ready)
+            self._readiness_changed.set()
+
+    # -- workers: start, watch, restart -----------------------------------------------------
+
+    async def _spawn(self, worker: WorkerHandle) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        env[FD_VARIABLE] = str(theirs.fileno())
+        env[INDEX_VARIABLE] = str(worker.index)
+        env[PORTS_VARIABLE] = f"{self.ports[0]},{self.ports[1]}"
+        worker.listening = asyncio.Event()
+        worker.failed, worker.phase, worker.joined = "", "starting", False
+        worker.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "server.worker", *self.argv, env=env, pass_fds=(theirs.fileno(),)
+        )
+        theirs.close()
+        worker.started_at = time.monotonic()
+
+        async def handle(message: Message) -> Message | None:
+            return await self._handle(worker, message)
+
+        worker.channel = await Channel.over_socket(ours, handle)
+        self._spawn_task(worker.channel.serve(), f"worker-{worker.index}-channel")
+        self._spawn_task(self._reap(worker, worker.process), f"worker-{worker.index}-reaper")
+
+    async def _listening(self, worker: WorkerHandle) -> None:
+        process = worker.process
+        assert process is not None
+        exited = asyncio.ensure_future(process.wait())
+        listening = asyncio.ensure_future(worker.listening.wait())
+        done, _ = await asyncio.wait(
+            {exited, listening}, timeout=LISTEN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in (exited, listening):
+            task.cancel()
+        if not worker.listening.is_set():
+            worker.failed = worker.failed or (
+                f"exited with code {process.returncode}"
+                if exited in done
+                else f"did not open its ports within {LISTEN_TIMEOUT_S:g} s"
+            )
+
+    async def _reap(self, worker: WorkerHandle, process: asyncio.subprocess.Process) -> None:
+        code = await process.wait()
+        if worker.process is not process:
+            return
+        was_joined = worker.joined
+        worker.joined = False
+        if worker.channel is not None:
+            await worker.channel.close()
+        if self._stopping or self._stop.is_set() or not self._started:
+            return
+        # What it counted stays counted: the sums of the survivors never go down.
+        for key, (family, value) in cumulative_samples(worker.families).items():
+            _, carried = self._carried.get(key, (family, 0.0))
+            self._carried[key] = (family, carried + value)
+        worker.families = {}
+        reason = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        self._restarts.labels(reason).inc()
+        logger.error(
+            "worker %d (pid %d) died: %s; restarting it", worker.index, process.pid, reason
+        )
+        await self._update_readiness()
+        if was_joined:
+            self._spawn_task(self._restart(worker), f"worker-{worker.index}-restart")
+
+    async def _restart(self, worker: WorkerHandle) -> None:
+        ran = time.monotonic() - worker.started_at
+        worker.restarts = 0 if ran > STABLE_S else worker.restarts + 1
+        delay = min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** max(0, worker.restarts - 1))
+        while not self._stop.is_set():
+            if await self._wait_or_stop(asyncio.sleep(delay)):
+                return
+            await self._spawn(worker)
+            await self._listening(worker)
+            if worker.listening.is_set() and not worker.failed and await self._join(worker):
+                return
+            logger.error("worker %d did not come back (%s); retrying", worker.index, worker.failed)
+            if worker.process is not None and worker.process.returncode is None:
+                worker.process.terminate()
+                await worker.process.wait()
+            delay = min(BACKOFF_S[1], delay * 2)
+
+    async def _join(self, worker: WorkerHandle) -> bool:
+        """A restarted worker serves exactly what its peers serve, then joins them."""
+        async with self._control:
+            try:
+                await self._apply({"operation": "sync", "state": self.committed}, [worker])
+            except ServingError as exc:
+                worker.failed = f"cannot serve what the other workers serve: {exc}"
+                return False
+            reply = await self._ask(worker, "state")
+            if reply["state"] != self.committed:
+                worker.failed = "its models differ from the other workers' after the sync"
+                return False
+            worker.joined = True
+            await self._ask(worker, "peers", ready=False)
+            await self._ask(worker, "start")
+        logger.info("worker %d (pid %s) is back", worker.index, worker.pid)
+        return True
+
+    # -- metrics ------------------------------------------------------------------------------
+
+    async def _open_metrics(self) -> None:
+        s = self.settings
+        if s.metrics_port < 0:
+            self.metrics_port = 0
+            return
+        http = HttpServer(host=s.host, port=s.metrics_port, registry=None)
+        http.app.router.add_get("/metrics", self._serve_metrics)
+        await http.start()
+        self._http = http
+        self.metrics_port = http.port
+
+    async def _serve_metrics(self, request: web.Request) -> web.Response:
+        await self._gather_metrics()
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        response = web.Response(body=encoder(self.registry))
+        response.headers["Content-Type"] = content_type
+        response.enable_compression()
+        return response
+
+    async def _gather_metrics(self) -> None:
+        live = [w for w in self.workers if w.channel is not None and not w.channel.closed.is_set()]
+        replies = await asyncio.gather(
+            *(self._ask(w, "metrics", timeout_s=ASK_TIMEOUT_S) for w in live),
+            return_exceptions=True,
+        )
+        for worker, reply in zip(live, replies, strict=True):
+            if isinstance(reply, dict):
+                worker.families = parse(reply["text"])
+        self._merged = merge([w.families for w in self.workers], self._carried)
+
+    async def _sample(self) -> None:
+        while not await self._wait_or_stop(asyncio.sleep(SAMPLE_EVERY_S)):
+            with contextlib.suppress(Exception):
+                await self._gather_metrics()
+
+    # -- ports, shutdown ----------------------------------------------------------------------
+
+    def _hold_ports(self) -> None:
+        """Bind the gRPC and REST ports (SO_REUSEPORT, never listening) for the workers."""
+        s = self.settings
+        grpc_port = self._hold(s.port, "--port")
+        http_port = self._hold(s.http_port, "--http-port") if s.http_port >= 0 else -1
+        self.ports = (grpc_port, http_port)
+
+    def _hold(self, port: int, flag: str) -> int:
+        host = self.settings.host
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            holder = socket.socket(family, kind, proto)
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            holder.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"{flag}: cannot listen on {host}:{port} ({exc})") from None
+        self._holders.append(holder)
+        return int(holder.getsockname()[1])
+
+    def _release_ports(self) -> None:
+        for holder in self._holders:
+            holder.close()
+        self._holders = []
+
+    async def _shutdown(self, code: int) -> int:
+        """SIGTERM to every worker; each drains as one server does; 0 only if all exit 0."""
+        self._stopping = True
+        logger.info(
+            "shutdown: draining %d workers for up to %.1f s", self.count, self.settings.grace_s
+        )
+        processes = [w.process for w in self.workers if w.process is not None]
+        for process in processes:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+        limit = self.settings.grace_s + 10.0
+        try:
+            async with asyncio.timeout(limit):
+                codes = [await process.wait() for process in processes]
+        except TimeoutError:
+            logger.error("workers still running %.0f s after SIGTERM: killing them", limit)
+            for process in processes:
+                if process.returncode is None:
+                    process.kill()
+            codes = [await process.wait() for process in processes]
+            code = code or 1
+        if any(c != 0 for c in codes):
+            logger.error("worker exit codes: %s", codes)
+            code = code or 1
+        for task in list(self._tasks):
+            task.cancel()
+        if self._http is not None:
+            await self._http.stop()
+        self._release_ports()
+        logger.info("stopped")
+        return code
+
+    def _spawn_task(self, coroutine: Any, name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _describe(state: dict[str, Any]) -> str:
+    return "; ".join(
+        f"{name}: versions {', '.join(entry['versions'])}" for name, entry in sorted(state.items())
+    ) or "no model"
+
+
+def _disagreement(prepared: list[tuple[WorkerHandle, Message]]) -> str:
+    """Why the workers' plans differ, for the log and the caller."""
+    listed = "; ".join(
+        f"worker {worker.index} would serve {_describe(reply['state'])}"
+        for worker, reply in prepared
+    )
+    return (
+        "the workers would not serve the same thing, so nothing changed in any of them "
+        f"({listed}); see their logs for the versions that failed"
+    )
+
+
+class _Processes(Collector):
+    """``process_*`` for the supervisor and every worker, labelled ``process``: summed by
+    job and instance they are the pod's, which is what memory alerts divide by its limit."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        processes = [("supervisor", os.getpid())] + [
+            (f"worker-{w.index}", w.pid) for w in self._supervisor.workers if w.pid is not None
+        ]
+        families: dict[str, Metric] = {}
+        for label, pid in processes:
+            collector = ProcessCollector(pid=functools.partial(int, pid), registry=None)
+            for family in collector.collect():
+                total = families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type)
+                )
+                for sample in family.samples:
+                    total.add_sample(sample.name, {**sample.labels, "process": label}, sample.value)
+        yield from families.values()
+
+
+class _Merged(Collector):
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._supervisor._merged
+
+
+def supervise(settings: Settings, argv: Sequence[str]) -> int:
+    """``fashion-serve --workers N`` (N > 1): run the supervisor until it stops."""
+    return asyncio.run(Supervisor(settings, argv).run())

@@ -1,0 +1,310 @@
+"""``fashion-serve --workers 2`` (#25), as real processes: one supervisor, two workers sharing
+the ports, real clients on many connections (each lands on a worker the kernel picks).
+
+A worker killed under load is restarted and only the requests it held fail; SIGTERM under
+load loses nothing; the metrics and Triton's statistics are the sums over the workers;
+a reload, and an explicit load, reach every worker, and a change that one worker cannot
+make is made by none."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.serverproc import ServerProcess, descendants, start_server
+from server._proto.fashion.v1 import prediction_pb2 as pb
+from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
+from server._proto.inference import grpc_predict_v2_pb2 as oip
+from server._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from tests.e2e.conftest import Samples, parse_samples
+
+IMAGE = pb.Image(raw=bytes(784))
+# A connection of its own per channel: the kernel spreads connections, not calls.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+READINESS_SERVICE = "fashion.v1.PredictionService"
+
+
+def publish(source: Path, repo: Path, model: str, version: int) -> None:
+    staged = repo / model / f".tmp-{version}"
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source / "fashion" / "1", staged)
+    meta = json.loads((staged / "metadata.json").read_text())
+    (staged / "metadata.json").write_text(json.dumps({**meta, "name": model, "version": version}))
+    os.rename(staged, repo / model / str(version))
+
+
+@pytest.fixture
+def repo(model_repo: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    publish(model_repo, root, "fashion", 1)
+    return root
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "server.log"
+    yield path
+
+
+def start(repo: Path, log: Path, *extra: str) -> ServerProcess:
+    with log.open("a") as stderr:
+        return start_server(
+            repo,
+            ["--workers", "2", "--poll-interval-s", "0", "--log-level", "info", *extra],
+            stderr=stderr,
+        )
+
+
+def workers_of(server: ServerProcess) -> list[int]:
+    return sorted(descendants(server.pid))
+
+
+def scrape(server: ServerProcess) -> Samples:
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return parse_samples(response.read().decode())
+
+
+async def traffic(
+    target: str, stop: asyncio.Event, outcomes: dict[str, int], *, clients: int = 8, **fields
+) -> None:
+    """``clients`` connections sending one image back to back until ``stop``; every
+    outcome counted by status code."""
+
+    async def client() -> None:
+        async with grpc.aio.insecure_channel(target, options=OWN_CONNECTION) as channel:
+            stub = pb_grpc.PredictionServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    await stub.Predict(pb.PredictRequest(images=[IMAGE], **fields), timeout=20)
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                outcomes[code] = outcomes.get(code, 0) + 1
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+
+
+async def ready(target: str) -> bool:
+    async with grpc.aio.insecure_channel(target, options=OWN_CONNECTION) as channel:
+        request = health_pb2.HealthCheckRequest(service=READINESS_SERVICE)
+        answer = await health_pb2_grpc.HealthStub(channel).Check(request, timeout=5)
+        return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def wait_until(check, timeout_s: float = 60.0) -> None:
+    """Until ``check()`` (a plain or an async callable) is true; fails after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+def restarts(server: ServerProcess) -> float:
+    return scrape(server).get("fashion_worker_restarts_total{}", 0) or 0
+
+
+async def test_two_workers_share_the_port_and_sum_their_counts(repo, log) -> None:
+    server = start(repo, log)
+    try:
+        assert len(workers_of(server)) == 2
+        sent = 0
+        for _ in range(16):  # 16 connections: both workers get some
+            async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
+                reply = await pb_grpc.PredictionServiceStub(ch).Predict(
+                    pb.PredictRequest(images=[IMAGE] * 2)
+                )
+                assert len(reply.predictions) == 2 and reply.model_version == 1
+                sent += 1
+        metrics = scrape(server)
+        assert metrics["fashion_requests_total{code=OK,method=Predict,model=fashion}"] == sent
+        assert metrics["fashion_images_total{model=fashion,version=1}"] == 2 * sent
+        assert metrics["fashion_server_ready{}"] == 1
+        assert metrics["fashion_workers{state=ready}"] == 2
+        # One series per process, so summed they are the pod's memory.
+        rss = {k: v for k, v in metrics.items() if k.startswith("process_resident_memory_bytes")}
+        assert {k.split("process=")[1].rstrip("}") for k in rss} == {
+            "supervisor", "worker-0", "worker-1"
+        }  # fmt: skip
+        assert metrics["fashion_model_versions_loaded{model=fashion}"] == 1  # not 2
+        async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
+            stats = await oip_grpc.GRPCInferenceServiceStub(ch).ModelStatistics(
+                oip.ModelStatisticsRequest(name="fashion")
+            )
+        (only,) = stats.model_stats
+        assert only.inference_count == 2 * sent  # every worker's, whichever answered
+        assert only.inference_stats.success.count == sent
+        log_text = log.read_text()
+        assert "worker 0 INFO" in log_text and "worker 1 INFO" in log_text
+    finally:
+        assert server.stop() == 0
+
+
+async def test_a_killed_worker_is_restarted_and_only_its_requests_fail(repo, log) -> None:
+    server = start(repo, log)
+    try:
+        stop, outcomes = asyncio.Event(), {}
+        load = asyncio.create_task(traffic(server.target, stop, outcomes))
+        await wait_until(lambda: outcomes.get("OK", 0) > 50)
+        victim = workers_of(server)[0]
+        os.kill(victim, signal.SIGKILL)
+        await wait_until(lambda: restarts(server) == 1)
+        await wait_until(lambda: scrape(server)["fashion_server_ready{}"] == 1)
+        assert victim not in workers_of(server) and len(workers_of(server)) == 2
+        before = outcomes.get("OK", 0)
+        await wait_until(lambda: outcomes.get("OK", 0) > before + 50)
+        stop.set()
+        await load
+        failed = {code: n for code, n in outcomes.items() if code != "OK"}
+        # The requests the killed worker held (on its connections) fail, and only those:
+        # at most one in flight per client connection.
+        assert sum(failed.values()) <= 8, outcomes
+        assert set(failed) <= {"UNAVAILABLE", "CANCELLED", "INTERNAL"}, outcomes
+        metrics = scrape(server)
+        assert metrics["fashion_worker_restarts_total{reason=signal SIGKILL}"] == 1
+        # What the killed worker had counted stays counted (sampled every 2 s).
+        assert metrics["fashion_requests_total{code=OK,method=Predict}"] <= outcomes["OK"]
+        assert metrics["fashion_requests_total{code=OK,method=Predict}"] > outcomes["OK"] / 3
+    finally:
+        assert server.stop() == 0
+
+
+async def test_sigterm_under_load_loses_nothing_in_flight(repo, log) -> None:
+    server = start(repo, log, "--max-queue", "8192")
+    channels = [
+        grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) for _ in range(4)
+    ]
+    calls = [
+        asyncio.ensure_future(
+            pb_grpc.PredictionServiceStub(channel).Predict(
+                pb.PredictRequest(images=[IMAGE] * 64), timeout=30
+            )
+        )
+        for channel in channels
+        for _ in range(8)
+    ]
+    await asyncio.sleep(0.05)
+    server.process.send_signal(signal.SIGTERM)
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for channel in channels:
+        await channel.close()
+    answered = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    # Calls already inside a worker are answered; one that arrives after the drain began
+    # is refused UNAVAILABLE (retryable), never lost.
+    assert all(len(r.predictions) == 64 for r in answered)
+    assert all(e.code() == grpc.StatusCode.UNAVAILABLE for e in refused), refused
+    assert answered
+    assert server.process.wait(30) == 0
+    assert not workers_of(server)
+    assert server.stop() == 0  # already exited: closes its output
+
+
+async def test_a_reload_reaches_every_worker_and_fails_no_request(repo, log, model_repo) -> None:
+    server = start(repo, log)
+    try:
+        stop, outcomes = asyncio.Event(), {}
+        load = asyncio.create_task(traffic(server.target, stop, outcomes))
+        await wait_until(lambda: outcomes.get("OK", 0) > 20)
+        publish(model_repo, repo, "fashion", 2)
+        server.process.send_signal(signal.SIGHUP)
+        swapped = "model 'fashion' serves version 2"
+        await wait_until(lambda: log.read_text().count(swapped) == 2)
+        await asyncio.sleep(0.3)
+        stop.set()
+        await load
+        assert set(outcomes) == {"OK"}, outcomes  # no request failed during the swap
+        # Every connection, whichever worker it reached, sees version 2 only.
+        for _ in range(12):
+            async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
+                index = await oip_grpc.GRPCInferenceServiceStub(ch).RepositoryIndex(
+                    oip.RepositoryIndexRequest(ready=True)
+                )
+                assert [(m.name, m.version) for m in index.models] == [("fashion", "2")]
+    finally:
+        assert server.stop() == 0
+
+
+async def test_an_explicit_load_reaches_every_worker_or_none(repo, log, model_repo) -> None:
+    publish(model_repo, repo, "other", 1)
+    publish(model_repo, repo, "broken", 1)
+    meta_path = repo / "broken" / "1" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "model_sha256": "0" * 64}))
+    server = start(repo, log, "--model-control-mode", "explicit", "--load-model", "fashion")
+    try:
+        async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
+            control = oip_grpc.GRPCInferenceServiceStub(ch)
+            await control.RepositoryModelLoad(oip.RepositoryModelLoadRequest(model_name="other"))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                broken = oip.RepositoryModelLoadRequest(model_name="broken")
+                await control.RepositoryModelLoad(broken)
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "refused 1" in info.value.details()
+        text = log.read_text()
+        assert "worker 0 INFO server.manager: model 'other' serves" in text
+        assert "worker 1 INFO server.manager: model 'other' serves" in text
+        for _ in range(12):  # whichever worker a connection reaches serves "other"
+            async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
+                stub = pb_grpc.PredictionServiceStub(ch)
+                reply = await stub.Predict(pb.PredictRequest(images=[IMAGE], model_name="other"))
+                assert reply.model_name == "other"
+                ready = await oip_grpc.GRPCInferenceServiceStub(ch).ModelReady(
+                    oip.ModelReadyRequest(name="broken")
+                )
+                assert not ready.ready
+        async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
+            await oip_grpc.GRPCInferenceServiceStub(ch).RepositoryModelUnload(
+                oip.RepositoryModelUnloadRequest(model_name="other")
+            )
+        for _ in range(12):
+            async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await pb_grpc.PredictionServiceStub(ch).Predict(
+                        pb.PredictRequest(images=[IMAGE], model_name="other")
+                    )
+                assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        assert server.stop() == 0
+
+
+async def test_a_first_deploy_waits_in_every_worker(model_repo, tmp_path, log) -> None:
+    repo = tmp_path / "empty"
+    (repo / "fashion").mkdir(parents=True)
+    from bench.serverproc import start_process
+    from server.main import WAITING_LINE
+
+    command = [
+        os.sys.executable, "-m", "server.main", "--model-repo", str(repo), "--workers", "2",
+        "--port", "0", "--metrics-port", "0", "--http-port", "-1", "--wait-for-model",
+        "--poll-interval-s", "0", "--log-level", "info",
+    ]  # fmt: skip
+    with log.open("a") as stderr:
+        server = start_process(command, WAITING_LINE.split("{")[0], 60, stderr=stderr)
+    try:
+        for _ in range(6):
+            assert not await ready(server.target)
+        assert scrape(server)["fashion_server_ready{}"] == 0
+        publish(model_repo, repo, "fashion", 1)
+        server.process.send_signal(signal.SIGHUP)
+        await wait_until(lambda: ready(server.target))
+        for _ in range(6):
+            assert await ready(server.target)
+    finally:
+        assert server.stop() == 0
