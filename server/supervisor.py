@@ -47,6 +47,7 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from server.cgroup import available_cpus
 from server.channel import Channel, ChannelClosed, Message
 from server.config import Settings
 from server.errors import ConfigError, FailedPrecondition, LoadRefused, ServingError
@@ -95,6 +96,10 @@ class Supervisor:
         self.argv = list(argv)
         self.count = settings.worker_count
         self.workers = [WorkerHandle(i) for i in range(self.count)]
+        # --threads 0: the CPUs this process may use, shared out among the workers (N
+        # workers with all of them each would oversubscribe the CPUs N times).
+        share = max(1, available_cpus() // self.count)
+        self._threads = ["--threads", str(share)] if settings.threads == 0 else []
         self.ports: tuple[int, int] = (0, -1)
         self.metrics_port = 0
         self._holders: list[socket.socket] = []
@@ -418,7 +423,13 @@ class Supervisor:
         worker.listening = asyncio.Event()
         worker.failed, worker.phase, worker.joined = "", "starting", False
         worker.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server.worker", *self.argv, env=env, pass_fds=(theirs.fileno(),)
+            sys.executable,
+            "-m",
+            "server.worker",
+            *self.argv,
+            *self._threads,
+            env=env,
+            pass_fds=(theirs.fileno(),),
         )
         theirs.close()
         worker.started_at = time.monotonic()

@@ -236,8 +236,11 @@ def test_every_fashion_variable_is_a_real_setting_with_a_valid_value(overlay: st
     assert settings.device == ("cuda" if overlay == "gpu" else "cpu")
     # The kubelet's gRPC probes speak plaintext only: a TLS server would never turn Ready.
     assert not getattr(settings, "tls_cert", ""), "native gRPC probes cannot use TLS"
-    limit = server_container(docs)["resources"]["limits"]["cpu"]
-    assert settings.threads == math.ceil(cpu_cores(limit)), "onnxruntime threads = CPU limit"
+    limit = math.ceil(cpu_cores(server_container(docs)["resources"]["limits"]["cpu"]))
+    # One worker per CPU of the limit (one per GPU on the GPU overlay), each with the limit
+    # shared out as its onnxruntime threads (threads 0: the supervisor divides).
+    assert settings.worker_count == (1 if overlay == "gpu" else limit)
+    assert settings.threads == 0, "each worker's threads follow the limit and the workers"
 
 
 def test_kserve_predictor_settings_are_valid() -> None:
