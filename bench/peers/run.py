@@ -61,8 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parity-images", type=int, default=2000, help="test images for parity")
     p.add_argument(
         "--only",
-        default="ours,floor,pytriton,mlserver",
-        help="servers to run, in this order (reverse it for a second run)",
+        default="ours,workers,floor,pytriton,mlserver",
+        help="servers to run, in this order (reverse it for a second run); workers = "
+        "fashion-serve --workers N",
+    )
+    p.add_argument(
+        "--workers", type=int, default=2, help="N of the 'workers' server (--workers N)"
     )
     p.add_argument("--perf-analyzer", action="store_true", help="also perf_analyzer each")
     p.add_argument("--no-install", action="store_true", help="use the peer venvs as they are")
@@ -182,7 +186,7 @@ def _with_server(
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     order = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = set(order) - {"ours", "floor", "pytriton", "mlserver"}
+    unknown = set(order) - {"ours", "workers", "floor", "pytriton", "mlserver"}
     if unknown:
         raise SystemExit(f"bench.peers: unknown server(s) in --only: {sorted(unknown)}")
     only = set(order)
@@ -220,6 +224,22 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "ours": (
             "fashion-serve",
             lambda: start_server(args.model_repo, server_args),
+            lambda s: Target(s.target, f"127.0.0.1:{s.metrics_port}", s.pid),
+            OURS,
+        ),
+        # N workers behind one port, the CPUs shared out as their onnxruntime threads;
+        # The load generator opens --connections connections per process (4 by default):
+        # the kernel spreads connections, not calls, over the workers.
+        "workers": (
+            f"fashion-serve --workers {args.workers}",
+            lambda: start_server(
+                args.model_repo,
+                [
+                    f"--workers={args.workers}",
+                    f"--threads={max(1, threads // args.workers)}",
+                    *server_args[1:],
+                ],
+            ),
             lambda s: Target(s.target, f"127.0.0.1:{s.metrics_port}", s.pid),
             OURS,
         ),

@@ -122,6 +122,104 @@ def ratios(results: dict[str, Any]) -> list[Ratio]:
     return out
 
 
+OURS = "fashion-serve"
+WORKERS_PREFIX = "fashion-serve --workers"
+
+
+def our_servers(results: dict[str, Any]) -> list[str]:
+    """``fashion-serve`` and its ``--workers N`` runs, in the order they were measured."""
+    return [name for name in results.get("servers", {}) if name.startswith(OURS)]
+
+
+def targets_25(results: dict[str, Any]) -> list[Ratio]:
+    """Issue #25's targets for each of our servers (one process, and with workers)."""
+    out: list[Ratio] = []
+    unary = ceiling(results, "oip")
+    streamed = ceiling(results, "stream")
+    limit32 = results.get("inprocess_images_per_s", {}).get("32")
+    triton = {
+        point: value(find(results, "pytriton", PEER_API, size, conc), metric)
+        for point, (size, conc, metric) in {
+            "c1": (1, 1, "p50"),
+            "1x32": (1, 32, "images_per_s"),
+            "32x8": (32, 8, "images_per_s"),
+        }.items()
+    }
+    for server in our_servers(results):
+        tag = "" if server == OURS else f" ({server.removeprefix(OURS).strip()})"
+        def at(api: str, size: int, conc: int, metric: str = "images_per_s") -> float | None:
+            return value(find(results, server, api, size, conc), metric)  # noqa: B023
+
+        ceiling_images = None if unary is None else unary["images_per_s"]
+        out.append(
+            Ratio(
+                f"1 x 32: of the grpc.aio ceiling{tag}",
+                "oip",
+                at("oip", 1, 32),
+                ceiling_images,
+                0.9,
+                False,
+            )
+        )
+        out.append(
+            Ratio(f"1 x 32: vs PyTriton{tag}", "oip", at("oip", 1, 32), triton["1x32"], 1.4, False)
+        )
+        out.append(
+            Ratio(f"32 x 8: vs PyTriton{tag}", "oip", at("oip", 32, 8), triton["32x8"], 1.4, False)
+        )
+        ref = None if limit32 is None else float(limit32)
+        out.append(
+            Ratio(
+                f"32 x 8: of in-process onnxruntime{tag}", "oip", at("oip", 32, 8), ref, 0.65, False
+            )
+        )
+        streamed_images = None if streamed is None else streamed["images_per_s"]
+        out.append(
+            Ratio(
+                f"streamed 1 x 32: of its ceiling{tag}",
+                "stream",
+                at("stream", 1, 32),
+                streamed_images,
+                0.9,
+                False,
+            )
+        )
+        out.append(
+            Ratio(
+                f"1 image, conc 1: p50 vs PyTriton{tag}",
+                "oip",
+                at("oip", 1, 1, "p50"),
+                triton["c1"],
+                0.4,
+                True,
+            )
+        )
+    return out
+
+
+def workers_vs_one(results: dict[str, Any]) -> str:
+    """Each point of ``fashion-serve --workers N`` against one process, same run."""
+    lines = ["| point | API | one process | with workers | ratio |", "|---|---|---|---|---|"]
+    for server in our_servers(results):
+        if server == OURS:
+            continue
+        for point in results["servers"][server].get("points", []):
+            one = find(results, OURS, point["api"], point["size"], point["concurrency"])
+            if one is None:
+                continue
+            metric = "p50" if point["concurrency"] == 1 else "images_per_s"
+            a, b = value(one, metric), value(point, metric)
+            ratio = f"{b / a:.2f}" if a and b is not None else "—"
+            unit, digits = (" ms p50", 2) if metric == "p50" else (" img/s", 0)
+            api = LABEL.get(point["api"], point["api"])
+            workers = server.removeprefix(OURS).strip()
+            lines.append(
+                f"| {point['size']} x conc {point['concurrency']} | {api} "
+                f"| {_num(a, digits)}{unit} | {_num(b, digits)}{unit} ({workers}) | {ratio} |"
+            )
+    return "\n".join(lines) if len(lines) > 2 else "No --workers run in this measurement."
+
+
 def _client_ms(point: dict[str, Any]) -> float:
     rate = float(point["requests_per_s"])
     return 1000.0 * float(point["client_cpu_cores"]) / rate if rate else 0.0
@@ -243,6 +341,14 @@ def markdown(results: dict[str, Any]) -> str:
         ratios_table(rows),
         "",
         f"Errors and wrong-sized answers at our points: {our_errors(results)}.",
+        "",
+        "## Issue #25's targets (ours / reference, this run)",
+        "",
+        ratios_table(targets_25(results)),
+        "",
+        "## --workers against one process, same run",
+        "",
+        workers_vs_one(results),
         "",
         "## The ceiling at 1 image x 32",
         "",

@@ -319,3 +319,28 @@ def test_a_report_is_rewritten_from_its_measurements(tmp_path):
     assert table.main([str(tmp_path)]) == 0
     assert "Errors and wrong-sized answers" in (tmp_path / "peers.md").read_text()
     assert table.main([]) == 2
+
+
+def test_issue_25_targets_and_workers_against_one_process():
+    results = _results()
+    results["inprocess_cpu_ms_per_image"] = {"1": 0.3, "4": 0.25}
+    workers = [
+        _point("oip", 1, 1, 480, 1.1),
+        _point("oip", 1, 32, 2520, 14.0),
+        _point("oip", 32, 8, 8100, 22.0),
+    ]
+    results["servers"]["fashion-serve --workers 2"] = {"points": workers}
+    rows = table.targets_25(results)
+    # PyTriton 1000 img/s at 1 x 32: ours 2.1x, the workers 2.52x (target 1.4x).
+    assert _row(rows, "1 x 32: vs PyTriton", "oip").ratio == 2.1
+    assert _row(rows, "1 x 32: vs PyTriton (--workers 2)", "oip").ratio == pytest.approx(2.52)
+    in_process = _row(rows, "32 x 8: of in-process onnxruntime (--workers 2)", "oip")
+    assert (in_process.ratio, in_process.met) == (0.675, True)  # 8100 / 12000 >= 0.65
+    p50 = _row(rows, "1 image, conc 1: p50 vs PyTriton (--workers 2)", "oip")
+    assert (p50.ratio, p50.met) == (pytest.approx(0.275), True)
+    ceiling = _row(rows, "1 x 32: of the grpc.aio ceiling", "oip")
+    assert ceiling.reference == table.ceiling(results)["images_per_s"]
+    text = table.workers_vs_one(results)
+    assert "| 1 x conc 32 | ModelInfer | 2,100 img/s | 2,520 img/s (--workers 2) | 1.20 |" in text
+    assert "| 1 x conc 1 | ModelInfer | 1.00 ms p50 | 1.10 ms p50 (--workers 2) | 1.10 |" in text
+    assert "## Issue #25's targets" in table.markdown(results)
