@@ -128,3 +128,21 @@ def test_echo_answers_concurrent_calls_with_each_wait(wait: str) -> None:
         assert asyncio.run(calls()) == [1] * 32  # 32 in flight: batched waits share hops
     finally:
         assert server.stop() == 0
+
+
+def test_scaling_plan_pins_each_server_to_its_share_of_the_cores():
+    from bench import scaling
+
+    assert scaling.cores("0-3,8,10-11") == [0, 1, 2, 3, 8, 10, 11]
+    args = scaling.build_parser().parse_args(["--workers", "1,2,4", "--server-cores", "0-3"])
+    assert scaling.plan(args) == [
+        ("fashion-serve --workers 1", [0]),
+        ("pytriton on 1 cores", [0]),
+        ("fashion-serve --workers 2", [0, 1]),
+        ("pytriton on 2 cores", [0, 1]),
+        ("fashion-serve --workers 4", [0, 1, 2, 3]),
+        ("pytriton on 4 cores", [0, 1, 2, 3]),
+    ]
+    too_many = scaling.build_parser().parse_args(["--workers", "8", "--server-cores", "0-3"])
+    with pytest.raises(SystemExit, match="needs 8 server cores"):
+        scaling.plan(too_many)
