@@ -13,25 +13,23 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 
 from server.catalog import Catalog
-from server.config import Settings
+from server.config import EXPLICIT, POLL, Settings
 from server.control import ModelControl
 from server.dataplane import DataPlane
 from server.errors import ConfigError, LoadRefused, ModelLoadError, VersionNotFound
 from server.grpc_binding import Limits, add_foreign_service, add_service
 from server.http import HttpServer
 from server.manager import (
-    EXPLICIT,
-    NO_VERSION,
-    POLL,
     Batching,
-    Change,
     ModelLoader,
     ModelManager,
     onnxruntime_loader,
 )
 from server.metrics import Metrics
 from server.oip import SERVICE as OIP_SERVICE
+from server.plans import Change
 from server.readiness import Phase
+from server.repository_view import NO_VERSION
 from server.rest import RestApi
 from server.servicer import SERVICE as PREDICTION_SERVICE
 from server.servicer import SERVICE_NAME, PredictionServicer

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 ENV_PREFIX = "FASHION_"
 DEVICES = ("cpu", "cuda", "auto")
 MODEL_CONTROL_MODES = ("poll", "explicit")
+POLL, EXPLICIT = MODEL_CONTROL_MODES
 MAX_WORKERS = 256
 VARIANTS = ("float", "int8")
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -16,8 +16,10 @@ import logging
 from collections.abc import Mapping
 from typing import Protocol
 
+from server.config import EXPLICIT
 from server.errors import InvalidInput, Unauthenticated
-from server.manager import EXPLICIT, Change, ModelManager
+from server.manager import ModelManager
+from server.plans import Change
 
 logger = logging.getLogger(__name__)
 

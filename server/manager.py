@@ -28,10 +28,11 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.config import EXPLICIT, POLL
 from server.errors import (
     ConfigError,
     FailedPrecondition,
@@ -42,19 +43,17 @@ from server.errors import (
 )
 from server.metrics import Metrics
 from server.model import LoadedModel
-from server.repository import (
-    ModelVersion,
-    config_fingerprint,
-    config_path,
-    model_dir,
-    read_version,
-    scan_models,
-    scan_versions,
-    version_fingerprint,
+from server.plans import Change, Load, Operation, Plan, Poll, Step, Unload
+from server.repository import ModelVersion, read_version, version_fingerprint
+from server.repository_view import (
+    IndexEntry,
+    ModelRecord,
+    RepositoryView,
+    nothing_chosen,
 )
 from server.routing import Route, resolve
 from server.served import ServedVersion
-from server.serving_config import ConfigRefused, ServingConfig, parse_config, pinned
+from server.serving_config import ConfigRefused, ServingConfig
 from server.target import Target
 
 logger = logging.getLogger(__name__)
@@ -62,7 +61,6 @@ logger = logging.getLogger(__name__)
 # Batch sizes run once before a version is reported ready: the first request of
 # each size otherwise pays onnxruntime's allocation cost.
 WARM_UP_BATCHES = (1, 8, 32, 64)
-POLL, EXPLICIT = "poll", "explicit"
 
 # How a version's checked files become a servable model (blocking; runs off the event loop).
 ModelLoader = Callable[[ModelVersion], LoadedModel]
@@ -81,85 +79,6 @@ class Batching:
     max_wait_s: float = 0.002
     max_queue: int = 1024
     concurrency: int = 1
-
-
-@dataclass
-class ModelRecord:
-    """The control plane's memory of one model directory (never read by requests)."""
-
-    name: str
-    refused: dict[int, tuple[int, ...]] = field(default_factory=dict)  # version -> files
-    problem: str = ""  # why the model, or its latest change, is not served as asked
-    config_seen: tuple[int, int] | None = None  # config.json's fingerprint when last read
-    reported_names: set[str] = field(default_factory=set)
-
-
-@dataclass(frozen=True)
-class Change:
-    """What one apply did to a model: versions loaded and unloaded (both ascending)."""
-
-    model: str
-    loaded: tuple[int, ...] = ()
-    unloaded: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class Poll:
-    """Apply every model of the repository as it is on disk (poll mode)."""
-
-
-@dataclass(frozen=True)
-class Load:
-    """Load or reload one model (explicit mode), optionally with a config.json of its own."""
-
-    name: str
-    config_text: str | None = None
-
-
-@dataclass(frozen=True)
-class Unload:
-    """Unload one model (explicit mode)."""
-
-    name: str
-
-
-@dataclass(frozen=True)
-class Sync:
-    """Serve exactly ``state`` (a :meth:`ModelManager.state`): a worker joining its peers."""
-
-    state: Mapping[str, Mapping[str, Any]]
-
-
-Operation = Poll | Load | Unload | Sync
-
-
-@dataclass
-class Step:
-    """One model's prepared change, not yet visible to requests."""
-
-    name: str
-    route: Route | None  # after the commit; None: the model goes away
-    entering: dict[int, ServedVersion]  # loaded and warmed for it
-    leaving: list[ServedVersion]  # drained and freed at the commit
-    unchanged: bool = False
-
-
-@dataclass
-class Plan:
-    """A prepared operation: its steps, and what every model would serve once committed."""
-
-    steps: list[Step]
-    state: dict[str, dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    """One row of the repository index: a model version on disk (or loaded) and its state."""
-
-    model: str
-    version: int | None  # None: the model has no version on disk
-    state: str  # READY or UNAVAILABLE
-    reason: str
 
 
 class ModelManager:
@@ -184,9 +103,8 @@ class ModelManager:
         size = self._batching.max_batch_size
         self._warm_sizes = tuple(sorted({1, *(n for n in WARM_UP_BATCHES if n < size), size}))
         self._routes: dict[str, Route] = {}  # replaced whole on every change
-        self._records: dict[str, ModelRecord] = {}
+        self.view = RepositoryView(self.repo, mode=mode, pinned_version=pinned_version)
         self._control = asyncio.Lock()  # one control operation at a time
-        self._reported_models: set[str] = set()
 
     # -- the hot path ----------------------------------------------------------------
 
@@ -201,26 +119,41 @@ class ModelManager:
         except VersionNotFound:
             # The error path only: say whether the version exists on disk.
             if target.model in self._routes and target.version and not target.label:
-                on_disk = {target.model: self._versions_on_disk(target.model)}
+                on_disk = {target.model: self.view.versions_on_disk(target.model)}
                 return resolve(self._routes, target, on_disk=on_disk)
-            if target.model not in self._routes and target.model in self._models_on_disk():
+            if target.model not in self._routes and target.model in self.view.models_on_disk():
+                problem = self._problem(target)
                 raise VersionNotFound(
                     f"model {target.model!r} is in the repository but not loaded"
-                    + (f": {self._records[target.model].problem}" if self._problem(target) else "")
+                    + (f": {problem}" if problem else "")
                 ) from None
             raise
 
     def on_disk(self, target: Target) -> bool:
         """Whether ``target``'s model (and version, when it names one) is in the repository
         (blocking: lists directories; for answers about models, not for requests)."""
-        if target.model not in self._models_on_disk():
+        if target.model not in self.view.models_on_disk():
             return False
         if target.label or not target.version:
             return True
-        return target.version in {str(v) for v in self._versions_on_disk(target.model)}
+        return target.version in {str(v) for v in self.view.versions_on_disk(target.model)}
+
+    def models_on_disk(self) -> list[str]:
+        return self.view.models_on_disk()
+
+    def problems(self) -> dict[str, str]:
+        """Models that are not served as asked, and why."""
+        return self.view.problems()
+
+    def refused_versions(self, name: str) -> list[int]:
+        return self.view.refused_versions(name)
+
+    def index(self, *, ready: bool) -> list[IndexEntry]:
+        """Every model and version on disk or loaded, with its state (lists directories)."""
+        return self.view.index(self._routes, ready=ready)
 
     def _problem(self, target: Target) -> str:
-        record = self._records.get(target.model)
+        record = self.view.records.get(target.model)
         return record.problem if record else ""
 
     # -- control operations: prepared, then committed ---------------------------------------
@@ -301,14 +234,14 @@ class ModelManager:
 
     async def _prepare(self, operation: Operation) -> list[Step]:
         if isinstance(operation, Poll):
-            names = await asyncio.to_thread(self._scan_models)  # ModelLoadError: unlistable
+            names = await asyncio.to_thread(self.view.scan_models)  # ModelLoadError: unlistable
             steps = [await self._prepare_model(name) for name in names]
             for name in [n for n in self._routes if n not in names]:
                 logger.warning("model %r left the repository: unloading it", name)
                 steps.append(self._unload_step(name))
             return steps
         if isinstance(operation, Load):
-            on_disk = await asyncio.to_thread(self._models_on_disk)
+            on_disk = await asyncio.to_thread(self.view.models_on_disk)
             if operation.name not in on_disk:
                 raise VersionNotFound(
                     f"no model {operation.name[:64]!r} in the repository (models: "
@@ -321,7 +254,7 @@ class ModelManager:
             ]
         if isinstance(operation, Unload):
             if operation.name not in self._routes and operation.name not in await asyncio.to_thread(
-                self._models_on_disk
+                self.view.models_on_disk
             ):
                 raise VersionNotFound(
                     f"no model {operation.name[:64]!r} is loaded or in the repository"
@@ -400,16 +333,16 @@ class ModelManager:
         ``strict`` (an explicit load, a sync): a refusal raises LoadRefused instead of being
         logged, and holds nothing.
         """
-        record = self._records.get(name)
+        record = self.view.records.get(name)
         if record is None:
-            record = self._records[name] = ModelRecord(name)
+            record = self.view.records[name] = ModelRecord(name)
             self.metrics.model_seen(name)
         current = self._routes.get(name)
         unchanged = Step(name, current, {}, [], unchanged=True)
         try:
-            on_disk = await asyncio.to_thread(self._scan_versions, record)
+            on_disk = await asyncio.to_thread(self.view.scan_versions, record)
             if config is None:
-                config = await asyncio.to_thread(self._read_config, record, config_text)
+                config = await asyncio.to_thread(self.view.read_config, record, config_text)
         except ModelLoadError as exc:
             self._refuse(record, str(exc), strict, config=True)
             return unchanged
@@ -443,7 +376,7 @@ class ModelManager:
         if exact is not None and sorted(chosen) != sorted(exact):
             problem = f"cannot serve versions {exact}: only {sorted(chosen) or 'none'} load"
         elif not chosen:
-            problem = _nothing_chosen(on_disk, sorted(record.refused), config)
+            problem = nothing_chosen(on_disk, sorted(record.refused), config)
         else:
             try:
                 config.check_labels(sorted(chosen))
@@ -487,7 +420,7 @@ class ModelManager:
                 self.metrics.count_load(record.name, "refused")
         record.problem = problem
         if strict:
-            raise LoadRefused(f"model {record.name!r}: {self._relative(problem)} ({still})")
+            raise LoadRefused(f"model {record.name!r}: {self.view.relative(problem)} ({still})")
 
     async def _free(self, served: ServedVersion) -> None:
         """Out of every route already: drain, stop, and drop its series."""
@@ -549,140 +482,4 @@ class ModelManager:
             ) from exc
         return model
 
-    # -- reading the repository (blocking: called in threads) ------------------------------
 
-    def _read_config(self, record: ModelRecord, config_text: str | None) -> ServingConfig:
-        if self.pinned_version:
-            return pinned(self.pinned_version)
-        if config_text is not None:
-            return parse_config(config_text, f"the load request's config for {record.name!r}")
-        path = config_path(self.repo, record.name)
-        record.config_seen = config_fingerprint(self.repo, record.name)
-        try:
-            text = path.read_bytes()
-        except FileNotFoundError:
-            return ServingConfig()
-        except OSError as exc:
-            raise ConfigRefused(f"{path} is unreadable: {exc.strerror or exc}") from None
-        return parse_config(text, str(path))
-
-    def _scan_versions(self, record: ModelRecord) -> list[int]:
-        scan = scan_versions(self.repo, record.name)
-        for name in sorted(set(scan.ignored) - record.reported_names):
-            logger.warning(
-                "ignoring %r in %s: not a version (a version is a directory named by an "
-                "ASCII number from 1 to 2^63-1, without leading zeros)",
-                name,
-                model_dir(self.repo, record.name),
-            )
-        record.reported_names = set(scan.ignored)  # one that comes back is reported again
-        # A refused version that was deleted is no longer refused (index, errors); one whose
-        # files changed since is tried again.
-        record.refused = {
-            v: f
-            for v, f in record.refused.items()
-            if v in scan.versions and version_fingerprint(self.repo, v, record.name) == f
-        }
-        return scan.versions
-
-    def _scan_models(self) -> list[str]:
-        scan = scan_models(self.repo)
-        for name in sorted(set(scan.ignored) - self._reported_models):
-            logger.warning(
-                "ignoring %r in %s: not a model directory (a model is a directory named by "
-                "1-64 ASCII letters, digits, '_', '.', '-', starting with a letter or digit)",
-                name,
-                self.repo,
-            )
-        self._reported_models = set(scan.ignored)
-        return scan.models
-
-    def models_on_disk(self) -> list[str]:
-        """The repository's model directories now (blocking: lists a directory)."""
-        return self._models_on_disk()
-
-    def _models_on_disk(self) -> list[str]:
-        try:
-            return scan_models(self.repo).models
-        except ModelLoadError:
-            return []
-
-    def _versions_on_disk(self, name: str) -> list[int]:
-        try:
-            return scan_versions(self.repo, name).versions
-        except ModelLoadError:
-            return []
-
-    def _relative(self, message: str) -> str:
-        """A control-plane message without the repository's absolute path."""
-        return message.replace(f"{self.repo.resolve()}/", "").replace(f"{self.repo}/", "")
-
-    # -- what the repository holds, for the index and start-up errors -------------------
-
-    def problems(self) -> dict[str, str]:
-        """Models that are not served as asked, and why."""
-        return {name: r.problem for name, r in self._records.items() if r.problem}
-
-    def refused_versions(self, name: str) -> list[int]:
-        record = self._records.get(name)
-        return sorted(record.refused) if record else []
-
-    def index(self, *, ready: bool) -> list[IndexEntry]:
-        """Every model and version on disk or loaded, with its state (blocking: lists dirs).
-
-        ``ready``: the server's readiness (a loaded version is READY only while it is).
-        """
-        names = sorted({*self._models_on_disk(), *self._routes})
-        entries: list[IndexEntry] = []
-        for name in names:
-            route = self._routes.get(name)
-            record = self._records.get(name)
-            loaded = route.versions if route else {}
-            on_disk = self._versions_on_disk(name)
-            versions = sorted({*on_disk, *loaded})
-            if not versions:
-                entries.append(IndexEntry(name, None, "UNAVAILABLE", NO_VERSION))
-            for version in versions:
-                entries.append(self._entry(name, version, route, record, ready))
-        return entries
-
-    def _entry(
-        self, name: str, version: int, route: Route | None, record: ModelRecord | None, ready: bool
-    ) -> IndexEntry:
-        if route is not None and version in route.versions:
-            if ready:
-                return IndexEntry(name, version, "READY", "")
-            return IndexEntry(
-                name, version, "UNAVAILABLE", "the server is not ready (starting or shutting down)"
-            )
-        if record is not None and version in record.refused:
-            reason = "refused: it failed to load or verify (see the log)"
-        elif route is None and self.mode == EXPLICIT:
-            reason = "not loaded (--model-control-mode explicit: load it through the API)"
-        elif route is None and record is not None and record.problem:
-            reason = f"not served: {self._relative(record.problem)}"
-        elif route is None:
-            reason = "not loaded yet: published since the last check"
-        elif self.pinned_version:
-            reason = f"not served: the server is pinned to version {self.pinned_version}"
-        elif version in route.config.policy.choose([*route.version_numbers, version]):
-            reason = "not loaded yet: published since the last check"
-        else:
-            policy = route.config.policy.describe()
-            reason = f"not served: version policy {policy} serves {route.describe()}"
-        return IndexEntry(name, version, "UNAVAILABLE", reason)
-
-
-NO_VERSION = "no version in the repository"
-
-
-def _nothing_chosen(on_disk: list[int], refused: list[int], config: ServingConfig) -> str:
-    """Why a model has no version to serve, in words for the log and the index."""
-    if not on_disk:
-        return NO_VERSION
-    if set(on_disk) <= set(refused):
-        return f"refused {', '.join(map(str, refused))} (reasons logged above)"
-    return (
-        f"version policy {config.policy.describe()} selects none of the versions on disk "
-        f"({', '.join(map(str, on_disk))}; refused: {', '.join(map(str, refused)) or 'none'})"
-    )

@@ -30,32 +30,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
-
-from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, PlatformCollector, ProcessCollector
-from prometheus_client.core import Metric
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import Collector
 
 from server.cgroup import available_cpus
 from server.channel import Channel, ChannelClosed, Message
-from server.config import Settings
-from server.errors import ConfigError, FailedPrecondition, LoadRefused, ServingError
-from server.http import HttpServer
+from server.config import POLL, Settings
+from server.coordinator import ASK_TIMEOUT_S, Coordinator, WorkerHandle, describe
+from server.errors import ConfigError, ServingError
 from server.main import READY_LINE, WAITING_LINE
-from server.metrics import MemoryLimitCollector
-from server.metrics_merge import Family, Key, cumulative_samples, merge, parse, served_only
-from server.statistics import from_dict, merged, to_dict
+from server.metrics_merge import cumulative_samples
+from server.supervisor_metrics import SupervisorMetrics
 from server.worker import FD_VARIABLE, INDEX_VARIABLE, PORTS_VARIABLE
 
 logger = logging.getLogger("server.supervisor")
@@ -66,28 +57,6 @@ LISTEN_TIMEOUT_S = 120.0
 # worker has run this long.
 BACKOFF_S = (0.5, 30.0)
 STABLE_S = 60.0
-# How often the supervisor reads every worker's counters (what a dead worker leaves behind).
-SAMPLE_EVERY_S = 2.0
-# A worker that does not answer a metrics or statistics request within this is skipped.
-ASK_TIMEOUT_S = 5.0
-
-
-@dataclass
-class WorkerHandle:
-    index: int
-    process: asyncio.subprocess.Process | None = None
-    channel: Channel | None = None
-    phase: str = "starting"
-    listening: asyncio.Event = field(default_factory=asyncio.Event)
-    failed: str = ""
-    joined: bool = False  # serves the committed state, takes part in every change
-    started_at: float = 0.0
-    restarts: int = 0
-    families: dict[str, Family] = field(default_factory=dict)  # its last metrics
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
 
 
 class Supervisor:
@@ -105,37 +74,15 @@ class Supervisor:
         self._holders: list[socket.socket] = []
         # Resolved once: the default "models" is relative to where the server was started.
         self._where = os.path.abspath(settings.model_repo)
-        self._control = asyncio.Lock()  # one model change at a time, for every worker
-        self.committed: dict[str, Any] = {}
+        self.coordinator = Coordinator(self.workers)
         self._started = False  # the workers were told to serve
         self._stopping = False
         self._stop = asyncio.Event()
         self._poll = asyncio.Event()
         self._cluster_ready = False
         self._readiness_changed = asyncio.Event()
-        self._carried: dict[Key, tuple[Family, float]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.registry = CollectorRegistry()
-        self._ready_gauge = Gauge(
-            "fashion_server_ready",
-            "1 while the server can run inference (every worker ready, not shutting down)",
-            registry=self.registry,
-        )
-        self._workers_gauge = Gauge(
-            "fashion_workers", "Worker processes, by state", ["state"], registry=self.registry
-        )
-        self._restarts = Counter(
-            "fashion_worker_restarts",
-            "Workers restarted after they died, by how they ended (exit code or signal)",
-            ["reason"],
-            registry=self.registry,
-        )
-        PlatformCollector(registry=self.registry)
-        self.registry.register(MemoryLimitCollector())
-        self.registry.register(_Processes(self))
-        self._merged: list[Metric] = []
-        self.registry.register(_Merged(self))
-        self._http: HttpServer | None = None
+        self.metrics = SupervisorMetrics(self.coordinator)
 
     # -- the whole run ------------------------------------------------------------------
 
@@ -146,7 +93,8 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             self._hold_ports()
-            await self._open_metrics()
+            await self.metrics.open(self.settings.host, self.settings.metrics_port)
+            self.metrics_port = self.metrics.port
         except ConfigError as exc:
             logger.error("cannot start: %s", exc)
             self._release_ports()
@@ -156,7 +104,7 @@ class Supervisor:
         code = await self._start()
         if code is None:
             self._spawn_task(self._watch(), "model-watcher")
-            self._spawn_task(self._sample(), "metrics-sampler")
+            self._spawn_task(self.metrics.sample(self._stop), "metrics-sampler")
             await self._stop.wait()
             code = 0
         return await self._shutdown(code)
@@ -189,20 +137,21 @@ class Supervisor:
                 waiting = True
                 where = self._where
                 refusal = f"waiting for a model in {where}; retry shortly"
-                await self._broadcast("wait", refusal=refusal)
+                await self.coordinator.broadcast("wait", refusal=refusal)
                 print(WAITING_LINE.format(**lines), flush=True)
                 logger.warning("waiting for a model in %s (in every worker)", where)
             if await self._next_look():
                 return 0
         self._started = True
-        await self._broadcast("start")
+        await self.coordinator.broadcast("start")
         await self._update_readiness()
         while not self._cluster_ready:
             self._readiness_changed.clear()
             if await self._wait_or_stop(self._readiness_changed.wait()):
                 return 0
         print(READY_LINE.format(**lines), flush=True)
-        logger.info("ready: %d workers serving %s", self.count, _describe(self.committed))
+        served = describe(self.coordinator.committed)
+        logger.info("ready: %d workers serving %s", self.count, served)
         return None
 
     async def _open_all(self) -> None:
@@ -212,20 +161,20 @@ class Supervisor:
         """Apply the start-up models in every worker; True once what start-up needs is served."""
         s = self.settings
         try:
-            if s.model_control_mode == "poll":
-                await self.apply({"operation": "poll"})
-                return bool(self.committed)
+            if s.model_control_mode == POLL:
+                await self.coordinator.apply({"operation": "poll"})
+                return bool(self.coordinator.committed)
             wanted = s.startup_models
             names = tuple(self._models_on_disk()) if wanted == ("*",) else wanted
             for name in names:
-                if name not in self.committed:
+                if name not in self.coordinator.committed:
                     try:
-                        await self.apply({"operation": "load", "name": name})
+                        await self.coordinator.apply({"operation": "load", "name": name})
                     except ServingError as exc:
                         logger.error("cannot load %s at start-up: %s", name, exc)
             if wanted == ("*",):
-                return bool(self.committed) or not names
-            return all(name in self.committed for name in names)
+                return bool(self.coordinator.committed) or not names
+            return all(name in self.coordinator.committed for name in names)
         except ServingError as exc:
             if not s.wait_for_model:
                 raise
@@ -242,7 +191,7 @@ class Supervisor:
 
     async def _nothing_to_serve(self) -> str:
         with contextlib.suppress(ServingError, ChannelClosed):
-            reply = await self._first_worker().request("state", timeout_s=ASK_TIMEOUT_S)
+            reply = await self.coordinator.first_worker().request("state", timeout_s=ASK_TIMEOUT_S)
             problems = reply.get("problems") or {}
             if problems:
                 listed = "; ".join(f"{name}: {p}" for name, p in sorted(problems.items()))
@@ -270,7 +219,7 @@ class Supervisor:
         return self._stop.is_set()
 
     def _on_sighup(self) -> None:
-        if self.settings.model_control_mode == "poll":
+        if self.settings.model_control_mode == POLL:
             self._poll.set()
         else:
             logger.info(
@@ -280,76 +229,13 @@ class Supervisor:
 
     async def _watch(self) -> None:
         """Poll mode: apply the repository in every worker at each interval and on SIGHUP."""
-        if self.settings.model_control_mode != "poll":
+        if self.settings.model_control_mode != POLL:
             return
         while not await self._next_look():
             try:
-                await self.apply({"operation": "poll"})
+                await self.coordinator.apply({"operation": "poll"})
             except ServingError as exc:
                 logger.error("polling the repository changed nothing: %s", exc)
-
-    # -- every model change, in every worker at once -------------------------------------
-
-    async def apply(self, operation: Message) -> list[dict[str, Any]]:
-        """Prepare ``operation`` in every worker, commit where they all agree, else abort.
-
-        Returns the first worker's changes; raises a ServingError that says why nothing
-        changed (a worker's refusal, a worker gone, or workers that disagree).
-        """
-        async with self._control:
-            return await self._apply(operation, [w for w in self.workers if w.joined])
-
-    async def _apply(
-        self, operation: Message, workers: list[WorkerHandle]
-    ) -> list[dict[str, Any]]:
-        if not workers:
-            raise FailedPrecondition("no worker is running; retry shortly")
-        replies = await asyncio.gather(
-            *(self._ask(w, "prepare", **operation) for w in workers), return_exceptions=True
-        )
-        prepared = [(w, r) for w, r in zip(workers, replies, strict=True) if isinstance(r, dict)]
-        failed = [(w, r) for w, r in zip(workers, replies, strict=True) if not isinstance(r, dict)]
-        states = [reply["state"] for _, reply in prepared]
-        if failed or any(state != states[0] for state in states):
-            await asyncio.gather(
-                *(self._ask(w, "abort", plan=r["plan"]) for w, r in prepared),
-                return_exceptions=True,
-            )
-            if failed:
-                worker, error = failed[0]
-                if isinstance(error, ServingError):
-                    raise error
-                raise FailedPrecondition(
-                    f"worker {worker.index} went away while the change was prepared; nothing "
-                    "changed; retry"
-                )
-            raise LoadRefused(_disagreement(prepared))
-        committed = await asyncio.gather(
-            *(self._ask(w, "commit", plan=r["plan"]) for w, r in prepared),
-            return_exceptions=True,
-        )
-        self.committed = states[0]
-        served = {name: list(state["versions"]) for name, state in self.committed.items()}
-        self._carried = served_only(self._carried, served)
-        first = committed[0]
-        return list(first["changes"]) if isinstance(first, dict) else []
-
-    async def _ask(self, worker: WorkerHandle, op: str, **fields: Any) -> Message:
-        if worker.channel is None:
-            raise ChannelClosed(f"worker {worker.index} is not running")
-        return await worker.channel.request(op, **fields)
-
-    async def _broadcast(self, op: str, **fields: Any) -> None:
-        await asyncio.gather(
-            *(self._ask(w, op, **fields) for w in self.workers if w.joined),
-            return_exceptions=True,
-        )
-
-    def _first_worker(self) -> Channel:
-        for worker in self.workers:
-            if worker.joined and worker.channel is not None:
-                return worker.channel
-        raise ChannelClosed("no worker is running")
 
     # -- what workers ask -------------------------------------------------------------------
 
@@ -367,29 +253,12 @@ class Supervisor:
             operation = {"operation": message["action"], "name": message["name"]}
             if message.get("config") is not None:
                 operation["config"] = message["config"]
-            changes = await self.apply(operation)
+            changes = await self.coordinator.apply(operation)
             change = changes[0] if changes else {"loaded": [], "unloaded": []}
             return {"loaded": change["loaded"], "unloaded": change["unloaded"]}
         elif op == "statistics":
-            return {"statistics": await self._statistics(message["versions"])}
+            return {"statistics": await self.coordinator.statistics(message["versions"])}
         return None
-
-    async def _statistics(self, versions: list[list[Any]]) -> list[dict[str, Any]]:
-        """Triton's statistics of ``versions``, summed over every worker."""
-        replies = await asyncio.gather(
-            *(
-                self._ask(w, "local-statistics", versions=versions, timeout_s=ASK_TIMEOUT_S)
-                for w in self.workers
-                if w.joined
-            ),
-            return_exceptions=True,
-        )
-        parts = [r["statistics"] for r in replies if isinstance(r, dict)]
-        if not parts:
-            raise FailedPrecondition("no worker answered; retry shortly")
-        return [
-            to_dict(merged([from_dict(part[i]) for part in parts])) for i in range(len(versions))
-        ]
 
     # -- readiness --------------------------------------------------------------------------
 
@@ -403,13 +272,13 @@ class Supervisor:
         for worker in self.workers:
             state = worker.phase if worker.joined else "restarting"
             counts[state] = counts.get(state, 0) + 1
-        self._workers_gauge.clear()
+        self.metrics.workers.clear()
         for state, count in counts.items():
-            self._workers_gauge.labels(state).set(count)
+            self.metrics.workers.labels(state).set(count)
         if ready != self._cluster_ready:
             self._cluster_ready = ready
-            self._ready_gauge.set(1 if ready else 0)
-            await self._broadcast("peers", ready=ready)
+            self.metrics.ready.set(1 if ready else 0)
+            await self.coordinator.broadcast("peers", ready=ready)
             self._readiness_changed.set()
 
     # -- workers: start, watch, restart -----------------------------------------------------
@@ -470,11 +339,11 @@ class Supervisor:
             return
         # What it counted stays counted: the sums of the survivors never go down.
         for key, (family, value) in cumulative_samples(worker.families).items():
-            _, carried = self._carried.get(key, (family, 0.0))
-            self._carried[key] = (family, carried + value)
+            _, carried = self.coordinator.carried.get(key, (family, 0.0))
+            self.coordinator.carried[key] = (family, carried + value)
         worker.families = {}
         reason = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-        self._restarts.labels(reason).inc()
+        self.metrics.restarts.labels(reason).inc()
         logger.error(
             "worker %d (pid %d) died: %s; restarting it", worker.index, process.pid, reason
         )
@@ -501,58 +370,22 @@ class Supervisor:
 
     async def _join(self, worker: WorkerHandle) -> bool:
         """A restarted worker serves exactly what its peers serve, then joins them."""
-        async with self._control:
+        async with self.coordinator.lock:
             try:
-                await self._apply({"operation": "sync", "state": self.committed}, [worker])
+                sync = {"operation": "sync", "state": self.coordinator.committed}
+                await self.coordinator.apply_to(sync, [worker])
             except ServingError as exc:
                 worker.failed = f"cannot serve what the other workers serve: {exc}"
                 return False
-            reply = await self._ask(worker, "state")
-            if reply["state"] != self.committed:
+            reply = await self.coordinator.ask(worker, "state")
+            if reply["state"] != self.coordinator.committed:
                 worker.failed = "its models differ from the other workers' after the sync"
                 return False
             worker.joined = True
-            await self._ask(worker, "peers", ready=False)
-            await self._ask(worker, "start")
+            await self.coordinator.ask(worker, "peers", ready=False)
+            await self.coordinator.ask(worker, "start")
         logger.info("worker %d (pid %s) is back", worker.index, worker.pid)
         return True
-
-    # -- metrics ------------------------------------------------------------------------------
-
-    async def _open_metrics(self) -> None:
-        s = self.settings
-        if s.metrics_port < 0:
-            self.metrics_port = 0
-            return
-        http = HttpServer(host=s.host, port=s.metrics_port, registry=None)
-        http.app.router.add_get("/metrics", self._serve_metrics)
-        await http.start()
-        self._http = http
-        self.metrics_port = http.port
-
-    async def _serve_metrics(self, request: web.Request) -> web.Response:
-        await self._gather_metrics()
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        response = web.Response(body=encoder(self.registry))
-        response.headers["Content-Type"] = content_type
-        response.enable_compression()
-        return response
-
-    async def _gather_metrics(self) -> None:
-        live = [w for w in self.workers if w.channel is not None and not w.channel.closed.is_set()]
-        replies = await asyncio.gather(
-            *(self._ask(w, "metrics", timeout_s=ASK_TIMEOUT_S) for w in live),
-            return_exceptions=True,
-        )
-        for worker, reply in zip(live, replies, strict=True):
-            if isinstance(reply, dict):
-                worker.families = parse(reply["text"])
-        self._merged = merge([w.families for w in self.workers], self._carried)
-
-    async def _sample(self) -> None:
-        while not await self._wait_or_stop(asyncio.sleep(SAMPLE_EVERY_S)):
-            with contextlib.suppress(Exception):
-                await self._gather_metrics()
 
     # -- ports, shutdown ----------------------------------------------------------------------
 
@@ -610,8 +443,7 @@ class Supervisor:
             code = code or 1
         for task in list(self._tasks):
             task.cancel()
-        if self._http is not None:
-            await self._http.stop()
+        await self.metrics.close()
         self._release_ports()
         logger.info("stopped")
         return code
@@ -620,55 +452,6 @@ class Supervisor:
         task = asyncio.create_task(coroutine, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _describe(state: dict[str, Any]) -> str:
-    return "; ".join(
-        f"{name}: versions {', '.join(entry['versions'])}" for name, entry in sorted(state.items())
-    ) or "no model"
-
-
-def _disagreement(prepared: list[tuple[WorkerHandle, Message]]) -> str:
-    """Why the workers' plans differ, for the log and the caller."""
-    listed = "; ".join(
-        f"worker {worker.index} would serve {_describe(reply['state'])}"
-        for worker, reply in prepared
-    )
-    return (
-        "the workers would not serve the same thing, so nothing changed in any of them "
-        f"({listed}); see their logs for the versions that failed"
-    )
-
-
-class _Processes(Collector):
-    """``process_*`` for the supervisor and every worker, labelled ``process``: summed by
-    job and instance they are the pod's, which is what memory alerts divide by its limit."""
-
-    def __init__(self, supervisor: Supervisor) -> None:
-        self._supervisor = supervisor
-
-    def collect(self) -> Iterator[Metric]:
-        processes = [("supervisor", os.getpid())] + [
-            (f"worker-{w.index}", w.pid) for w in self._supervisor.workers if w.pid is not None
-        ]
-        families: dict[str, Metric] = {}
-        for label, pid in processes:
-            collector = ProcessCollector(pid=functools.partial(int, pid), registry=None)
-            for family in collector.collect():
-                total = families.setdefault(
-                    family.name, Metric(family.name, family.documentation, family.type)
-                )
-                for sample in family.samples:
-                    total.add_sample(sample.name, {**sample.labels, "process": label}, sample.value)
-        yield from families.values()
-
-
-class _Merged(Collector):
-    def __init__(self, supervisor: Supervisor) -> None:
-        self._supervisor = supervisor
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self._supervisor._merged
 
 
 def supervise(settings: Settings, argv: Sequence[str]) -> int:

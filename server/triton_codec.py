@@ -14,8 +14,8 @@ from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server._proto.inference import model_config_pb2 as mc
 from server.config import Settings
 from server.contract import BACKEND, PLATFORM, TensorSpec
-from server.manager import IndexEntry
 from server.model import CUDA, LoadedModel
+from server.repository_view import IndexEntry
 from server.routing import Route
 from server.statistics import Duration, VersionStatistics
 

@@ -34,7 +34,7 @@ from server.channel import Channel, Message
 from server.config import Settings, load_settings
 from server.errors import ConfigError, InvalidInput, ServingError
 from server.main import configure_logging, prepare_memory
-from server.manager import Change, Load, Operation, Plan, Poll, Sync, Unload
+from server.plans import Change, Load, Operation, Plan, Poll, Sync, Unload
 from server.statistics import VersionStatistics, from_dict, to_dict
 
 logger = logging.getLogger("server.worker")

@@ -17,8 +17,8 @@ from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server.app import App, create_app
 from server.config import Settings
 from server.contract import MODEL_NAME
-from server.manager import Change
 from server.model import LoadedModel
+from server.plans import Change
 from tests.e2e.faults import Faults
 from training.data import load_fashion_mnist
 

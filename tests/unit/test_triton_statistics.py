@@ -5,7 +5,7 @@ The same paths run end to end, through tritonclient and perf_analyzer, in tests_
 
 from __future__ import annotations
 
-from server.manager import IndexEntry
+from server.repository_view import IndexEntry
 from server.statistics import InferenceStatistics
 from server.triton_codec import NOT_IMPLEMENTED, model_statistics, repository_index
 

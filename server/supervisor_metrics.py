@@ -1,0 +1,134 @@
+"""The supervisor's ``/metrics``: its workers' series summed, and its own.
+
+* every worker's exposition, read when scraped and every few seconds besides, merged
+  by :func:`server.metrics_merge.merge` (with what dead workers had counted);
+* ``process_*`` for the supervisor and each worker, labelled ``process``;
+* ``fashion_server_ready`` (every worker ready), ``fashion_workers{state}``,
+  ``fashion_worker_restarts_total{reason}``, the memory limit, ``python_info``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, PlatformCollector, ProcessCollector
+from prometheus_client.core import Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from server.coordinator import ASK_TIMEOUT_S, Coordinator
+from server.http import HttpServer
+from server.metrics import MemoryLimitCollector
+from server.metrics_merge import merge, parse
+
+# How often the supervisor reads every worker's counters (what a dead worker leaves behind).
+SAMPLE_EVERY_S = 2.0
+
+
+class SupervisorMetrics:
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+        self.registry = CollectorRegistry()
+        self.ready = Gauge(
+            "fashion_server_ready",
+            "1 while the server can run inference (every worker ready, not shutting down)",
+            registry=self.registry,
+        )
+        self.workers = Gauge(
+            "fashion_workers", "Worker processes, by state", ["state"], registry=self.registry
+        )
+        self.restarts = Counter(
+            "fashion_worker_restarts",
+            "Workers restarted after they died, by how they ended (exit code or signal)",
+            ["reason"],
+            registry=self.registry,
+        )
+        PlatformCollector(registry=self.registry)
+        self.registry.register(MemoryLimitCollector())
+        self.registry.register(_Processes(coordinator))
+        self._merged: list[Metric] = []
+        self.registry.register(_Merged(self))
+        self._http: HttpServer | None = None
+        self.port = 0
+
+    async def open(self, host: str, port: int) -> None:
+        """Serve ``/metrics`` on ``host:port`` (port -1: not at all)."""
+        if port < 0:
+            return
+        http = HttpServer(host=host, port=port, registry=None)
+        http.app.router.add_get("/metrics", self._serve)
+        await http.start()
+        self._http = http
+        self.port = http.port
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
+
+    async def _serve(self, request: web.Request) -> web.Response:
+        await self.gather()
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        response = web.Response(body=encoder(self.registry))
+        response.headers["Content-Type"] = content_type
+        response.enable_compression()
+        return response
+
+    async def gather(self) -> None:
+        """Read every live worker's exposition and merge them all."""
+        workers = self.coordinator.workers
+        live = [w for w in workers if w.channel is not None and not w.channel.closed.is_set()]
+        replies = await asyncio.gather(
+            *(self.coordinator.ask(w, "metrics", timeout_s=ASK_TIMEOUT_S) for w in live),
+            return_exceptions=True,
+        )
+        for worker, reply in zip(live, replies, strict=True):
+            if isinstance(reply, dict):
+                worker.families = parse(reply["text"])
+        self._merged = merge([w.families for w in workers], self.coordinator.carried)
+
+    async def sample(self, stop: asyncio.Event) -> None:
+        """Every few seconds until ``stop``: what a worker counted is known if it dies."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SAMPLE_EVERY_S)
+            if stop.is_set():
+                return
+            with contextlib.suppress(Exception):
+                await self.gather()
+
+
+class _Processes(Collector):
+    """``process_*`` for the supervisor and every worker, labelled ``process``: summed by
+    job and instance they are the pod's, which is what memory alerts divide by its limit."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+
+    def collect(self) -> Iterator[Metric]:
+        processes = [("supervisor", os.getpid())] + [
+            (f"worker-{w.index}", w.pid) for w in self._coordinator.workers if w.pid is not None
+        ]
+        families: dict[str, Metric] = {}
+        for label, pid in processes:
+            collector = ProcessCollector(pid=functools.partial(int, pid), registry=None)
+            for family in collector.collect():
+                total = families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type)
+                )
+                for sample in family.samples:
+                    total.add_sample(sample.name, {**sample.labels, "process": label}, sample.value)
+        yield from families.values()
+
+
+class _Merged(Collector):
+    def __init__(self, metrics: SupervisorMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._metrics._merged
