@@ -378,25 +378,33 @@ def test_metrics_scrape_passes_promtool_and_has_process_series(deployment: Deplo
         [promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    # The standard series of every exporter, measured inside the container.
+    # The standard series of every exporter, measured inside the container: with the
+    # Deployment's workers (one per CPU of the limit: 2), one per process, labelled.
     series = {line.split()[0] for line in text.splitlines() if line and line[0] != "#"}
+    processes = {"supervisor", "worker-0", "worker-1"}
     for name in (
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
         "process_open_fds",
         "process_start_time_seconds",
     ):
-        assert name in series, name
+        found = {s.split('process="')[1].split('"')[0] for s in series if s.startswith(name + "{")}
+        assert found == processes, (name, found)
     assert any(s.startswith("python_info{") for s in series)
     assert any(s.startswith("fashion_model_info{") for s in series)
-    rss = next(line for line in text.splitlines() if line.startswith("process_resident_memory"))
-    assert 0 < float(rss.split()[1]) < 1024**3, "the pod's memory limit is 1 GiB"
+    assert any(s.startswith("fashion_workers{") for s in series)
+    rss = [
+        float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("process_resident_memory_bytes{")
+    ]
+    assert 0 < sum(rss) < 1024**3, "the pod's memory limit is 1 GiB: every process together"
 
 
 def test_onnxruntime_telemetry_is_off_in_the_read_only_container(deployment: Deployment) -> None:
     deployment.ensure_model()
     log = deployment.server.logs()
-    assert "ready: version" in log, log[-3000:]
+    assert "INFO server.supervisor: ready: 2 workers serving fashion" in log, log[-3000:]
     # With telemetry on, onnxruntime tries to persist a device ID under $HOME and, on the
     # read-only root filesystem, says so at import.
     assert not re.search(r"telemetry", log, re.IGNORECASE), log[-3000:]
