@@ -8,7 +8,11 @@ container's limit. Linux only; elsewhere nothing is known and the metric is abse
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
@@ -116,3 +120,18 @@ def available_cpus() -> int:
     quota = _cpu_quota()
     return min(count, quota) if quota is not None else count
 
+
+class MemoryLimitCollector(Collector):
+    """``fashion_memory_limit_bytes``, read at every scrape: what "memory near the limit"
+    alerts divide ``process_resident_memory_bytes`` by, without kube-state-metrics."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        limit = memory_limit_bytes()
+        if limit is not None:
+            yield GaugeMetricFamily(
+                "fashion_memory_limit_bytes",
+                "Memory this process may use: the smallest cgroup limit over its cgroup and "
+                "their ancestors (v2 memory.max, v1 memory.limit_in_bytes), or the machine's "
+                "memory (MemTotal) when that is smaller or no limit is set",
+                value=limit,
+            )

@@ -23,6 +23,10 @@ from server.errors import Code, ServingError, error_for
 
 logger = logging.getLogger(__name__)
 
+# Set by the supervisor for each worker it starts (not settings: no FASHION_ prefix).
+FD_VARIABLE = "_FASHION_WORKER_FD"  # the worker's end of the socket pair
+INDEX_VARIABLE = "_FASHION_WORKER_INDEX"
+PORTS_VARIABLE = "_FASHION_WORKER_PORTS"  # "GRPC,HTTP" as the supervisor bound them
 # Metrics expositions travel on the channel: lines can be long.
 MAX_LINE_BYTES = 64 * 1024 * 1024
 

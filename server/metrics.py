@@ -10,7 +10,7 @@ labels empty, whatever name it asked for.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,10 +23,8 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
-from server.cgroup import memory_limit_bytes
+from server.cgroup import MemoryLimitCollector
 from server.statistics import InferenceStatistics
 
 if TYPE_CHECKING:
@@ -56,22 +54,6 @@ LATENCY_BUCKETS = (
     2.5,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-
-
-class MemoryLimitCollector(Collector):
-    """``fashion_memory_limit_bytes``, read at every scrape: what "memory near the limit"
-    alerts divide ``process_resident_memory_bytes`` by, without kube-state-metrics."""
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        limit = memory_limit_bytes()
-        if limit is not None:
-            yield GaugeMetricFamily(
-                "fashion_memory_limit_bytes",
-                "Memory this process may use: the smallest cgroup limit over its cgroup and "
-                "their ancestors (v2 memory.max, v1 memory.limit_in_bytes), or the machine's "
-                "memory (MemTotal) when that is smaller or no limit is set",
-                value=limit,
-            )
 
 
 class VersionMetrics:

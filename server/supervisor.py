@@ -40,14 +40,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from server.cgroup import available_cpus
-from server.channel import Channel, ChannelClosed, Message
+from server.channel import (
+    FD_VARIABLE,
+    INDEX_VARIABLE,
+    PORTS_VARIABLE,
+    Channel,
+    ChannelClosed,
+    Message,
+)
 from server.config import POLL, Settings
 from server.coordinator import ASK_TIMEOUT_S, Coordinator, WorkerHandle, describe
 from server.errors import ConfigError, ServingError
 from server.main import READY_LINE, WAITING_LINE
 from server.metrics_merge import cumulative_samples
 from server.supervisor_metrics import SupervisorMetrics
-from server.worker import FD_VARIABLE, INDEX_VARIABLE, PORTS_VARIABLE
 
 logger = logging.getLogger("server.supervisor")
 

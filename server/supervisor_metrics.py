@@ -21,9 +21,9 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from server.cgroup import MemoryLimitCollector
 from server.coordinator import ASK_TIMEOUT_S, Coordinator
 from server.http import HttpServer
-from server.metrics import MemoryLimitCollector
 from server.metrics_merge import merge, parse
 
 # How often the supervisor reads every worker's counters (what a dead worker leaves behind).

@@ -30,7 +30,7 @@ import socket
 import sys
 from typing import Any
 
-from server.channel import Channel, Message
+from server.channel import FD_VARIABLE, INDEX_VARIABLE, PORTS_VARIABLE, Channel, Message
 from server.config import Settings, load_settings
 from server.errors import ConfigError, InvalidInput, ServingError
 from server.main import configure_logging, prepare_memory
@@ -39,10 +39,6 @@ from server.statistics import VersionStatistics, from_dict, to_dict
 
 logger = logging.getLogger("server.worker")
 
-# Set by the supervisor for each worker it starts (not settings: no FASHION_ prefix).
-FD_VARIABLE = "_FASHION_WORKER_FD"
-INDEX_VARIABLE = "_FASHION_WORKER_INDEX"
-PORTS_VARIABLE = "_FASHION_WORKER_PORTS"  # "GRPC,HTTP" as the supervisor bound them
 
 
 class WorkerLink:

@@ -66,3 +66,17 @@ def test_nothing_readable_is_none(tmp_path: Path) -> None:
 def test_this_machine_has_an_answer() -> None:
     limit = memory_limit_bytes()
     assert limit is not None and limit > 0
+
+
+def test_the_supervisor_imports_neither_grpc_nor_onnxruntime() -> None:
+    """--workers: the supervisor starts workers before anything heavy is loaded (NOTES:
+    start workers before the parent imports grpc), and stays small (no model, no numpy)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, server.supervisor; "
+        "print(sorted(m for m in ('grpc', 'onnxruntime', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
