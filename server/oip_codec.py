@@ -50,6 +50,9 @@ def infer_target(request: oip.ModelInferRequest) -> Target:
     """Model, version and timeout; the id, request parameters and requested outputs are
     checked."""
     check_request_id(request.id)
+    if not request.parameters and not request.outputs:
+        # The common request: no parameters, every output (nothing more to check).
+        return Target(request.model_name, request.model_version)
     options = request_options(
         parameter_values(request.parameters),
         [(output.name, parameter_values(output.parameters)) for output in request.outputs],
