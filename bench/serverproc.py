@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 READY_MARK = "fashion-serve: serving on port "
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -114,9 +114,15 @@ def terminate(process: subprocess.Popen[Any], timeout_s: float) -> None:
 
 
 def start_server(
-    model_repo: Path, extra_args: Sequence[str] = (), *, timeout_s: float = 60.0
+    model_repo: Path,
+    extra_args: Sequence[str] = (),
+    *,
+    timeout_s: float = 60.0,
+    stderr: IO[str] | None = None,
 ) -> ServerProcess:
-    """Start ``python -m server.main`` on loopback, any free port, and wait until SERVING."""
+    """Start ``python -m server.main`` on loopback, any free port, and wait until SERVING.
+
+    ``stderr``: where its log goes (default: this process's stderr)."""
     command = [
         sys.executable,
         "-m",
@@ -135,7 +141,7 @@ def start_server(
         "warning",
         *extra_args,
     ]
-    return start_process(command, READY_MARK, timeout_s)
+    return start_process(command, READY_MARK, timeout_s, stderr=stderr)
 
 
 def start_echo(timeout_s: float = 60.0, wait: str = "none") -> ServerProcess:
@@ -146,11 +152,17 @@ def start_echo(timeout_s: float = 60.0, wait: str = "none") -> ServerProcess:
     return start_process(command, ECHO_MARK, timeout_s)
 
 
-def start_process(command: list[str], ready_mark: str, timeout_s: float) -> ServerProcess:
+def start_process(
+    command: list[str], ready_mark: str, timeout_s: float, *, stderr: IO[str] | None = None
+) -> ServerProcess:
     """Run ``command`` and wait for the line ``<ready_mark>N metrics M`` on its stdout."""
     t0 = time.monotonic()
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        command,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert process.stdout is not None
     deadline = t0 + timeout_s
