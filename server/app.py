@@ -19,6 +19,7 @@ from server.dataplane import DataPlane
 from server.errors import ConfigError, ModelLoadError, VersionNotFound
 from server.grpc_binding import add_service
 from server.http import HttpServer
+from server.http_limits import HttpLimits
 from server.manager import ModelLoader, ModelManager, onnxruntime_loader
 from server.metrics import Metrics
 from server.model import LoadedModel
@@ -59,6 +60,16 @@ def grpc_options(settings: Settings) -> list[tuple[str, Any]]:
             ("grpc.max_connection_age_grace_ms", int(settings.grace_s * 1000)),
         ]
     return options
+
+
+def http_limits(settings: Settings) -> HttpLimits:
+    """The connection limits of both HTTP ports (REST and /metrics)."""
+    return HttpLimits(
+        max_connections=settings.http_max_connections,
+        header_timeout_s=settings.http_header_timeout_s,
+        keepalive_timeout_s=settings.http_keepalive_timeout_s,
+        tls_handshake_timeout_s=settings.http_tls_handshake_timeout_s,
+    )
 
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
@@ -147,7 +158,9 @@ class App:
         await server.start()
         self.server = server
         if s.metrics_port >= 0:
-            http = HttpServer(host=s.host, port=s.metrics_port, registry=self.registry)
+            http = HttpServer(
+                host=s.host, port=s.metrics_port, registry=self.registry, limits=http_limits(s)
+            )
             try:
                 await http.start()
             except ConfigError:
@@ -174,6 +187,7 @@ class App:
             ssl_context=s.tls_material.ssl_context if s.tls_material is not None else None,
             client_max_size=s.max_message_bytes,
             shutdown_timeout_s=s.grace_s,
+            limits=http_limits(s),
         )
         RestApi(self.plane, self.catalog, s).add_routes(rest.app)
         try:

@@ -81,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for warning in warnings:
         logger.warning("%s", warning)
+    from server.http_limits import return_large_frees_at_once
+
+    return_large_frees_at_once()  # before the first large allocation
     # grpc and onnxruntime (~1 s of imports) only now that SIGHUP is ignored.
     import server.app  # noqa: F401
     try:

@@ -114,7 +114,8 @@ class Metrics:
         self.rejected = Counter(
             "fashion_rejected_requests",
             "Requests refused or dropped before inference, by reason "
-            "(queue_full, deadline, deadline_unmeetable, cancelled, decode_queue_full)",
+            "(queue_full, deadline, deadline_unmeetable, cancelled, decode_queue_full; REST: "
+            "http_concurrency, http_body_budget, http_parse_queue_full)",
             ["reason"],
             registry=registry,
         )
