@@ -77,9 +77,7 @@ class HttpServer:
             # Compressed bodies are inflated by server.http_body, bounded and off the loop.
             "auto_decompress": False,
         }
-        runner = web.AppRunner(
-            self.app, shutdown_timeout=self.shutdown_timeout_s, **handler_args
-        )
+        runner = web.AppRunner(self.app, shutdown_timeout=self.shutdown_timeout_s, **handler_args)
         await runner.setup()
         site = LimitedSite(
             runner,

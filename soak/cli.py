@@ -3,7 +3,8 @@ mixed traffic for a fixed time, inject a hot reload (next to repository entries 
 step over: names that are not versions, a symlinked alias, a newer version with unreadable
 metadata) and a client cancellation storm in the middle, and check: zero unexpected
 errors, every valid answer correct, resident memory growth under 10 % over the steady
-traffic after the reload (and the reload's own step under 30 %).
+traffic after the reload (and the reload's own step under 30 %). With --hostile-http, the
+REST attacks of soak/hostile_http.py follow, each with health p99 < 1 s.
 Prints (and optionally writes) a JSON report; exit status 1 when a check fails."""
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import onnxruntime as ort
 
 from bench.serverproc import memory_mib, start_server
 from server.repository import latest_version, read_version, sha256_file
+from soak.hostile_http import soak_phase
 from soak.traffic import Traffic
 from training.data import load_fashion_mnist
 
@@ -102,6 +104,10 @@ async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
             rss_end = memory_mib(server.pid)["rss_mib"]
             stop.set()
             await asyncio.gather(*workers)
+        if args.hostile_http:  # after the steady traffic: its clients would starve the probe
+            report["hostile_http"] = await soak_phase(
+                "127.0.0.1", server.port, server.http_port, server.pid
+            )
     finally:
         report["server_exit_code"] = server.stop()
     tally = traffic.tally
@@ -136,6 +142,7 @@ async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
         and report["rss_reload_step_pct"] < MAX_RELOAD_STEP_PCT
         and report["server_exit_code"] == 0
         and str(report["reloaded_to_version"]) in tally.versions_seen
+        and report.get("hostile_http", {}).get("passed", True)
     )
     return report
 
@@ -156,6 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
+    p.add_argument(
+        "--hostile-http",
+        action="store_true",
+        help="then attack the REST port (soak/hostile_http.py): health p99 < 1 s during "
+        "each attack, memory and descriptors back after",
+    )
     p.add_argument(
         "--server-arg",
         action="append",

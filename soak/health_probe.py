@@ -72,8 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--interval-s", type=float, default=0.1)
     p.add_argument("--timeout-s", type=float, default=5.0)
     p.add_argument(
-        "--tls-ca", default=None, help="the server serves TLS with a certificate for "
-        "'localhost' signed by this CA (gRPC checks it; the REST probe accepts any)"
+        "--tls-ca",
+        default=None,
+        help="the server serves TLS with a certificate for "
+        "'localhost' signed by this CA (gRPC checks it; the REST probe accepts any)",
     )
     args = p.parse_args(argv)
     stop = threading.Event()

@@ -21,8 +21,8 @@ from server.rest_codec import (
     decode_images,
     encode_response,
     message_json,
-    parse_header_length,
     parse_and_decode,
+    parse_header_length,
     parse_index_body,
     parse_infer_body,
 )
