@@ -24,7 +24,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from server.errors import ConfigError
-from server.http_limits import SERVER_NAME, HttpLimits, LimitedSite
+from server.http_limits import SERVER_NAME, HttpLimits
+from server.http_site import LimitedSite
 
 logger = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 # Only light imports here: the heavy ones (grpc, onnxruntime) wait until SIGHUP is ignored.
+from server.allocator import return_large_frees_at_once
 from server.config import Settings, load_settings
 from server.errors import ConfigError, ServingError
 
@@ -81,8 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for warning in warnings:
         logger.warning("%s", warning)
-    from server.http_limits import return_large_frees_at_once
-
     return_large_frees_at_once()  # before the first large allocation
     # grpc and onnxruntime (~1 s of imports) only now that SIGHUP is ignored.
     import server.app  # noqa: F401

@@ -28,7 +28,7 @@ import onnxruntime as ort
 
 from bench.serverproc import memory_mib, start_server
 from server.repository import latest_version, read_version, sha256_file
-from soak.hostile_http import soak_phase
+from soak.hostile_phase import soak_phase
 from soak.traffic import Traffic
 from training.data import load_fashion_mnist
 

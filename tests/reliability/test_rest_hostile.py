@@ -1,6 +1,6 @@
 """The REST port under hostile clients (issues #27, #28): a real ``fashion-serve`` process,
-raw sockets as attackers (soak/hostile_http.py), health measured by a probe process of
-its own (soak/health_probe.py), memory and descriptors read with psutil.
+raw sockets as attackers (soak/hostile_http.py, soak/http_wire.py), health measured by a
+probe process of its own (soak/health_probe.py), memory and descriptors read with psutil.
 
 Small limits and timeouts (flags) keep each attack to seconds. Every test here failed on
 the code before these limits (figures in docs/RELIABILITY.md).
@@ -21,7 +21,9 @@ import pytest
 
 from bench.serverproc import ServerProcess, start_server
 from soak import hostile_http as attack
-from soak.hostile_http import MIB, Probe, Target, request_bytes
+from soak import http_wire as wire
+from soak.hostile_phase import Probe, with_probe
+from soak.http_wire import MIB, Target, request_bytes
 from tests.reliability.certs import CertificateAuthority
 
 HEALTH_P99_S = 1.0  # what a kubelet's probe with a 1 s timeout needs (issues #27, #28)
@@ -97,8 +99,8 @@ async def test_json_flood_leaves_health_fast(server: Server) -> None:
     """Issue #27's flood, heavier: 3 clients post 8 MiB bodies of one-element arrays (the
     costliest JSON, ~1 s of parsing each) back to back. Before: parsed on the event loop,
     gRPC and REST health waited for it (p99 1.1-2 s)."""
-    request = request_bytes("POST", attack.INFER_PATH, attack.invalid_json_body(8 * MIB - 1024))
-    result = await attack.with_probe(
+    request = request_bytes("POST", wire.INFER_PATH, wire.invalid_json_body(8 * MIB - 1024))
+    result = await with_probe(
         server.probe(), attack.flood(server.target, request, clients=3, seconds=6)
     )
     assert set(result["statuses"]) <= {"400", "429"}, result  # refused, never a 5xx
@@ -107,10 +109,10 @@ async def test_json_flood_leaves_health_fast(server: Server) -> None:
 
 
 async def test_binary_and_slow_bodies_leave_health_fast(server: Server) -> None:
-    body = attack.invalid_binary_body(4 * MIB)
+    body = wire.invalid_binary_body(4 * MIB)
     length = body.index(b"}]}") + 3
     request = request_bytes(
-        "POST", attack.INFER_PATH, body, {"Inference-Header-Content-Length": str(length)}
+        "POST", wire.INFER_PATH, body, {"Inference-Header-Content-Length": str(length)}
     )
 
     async def both() -> dict:
@@ -122,7 +124,7 @@ async def test_binary_and_slow_bodies_leave_health_fast(server: Server) -> None:
         )
         return {"flood": flood, "held": held}
 
-    result = await attack.with_probe(server.probe(), both())
+    result = await with_probe(server.probe(), both())
     assert_healthy(result["health"])
     # 4 flooding + 20 uploads against --http-max-concurrent-requests 8: some refused at once.
     assert result["held"]["outcome"].get("429", 0) >= 1, result["held"]
@@ -131,7 +133,7 @@ async def test_binary_and_slow_bodies_leave_health_fast(server: Server) -> None:
 async def test_concurrency_cap_answers_429_at_once(server: Server) -> None:
     """8 requests whose bodies are still arriving fill --http-max-concurrent-requests 8:
     the next request gets 429 at once; health checks are exempt."""
-    head = request_bytes("POST", attack.INFER_PATH, headers={"Content-Length": "1000"})
+    head = request_bytes("POST", wire.INFER_PATH, headers={"Content-Length": "1000"})
     head = head.replace(b"Content-Length: 0\r\n", b"", 1)
     held = []
     for _ in range(8):
@@ -140,39 +142,39 @@ async def test_concurrency_cap_answers_429_at_once(server: Server) -> None:
         held.append((reader, writer))
     await asyncio.sleep(0.3)
     t0 = time.monotonic()
-    refused = await attack.one_exchange(
-        server.target, attack.valid_binary_request(), timeout_s=5, close_wait_s=0
+    refused = await wire.one_exchange(
+        server.target, wire.valid_binary_request(), timeout_s=5, close_wait_s=0
     )
     assert refused["status"] == 429, refused
     assert "--http-max-concurrent-requests" in refused["body"]
     assert time.monotonic() - t0 < 1.0
-    health = await attack.one_exchange(
+    health = await wire.one_exchange(
         server.target, request_bytes("GET", "/v2/health/ready"), timeout_s=5, close_wait_s=0
     )
     assert health["status"] == 200, health
     # The held requests time out (--http-body-timeout-s 1.5): 408, and their slots free.
     for reader, writer in held:
-        reply = await asyncio.wait_for(attack.read_reply(reader), 5)
+        reply = await asyncio.wait_for(wire.read_reply(reader), 5)
         assert reply.status == 408 and reply.headers["connection"] == "close"
         writer.close()
-    ok = await attack.one_exchange(
-        server.target, attack.valid_binary_request(), timeout_s=5, close_wait_s=0
+    ok = await wire.one_exchange(
+        server.target, wire.valid_binary_request(), timeout_s=5, close_wait_s=0
     )
     assert ok["status"] == 200, ok
     assert 'fashion_rejected_requests_total{reason="http_concurrency"}' in server.metrics()
 
 
 async def test_body_that_stops_arriving_gets_408_and_the_connection_closed(server) -> None:
-    head = request_bytes("POST", attack.INFER_PATH, headers={"Content-Length": "100000"})
+    head = request_bytes("POST", wire.INFER_PATH, headers={"Content-Length": "100000"})
     reader, writer = await server.target.connect()
     writer.write(head.replace(b"Content-Length: 0\r\n", b"", 1) + bytes(5000))
     t0 = time.monotonic()
-    reply = await asyncio.wait_for(attack.read_reply(reader), 10)
+    reply = await asyncio.wait_for(wire.read_reply(reader), 10)
     elapsed = time.monotonic() - t0
     assert reply.status == 408, reply
     assert "--http-body-timeout-s" in json.loads(reply.body)["error"]
     assert 1.0 < elapsed < 5.0
-    assert await attack.closed_by_server(reader, 5)
+    assert await wire.closed_by_server(reader, 5)
     writer.close()
 
 
@@ -187,9 +189,9 @@ async def test_slowloris_connections_are_closed_after_the_header_timeout(server)
 async def test_idle_keepalive_connections_are_closed_after_the_keepalive_timeout(server):
     reader, writer = await server.target.connect()
     writer.write(request_bytes("GET", "/v2/health/live"))
-    assert (await attack.read_reply(reader)).status == 200
+    assert (await wire.read_reply(reader)).status == 200
     t0 = time.monotonic()
-    assert await attack.closed_by_server(reader, 6)  # --http-keepalive-timeout-s 2
+    assert await wire.closed_by_server(reader, 6)  # --http-keepalive-timeout-s 2
     assert time.monotonic() - t0 > 1.5
     writer.close()
 
@@ -207,7 +209,7 @@ async def test_connection_cap_bounds_descriptors_and_never_locks_health_out(serv
             idle["fds"] = server.fds()
         return {"idle": idle, "many": many}
 
-    result = await attack.with_probe(server.probe(), flood())
+    result = await with_probe(server.probe(), flood())
     assert result["idle"]["fds"] <= fds_before + 64 + 8, result
     assert result["many"]["server_fds_peak"] <= fds_before + 64 + 8, result
     assert_healthy(result["health"])
@@ -219,23 +221,23 @@ async def test_compressed_bodies_inflate_within_the_limit_or_are_refused(server)
     413 and the connection closed (before: 400, after inflating everything on the loop;
     a 4 GiB bomb stalled health 2.5 s); an unknown coding is 415; honest gzip and deflate
     bodies are answered."""
-    bomb = attack.gzip_bomb(80 * MIB)
+    bomb = wire.gzip_bomb(80 * MIB)
     reply = await attack.compressed_body(server.target, bomb, "gzip")
     assert reply["status"] == 413 and reply["closed"], reply
     assert "once inflated" in reply["body"]
     reply = await attack.compressed_body(server.target, b"{}", "br", close_wait_s=0)
     assert reply["status"] == 415, reply
     assert reply["body"].startswith('{"error": "Content-Encoding \'br\' is not supported')
-    body, headers = attack.valid_binary_body(4)
+    body, headers = wire.valid_binary_body(4)
     for coding, data in (
         ("gzip", zlib.compress(body, wbits=16 + zlib.MAX_WBITS)),
         ("deflate", zlib.compress(body)),
         ("deflate", zlib.compress(body, wbits=-zlib.MAX_WBITS)),  # raw, as many clients send
     ):
         request = request_bytes(
-            "POST", attack.INFER_PATH, data, {**headers, "Content-Encoding": coding}
+            "POST", wire.INFER_PATH, data, {**headers, "Content-Encoding": coding}
         )
-        reply = await attack.one_exchange(server.target, request, close_wait_s=0)
+        reply = await wire.one_exchange(server.target, request, close_wait_s=0)
         assert reply["status"] == 200, (coding, reply)
 
 
@@ -247,9 +249,9 @@ async def test_huge_declared_length_is_413_and_the_connection_closed(server) -> 
 async def test_expect_continue_is_refused_before_any_100(server) -> None:
     refused = await attack.expect_continue_too_large(server.target, 64 * MIB)
     assert refused["status"] == 413 and refused["interim"] == [], refused
-    accepted = await attack.one_exchange(
+    accepted = await wire.one_exchange(
         server.target,
-        attack.valid_binary_request().replace(
+        wire.valid_binary_request().replace(
             b"Content-Length:", b"Expect: 100-continue\r\nContent-Length:", 1
         ),
         close_wait_s=0,
@@ -276,7 +278,7 @@ async def test_aborted_uploads_return_their_memory(model_repo, tmp_path) -> None
     and back near the baseline after."""
     args = ["--http-max-concurrent-requests", "200", "--http-max-connections", "400"]
     for server in serve(model_repo, tmp_path, args):
-        await attack.one_exchange(server.target, attack.valid_binary_request(), close_wait_s=0)
+        await wire.one_exchange(server.target, wire.valid_binary_request(), close_wait_s=0)
         await asyncio.sleep(0.5)
         baseline = server.rss_mib()
         result = await attack.held_uploads(
@@ -304,7 +306,7 @@ async def test_pending_tls_handshakes_are_capped_timed_out_and_freed(model_repo,
     for server in serve(model_repo, tmp_path, args, tls_ca=str(authority.pair.cert)):
         await asyncio.sleep(0.5)
         baseline, fds_before = server.rss_mib(), server.fds()
-        result = await attack.with_probe(
+        result = await with_probe(
             server.probe(), attack.pending_handshakes(server.target, 400, hold_s=4)
         )
         assert result["closed_by_server"] == result["opened"] == 400, result
