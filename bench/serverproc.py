@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 READY_MARK = "fashion-serve: serving on port "
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -114,9 +114,11 @@ def start_server(
     extra_args: Sequence[str] = (),
     *,
     timeout_s: float = 60.0,
-    stderr: Any = None,
+    stderr: IO[str] | None = None,
 ) -> ServerProcess:
-    """Start ``python -m server.main`` on loopback, any free port, and wait until SERVING."""
+    """Start ``python -m server.main`` on loopback, any free port, and wait until SERVING.
+
+    ``stderr``: where its log goes (default: this process's stderr)."""
     command = [
         sys.executable,
         "-m",
@@ -147,12 +149,9 @@ def start_echo(timeout_s: float = 60.0) -> ServerProcess:
 
 
 def start_process(
-    command: list[str], ready_mark: str, timeout_s: float, *, stderr: Any = None
+    command: list[str], ready_mark: str, timeout_s: float, *, stderr: IO[str] | None = None
 ) -> ServerProcess:
-    """Run ``command`` and wait for the line ``<ready_mark>N metrics M`` on its stdout.
-
-    ``stderr``: where its log goes (an open file; default: this process's stderr).
-    """
+    """Run ``command`` and wait for the line ``<ready_mark>N metrics M`` on its stdout."""
     t0 = time.monotonic()
     process = subprocess.Popen(
         command,

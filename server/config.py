@@ -216,6 +216,51 @@ class Settings:
         min=0.0,
         max=3600.0,
     )
+    # -- HTTP ports (REST and /metrics) under hostile clients (docs/RELIABILITY.md) --
+    http_max_connections: int = _setting(
+        1000,
+        "most open connections on each HTTP port (REST, /metrics), TLS handshakes included; "
+        "at the limit the quietest one without a request in progress is closed to make room, "
+        "else the new one gets 503",
+        min=2,
+        max=1_000_000,
+    )
+    http_max_concurrent_requests: int = _setting(
+        256,
+        "most REST requests in progress, bodies still arriving included (health checks "
+        "exempt); beyond it 429 at once",
+        min=1,
+        max=1_000_000,
+    )
+    http_max_body_bytes_in_flight: int = _setting(
+        256 * 1024 * 1024,
+        "most bytes of REST request bodies held by requests in progress (a declared "
+        "Content-Length is reserved before reading); beyond it 429 at once",
+        min=1024,
+        max=2**40,
+    )
+    http_body_timeout_s: float = _setting(
+        30.0,
+        "longest time to receive a REST request body; then 408 and the connection is closed",
+        min=0.001,
+        max=3600.0,
+    )
+    http_header_timeout_s: float = _setting(
+        10.0,
+        "longest time for a request's head to arrive (from the connection's start, or from "
+        "a later request's first byte); then the connection is closed (0 = no limit)",
+        min=0.0,
+        max=3600.0,
+    )
+    http_keepalive_timeout_s: float = _setting(
+        60.0, "close HTTP connections idle this long between requests", min=0.001, max=86400.0
+    )
+    http_tls_handshake_timeout_s: float = _setting(
+        10.0,
+        "longest TLS handshake on the HTTP ports (with --tls-cert); then the connection is closed",
+        min=0.001,
+        max=600.0,
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -234,6 +279,7 @@ class Settings:
         # Frozen: the normalised host replaces the given one.
         object.__setattr__(self, "host", _normalise_host(self.host))
         self._check_tls()
+        self._check_http()
 
     def _check_workers(self) -> None:
         text = self.workers.strip().lower()
@@ -286,6 +332,20 @@ class Settings:
         # Read once, here: a bad file is a configuration error named with its flag.
         material = load_tls(self.tls_cert, self.tls_key, self.tls_client_ca) if self.tls else None
         object.__setattr__(self, "_tls_material", material)
+
+    def _check_http(self) -> None:
+        if self.http_max_body_bytes_in_flight < self.max_message_bytes:
+            raise ConfigError(
+                f"--http-max-body-bytes-in-flight ({self.http_max_body_bytes_in_flight}) must "
+                f"be at least --max-message-bytes ({self.max_message_bytes}): a body of the "
+                "largest size could never be read"
+            )
+        if self.http_max_concurrent_requests >= self.http_max_connections:
+            raise ConfigError(
+                f"--http-max-concurrent-requests ({self.http_max_concurrent_requests}) must be "
+                f"below --http-max-connections ({self.http_max_connections}): a health probe "
+                "must always find a connection"
+            )
 
     @property
     def tls(self) -> bool:

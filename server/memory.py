@@ -8,6 +8,11 @@ stream of large messages leaves hundreds of MiB resident after they are all free
 MiB kept after the clients went away; with the threshold fixed, 259 and 186). Setting
 the threshold explicitly turns the adjustment off.
 
+It matters for HTTP too: REST request bodies (up to 4 MiB) and TLS connections' 256 KiB
+read buffers otherwise come from the heap after the first burst, and a burst of aborted
+uploads or handshakes leaves it fragmented (measured: 1,000 timed-out handshakes kept 300
+MiB after they closed; docs/RELIABILITY.md).
+
 Smaller blocks (grpc's read slices, protobuf arenas) freed by a flood of large
 messages still stay in malloc's arenas: the same attack kept 156-1,036 MiB from run
 to run. :func:`start_trimming` gives free arena pages back every few seconds

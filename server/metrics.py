@@ -204,7 +204,8 @@ class Metrics:
             "fashion_rejected_requests",
             "Requests refused or dropped before inference, by reason "
             "(queue_full, deadline, deadline_unmeetable, cancelled: per model version; "
-            "decode_queue_full: before any version, labels empty)",
+            "before any version, labels empty: decode_queue_full, too_many_calls, "
+            "memory_budget, http_concurrency, http_body_budget, http_parse_queue_full)",
             ["reason", *version],
             registry=registry,
         )

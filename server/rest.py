@@ -14,7 +14,13 @@ plane, one readiness state).
 * Errors: :meth:`DataPlane.failure` classifies, :data:`HTTP_STATUS` maps the
   neutral Code to an HTTP status once, the body is ``{"error": message}``.
   Readiness that is false is 503 with the reason, so a probe or load balancer
-  needs nothing but the status.
+  needs nothing but the status. Refusals of the HTTP layer itself (413, 415, 408,
+  429) carry their own status (:class:`server.http_body.HttpRefusal`).
+* Under hostile clients: requests in progress and the bytes of their bodies are
+  capped, bodies must arrive in time and inflate within the limit
+  (:mod:`server.http_body`), and a large JSON body is parsed in a worker process,
+  never on the event loop that also answers gRPC health checks
+  (:mod:`server.rest_worker`).
 """
 
 from __future__ import annotations
@@ -31,15 +37,18 @@ from server.catalog import Catalog
 from server.config import Settings
 from server.control import AUTHORIZATION, ModelControl
 from server.dataplane import DataPlane, Failure
-from server.errors import Code, InvalidInput, TooLarge
+from server.errors import Code
+from server.http_body import HttpRefusal, RequestLimits
 from server.rest_codec import (
     HEADER_LENGTH,
     REST_INFER,
     message_json,
     parse_control_body,
+    parse_header_length,
     parse_index_body,
     parse_infer_body,
 )
+from server.rest_worker import OFF_LOOP_BYTES, ParseWorker
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +72,19 @@ _RETRY_AFTER = {Code.RESOURCE_EXHAUSTED: "1", Code.UNAVAILABLE: "1"}
 METHOD_PREFIX = "HTTP/"
 # Extensions this binding adds to the gRPC ones in ServerMetadata.
 HTTP_EXTENSIONS = ("binary_tensor_data",)
+# Bytes of bodies that may wait for the parse worker (at least one --max-message-bytes body).
+PARSE_QUEUE_BYTES = 16 * 1024 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(failure: Failure) -> web.Response:
+def error_response(failure: Failure, exc: BaseException | None = None) -> web.Response:
+    if isinstance(exc, HttpRefusal):
+        response = web.json_response({"error": failure.message}, status=exc.http_status)
+        response.headers.update(exc.headers)
+        if exc.close:  # its body was not read (or not all of it)
+            response.force_close()
+        return response
     response = web.json_response({"error": failure.message}, status=HTTP_STATUS[failure.code])
     retry = _RETRY_AFTER.get(failure.code)
     if retry is not None:
@@ -75,6 +92,16 @@ def error_response(failure: Failure) -> web.Response:
     if failure.code is Code.UNAUTHENTICATED:
         response.headers["WWW-Authenticate"] = "Bearer"
     return response
+
+
+async def expect_later(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` is answered when the body is read (server.http_body), after
+    every check: a refused client is told so without sending its body first."""
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return web.json_response(
+            {"error": f"Expect {request.headers['Expect'][:32]!r} is not supported"}, status=417
+        )
+    return None
 
 
 def _json(document: Any) -> web.Response:
@@ -111,18 +138,36 @@ class RestApi:
         self.plane = plane
         self.catalog = catalog
         self.control = control
-        self.max_body_bytes = settings.max_message_bytes
+        self.max_images = settings.max_images_per_request
+        self.limits = RequestLimits(
+            max_concurrent=settings.http_max_concurrent_requests,
+            max_body_bytes=settings.max_message_bytes,
+            budget_bytes=settings.http_max_body_bytes_in_flight,
+            timeout_s=settings.http_body_timeout_s,
+            count_rejected=plane.metrics.count_rejected,
+        )
+        self.parser = ParseWorker(
+            max_pending_bytes=max(PARSE_QUEUE_BYTES, settings.max_message_bytes),
+            count_rejected=plane.metrics.count_rejected,
+        )
 
     def add_routes(self, app: web.Application) -> None:
         app.middlewares.append(_json_routing_errors)
+        app.middlewares.append(self.limits.middleware)
+        app.on_cleanup.append(self._close)
         route = self._route
         app.router.add_get("/v2", route("ServerMetadata", self._server_metadata))
         app.router.add_get("/v2/health/live", route("ServerLive", self._live))
         app.router.add_get("/v2/health/ready", route("ServerReady", self._ready))
-        app.router.add_post("/v2/repository/index", route("RepositoryIndex", self._index))
+        index = route("RepositoryIndex", self._index)
+        app.router.add_post("/v2/repository/index", index, expect_handler=expect_later)
         load, unload = "/v2/repository/models/{model}/load", "/v2/repository/models/{model}/unload"
-        app.router.add_post(load, route("RepositoryModelLoad", self._load))
-        app.router.add_post(unload, route("RepositoryModelUnload", self._unload))
+        app.router.add_post(
+            load, route("RepositoryModelLoad", self._load), expect_handler=expect_later
+        )
+        app.router.add_post(
+            unload, route("RepositoryModelUnload", self._unload), expect_handler=expect_later
+        )
         # Before /v2/models/{model}: "stats" here is all models, not a model named "stats".
         app.router.add_get("/v2/models/stats", route("ModelStatistics", self._stats))
         for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
@@ -130,7 +175,12 @@ class RestApi:
             app.router.add_get(base + "/ready", route("ModelReady", self._model_ready))
             app.router.add_get(base + "/config", route("ModelConfig", self._config))
             app.router.add_get(base + "/stats", route("ModelStatistics", self._stats))
-            app.router.add_post(base + "/infer", route("ModelInfer", self._infer))
+            app.router.add_post(
+                base + "/infer", route("ModelInfer", self._infer), expect_handler=expect_later
+            )
+
+    async def _close(self, app: web.Application) -> None:
+        await self.parser.close()
 
     def _route(self, method: str, call: Handler) -> Handler:
         """Count, time and classify one route's requests, as server.grpc_binding does for gRPC."""
@@ -148,7 +198,7 @@ class RestApi:
                 code = failure.code
                 if code is Code.CANCELLED:
                     raise
-                return error_response(failure)
+                return error_response(failure, exc)
             finally:
                 plane.observe(label, code, time.perf_counter() - t0, context)
 
@@ -208,9 +258,15 @@ class RestApi:
         # instead of spending the loop on up to --max-message-bytes of JSON.
         self.plane.readiness.check()  # admission: this process ready (peers do not matter)
         body = await self._read_body(request)
-        parsed = parse_infer_body(
-            body, request.headers.get(HEADER_LENGTH), model_name=name, model_version=version
-        )
+        header = request.headers.get(HEADER_LENGTH)
+        json_length = parse_header_length(header, len(body))
+        if (len(body) if json_length is None else json_length) < OFF_LOOP_BYTES:
+            parsed = parse_infer_body(body, header, model_name=name, model_version=version)
+        else:
+            parsed = await self.parser.parse(
+                body, header, model_name=name, model_version=version, max_images=self.max_images
+            )
+        del body  # the parsed request has what it needs
         # No deadline of its own: a Triton "timeout" parameter is the data plane's to enforce.
         encoded = await self.plane.infer(REST_INFER, parsed, None)
         if encoded.header_length is None:
@@ -222,23 +278,5 @@ class RestApi:
         return response
 
     async def _read_body(self, request: web.Request) -> bytes:
-        """The whole body, at most ``--max-message-bytes`` (refused unread when declared larger)."""
-        declared = request.content_length
-        limit = self.max_body_bytes
-        if declared is not None and declared > limit:
-            raise TooLarge(_too_large(f"{declared} bytes", limit))
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:  # chunked or compressed past the limit
-            raise TooLarge(_too_large(f"more than {limit} bytes", limit)) from None
-        except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on plain bytes
-            raise InvalidInput(f"the request body cannot be read: {exc}") from None
-        except ConnectionResetError:  # the client went away mid-body: nobody to answer
-            raise asyncio.CancelledError from None
-
-
-def _too_large(size: str, limit: int) -> str:
-    return (
-        f"the request body has {size}; this server accepts at most {limit} "
-        "(--max-message-bytes); send fewer images per request"
-    )
+        """The whole body, under the limits of :class:`server.http_body.RequestLimits`."""
+        return await self.limits.read_body(request)

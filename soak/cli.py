@@ -3,7 +3,8 @@ mixed traffic for a fixed time, inject a hot reload (next to repository entries 
 step over: names that are not versions, a symlinked alias, a newer version with unreadable
 metadata) and a client cancellation storm in the middle, and check: zero unexpected
 errors, every valid answer correct, resident memory growth under 10 % over the steady
-traffic after the reload (and the reload's own step under 30 %).
+traffic after the reload (and the reload's own step under 30 %). With --hostile-http, the
+REST attacks of soak/hostile_http.py follow, each with health p99 < 1 s.
 Prints (and optionally writes) a JSON report; exit status 1 when a check fails."""
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from client.testset import load_test_split
 from server.contract import INPUT_NAME, METADATA_FILE, MODEL_FILE, MODEL_NAME, OUTPUT_NAME
 from server.repository import latest_version, read_version, sha256_file
 from soak import hostile_grpc
+from soak.hostile_phase import soak_phase
 from soak.traffic import Traffic
 
 
@@ -109,6 +111,10 @@ async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
                 server.target, server.pid, list(hostile_grpc.attacks(server.target)),
                 args.hostile_s, rss_budget_mib=768.0, health_p99_ms=1000.0,
             )  # fmt: skip
+        if args.hostile_http:  # after the steady traffic: its clients would starve the probe
+            report["hostile_http"] = await soak_phase(
+                "127.0.0.1", server.port, server.http_port, server.pid
+            )
     finally:
         report["server_exit_code"] = server.stop()
     tally = traffic.tally
@@ -147,6 +153,7 @@ async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
             set(r["during"]["health_checks"]) == {"SERVING"}
             for r in report.get("hostile_grpc", {}).values()
         )
+        and report.get("hostile_http", {}).get("passed", True)
     )
     return report
 
@@ -173,6 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0.0,
         help="then run each hostile gRPC attack (soak/hostile_grpc.py) this long (0 = none); "
         "reported under hostile_grpc, health must stay SERVING",
+    )
+    p.add_argument(
+        "--hostile-http",
+        action="store_true",
+        help="then attack the REST port (soak/hostile_http.py): health p99 < 1 s during "
+        "each attack, memory and descriptors back after",
     )
     p.add_argument(
         "--server-arg",

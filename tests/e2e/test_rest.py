@@ -288,13 +288,32 @@ async def test_unknown_model_version_and_path_are_404_json(app) -> None:
     assert reply.status == 405 and "POST" in reply.json()["error"]
 
 
+async def test_large_json_is_parsed_off_the_loop_with_the_same_answers(app, test_set) -> None:
+    """Bodies from 64 KiB go to the parse worker process: same probabilities as gRPC, the
+    same refusals, and a decoding error still comes after the model's NOT_FOUND."""
+    images = test_set[0][:40]
+    body = json_body(images, datatype="FP32", nested=True)
+    assert len(body) > 64 * 1024
+    reply = await infer(app, body)
+    assert reply.status == 200, reply.body
+    np.testing.assert_array_equal(probabilities_of(reply), await grpc_probabilities(app, images))
+    bad = json_body(np.full((40, 28, 28), 300, np.int64))
+    reply = await infer(app, bad)
+    assert reply.status == 400 and "between 0 and 255" in reply.json()["error"]
+    reply = await infer(app, bad, path="/v2/models/other/infer")
+    assert reply.status == 404 and "unknown model 'other'" in reply.json()["error"]
+    reply = await infer(app, b"[" * 100_000)
+    assert reply.status == 400 and "nested too deeply" in reply.json()["error"]
+
+
 async def test_body_above_max_message_bytes_is_refused_declared_or_chunked(start_app) -> None:
     app = await start_app(max_message_bytes=64 * 1024)
     body = json_body(np.full((40, 28, 28), 200, np.uint8))  # ~125 KiB of JSON
     assert len(body) > 64 * 1024
     for args in ((), ("-H", "Transfer-Encoding: chunked")):
         reply = await infer(app, body, *args)
-        assert reply.status == 400, reply.body
+        assert reply.status == 413, reply.body  # Payload Too Large, and the body is not read
+        assert reply.headers["connection"] == "close"
         assert "at most 65536 (--max-message-bytes)" in reply.json()["error"]
     await assert_still_serving(app)
 

@@ -17,9 +17,11 @@ from server.errors import Code, InvalidInput
 from server.rest import HTTP_STATUS
 from server.rest_codec import (
     HEADER_LENGTH,
+    REST_INFER,
     decode_images,
     encode_response,
     message_json,
+    parse_and_decode,
     parse_header_length,
     parse_index_body,
     parse_infer_body,
@@ -141,6 +143,29 @@ def test_structured_garbage_is_only_ever_invalid_input(
 def test_specific_refusals(body, fragment) -> None:
     with pytest.raises(InvalidInput, match=fragment):
         decode(body)
+
+
+def test_parse_and_decode_sends_back_only_images_and_keeps_a_decode_error_for_later() -> None:
+    """What the parse worker returns: the images instead of the inputs, or the decoding
+    error, raised only when the data plane decodes (after the model is resolved)."""
+    images = np.random.default_rng(3).integers(0, 256, (2, 28, 28), dtype=np.uint8)
+    for datatype, binary in (("UINT8", False), ("FP32", False), ("UINT8", True)):
+        body, header = body_of(images, datatype, nested=False, binary=binary)
+        parsed = parse_and_decode(
+            body, header, model_name="fashion", model_version="", max_images=MAX_IMAGES
+        )
+        assert parsed.inputs == [] and parsed.binary == b""
+        np.testing.assert_array_equal(REST_INFER.decode(parsed, MAX_IMAGES), images)
+    bad = json.dumps(
+        {"id": "x", "inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 28, 28],
+                                "data": [300] * 784}]}
+    ).encode()  # fmt: skip
+    parsed = parse_and_decode(bad, None, model_name="m", model_version="", max_images=MAX_IMAGES)
+    assert parsed.id == "x" and REST_INFER.target(parsed).model == "m"
+    with pytest.raises(InvalidInput, match="between 0 and 255"):
+        REST_INFER.decode(parsed, MAX_IMAGES)
+    with pytest.raises(InvalidInput, match="not valid JSON"):  # structure: raised at once
+        parse_and_decode(b"{", None, model_name="m", model_version="", max_images=MAX_IMAGES)
 
 
 def test_header_length_must_be_a_count_within_the_body() -> None:
