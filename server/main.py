@@ -13,6 +13,7 @@ from collections.abc import Sequence
 # Only light imports here: the heavy ones (grpc, onnxruntime) wait until SIGHUP is ignored.
 from server.config import Settings, load_settings
 from server.errors import ConfigError, ServingError
+from server.logs import configure_logging
 from server.memory import keep_large_blocks_unmapped, start_trimming
 
 logger = logging.getLogger("server")
@@ -76,10 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fashion-serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
     for warning in warnings:
         logger.warning("%s", warning)
     # Before any large allocation: freed message buffers go back to the kernel.

@@ -15,6 +15,9 @@ plane, one readiness state).
   neutral Code to an HTTP status once, the body is ``{"error": message}``.
   Readiness that is false is 503 with the reason, so a probe or load balancer
   needs nothing but the status.
+* Request ids: the ``x-request-id`` header (or a generated id) is the request's id
+  (an inference body's ``id`` wins), sent back in the response's ``x-request-id``
+  header on every route; with tracing on, the headers carry the trace context.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from server.config import Settings
 from server.control import AUTHORIZATION, ModelControl
 from server.dataplane import DataPlane, Failure
 from server.errors import Code, InvalidInput, TooLarge
+from server.request_context import REQUEST_ID_HEADER
 from server.rest_codec import (
     HEADER_LENGTH,
     REST_INFER,
@@ -140,17 +144,26 @@ class RestApi:
         async def handle(request: web.Request) -> web.StreamResponse:
             t0 = time.perf_counter()
             code = Code.OK
-            context = plane.begin()
+            headers = request.headers
+            context = plane.begin(
+                label,
+                headers.get(REQUEST_ID_HEADER),
+                peer=request.remote or "",
+                carrier=headers if plane.tracing is not None else None,
+            )
             try:
-                return await call(request)
+                context.check()
+                response = await call(request)
             except (Exception, asyncio.CancelledError) as exc:
                 failure = plane.failure(label, exc)
                 code = failure.code
                 if code is Code.CANCELLED:
                     raise
-                return error_response(failure)
+                response = error_response(failure)
             finally:
                 plane.observe(label, code, time.perf_counter() - t0, context)
+            response.headers[REQUEST_ID_HEADER] = context.id
+            return response
 
         return handle
 
