@@ -123,7 +123,7 @@ def begin_message(method: str) -> tuple[RequestContext, StreamContext | None]:
     if stream is None:
         return begin(method), None
     stream.messages += 1
-    return begin(method, f"{stream.id[:MAX_REQUEST_ID_CHARS - 12]}.{stream.messages}"), stream
+    return begin(method, f"{stream.id[: MAX_REQUEST_ID_CHARS - 12]}.{stream.messages}"), stream
 
 
 def begin_stream(request_id: str | None, carrier: Any = None) -> StreamContext:

@@ -44,7 +44,8 @@ def test_otlp_endpoints_are_urls(endpoint) -> None:
 
 
 @pytest.mark.parametrize(
-    "endpoint", ["collector:4317", "grpc://collector:4317", "http://", "http://a b:1", "http://c:1x"]
+    "endpoint",
+    ["collector:4317", "grpc://collector:4317", "http://", "http://a b:1", "http://c:1x"],
 )
 def test_an_otlp_endpoint_without_a_scheme_is_refused(endpoint) -> None:
     with pytest.raises(ConfigError, match=r"--otlp-endpoint / FASHION_OTLP_ENDPOINT: .* http://"):
