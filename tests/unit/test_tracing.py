@@ -117,3 +117,32 @@ def test_the_server_imports_opentelemetry_only_when_tracing_is_on(model_repo, en
         assert "opentelemetry modules: 0 " not in result.stdout, result.stdout
     else:
         assert "opentelemetry modules: 0 []" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--otlp-endpoint", "http://127.0.0.1:4317"], {}),
+        ([], {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4317"}),
+    ],
+)
+def test_fashion_serve_exits_2_when_tracing_is_asked_for_without_the_extra(
+    tmp_path, args, env
+) -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['opentelemetry'] = None  # as if the otel extra were not installed\n"
+        "from server.main import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("FASHION_", "OTEL_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", script, "--model-repo", str(tmp_path), "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**environ, **env},
+    )
+    assert result.returncode == 2, result.stderr
+    assert 'install the otel extra (pip install "fashion-serving[otel]")' in result.stderr
+    assert "Traceback" not in result.stderr
