@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +36,7 @@ from server.rest import RestApi
 from server.servicer import SERVICE as PREDICTION_SERVICE
 from server.servicer import SERVICE_NAME, PredictionServicer
 from server.statistics import VersionStatistics
+from server.tracing import FLUSH_TIMEOUT_S, Tracing
 from server.triton import TritonServicer
 
 logger = logging.getLogger(__name__)
@@ -113,11 +115,15 @@ class App:
         registry: CollectorRegistry | None = None,
         loader: ModelLoader | None = None,
         peers: Peers | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """``loader``: how a version's files become a servable model (default: an
-        onnxruntime session on ``--device`` with ``--threads``); tests pass their own."""
+        onnxruntime session on ``--device`` with ``--threads``); tests pass their own.
+        ``tracing``: where spans go (default: from ``--otlp-endpoint`` and the standard
+        ``OTEL_*`` variables, None when tracing is off; server.tracing)."""
         self.settings = settings
         self.peers = peers
+        self.tracing = tracing or Tracing.from_environment(settings.otlp_endpoint, os.environ)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, worker=peers is not None)
         self.manager = ModelManager(
@@ -136,7 +142,11 @@ class App:
         )
         # The one readiness state: admission, health and OIP readiness all read it.
         self.plane = DataPlane(
-            self.manager, self.metrics, max_images_per_request=settings.max_images_per_request
+            self.manager,
+            self.metrics,
+            max_images_per_request=settings.max_images_per_request,
+            access_log=settings.access_log,
+            tracing=self.tracing,
         )
         self.catalog = Catalog(
             self.plane, settings, peer_statistics=peers.statistics if peers else None
@@ -428,7 +438,19 @@ class App:
         if self.http is not None:
             await self.http.stop()
             self.http = None
+        if self.tracing is not None:
+            await self._flush_spans(self.tracing)
+            self.tracing = None
         logger.info("stopped")
+
+    @staticmethod
+    async def _flush_spans(tracing: Tracing) -> None:
+        """The last spans to the collector, in a thread; an unreachable one costs at most
+        FLUSH_TIMEOUT_S of the shutdown (the spans are then lost, and logged as such)."""
+        flush = asyncio.ensure_future(asyncio.to_thread(tracing.shutdown))
+        done, _ = await asyncio.wait({flush}, timeout=FLUSH_TIMEOUT_S + 1.0)
+        if not done:
+            logger.warning("tracing: spans not exported within %.0f s were lost", FLUSH_TIMEOUT_S)
 
 
 def create_app(
@@ -437,5 +459,6 @@ def create_app(
     registry: CollectorRegistry | None = None,
     loader: ModelLoader | None = None,
     peers: Peers | None = None,
+    tracing: Tracing | None = None,
 ) -> App:
-    return App(settings, registry=registry, loader=loader, peers=peers)
+    return App(settings, registry=registry, loader=loader, peers=peers, tracing=tracing)

@@ -13,12 +13,18 @@ While every slot is busy the queue simply fills; under load that is what forms
 large batches, with no timer involved. Requests whose caller went away
 (cancelled future) or whose deadline passed are dropped at flush time, never
 computed.
+
+Every batch has an id, unique in the process (every batcher counts from one shared
+counter): each request of the batch gets it back in :class:`Computed`, so logs and
+traces can tell which requests shared a batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +38,8 @@ from server.errors import DeadlineExpired, Overloaded
 
 logger = logging.getLogger(__name__)
 
-
+# Batch ids, shared by every batcher of the process (one version's 7 is not another's).
+_BATCH_IDS = itertools.count(1)
 
 class BatcherClosed(RuntimeError):
     """The batcher is stopped (or stopped while the batch ran): what to tell the client is
@@ -69,6 +76,8 @@ class Computed(NamedTuple, Generic[T]):
     tag: T
     queue_s: float  # from submit() to its batch starting
     inference_s: float  # its batch's model time (every request of the batch waited for all of it)
+    batch: int  # its batch's id (unique in the process)
+    batch_images: int  # images in its batch, its own included
 
 
 @dataclass(eq=False)
@@ -289,8 +298,12 @@ class DynamicBatcher(Generic[T]):
         inputs = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
         future = loop.run_in_executor(self._executor, self._timed_predict, inputs)
         self._running.add(future)
+        batch_id = next(_BATCH_IDS)
+        # In a context of its own: the batch is no one request's (whose id a log line
+        # about it would otherwise carry, server.logs).
         future.add_done_callback(
-            lambda done: self._deliver(done, batch, reason, started, len(inputs))
+            lambda done: self._deliver(done, batch, reason, started, len(inputs), batch_id),
+            context=contextvars.Context(),
         )
 
     def _timed_predict(self, inputs: np.ndarray) -> tuple[np.ndarray, T, float]:
@@ -308,13 +321,21 @@ class DynamicBatcher(Generic[T]):
         reason: str,
         started: float,
         images: int,
+        batch_id: int,
     ) -> None:
         self._running.discard(done)
         self._wakeup.set()  # a slot is free: the scheduler may flush the next batch
         exc = None if done.cancelled() else done.exception()
         if done.cancelled() or exc is not None:
             failure = exc if exc is not None else BatcherClosed("the batch was cancelled")
-            logger.error("batch of %d images failed", images, exc_info=exc)
+            logger.error(
+                "batch %d of %d images (%d requests) failed",
+                batch_id,
+                images,
+                len(batch),
+                exc_info=exc,
+                extra={"fields": {"batch": batch_id}},
+            )
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(failure)
@@ -331,7 +352,9 @@ class DynamicBatcher(Generic[T]):
         for p, wait in zip(batch, waits, strict=True):
             n = len(p.rows)
             if not p.future.done():
-                p.future.set_result(Computed(outputs[offset : offset + n], tag, wait, inference_s))
+                p.future.set_result(
+                    Computed(outputs[offset : offset + n], tag, wait, inference_s, batch_id, images)
+                )
             offset += n
 
     def _set_depth(self) -> None:

@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server import tracing
 from server.cgroup import available_cpus
 from server.contract import is_model_name
 from server.errors import ConfigError
+from server.logs import FORMATS as LOG_FORMATS
 from server.tls import TlsMaterial, load_tls
 
 logger = logging.getLogger(__name__)
@@ -261,6 +263,23 @@ class Settings:
         min=0.001,
         max=600.0,
     )
+    log_format: str = _setting(
+        "text",
+        "log lines on stderr: text (TIME LEVEL LOGGER: message key=value ...) or json (one "
+        "object per line); both carry the id of the request a line is about",
+        choices=LOG_FORMATS,
+    )
+    access_log: bool = _setting(
+        False,
+        "log one line per request (logger server.access, at INFO whatever --log-level is): "
+        "method, status, model, version, images, batch, latency, peer, request id",
+    )
+    otlp_endpoint: str = _setting(
+        "",
+        "send OpenTelemetry traces (a span per request) to this OTLP/gRPC collector, "
+        "http://HOST:PORT (plaintext) or https://HOST:PORT; empty: off unless the standard "
+        "OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set. Needs the otel extra",
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -280,6 +299,11 @@ class Settings:
         object.__setattr__(self, "host", _normalise_host(self.host))
         self._check_tls()
         self._check_http()
+        if self.otlp_endpoint and not _OTLP_ENDPOINT.fullmatch(self.otlp_endpoint):
+            raise ConfigError(
+                f"{_names('otlp_endpoint')}: {self.otlp_endpoint[:128]!r} is not an OTLP/gRPC "
+                "endpoint: http://HOST:PORT (plaintext) or https://HOST:PORT (TLS)"
+            )
 
     def _check_workers(self) -> None:
         text = self.workers.strip().lower()
@@ -360,6 +384,11 @@ class Settings:
     @property
     def max_batch_delay_s(self) -> float:
         return self.max_batch_delay_ms / 1000.0
+
+
+# An OTLP/gRPC endpoint: a scheme (http = plaintext, https = TLS), a host and a port. The
+# SDK reads a bare HOST:PORT as a URL scheme and dials TLS: refused here, to be explicit.
+_OTLP_ENDPOINT = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?/?")
 
 
 def _names(name: str) -> str:
@@ -475,6 +504,8 @@ def load_settings(
             values[f.name] = _convert(f.name, str(f.type), raw)
     notes += check_environment(env)
     settings = Settings(**values)
+    if tracing.requested(settings.otlp_endpoint, env):
+        tracing.check_installed()  # before anything starts: exit 2 without the otel extra
     if warnings is None:
         for note in notes:
             logger.warning("%s", note)

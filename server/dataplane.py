@@ -15,7 +15,12 @@ the result back into its wire message. Everything with policy lives here, once:
   the stream) and :meth:`DataPlane.stream_outcomes` (failures travel in-band);
 * the outcome of every request: :meth:`DataPlane.failure` turns any exception into
   a transport-neutral :class:`Failure` (and logs what was unexpected),
-  :meth:`DataPlane.observe` counts and times it by method and code.
+  :meth:`DataPlane.observe` counts and times it by method and code, writes its
+  access log line (``--access-log``) and ends its trace span (``--otlp-endpoint``);
+* every request's id and trace span: a binding starts the request with
+  :meth:`DataPlane.begin` (the id and trace context its transport carried), the data
+  plane fills in the rest (:mod:`server.request_context`, :mod:`server.tracing`), the
+  binding writes the id back.
 
 A front end maps :class:`server.errors.Code` to its own status once (gRPC:
 :mod:`server.grpc_binding`).
@@ -28,7 +33,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import numpy as np
 
@@ -42,15 +47,26 @@ from server.errors import (
     ServingError,
     VersionNotFound,
 )
+from server.logs import ACCESS_LOGGER
 from server.manager import ModelManager
 from server.metrics import Metrics
 from server.model import LoadedModel
 from server.readiness import Phase, Readiness
-from server.request_context import RequestContext, begin, current
+from server.request_context import (
+    RequestContext,
+    StreamContext,
+    activate,
+    begin,
+    begin_message,
+    begin_stream,
+    current,
+)
 from server.served import ServedVersion
 from server.target import Target
+from server.tracing import Tracing
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger(ACCESS_LOGGER)
 
 GENERIC_INTERNAL = "internal error while handling the request; it has been logged"
 # Error messages quote what the client sent (names, datatypes); gRPC refuses trailing
@@ -124,10 +140,16 @@ class DataPlane:
         *,
         max_images_per_request: int,
         max_pending_decodes: int = MAX_PENDING_DECODES,
+        access_log: bool = False,
+        tracing: Tracing | None = None,
     ) -> None:
+        """``access_log``: one log line per request (:meth:`observe`); ``tracing``: a span
+        per request (None: off, and nothing of it on the request path)."""
         self.manager = manager
         self.metrics = metrics
         self.max_images = max_images_per_request
+        self.access_log = access_log
+        self.tracing = tracing
         self.readiness = Readiness()
         self._statistics = metrics.statistics
         # One request's images always fit, however high --max-images-per-request is set.
@@ -207,20 +229,22 @@ class DataPlane:
         started = time.perf_counter()
         self.readiness.check()
         target = codec.target(request)
-        served = self.resolve(target)
         context = current()
+        if context is not None and target.request_id:
+            context.id = target.request_id  # the protocol's own id wins over the transport's
+        served = self.resolve(target)
         if context is not None:
             context.model, context.version = served.name, str(served.version)
         served.enter()
         try:
             if target.timeout_s is None:
-                return await self._infer(codec, request, served, deadline, started)
+                return await self._infer(codec, request, served, deadline, started, context)
             timeout_at = asyncio.get_running_loop().time() + target.timeout_s
             deadline = timeout_at if deadline is None else min(deadline, timeout_at)
             timeout = asyncio.timeout_at(timeout_at)
             try:
                 async with timeout:
-                    return await self._infer(codec, request, served, deadline, started)
+                    return await self._infer(codec, request, served, deadline, started, context)
             except TimeoutError:
                 if not timeout.expired():
                     raise
@@ -238,13 +262,17 @@ class DataPlane:
         served: ServedVersion,
         deadline: float | None,
         started: float,
+        context: RequestContext | None,
     ) -> S:
         model = served.model
         try:
+            decode_from = time.perf_counter()
             images = codec.decode(request, self.max_images)
             if not isinstance(images, np.ndarray):
                 images = await self._decode_off_loop(images)
             decoded = time.perf_counter()
+            if context is not None:
+                context.images = len(images)
             try:
                 computed = await served.batcher.submit(images, deadline=deadline)
             except BatcherClosed:  # only if the version stopped under it: a bug, but say so
@@ -252,6 +280,8 @@ class DataPlane:
                     self.readiness.refusal or "the model version was unloaded; retry"
                 ) from None
             encoding = time.perf_counter()
+            if context is not None:
+                context.batch = computed.batch
             response = codec.encode(request, computed.outputs, model)
         except BaseException:
             self._statistics.observe_request(
@@ -269,6 +299,10 @@ class DataPlane:
             infer_s=computed.inference_s,
             output_s=done - encoding,
         )
+        if context is not None and context.span is not None and self.tracing is not None:
+            self.tracing.record_inference(
+                context.span, decode_from, decoded, computed, encoding, done
+            )
         return response
 
     async def _decode_off_loop(self, decode: DeferredDecode) -> np.ndarray:
@@ -303,20 +337,63 @@ class DataPlane:
         logger.error("%s failed with an unexpected error", method, exc_info=exc)
         return Failure(Code.INTERNAL, GENERIC_INTERNAL)
 
+    def begin(
+        self, method: str, request_id: str | None = None, *, peer: str = "", carrier: Any = None
+    ) -> RequestContext:
+        """A binding starts one request (see :mod:`server.request_context`): the id its
+        transport carried (None: one is generated), the client's address, and its headers
+        (``carrier``, read for a trace context; only needed when :attr:`tracing` is set).
+        Every request begun is ended by :meth:`observe`.
+        """
+        context = begin(method, request_id, peer)
+        if self.tracing is not None:
+            context.span = self.tracing.start(method, carrier)
+        return context
+
     @staticmethod
-    def begin() -> RequestContext:
-        """A binding starts one request (see :mod:`server.request_context`)."""
-        return begin()
+    def begin_stream(request_id: str | None, carrier: Any = None) -> StreamContext:
+        """A binding starts a stream: its messages' ids derive from its id (see
+        :func:`server.request_context.begin_message`), their spans from its trace context."""
+        return begin_stream(request_id, carrier)
+
+    def _begin_message(self, method: str) -> RequestContext:
+        context, stream = begin_message(method)
+        if self.tracing is not None:
+            context.span = self.tracing.start(method, stream.carrier if stream else None)
+        return context
 
     def observe(
         self, method: str, code: Code, seconds: float, context: RequestContext | None = None
     ) -> None:
         """Count one request by method, code and the model version it reached
-        (``fashion_requests_total``) and time it."""
+        (``fashion_requests_total``) and time it; log it (``--access-log``) and end its span.
+        """
         if context is None:
             self.metrics.observe_rpc(method, code.value, seconds)
         else:
             self.metrics.observe_rpc(method, code.value, seconds, context.model, context.version)
+            if context.span is not None and self.tracing is not None:
+                self.tracing.finish(context, code)
+        if self.access_log:
+            self._log_access(method, code, seconds, context)
+
+    @staticmethod
+    def _log_access(
+        method: str, code: Code, seconds: float, context: RequestContext | None
+    ) -> None:
+        fields: dict[str, object] = {"method": method, "status": code.value}
+        request_id = None
+        if context is not None:
+            request_id = context.id
+            if context.model:  # it reached a model version
+                fields.update(model=context.model, version=context.version)
+                fields["images"] = context.images
+            if context.batch:
+                fields["batch"] = context.batch
+            if context.peer:
+                fields["peer"] = context.peer
+        fields["latency_ms"] = round(seconds * 1000, 3)
+        access_logger.info("request", extra={"fields": fields, "request_id": request_id})
 
     # -- streams ---------------------------------------------------------------
 
@@ -375,12 +452,12 @@ class DataPlane:
                 async for request in requests:
                     await slots.acquire()
                     # Each message its own context: the task copies the one set here.
-                    context = begin()
+                    context = self._begin_message(method)
                     future = asyncio.ensure_future(self.infer(codec, request, deadline))
                     queue.put_nowait(_InFlight(future, loop.time(), context))
             except Exception as exc:  # a malformed message, a broken request stream
                 broken.set_exception(exc)
-                queue.put_nowait(_InFlight(broken, loop.time(), RequestContext()))
+                queue.put_nowait(_InFlight(broken, loop.time(), self._begin_message(method)))
             finally:
                 queue.put_nowait(None)
 
@@ -388,6 +465,7 @@ class DataPlane:
         head: _InFlight[S] | None = None
         try:
             while (head := await queue.get()) is not None:
+                activate(head.context)  # what is logged now is about this message
                 try:
                     response = await head.future
                 except Exception as exc:

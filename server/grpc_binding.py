@@ -13,6 +13,11 @@ progress (health probes not counted) and the bytes they hold, server-wide and pe
 stream (:mod:`server.budget`). :func:`add_foreign_service` serves a servicer we do not
 own (grpc's health checking and reflection) the same way: raw bytes parsed here, so
 a malformed message is INVALID_ARGUMENT without a traceback.
+
+Request ids: a call's ``x-request-id`` metadata (or a generated id) is its id, sent
+back in the call's trailing metadata, on success and failure alike; a stream's
+messages are ``ID.1``, ``ID.2``, ... (:mod:`server.request_context`). With tracing on,
+the call's metadata is also the carrier of its trace context (``traceparent``).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from server.budget import ByteBudget, CallLimit, StreamBudget
 from server.dataplane import DataPlane, Failure, Refused
 from server.decoder import client_key
 from server.errors import Code, InvalidInput, Overloaded, Unimplemented
+from server.request_context import REQUEST_ID_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -266,13 +272,19 @@ def _unary(
     async def handle(data: bytes, context: grpc.aio.ServicerContext) -> Any:
         t0 = time.perf_counter()
         code = Code.OK
-        request = plane.begin()
+        peer = context.peer()
+        metadata = context.invocation_metadata()
+        carrier = dict(metadata or ()) if plane.tracing is not None else None
+        request = plane.begin(method, _request_id(metadata), peer=peer, carrier=carrier)
         admitted = False
-        client_key.set(context.peer())
+        client_key.set(peer)
         try:
+            request.check()
             _admit(plane, calls, budget, len(data))
             admitted = True
-            return await implementation(parse(data), context)
+            response = await implementation(parse(data), context)
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, request.id),))
+            return response
         except grpc.aio.AbortError:
             code = _CODE_OF.get(context.code(), Code.INTERNAL)
             raise
@@ -281,13 +293,21 @@ def _unary(
             code = failure.code
             if code is Code.CANCELLED:
                 raise
-            await _abort(context, failure)
+            await _abort(context, failure, request.id)
         finally:
             if admitted:
                 _leave(calls, budget, len(data))
             plane.observe(method, code, time.perf_counter() - t0, request)
 
     return handle
+
+
+def _request_id(metadata: Any) -> str | None:
+    """The call's ``x-request-id`` metadata, if it sent one."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_HEADER:
+            return value if isinstance(value, str) else None
+    return None
 
 
 def _admit(plane: DataPlane, calls: CallLimit | None, budget: ByteBudget, n: int) -> None:
@@ -328,12 +348,19 @@ def _streaming(
 
     async def handle(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
         t0 = time.perf_counter()
+        metadata = context.invocation_metadata()
+        carrier = dict(metadata or ()) if plane.tracing is not None else None
+        stream = plane.begin_stream(_request_id(metadata), carrier)
+        if stream.refusal:
+            plane.observe(method, Code.INVALID_ARGUMENT, time.perf_counter() - t0)
+            await _abort(context, Failure(Code.INVALID_ARGUMENT, stream.refusal), stream.id)
+            return
         try:
             limits.calls.enter()
         except Overloaded as exc:
             plane.metrics.count_rejected("too_many_calls")
             plane.observe(method, exc.code, time.perf_counter() - t0)
-            await _abort(context, Failure(exc.code, str(exc)))
+            await _abort(context, Failure(exc.code, str(exc)), stream.id)
             return
         client_key.set(context.peer())
         budget = StreamBudget(limits.stream_bytes, limits.bytes)
@@ -350,13 +377,14 @@ def _streaming(
                 finally:
                     budget.release(size)
                 budget.answered()
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, stream.id),))
         except (grpc.aio.BaseError, asyncio.CancelledError):
             raise  # grpc's own ending (aborted, server stopped, cancelled): grpc finishes it
         except Exception as exc:
             failure = plane.failure(method, exc)
             if not isinstance(exc, Refused):  # a refused stream counted its own messages
                 plane.observe(method, failure.code, time.perf_counter() - t0)
-            await _abort(context, failure)
+            await _abort(context, failure, stream.id)
         finally:
             close = getattr(responses, "aclose", None)
             if close is not None:
@@ -383,14 +411,17 @@ async def _metered(
         yield request
 
 
-async def _abort(context: grpc.aio.ServicerContext, failure: Failure) -> None:
-    """Send ``failure`` as the call's status.
+async def _abort(
+    context: grpc.aio.ServicerContext, failure: Failure, request_id: str | None = None
+) -> None:
+    """Send ``failure`` as the call's status (with the call's ``x-request-id``, if given).
 
     If the client went away as we answered (cancelled, deadline passed), core
     cannot send it and raises InternalError; there is nobody left to tell, and
     returning lets grpc end the call quietly instead of logging a traceback.
     """
+    metadata = ((REQUEST_ID_HEADER, request_id),) if request_id else ()
     try:
-        await context.abort(GRPC_STATUS[failure.code], failure.message)
+        await context.abort(GRPC_STATUS[failure.code], failure.message, metadata)
     except grpc.aio.InternalError:
         logger.debug("could not send %s: the client went away", failure.code.value)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 # Only light imports here: the heavy ones (grpc, onnxruntime) wait until SIGHUP is ignored.
 from server.config import Settings, load_settings
 from server.errors import ConfigError, ServingError
+from server.logs import configure_logging
 from server.memory import keep_large_blocks_unmapped, start_trimming
 
 logger = logging.getLogger("server")
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fashion-serve: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings)
+    configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
     for warning in warnings:
         logger.warning("%s", warning)
     if settings.worker_count > 1:
@@ -92,14 +93,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         # Closing the loop restored SIGHUP's default (terminate): stay deaf while exiting.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-
-def configure_logging(settings: Settings, *, prefix: str = "") -> None:
-    """Logging for the whole process, once, from the settings (``prefix``: a worker's tag)."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
-    )
 
 
 def prepare_memory(settings: Settings) -> None:

@@ -18,12 +18,12 @@ from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server.contract import INPUT_NAME, NUM_CLASSES, OUTPUT_DATATYPE, OUTPUT_NAME
 from server.errors import InvalidInput
 from server.model import LoadedModel
+from server.request_context import check_request_id
 from server.target import Target
 from server.tensor import (
     EMPTY_FINAL_RESPONSE,
     TIMEOUT,
     check_input,
-    check_request_id,
     check_value_count,
     pixels_from_bytes,
     pixels_from_values,
@@ -52,13 +52,15 @@ def infer_target(request: oip.ModelInferRequest) -> Target:
     check_request_id(request.id)
     if not request.parameters and not request.outputs:
         # The common request: no parameters, every output (nothing more to check).
-        return Target(request.model_name, request.model_version)
+        return Target(request.model_name, request.model_version, request_id=request.id)
     options = request_options(
         parameter_values(request.parameters),
         [(output.name, parameter_values(output.parameters)) for output in request.outputs],
         supported=SUPPORTED_PARAMETERS,
     )
-    return Target(request.model_name, request.model_version, options.timeout_us)
+    return Target(
+        request.model_name, request.model_version, options.timeout_us, request_id=request.id
+    )
 
 
 def decode_infer_request(request: oip.ModelInferRequest, max_images: int) -> np.ndarray:

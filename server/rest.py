@@ -21,6 +21,9 @@ plane, one readiness state).
   (:mod:`server.http_body`), and a large JSON body is parsed in a worker process,
   never on the event loop that also answers gRPC health checks
   (:mod:`server.rest_worker`).
+* Request ids: the ``x-request-id`` header (or a generated id) is the request's id
+  (an inference body's ``id`` wins), sent back in the response's ``x-request-id``
+  header on every route; with tracing on, the headers carry the trace context.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from server.control import AUTHORIZATION, ModelControl
 from server.dataplane import DataPlane, Failure
 from server.errors import Code
 from server.http_body import HttpRefusal, RequestLimits
+from server.request_context import REQUEST_ID_HEADER
 from server.rest_codec import (
     HEADER_LENGTH,
     REST_INFER,
@@ -190,17 +194,26 @@ class RestApi:
         async def handle(request: web.Request) -> web.StreamResponse:
             t0 = time.perf_counter()
             code = Code.OK
-            context = plane.begin()
+            headers = request.headers
+            context = plane.begin(
+                label,
+                headers.get(REQUEST_ID_HEADER),
+                peer=request.remote or "",
+                carrier=headers if plane.tracing is not None else None,
+            )
             try:
-                return await call(request)
+                context.check()
+                response = await call(request)
             except (Exception, asyncio.CancelledError) as exc:
                 failure = plane.failure(label, exc)
                 code = failure.code
                 if code is Code.CANCELLED:
                     raise
-                return error_response(failure, exc)
+                response = error_response(failure, exc)
             finally:
                 plane.observe(label, code, time.perf_counter() - t0, context)
+            response.headers[REQUEST_ID_HEADER] = context.id
+            return response
 
         return handle
 

@@ -33,6 +33,8 @@ import orjson
 
 from server.contract import INPUT_NAME, NUM_CLASSES, OUTPUT_DATATYPE, OUTPUT_NAME
 from server.errors import InvalidInput
+from server.model import LoadedModel
+from server.request_context import check_request_id
 from server.target import Target
 from server.tensor import (
     BINARY_DATA_OUTPUT,
@@ -295,7 +297,13 @@ class RestInferCodec:
     """REST inference for the data plane (see :class:`server.dataplane.RequestCodec`)."""
 
     def target(self, request: InferBody) -> Target:
-        return Target(request.model_name, request.model_version, request.options.timeout_us)
+        check_request_id(request.id)
+        return Target(
+            request.model_name,
+            request.model_version,
+            request.options.timeout_us,
+            request_id=request.id,
+        )
 
     def decode(self, request: InferBody, max_images: int) -> np.ndarray:
         if request.decode_error is not None:

@@ -1,4 +1,4 @@
-"""What a request asks for besides its tensors: which model and version, and its timeout.
+"""What a request asks for besides its tensors: which model and version, its timeout, its id.
 
 Every front end builds a :class:`Target` from its own wire fields; the data plane
 resolves it (:meth:`server.dataplane.DataPlane.resolve`) and enforces the timeout.
@@ -15,18 +15,21 @@ from server.tensor import shown
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A request's model, version or label, and Triton-style timeout.
+    """A request's model, version or label, Triton-style timeout, and its own id.
 
     ``version`` is the text the client sent ("" = the model's default version),
     parsed by :func:`version_number` once the model is known to exist, so an
     unknown model is reported as such whatever version it names. ``label`` (our
     Predict API only, like TF Serving's ``version_label``) names a version instead.
+    ``request_id``: the Open Inference Protocol's ``id`` ("" = none; checked by the codec,
+    :func:`server.request_context.check_request_id`).
     """
 
     model: str
     version: str = ""
     timeout_us: int | None = None  # Triton's "timeout" parameter, as sent
     label: str = ""
+    request_id: str = ""
 
     @property
     def timeout_s(self) -> float | None:

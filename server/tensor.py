@@ -42,18 +42,6 @@ BINARY_DATA_OUTPUT = "binary_data_output"
 # request with exactly one, final response, so the request is already met either way.
 EMPTY_FINAL_RESPONSE = "triton_enable_empty_final_response"
 _BOOLEAN_PARAMETERS = frozenset({BINARY_DATA_OUTPUT, EMPTY_FINAL_RESPONSE})
-# A request's ``id`` is echoed in its response: a 4 MB id doubled what a stream held
-# (issue #28). Longer ids are refused; a UUID is 36 characters.
-MAX_REQUEST_ID_CHARS = 1024
-
-
-def check_request_id(request_id: str) -> None:
-    if len(request_id) > MAX_REQUEST_ID_CHARS:
-        raise InvalidInput(
-            f"the request id has {len(request_id)} characters; at most "
-            f"{MAX_REQUEST_ID_CHARS} (it is echoed in the response)"
-        )
-
 
 def shown(value: object, limit: int = 32) -> str:
     """Client text or JSON for a message: strings cut, containers by type, never echoed whole."""

@@ -37,8 +37,10 @@ NOT_IMPLEMENTED = {
     "CudaSharedMemoryStatus": "CUDA " + _NO_SHM,
     "CudaSharedMemoryRegister": "CUDA " + _NO_SHM,
     "CudaSharedMemoryUnregister": "CUDA " + _NO_SHM,
-    "TraceSetting": "tracing is not offered; use the Prometheus metrics and the logs",
-    "LogSettings": "logging is configured at start-up (--log-level / FASHION_LOG_LEVEL)",
+    "TraceSetting": "tracing is configured at start-up: OpenTelemetry spans to an OTLP "
+    "collector with --otlp-endpoint or the standard OTEL_* variables",
+    "LogSettings": "logging is configured at start-up (--log-level, --log-format, "
+    "--access-log)",
 }
 
 

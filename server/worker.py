@@ -33,12 +33,12 @@ from typing import Any
 from server.channel import FD_VARIABLE, INDEX_VARIABLE, PORTS_VARIABLE, Channel, Message
 from server.config import Settings, load_settings
 from server.errors import ConfigError, InvalidInput, ServingError
-from server.main import configure_logging, prepare_memory
+from server.logs import configure_logging
+from server.main import prepare_memory
 from server.plans import Change, Load, Operation, Plan, Poll, Sync, Unload
 from server.statistics import VersionStatistics, from_dict, to_dict
 
 logger = logging.getLogger("server.worker")
-
 
 
 class WorkerLink:
@@ -174,7 +174,12 @@ def main() -> int:
     settings = dataclasses.replace(
         settings, port=grpc_port, http_port=http_port, metrics_port=-1, workers="1"
     )
-    configure_logging(settings, prefix=f"worker {index} ")
+    configure_logging(
+        settings.log_level,
+        settings.log_format,
+        access_log=settings.access_log,
+        worker=int(index) if index.isdigit() else None,
+    )
     prepare_memory(settings)
     sock = socket.socket(fileno=fd)
     try:

@@ -2,7 +2,7 @@
 # The GPU server image: onnxruntime-gpu 1.31.1 (CUDA 13 + cuDNN 9) INSTEAD of onnxruntime.
 # The CUDA and cuDNN runtime libraries come from the NVIDIA pip wheels pulled by the
 # [cuda,cudnn] extras; only the driver comes from the node (NVIDIA container toolkit,
-# driver >= 580). No TensorFlow.
+# driver >= 580). The otel extra (traces, off unless --otlp-endpoint is set). No TensorFlow.
 #   docker build -f deploy/docker/server-gpu.Dockerfile -t fashion-serving-gpu:0.1.0 .
 #   docker run --gpus 1 -v "$PWD/models:/models:ro" -p 50051:50051 fashion-serving-gpu:0.1.0
 # BASE_IMAGE: any Debian bookworm image with Python 3.11 on PATH as `python`.
@@ -18,7 +18,9 @@ COPY pyproject.toml README.md ./
 COPY server ./server
 COPY client ./client
 # onnxruntime and onnxruntime-gpu share one package directory: never both at once.
-RUN pip install . \
+# DL3013: ".[otel]" is this project; its pins (the otel extra's too) are in pyproject.toml.
+# hadolint ignore=DL3013
+RUN pip install ".[otel]" \
  && pip uninstall -y onnxruntime \
  && pip install "onnxruntime-gpu[cuda,cudnn]==1.31.1" \
  && pip check \

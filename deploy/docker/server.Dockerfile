@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# The CPU server image: the base install only (onnxruntime, grpcio, ...), no TensorFlow.
+# The CPU server image: the base install (onnxruntime, grpcio, ...) and the otel extra
+# (OpenTelemetry traces, off unless --otlp-endpoint is set), no TensorFlow.
 # Build from the repository root:
 #   docker build -f deploy/docker/server.Dockerfile -t fashion-serving:0.1.0 .
 # The model repository is NOT in the image: mount it at /models (see deploy/README.md).
@@ -14,7 +15,7 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE} AS requirements
 WORKDIR /src
 COPY pyproject.toml ./
-RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["otel"]))' \
       > requirements.txt
 
 FROM ${BASE_IMAGE} AS deps

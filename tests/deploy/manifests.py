@@ -28,6 +28,7 @@ OVERLAYS = ("cpu", "gpu")
 # rendered through these).
 KUSTOMIZATIONS = ("overlays/cpu", "overlays/gpu", "storage", "training", "kserve")
 SERVICEMONITOR = K8S / "components" / "servicemonitor"
+TRACING = K8S / "components" / "tracing"
 # Custom resources: no schema offline, checked structurally instead.
 CRD_KINDS = frozenset({"ServiceMonitor", "PrometheusRule", "InferenceService"})
 POD_OWNERS = ("Deployment", "Job")

@@ -410,6 +410,39 @@ def test_onnxruntime_telemetry_is_off_in_the_read_only_container(deployment: Dep
     assert not re.search(r"telemetry", log, re.IGNORECASE), log[-3000:]
 
 
+# Run inside the server's container: an OTLP/gRPC receiver (the collector's side) on
+# loopback, and the server's own Tracing exporting a span to it, as --otlp-endpoint would.
+EXPORT_ONE_SPAN = """
+import concurrent.futures, grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as rpc
+from server.tracing import Tracing
+received = []
+class Receiver(rpc.TraceServiceServicer):
+    def Export(self, request, context):
+        received.append(request)
+        return pb.ExportTraceServiceResponse()
+receiver = grpc.server(concurrent.futures.ThreadPoolExecutor(2))
+rpc.add_TraceServiceServicer_to_server(Receiver(), receiver)
+port = receiver.add_insecure_port("127.0.0.1:0")
+receiver.start()
+tracing = Tracing.from_environment(f"http://127.0.0.1:{port}", {})
+tracing.start("ModelInfer", None).end()
+tracing.shutdown()
+receiver.stop(0)
+print(*[s.name for r in received for rs in r.resource_spans for ss in rs.scope_spans
+        for s in ss.spans])
+"""
+
+
+def test_the_server_image_exports_traces(deployment: Deployment) -> None:
+    """The image holds the otel extra (the tracing component turns it on): a span leaves."""
+    result = deployment.podman.run(
+        "exec", deployment.server.name, "python", "-c", EXPORT_ONE_SPAN, timeout=60
+    )
+    assert result.stdout.split() == ["ModelInfer"], result.stdout + result.stderr
+
+
 def test_server_switches_to_a_new_trained_version_under_load_without_a_failed_request(
     deployment: Deployment, test_images: np.ndarray
 ) -> None:

@@ -78,6 +78,7 @@ def test_gpu_image_replaces_onnxruntime_with_the_pinned_gpu_extra() -> None:
     runs = dockerfile("server-gpu.Dockerfile").runs()
     assert f'"{gpu_requirement}"' in runs, f"the GPU image must install {gpu_requirement}"
     assert runs.index("pip uninstall -y onnxruntime ") < runs.index(gpu_requirement)
+    assert 'pip install ".[otel]"' in runs, "the GPU image traces too"
 
 
 def requirements_installed_by(name: str) -> list[str]:
@@ -96,7 +97,9 @@ def requirements_installed_by(name: str) -> list[str]:
 
 def test_images_install_exactly_the_pinned_dependencies_in_a_cached_layer() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert requirements_installed_by("server.Dockerfile") == project["dependencies"]
+    # The server image can trace (--otlp-endpoint, the tracing component): the otel extra.
+    otel = project["optional-dependencies"]["otel"]
+    assert requirements_installed_by("server.Dockerfile") == project["dependencies"] + otel
     train = project["optional-dependencies"]["train"]
     assert requirements_installed_by("trainer.Dockerfile") == project["dependencies"] + train
     for name in ("server.Dockerfile", "trainer.Dockerfile"):

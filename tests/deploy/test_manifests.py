@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from server import tracing
 from server.app import READINESS_SERVICE, SETTLE_S
 from server.config import ENV_PREFIX, Settings, load_settings
 from tests.deploy.manifests import (
@@ -26,6 +27,7 @@ from tests.deploy.manifests import (
     OVERLAYS,
     ROOT,
     SERVICEMONITOR,
+    TRACING,
     container_env,
     containers,
     cpu_cores,
@@ -127,7 +129,8 @@ def test_every_kustomization_passes_strict_validation_for_each_kubernetes_versio
         validate_strict(rendered_files, version)
 
 
-def render_with_servicemonitor(tmp_path: Path) -> list[dict[str, Any]]:
+def render_with_component(tmp_path: Path, component: Path) -> list[dict[str, Any]]:
+    """The CPU overlay with one optional component, as an overlay of the user's would add it."""
     (tmp_path / "kustomization.yaml").write_text(
         yaml.safe_dump(
             {
@@ -135,7 +138,7 @@ def render_with_servicemonitor(tmp_path: Path) -> list[dict[str, Any]]:
                 "kind": "Kustomization",
                 # kustomize refuses absolute paths to bases and components.
                 "resources": [os.path.relpath(K8S / "overlays" / "cpu", tmp_path)],
-                "components": [os.path.relpath(SERVICEMONITOR, tmp_path)],
+                "components": [os.path.relpath(component, tmp_path)],
             }
         )
     )
@@ -145,7 +148,7 @@ def render_with_servicemonitor(tmp_path: Path) -> list[dict[str, Any]]:
 def test_servicemonitor_component_scrapes_the_metrics_port_instead_of_annotations(
     tmp_path: Path,
 ) -> None:
-    docs = render_with_servicemonitor(tmp_path)
+    docs = render_with_component(tmp_path, SERVICEMONITOR)
     monitor = one(docs, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     selector = monitor["spec"]["selector"]["matchLabels"]
@@ -163,6 +166,30 @@ def test_servicemonitor_component_scrapes_the_metrics_port_instead_of_annotation
     assert by_name[metrics_ports[0]["targetPort"]] == settings.metrics_port
     annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "false", "would be scraped twice"
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump_all(docs))
+    validate_strict([rendered], kubernetes_versions()[-1])
+
+
+def test_tracing_component_turns_tracing_on_and_opens_only_dns_and_the_collector(
+    tmp_path: Path,
+) -> None:
+    docs = render_with_component(tmp_path, TRACING)
+    container = server_container(docs)
+    image = dockerfile(IMAGES[image_name_and_tag(container["image"])[0]])
+    base = {k: v for k, v in image.env().items() if k.startswith(ENV_PREFIX)}
+    env = container_env(container, docs, base)
+    settings = load_settings(container.get("args", []), env)  # a valid endpoint
+    assert tracing.requested(settings.otlp_endpoint, env) and not tracing.disabled_by(env)
+    collector_port = int(settings.otlp_endpoint.rsplit(":", 1)[1])
+    policy = one(docs, "NetworkPolicy", "fashion-serving")
+    egress = policy["spec"]["egress"]
+    opened = {(p["port"], p["protocol"]) for rule in egress for p in rule["ports"]}
+    assert opened == {(53, "UDP"), (53, "TCP"), (collector_port, "TCP")}
+    assert "Egress" in policy["spec"]["policyTypes"]
+    # Everything else is the CPU overlay's: the component adds, it does not replace.
+    ingress = one(render("overlays/cpu"), "NetworkPolicy", "fashion-serving")["spec"]["ingress"]
+    assert policy["spec"]["ingress"] == ingress
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(yaml.safe_dump_all(docs))
     validate_strict([rendered], kubernetes_versions()[-1])

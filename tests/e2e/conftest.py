@@ -40,8 +40,11 @@ def faults() -> Faults:
 async def start_app(model_repo: Path, faults: Faults) -> AsyncIterator:
     apps: list[App] = []
 
-    async def start(repo: Path | None = None, *, load: bool = True, **overrides: object) -> App:
-        app = create_app(make_settings(repo or model_repo, **overrides), loader=faults.load)
+    async def start(
+        repo: Path | None = None, *, load: bool = True, tracing: object = None, **overrides: object
+    ) -> App:
+        settings = make_settings(repo or model_repo, **overrides)
+        app = create_app(settings, loader=faults.load, tracing=tracing)  # type: ignore[arg-type]
         apps.append(app)
         if load:
             await app.start()

@@ -23,7 +23,7 @@ from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from server.codec import MAX_ENCODED_BYTES
-from server.tensor import MAX_REQUEST_ID_CHARS
+from server.request_context import MAX_REQUEST_ID_CHARS
 from tests.e2e.conftest import scrape
 from tests.e2e.test_bad_input import assert_status
 

@@ -32,12 +32,23 @@ from server.servicer import SERVICE
 class GoneClient:
     """A ServicerContext whose peer has gone: every send fails as core reports it."""
 
-    def __init__(self) -> None:
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
         self.aborted: list[tuple[grpc.StatusCode, str]] = []
+        self.metadata = metadata
+        self.trailing_metadata: list[tuple[tuple[str, str], ...]] = []
 
-    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
+    ) -> None:
         self.aborted.append((code, details))
+        self.trailing_metadata.append(tuple(trailing_metadata))
         raise grpc.aio.InternalError('Failed "execute_batch": (SendStatusFromServerOperation,)')
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        self.trailing_metadata.append(tuple(metadata))
 
     async def write(self, message: Any) -> None:
         raise grpc.aio.InternalError('Failed "execute_batch": (SendMessageOperation,)')
@@ -124,7 +135,7 @@ async def test_stream_whose_client_went_away_ends_quietly(plane, caplog) -> None
 
 async def test_methods_a_servicer_lacks_are_unimplemented_by_name(plane) -> None:
     handler = registered(plane)["GetModelInfo"].unary_unary
-    context = GoneClient()
+    context = GoneClient(metadata=(("x-request-id", "req-42"),))
     await handler(b"", context)
     assert context.aborted == [
         (
@@ -132,3 +143,5 @@ async def test_methods_a_servicer_lacks_are_unimplemented_by_name(plane) -> None
             "fashion.v1.PredictionService.GetModelInfo is not implemented by this server",
         )
     ]
+    # The refusal carries the call's request id back, as every answer does.
+    assert context.trailing_metadata == [(("x-request-id", "req-42"),)]
