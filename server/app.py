@@ -68,6 +68,14 @@ def grpc_options(settings: Settings, *, reuse_port: bool = False) -> list[tuple[
         # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: one connection cannot pile up unbounded
         # idle streams (each costs memory); a client beyond it waits for a free stream.
         ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        # Each stream's receive window, fixed. With BDP probing (grpc's default) every
+        # stream's window grows to max(4 MiB, 2 x bandwidth-delay product), and grpc
+        # core takes in that much per stream before the application asks for a message:
+        # 40 streams that are not read held 380-1,400 MiB (issue #28), beyond every
+        # budget of ours. Fixed, a stream that is not read holds at most this window in
+        # grpc; the message the server does ask for is counted in server.budget.
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", settings.stream_window_bytes),
     ]
     if settings.max_connection_age_s > 0:
         options += [

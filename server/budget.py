@@ -8,10 +8,13 @@
   not fit is refused at once with RESOURCE_EXHAUSTED: memory stays bounded however many
   calls carry large messages.
 * :class:`StreamBudget`: the same for one stream (``--max-stream-inflight-bytes``), with
-  backpressure instead of refusal: a request's bytes are held until its response is
-  written, so a client that does not read its responses stops being read from (HTTP/2
+  backpressure instead of refusal: a request's bytes are held from the moment it is read
+  until its response is written, and the stream is not read while it (or the server)
+  is full, so a client that does not read its responses stops being read from (HTTP/2
   flow control then stops its writes) instead of making the server queue its requests.
-  A stream also waits (is not read) while the server-wide budget is full.
+
+What a stream that is not read costs beyond these budgets is grpc's receive window for
+it (``--stream-window-bytes``, fixed in :func:`server.app.grpc_options`).
 
 No grpc here: the gRPC binding (:mod:`server.grpc_binding`) applies them.
 """
@@ -90,20 +93,26 @@ def _wake(waiters: list[asyncio.Future[None]]) -> None:
 class StreamBudget:
     """One stream's requests held until answered, and its responses until written.
 
-    :meth:`admit` waits while the stream holds ``limit`` bytes (the first request of an
-    idle stream always fits) or the server-wide budget is full, then takes the bytes
-    from both. :meth:`answered` gives the oldest request's bytes back when its
-    response has been written; :meth:`close` gives back everything at the end.
+    :meth:`wait_for_room` is awaited before each read: it waits while the next request
+    (expected as large as the stream's previous one) would not fit the stream's
+    ``limit`` or the server-wide budget; the first request of an idle stream always
+    fits. :meth:`arrived` then holds what was read, in both: a request larger than the
+    previous one may overshoot by its own size, never more. :meth:`answered` gives the
+    oldest request's bytes back when its response has been written; :meth:`close` gives
+    back everything at the end.
     """
 
     def __init__(self, limit: int, server: ByteBudget) -> None:
         self.limit = limit
         self.server = server
         self.used = 0
+        self._expected = 0  # the size of the last request read
         self._requests: deque[int] = deque()
         self._waiters: list[asyncio.Future[None]] = []
 
-    async def admit(self, n: int) -> None:
+    async def wait_for_room(self) -> None:
+        """Return when the next request may be read (it is not read meanwhile)."""
+        n = max(self._expected, 1)  # a new stream waits while the server is full
         while (self.used and self.used + n > self.limit) or not self.server.fits(n):
             mine = asyncio.get_running_loop().create_future()
             self._waiters.append(mine)
@@ -113,8 +122,12 @@ class StreamBudget:
             finally:
                 mine.cancel()
                 theirs.cancel()
-        self.server.take(n)
+
+    def arrived(self, n: int) -> None:
+        """A request of ``n`` bytes was read: held here and server-wide until answered."""
+        self._expected = n
         self.used += n
+        self.server.hold(n)
         self._requests.append(n)
 
     def hold(self, n: int) -> None:

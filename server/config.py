@@ -280,6 +280,14 @@ class Settings:
         "http://HOST:PORT (plaintext) or https://HOST:PORT; empty: off unless the standard "
         "OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set. Needs the otel extra",
     )
+    stream_window_bytes: int = _setting(
+        64 * 1024,
+        "HTTP/2 receive window of each gRPC stream, fixed (grpc's bandwidth-delay probing, "
+        "which grows it to 4 MiB and more, is off): what the server takes in, unasked, on "
+        "a stream it is not reading",
+        min=16 * 1024,
+        max=16 * 1024 * 1024,
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

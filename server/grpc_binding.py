@@ -336,17 +336,18 @@ def _leave(calls: CallLimit | None, budget: ByteBudget, n: int) -> None:
 def _streaming(
     plane: DataPlane, method: str, parse: Parse, implementation: Streaming, limits: Limits
 ) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Awaitable[None]]:
-    """A coroutine that writes the responses itself (grpc's reader/writer API).
+    """A coroutine that reads the requests and writes the responses itself (grpc's
+    reader/writer API; grpc's request iterator is left unused).
 
     Writing here rather than yielding to grpc means a cancellation arrives in
     this frame, so the stream is closed (and its unanswered messages counted)
     at once, not whenever the abandoned generator is collected. Each request's
-    bytes are held in the stream's budget until its response is written (every
-    streaming method answers each request once, in order), so a client that does
-    not read stops being read from.
+    bytes are held in the stream's budget from its read until its response is
+    written (every streaming method answers each request once, in order), so a
+    client that does not read stops being read from.
     """
 
-    async def handle(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+    async def handle(_: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
         t0 = time.perf_counter()
         metadata = context.invocation_metadata()
         carrier = dict(metadata or ()) if plane.tracing is not None else None
@@ -364,7 +365,7 @@ def _streaming(
             return
         client_key.set(context.peer())
         budget = StreamBudget(limits.stream_bytes, limits.bytes)
-        responses = implementation(_metered(raw, parse, budget), context)
+        responses = implementation(_metered(context, parse, budget), context)
         try:
             async for response in responses:
                 size = response.ByteSize()
@@ -401,14 +402,31 @@ async def _parsed(raw: AsyncIterator[bytes], parse: Parse) -> AsyncIterator[Any]
 
 
 async def _metered(
-    raw: AsyncIterator[bytes], parse: Parse, budget: StreamBudget
+    context: grpc.aio.ServicerContext, parse: Parse, budget: StreamBudget
 ) -> AsyncIterator[Any]:
-    """Parsed requests, each admitted to ``budget`` first: this waits while the stream or
-    the server is full, so the stream is not read meanwhile (backpressure)."""
-    async for data in raw:
-        request = parse(data)
-        await budget.admit(len(data))
+    """The stream's requests, parsed; each is read only once ``budget`` has room for it,
+    and held in it from then on. While the stream or the server is full the stream is
+    not read at all (backpressure): grpc holds at most the stream's receive window.
+
+    ``context.read()`` rather than grpc's request iterator, whose generator keeps the
+    last message alive while it waits; nothing here holds one across a wait either.
+    """
+    while True:
+        await budget.wait_for_room()
+        request = await _read(context, parse, budget)
+        if request is None:
+            return
         yield request
+        del request
+
+
+async def _read(context: grpc.aio.ServicerContext, parse: Parse, budget: StreamBudget) -> Any:
+    """The next request, parsed and held in ``budget``; None at the end of the stream."""
+    data = await context.read()
+    if data is grpc.aio.EOF:
+        return None
+    budget.arrived(len(data))
+    return parse(data)
 
 
 async def _abort(
