@@ -12,12 +12,33 @@ and stops its batcher. So an unload or a swap never fails a request.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import numpy as np
 
 from server.batcher import DynamicBatcher
 from server.metrics import VersionMetrics
 from server.model import LoadedModel
+
+
+def _predictor(
+    model: LoadedModel, metrics: VersionMetrics
+) -> Callable[[np.ndarray], tuple[np.ndarray, LoadedModel]]:
+    """The batcher's predict function (executor thread).
+
+    A closure over the model and its metrics, not a bound method of ServedVersion: a bound
+    method would close the cycle version -> batcher -> method -> version, and an unloaded
+    version (its onnxruntime session: tens of MiB of weights and arenas) would then live until
+    the next full collection of the cyclic GC — 300 load/unload cycles grew a server from
+    122 to 190-465 MiB that way; with the closure it stays flat.
+    """
+
+    def predict(images: np.ndarray) -> tuple[np.ndarray, LoadedModel]:
+        probabilities = model.predict(images)
+        metrics.count_predictions(probabilities)
+        return probabilities, model
+
+    return predict
 
 
 class ServedVersion:
@@ -36,7 +57,7 @@ class ServedVersion:
         self.model = model
         self.metrics = metrics
         self.batcher: DynamicBatcher[LoadedModel] = DynamicBatcher(
-            self._predict,
+            _predictor(model, metrics),
             max_batch_size=max_batch_size,
             max_wait_s=max_wait_s,
             max_queue=max_queue,
@@ -62,12 +83,6 @@ class ServedVersion:
     @property
     def in_flight(self) -> int:
         return self._in_flight
-
-    def _predict(self, images: np.ndarray) -> tuple[np.ndarray, LoadedModel]:
-        """The batcher's predict function (executor thread)."""
-        probabilities = self.model.predict(images)
-        self.metrics.count_predictions(probabilities)
-        return probabilities, self.model
 
     async def start(self) -> None:
         await self.batcher.start()

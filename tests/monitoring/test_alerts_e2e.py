@@ -52,6 +52,7 @@ from tests.monitoring import dashboard as dash
 from tests.monitoring.load import Load
 from tests.monitoring.prometheus import Prometheus, binary
 from tests.monitoring.rules import alerts, scaled_groups
+from tests.repos import publish
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -227,17 +228,6 @@ def check_dashboard(prometheus: Prometheus) -> None:
     assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
 
 
-def publish(source: Path, repo: Path, version: int, **metadata: object) -> None:
-    """Copy ``source`` (a version directory) in as ``version``, the way training publishes:
-    staged beside it, then renamed into place. ``metadata`` overrides metadata.json fields."""
-    staged = repo / "fashion" / f".staged-{version}"
-    shutil.copytree(source, staged)
-    meta = json.loads((staged / "metadata.json").read_text())
-    meta.update(version=version, **metadata)
-    (staged / "metadata.json").write_text(json.dumps(meta))
-    os.rename(staged, repo / "fashion" / str(version))
-
-
 def test_alerts_fire_and_clear_as_a_real_server_breaks_and_recovers(
     prometheus: Prometheus, servers: dict[str, ServerProcess], model_repo: Path, tmp_path: Path
 ) -> None:
@@ -258,7 +248,7 @@ def test_alerts_fire_and_clear_as_a_real_server_breaks_and_recovers(
         watch.only(phase1, "1: no model")
 
     # 2. A gets a model, B joins and is flooded beyond its queue.
-    publish(model_repo / "fashion" / "1", tmp_path / REPO_A, 1)
+    publish(model_repo, tmp_path / REPO_A, "fashion", 1)
     set_targets(prometheus, a, b)
     phase2 = {
         n("FashionServingQueueSaturated", "b"),
@@ -276,7 +266,7 @@ def test_alerts_fire_and_clear_as_a_real_server_breaks_and_recovers(
 
     # 3. A batches one image at a time with images waiting; B refuses a broken version 2.
     # A checksum that does not match model.onnx: B refuses it and keeps serving version 1.
-    publish(model_repo / "fashion" / "1", tmp_path / REPO_B, 2, model_sha256="0" * 64)
+    publish(model_repo, tmp_path / REPO_B, "fashion", 2, model_sha256="0" * 64)
     phase3 = {
         n("FashionServingBatchSizeCollapsed", "a"),
         n("FashionServingModelVersionRefused", "b"),

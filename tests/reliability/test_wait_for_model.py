@@ -7,9 +7,6 @@ valid version is published; Predict meanwhile gets UNAVAILABLE with the reason.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,19 +23,11 @@ from server.app import READINESS_SERVICE
 from server.main import READY_LINE, WAITING_LINE
 from tests.e2e.conftest import default_model
 from tests.e2e.test_lifecycle import NO_TENSORFLOW
+from tests.repos import publish
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 IMAGE = pb.Image(raw=bytes(784))
-
-
-def publish(source_repo: Path, repo: Path, version: int = 1) -> None:
-    """Copy a real version in by an atomic rename, as the training Job's publish does."""
-    staged = repo / "fashion" / f".tmp-publish-{version}"
-    shutil.copytree(source_repo / "fashion" / "1", staged)
-    meta = json.loads((staged / "metadata.json").read_text())
-    (staged / "metadata.json").write_text(json.dumps({**meta, "version": version}))
-    os.rename(staged, repo / "fashion" / str(version))
 
 
 async def wait_for_status(channel: grpc.aio.Channel, service: str, wanted: int) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import time
 import urllib.request
@@ -28,20 +27,12 @@ from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from tests.e2e.conftest import Samples, parse_samples
+from tests.repos import publish
 
 IMAGE = pb.Image(raw=bytes(784))
 # A connection of its own per channel: the kernel spreads connections, not calls.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 READINESS_SERVICE = "fashion.v1.PredictionService"
-
-
-def publish(source: Path, repo: Path, model: str, version: int) -> None:
-    staged = repo / model / f".tmp-{version}"
-    staged.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(source / "fashion" / "1", staged)
-    meta = json.loads((staged / "metadata.json").read_text())
-    (staged / "metadata.json").write_text(json.dumps({**meta, "name": model, "version": version}))
-    os.rename(staged, repo / model / str(version))
 
 
 @pytest.fixture
