@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -42,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="images per request (image files and --evaluate)",
     )
     p.add_argument("--data-dir", type=Path, default=None, help="Fashion-MNIST IDX directory")
+    p.add_argument("--model", default="", help="model name (default: the server's default model)")
+    p.add_argument(
+        "--model-version", type=int, default=0, help="version number (default: the default version)"
+    )
+    p.add_argument(
+        "--version-label", default="", help="a version label instead, e.g. stable or canary"
+    )
     p.add_argument("--info", action="store_true", help="print the served model's description")
     p.add_argument(
         "--list", action="store_true", help="list the server's services (through reflection)"
@@ -93,8 +101,21 @@ def _file_error(path: Path, problem: str) -> None:
     print(f"fashion-predict: {path}: {problem}", file=sys.stderr, flush=True)
 
 
+def _which(args: argparse.Namespace) -> dict[str, Any]:
+    """The model and version the flags select, as PredictClient's keyword arguments."""
+    return {
+        "model_name": args.model,
+        "model_version": args.model_version,
+        "version_label": args.version_label,
+    }
+
+
 def _predict_files(
-    client: PredictClient, files: Sequence[Path], top_k: int, batch_size: int
+    client: PredictClient,
+    files: Sequence[Path],
+    top_k: int,
+    batch_size: int,
+    which: dict[str, Any],
 ) -> int:
     """One JSON line per good file, one stderr line naming each bad one; returns the bad count.
 
@@ -112,12 +133,12 @@ def _predict_files(
             failures += 1
     for chunk in _chunks(readable, batch_size):
         try:
-            response = client.predict([data for _, data in chunk], top_k=top_k)
+            response = client.predict([data for _, data in chunk], top_k=top_k, **which)
         except PredictError as exc:
             if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
                 raise
             if len(chunk) > 1:
-                failures += _predict_files_one_by_one(client, chunk, top_k)
+                failures += _predict_files_one_by_one(client, chunk, top_k, which)
             else:
                 _file_error(chunk[0][0], _single_image_problem(exc))
                 failures += 1
@@ -128,12 +149,15 @@ def _predict_files(
 
 
 def _predict_files_one_by_one(
-    client: PredictClient, chunk: Sequence[tuple[Path, bytes]], top_k: int
+    client: PredictClient,
+    chunk: Sequence[tuple[Path, bytes]],
+    top_k: int,
+    which: dict[str, Any],
 ) -> int:
     failures = 0
     for path, data in chunk:
         try:
-            response = client.predict([data], top_k=top_k)
+            response = client.predict([data], top_k=top_k, **which)
         except PredictError as exc:
             if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
                 raise
@@ -157,7 +181,7 @@ def _evaluate(client: PredictClient, args: argparse.Namespace) -> None:
     version = 0
     t0 = time.perf_counter()
     for start in range(0, len(images), args.batch_size):
-        response = client.predict(images[start : start + args.batch_size])
+        response = client.predict(images[start : start + args.batch_size], **_which(args))
         version = response.model_version
         predicted[start : start + len(response.predictions)] = [
             p.label for p in response.predictions
@@ -186,9 +210,9 @@ def _run(client: PredictClient, args: argparse.Namespace) -> int:
     if args.info:
         from google.protobuf.json_format import MessageToDict
 
-        print(json.dumps(MessageToDict(client.model_info())))
+        print(json.dumps(MessageToDict(client.model_info(**_which(args)))))
     if args.images:
-        failures = _predict_files(client, args.images, args.top_k, args.batch_size)
+        failures = _predict_files(client, args.images, args.top_k, args.batch_size, _which(args))
     if args.evaluate:
         _evaluate(client, args)
     return 1 if failures else 0
@@ -201,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give image files, --evaluate, --info, --list or --call")
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--batch-size and --limit must be >= 1")
+    if args.model_version < 0 or (args.model_version and args.version_label):
+        parser.error("--model-version must be >= 1, and not given with --version-label")
     try:
         with PredictClient(args.target, timeout_s=args.timeout, tls=_tls(args)) as client:
             return _run(client, args)

@@ -118,8 +118,14 @@ class PredictClient:
         top_k: int = 0,
         include_probabilities: bool = False,
         model_version: int = 0,
+        model_name: str = "",
+        version_label: str = "",
     ) -> pb.PredictResponse:
-        """``images``: uint8 [n, 28, 28] pixels, or a sequence of PNG/JPEG file contents."""
+        """``images``: uint8 [n, 28, 28] pixels, or a sequence of PNG/JPEG file contents.
+
+        ``model_name`` "" = the server's default model; ``model_version`` 0 and
+        ``version_label`` "" = that model's default version (its ``stable`` label, else the
+        newest); set at most one of the two."""
         if isinstance(images, np.ndarray):
             array = np.ascontiguousarray(images, dtype=np.uint8).reshape(-1, IMAGE_BYTES)
             messages = [pb.Image(raw=row.tobytes()) for row in array]
@@ -130,12 +136,19 @@ class PredictClient:
             top_k=top_k,
             include_probabilities=include_probabilities,
             model_version=model_version,
+            model_name=model_name,
+            version_label=version_label,
         )
         response = self._call("Predict", request)
         assert isinstance(response, pb.PredictResponse)
         return response
 
-    def model_info(self) -> pb.ModelInfo:
-        response = self._call("GetModelInfo", pb.GetModelInfoRequest())
+    def model_info(
+        self, *, model_name: str = "", model_version: int = 0, version_label: str = ""
+    ) -> pb.ModelInfo:
+        request = pb.GetModelInfoRequest(
+            model_name=model_name, model_version=model_version, version_label=version_label
+        )
+        response = self._call("GetModelInfo", request)
         assert isinstance(response, pb.ModelInfo)
         return response

@@ -239,7 +239,7 @@ def _variant_file(metadata: dict[str, Any], version: int, variant: str) -> tuple
     return name, entry["sha256"]
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -288,7 +288,7 @@ def publish_version(
         for file in staged.iterdir():
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
-        _fsync_dir(staged)
+        fsync_dir(staged)
         target = directory / str(version)
         try:
             os.rename(staged, target)
@@ -296,6 +296,6 @@ def publish_version(
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 continue
             raise
-        _fsync_dir(directory)
+        fsync_dir(directory)
         return version
     raise ModelLoadError(f"could not allocate a version number in {directory}")

@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 
 from server.config import is_service_link
 from server.contract import MODEL_NAME, is_model_name
+from server.serving_config import ConfigRefused, check_label_name
 from training.model import ARCHITECTURES
 from training.recipe import AUGMENTATIONS, RECIPES, SCHEDULES
 
@@ -147,6 +148,13 @@ class TrainConfig:
         "publish under <model-repo>/<model-name>/<version>/: ASCII letters, digits, _ . -, "
         "starting with a letter or digit, at most 64 characters",
     )
+    label: str = _setting(
+        "",
+        "after publishing, point this label of the model's config.json at the new version "
+        "(e.g. canary; see fashion-repo). Checked before training: a label the server would "
+        "refuse stops the run before it starts",
+        shown="none",
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -158,6 +166,11 @@ class TrainConfig:
                 f"{names('model_name')} must be ASCII letters, digits, '_', '.' or '-', "
                 f"starting with a letter or digit, at most 64 characters, got {self.model_name!r}"
             )
+        if self.label:
+            try:
+                check_label_name(self.label)
+            except ConfigRefused as exc:
+                raise ConfigError(f"{names('label')}: {exc}") from None
         if Path(self.model_repo).exists() and not Path(self.model_repo).is_dir():
             raise ConfigError(f"{names('model_repo')}: {str(self.model_repo)!r} is not a directory")
         recipe = RECIPES[self.arch]

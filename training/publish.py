@@ -13,10 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from server.config_store import check_servable_among, read_config, servable_versions, update
 from server.contract import METADATA_FILE, MODEL_FILE, MODEL_NAME
 from server.repository import (
     model_dir,
     publish_version,
+    scan_versions,
     sha256_file,
     staging_dir,
 )
@@ -56,3 +58,23 @@ def publish_model(
 
         version = publish_version(staged, root, write_metadata=write_metadata, model=model)
     return version, model_dir(root, model) / str(version)
+
+
+def check_label_plan(root: Path, model: str, label: str) -> None:
+    """Before training: would ``label`` on the version about to be published be served?
+
+    ConfigRefused, saying why, when the model's config.json is invalid or the label (or
+    another label, once a newer version arrives) would point outside the version policy:
+    better refused now than after an hour of training.
+    """
+    config = read_config(root, model)
+    versions = servable_versions(root, model)
+    upcoming = max(scan_versions(root, model).versions, default=0) + 1
+    planned = config.with_label(label, upcoming)
+    check_servable_among(planned, [*versions.numbers, upcoming], versions.broken, model)
+
+
+def label_version(root: Path, model: str, label: str, version: int) -> None:
+    """Point ``label`` at the just-published ``version`` (server.config_store: locked,
+    checked, atomic)."""
+    update(root, model, lambda config: config.with_label(label, version))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from server.errors import ModelLoadError
 from training.config import ENV_MODEL_REPO as ENV_MODEL_REPO
 from training.config import TrainConfig, names, parse_args
 from training.data import CLASS_NAMES, DataError, FashionMNIST, load_fashion_mnist
@@ -38,7 +39,7 @@ from training.export import (
 )
 from training.metadata import RunReport, accuracies, build_metadata, library_versions
 from training.model import build_model
-from training.publish import publish_model
+from training.publish import check_label_plan, label_version, publish_model
 from training.quantize import (
     CALIBRATION_IMAGES,
     INT8_FILE,
@@ -454,6 +455,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     command_line = list(sys.argv) if argv is None else ["fashion-train", *argv]
+    if config.label:
+        try:
+            check_label_plan(config.model_repo, config.model_name, config.label)
+        except ModelLoadError as exc:
+            print(f"fashion-train: error: --label {config.label}: {exc}", file=sys.stderr)
+            return 2
     previous = exit_on_sigterm()
     try:
         published = run(config, command_line)
@@ -466,6 +473,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
     # Absolute: the default ./models is relative to wherever the command was run.
     print(f"published version {published.version} to {published.path.resolve()}", flush=True)
+    if config.label:
+        try:
+            label_version(config.model_repo, config.model_name, config.label, published.version)
+        except ModelLoadError as exc:
+            # Published, not labelled (the config changed meanwhile): say so, and how to finish.
+            print(
+                f"fashion-train: error: version {published.version} is published but not "
+                f"labelled {config.label!r}: {exc}",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"labelled version {published.version} {config.label!r}", flush=True)
     return 0
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from client.cli import main as predict_main
 from client.testset import DEBIAN_DIR, TEST_IMAGES, TEST_LABELS
+from tests.repos import configure, publish
 from training.data import TRAIN_IMAGES
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -55,6 +56,35 @@ async def test_files_are_sent_batch_size_to_a_request(start_app, capsys) -> None
     lines = [json.loads(line) for line in out.splitlines()]
     assert [line["file"] for line in lines] == [str(f) for f in files]
     assert all(len(line["top_k"]) == 2 for line in lines)
+
+
+@pytest.mark.skipif(not (DEBIAN_DIR / TEST_IMAGES).is_file(), reason="needs the real test set")
+async def test_model_version_and_label_select_what_is_asked(
+    start_app, model_repo: Path, tmp_path: Path, capsys
+) -> None:
+    repo = tmp_path / "repo"
+    for version in (1, 2):
+        publish(model_repo, repo, version=version)
+    config = {"version_policy": {"latest": 2}, "labels": {"stable": 1, "canary": 2}}
+    configure(repo, "fashion", config)
+    app = await start_app(repo)
+    target = ["--target", f"127.0.0.1:{app.port}"]
+    for which, version in (
+        ([], 1),
+        (["--version-label", "canary"], 2),
+        (["--model", "fashion", "--model-version", "2"], 2),
+    ):
+        code, out, err = await run_cli([*target, "--info", *which], capsys)
+        assert (code, err) == (0, ""), err
+        assert int(json.loads(out)["version"]) == version
+        code, out, err = await run_cli([*target, "--evaluate", "--limit", "20", *which], capsys)
+        assert (code, err) == (0, ""), err
+        assert json.loads(out)["model_version"] == version
+    code, out, err = await run_cli([*target, "--version-label", "beta", "--info"], capsys)
+    assert code == 1 and out == ""
+    assert err.startswith("fashion-predict: NOT_FOUND: ") and "canary" in err, err
+    code, out, err = await run_cli([*target, "--model", "other", "--info"], capsys)
+    assert code == 1 and "NOT_FOUND" in err and "fashion" in err, err
 
 
 @pytest.mark.skipif(not (DEBIAN_DIR / TEST_IMAGES).is_file(), reason="needs the real test set")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,20 @@ def test_model_name_publishes_under_its_own_directory(
     found = read_version(tmp_path, 1, "other")  # also checks model_sha256
     assert found.path == tmp_path / "other" / "1"
     assert found.metadata["name"] == "other" and found.metadata["version"] == 1
+
+
+def test_label_marks_the_published_version_and_a_plan_it_would_break_trains_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--limit", "500", "--epochs", "1", "--no-report", "--model-repo", str(tmp_path)]
+    assert main([*argv, "--label", "canary"]) == 0
+    assert "labelled version 1 'canary'" in capsys.readouterr().out
+    config = json.loads((tmp_path / "fashion" / "config.json").read_text())
+    assert config == {"version_policy": {"latest": 1}, "labels": {"canary": 1}}
+    # latest 1 with canary -> 1: a new version would push that label out of the policy,
+    # so the run is refused before training (exit 2) and nothing is published.
+    assert main([*argv, "--label", "stable"]) == 2
+    err = capsys.readouterr().err
+    assert "--label stable: label 'canary' -> 1: version policy latest 1 serves [2]" in err
+    assert "fashion-repo policy fashion latest:2" in err
+    assert list_versions(tmp_path) == [1]

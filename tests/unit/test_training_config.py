@@ -41,6 +41,7 @@ SAMPLES = {
     "data_dir": "/data",
     "model_repo": "/srv/models",
     "model_name": "other",
+    "label": "canary",
 }
 
 
@@ -318,6 +319,14 @@ def test_invalid_model_names_are_refused(name: str) -> None:
         "--model-name / FASHION_TRAIN_MODEL_NAME must be ASCII letters, digits, '_', '.' or '-'"
     )
     assert str(info.value).endswith(f"got {name!r}")
+
+
+@pytest.mark.parametrize("label", ["3", "-x", "a b", "x" * 65, "canary\n"])
+def test_a_label_that_is_not_a_name_is_refused_before_training(label: str) -> None:
+    refused = r"^--label / FASHION_TRAIN_LABEL: label .* is not a name"
+    with pytest.raises(ConfigError, match=refused):
+        load_config([f"--label={label}"], {})
+    assert load_config([], {"FASHION_TRAIN_LABEL": "canary"}).label == "canary"
 
 
 def test_a_model_repo_that_is_a_file_is_refused(tmp_path: Path) -> None:
