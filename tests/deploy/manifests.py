@@ -26,7 +26,7 @@ K8S = DEPLOY / "k8s"
 OVERLAYS = ("cpu", "gpu")
 # Every directory `kubectl apply -k` is meant for (the base and the component are
 # rendered through these).
-KUSTOMIZATIONS = ("overlays/cpu", "overlays/gpu", "storage", "training", "kserve")
+KUSTOMIZATIONS = ("overlays/cpu", "overlays/gpu", "storage", "training", "repo", "kserve")
 SERVICEMONITOR = K8S / "components" / "servicemonitor"
 TRACING = K8S / "components" / "tracing"
 # Custom resources: no schema offline, checked structurally instead.

@@ -1,6 +1,7 @@
 """The images, built with podman and run the way a kubelet runs the rendered manifests: the
 first deploy (a server pod before any model exists, then the training Job), predictions,
-metrics, a new version under load, and termination under load.
+metrics, a new version under load, a canary labelled, promoted and rolled back by the
+fashion-repo Job under load, and termination under load.
 
 One server container serves the whole module, in the order of a real deployment's life; the
 tests after the first make sure a model was published, so each can also run alone.
@@ -84,6 +85,7 @@ class Load:
     threads: int
     per_request: int = 1
     pause_s: float = 0.0
+    label: str = ""  # version_label ("" = the model's default version)
     calls: list[tuple[float, float, str, int]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -115,7 +117,8 @@ class Load:
                 i += self.per_request
                 sent = time.monotonic()
                 try:
-                    reply = stub.Predict(pb.PredictRequest(images=batch), timeout=30)
+                    request = pb.PredictRequest(images=batch, version_label=self.label)
+                    reply = stub.Predict(request, timeout=30)
                     code, version = "OK", int(reply.model_version)
                 except grpc.RpcError as exc:
                     code, version = exc.code().name, 0
@@ -143,6 +146,7 @@ class Deployment:
     metrics_port: int
     started: float
     trainer_runs: int = 0
+    repo_runs: int = 0
 
     def health(self, service: str) -> int | None:
         return kubelet.grpc_health(self.server.address(self.grpc_port), service, 2)
@@ -174,6 +178,32 @@ class Deployment:
             service_links=kubelet.service_link_env([MASTER_SERVICE]),
             extra_args=TRAIN_ARGS,
         )
+
+    def run_repo(self, *args: str) -> tuple[int, str]:
+        """One fashion-repo Job (deploy/k8s/repo) run to completion: its exit code and log.
+        The arguments go where deploy/README's `kubectl set env ... FASHION_REPO_ARGS=` puts
+        them."""
+        docs = render("repo")
+        spec = one(docs, "Job")["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        (var,) = [v for v in container["env"] if v["name"] == "FASHION_REPO_ARGS"]
+        var["value"] = " ".join(args)
+        self.repo_runs += 1
+        name = f"{self.server.name}-repo-{self.repo_runs}"
+        job = kubelet.start(
+            self.podman,
+            name,
+            docs,
+            spec,
+            container,
+            claims={"fashion-models": self.volume},
+            scratch=self.scratch / name,
+            service_links=kubelet.service_link_env([MASTER_SERVICE]),
+        )
+        try:
+            return job.wait(120), job.logs()
+        finally:
+            job.remove()
 
     def train(self) -> int:
         """One training Job run to completion; returns the version it published."""
@@ -463,6 +493,74 @@ def test_server_switches_to_a_new_trained_version_under_load_without_a_failed_re
     versions = [version for *_, version in sorted(load.calls)]
     assert versions[0] == current and versions[-1] == new
     assert set(versions) == {current, new}
+    assert deployment.prober.killed is None
+
+
+def predicted_version(address: str, label: str = "") -> int:
+    with grpc.insecure_channel(address) as channel:
+        request = pb.PredictRequest(images=[pb.Image(raw=bytes(784))], version_label=label)
+        reply = pb_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
+    return int(reply.model_version)
+
+
+def wait_for_version(address: str, version: int, label: str = "") -> None:
+    """Until the server answers from ``version`` (it polls the volume every few seconds)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if predicted_version(address, label) == version:
+                return
+        except grpc.RpcError as exc:  # the label may not exist yet
+            assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+        assert time.monotonic() < deadline, f"{label or 'default'} never reached {version}"
+        time.sleep(POLL_S)
+
+
+def test_the_repo_job_labels_promotes_and_rolls_back_a_canary_under_load(
+    deployment: Deployment, test_images: np.ndarray
+) -> None:
+    """deploy/README's canary flow with the fashion-repo Job, as a kubelet runs it (non-root,
+    read-only root, the volume writable, its memory limit) beside the running server pod."""
+    deployment.ensure_model()
+    if len(deployment.versions()) < 2:
+        deployment.train()
+    old, new = deployment.versions()[-2:]
+    address = deployment.server.address(deployment.grpc_port)
+    for command in (
+        ("policy", "fashion", "latest:2"),
+        ("label", "fashion", "stable", str(old)),
+        ("label", "fashion", "canary", str(new)),
+    ):
+        code, log = deployment.run_repo(*command)
+        assert code == 0, log
+    wait_for_version(address, new, "canary")
+    wait_for_version(address, old)
+    # A refused change fails the Job, says what exists, and writes nothing.
+    config = (deployment.volume / "fashion" / "config.json").read_bytes()
+    code, log = deployment.run_repo("label", "fashion", "canary", "99")
+    assert code == 1 and "99" in log and str(new) in log, log
+    assert (deployment.volume / "fashion" / "config.json").read_bytes() == config
+    with (
+        Load(address, test_images, threads=1, pause_s=0.005) as stable,
+        Load(address, test_images, threads=1, pause_s=0.005, label="canary") as canary,
+    ):
+        code, log = deployment.run_repo("promote", "fashion")
+        assert code == 0, log
+        wait_for_version(address, new)
+        code, log = deployment.run_repo("rollback", "fashion")
+        assert code == 0, log
+        wait_for_version(address, old)
+        rolled_back = time.monotonic()
+        while stable.count(after=rolled_back) < 10:
+            time.sleep(POLL_S)
+    assert {code for *_, code, _ in stable.calls + canary.calls} == {"OK"}
+    assert {version for *_, version in canary.calls} == {new}
+    # Every default answer came from stable as it moved: old, then new, then old again.
+    versions = [version for *_, version in sorted(stable.calls)]
+    moves = [v for n, v in enumerate(versions) if n == 0 or v != versions[n - 1]]
+    assert moves == [old, new, old], moves
+    code, log = deployment.run_repo("list", "fashion")
+    assert code == 0 and f"stable -> {old}" in log and f"canary -> {new}" in log, log
     assert deployment.prober.killed is None
 
 

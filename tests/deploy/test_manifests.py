@@ -33,6 +33,7 @@ from tests.deploy.manifests import (
     cpu_cores,
     dockerfile,
     image_name_and_tag,
+    kubectl,
     one,
     pod_specs,
     render,
@@ -44,6 +45,7 @@ MIN_KUBERNETES = (1, 30)
 # After server.stop(grace) returns, the batcher drains and the process exits.
 EXIT_MARGIN_S = 5.0
 GPU = "nvidia.com/gpu"
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 KNOWN_SETTINGS = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.__dataclass_fields__}
 
 
@@ -241,8 +243,9 @@ def test_network_policy_denies_all_egress(overlay: str) -> None:
     assert policy["spec"].get("egress", []) == []
 
 
-def test_training_job_is_cut_off_from_the_network() -> None:
-    docs = render("training")
+@pytest.mark.parametrize("job", ["training", "repo"])
+def test_the_jobs_are_cut_off_from_the_network(job: str) -> None:
+    docs = render(job)
     labels = one(docs, "Job")["spec"]["template"]["metadata"]["labels"]
     policy = one(docs, "NetworkPolicy")
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
@@ -335,7 +338,12 @@ def test_images_are_pinned_to_the_project_version_and_built_here() -> None:
             assert tag == version, f"{name}: {where}: {container['image']} (project {version})"
             assert image in IMAGES, f"{name}: {where}: no Dockerfile builds {image}"
             command = container["command"]
-            assert command == dockerfile(IMAGES[image]).exec_form("ENTRYPOINT"), where
+            if command[:2] == ["/bin/sh", "-c"]:
+                # Another of the project's programs in the same image (the fashion-repo Job).
+                exec_, program, *_ = command[2].split()
+                assert exec_ == "exec" and program in PROJECT["scripts"], where
+            else:
+                assert command == dockerfile(IMAGES[image]).exec_form("ENTRYPOINT"), where
 
 
 def test_every_container_sets_cpu_and_memory_requests_and_limits() -> None:
@@ -433,3 +441,48 @@ def test_server_reads_and_the_job_writes_the_same_model_volume() -> None:
     image_env = dockerfile("trainer.Dockerfile").env()
     args = parse_args(trainer.get("args", []), {**image_env, **container_env(trainer, [])})
     assert str(args.model_repo) == mount["mountPath"]
+
+    repo_job = one(render("repo"), "Job")
+    spec = repo_job["spec"]["template"]["spec"]
+    (repo,) = spec["containers"]
+    mount = models_mount(spec, repo)
+    assert not mount.get("readOnly", False), "fashion-repo writes config.json"
+    assert container_env(repo, [])["FASHION_MODEL_REPO"] == mount["mountPath"]
+    assert spec["securityContext"]["fsGroup"] == job["spec"]["template"]["spec"][
+        "securityContext"]["fsGroup"], "both Jobs write files the other must replace"  # fmt: skip
+
+
+def test_the_documented_repo_command_sets_the_jobs_arguments() -> None:
+    """deploy/README's `kubectl set env --local -f deploy/k8s/repo/job.yaml ...` pipeline,
+    with the pinned kubectl: the Job it prints runs that fashion-repo command, and a refusal
+    is not retried."""
+    printed = subprocess.run(
+        [kubectl(), "set", "env", "--local", "-f", str(K8S / "repo" / "job.yaml"), "-o",
+         "yaml", "FASHION_REPO_ARGS=label fashion canary 4"],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    job = yaml.safe_load(printed)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container_env(container, [])["FASHION_REPO_ARGS"] == "label fashion canary 4"
+    assert container["command"] == ["/bin/sh", "-c", "exec fashion-repo $FASHION_REPO_ARGS"]
+    assert job["spec"]["backoffLimit"] == 0
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    assert "kubectl set env --local -f deploy/k8s/repo/job.yaml -o yaml" in readme
+
+
+def test_the_documented_canary_training_run_labels_its_version() -> None:
+    """deploy/README's `kubectl set env --local -f deploy/k8s/training/job.yaml -o yaml
+    FASHION_TRAIN_LABEL=canary`: the trainer it prints is configured to label its version."""
+    from training.train import parse_args  # numpy only; no TensorFlow at import
+
+    printed = subprocess.run(
+        [kubectl(), "set", "env", "--local", "-f", str(K8S / "training" / "job.yaml"), "-o",
+         "yaml", "FASHION_TRAIN_LABEL=canary"],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    (trainer,) = yaml.safe_load(printed)["spec"]["template"]["spec"]["containers"]
+    image_env = dockerfile("trainer.Dockerfile").env()
+    config = parse_args(trainer.get("args", []), {**image_env, **container_env(trainer, [])})
+    assert config.label == "canary"
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    assert "kubectl set env --local -f deploy/k8s/training/job.yaml -o yaml" in readme
