@@ -5,13 +5,20 @@ send ``--requests`` single-image and 64-image Predict calls over several connect
 (so every worker has served and grown its arenas), then read VmRSS of the supervisor
 and of every worker from /proc. Prints a markdown table and writes ``memory.json`` to
 ``--out``: what a pod's memory limit must allow as N grows.
+
+``--versions 1,2,4`` measures the other axis instead, in one process: K loaded versions of
+one model (copies of the repository's newest version of ``--model``, served together by a
+``config.json`` policy ``latest: K``), each having answered single images and 64-image
+batches; writes ``memory-versions.json``: what each loaded version adds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,16 +28,45 @@ import grpc
 from bench.serverproc import descendants, memory_mib, start_server
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
+from server.contract import CONFIG_FILE, METADATA_FILE
+from server.repository import latest_version
 
 
-def exercise(target: str, requests: int) -> None:
+def exercise(target: str, requests: int, *, model: str = "", version: int = 0) -> None:
     """Single images and 64-image batches over a few connections of their own."""
     image = pb.Image(raw=bytes(784))
     for i in range(requests):
         options = [("grpc.use_local_subchannel_pool", 1)]
         with grpc.insecure_channel(target, options=options) as channel:
             stub = pb_grpc.PredictionServiceStub(channel)
-            stub.Predict(pb.PredictRequest(images=[image] * (64 if i % 2 else 1)), timeout=60)
+            request = pb.PredictRequest(
+                images=[image] * (64 if i % 2 else 1), model_name=model, model_version=version
+            )
+            stub.Predict(request, timeout=60)
+
+
+def measure_versions(model_repo: Path, model: str, count: int, requests: int) -> dict[str, Any]:
+    """One process serving ``count`` copies of ``model``'s newest version at once."""
+    newest = latest_version(model_repo, model)
+    if newest is None:
+        raise SystemExit(f"bench.memory: {model_repo} has no version of {model!r}")
+    with tempfile.TemporaryDirectory(prefix="fashion-memory-") as tmp:
+        root = Path(tmp) / model
+        for version in range(1, count + 1):
+            copy = root / str(version)
+            shutil.copytree(model_repo / model / str(newest), copy)
+            # A version is served only under the number its metadata records.
+            meta = json.loads((copy / METADATA_FILE).read_text())
+            (copy / METADATA_FILE).write_text(json.dumps({**meta, "version": version}))
+        policy = {"version_policy": {"latest": count}}
+        (root / CONFIG_FILE).write_text(json.dumps(policy) + "\n")
+        server = start_server(Path(tmp), [f"--default-model={model}"], timeout_s=180)
+        try:
+            for version in range(1, count + 1):
+                exercise(server.target, requests, model=model, version=version)
+            return {"versions": count, "process_mib": memory_mib(server.pid)["rss_mib"]}
+        finally:
+            server.stop()
 
 
 def measure(model_repo: Path, workers: int, requests: int) -> dict[str, Any]:
@@ -67,13 +103,35 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def markdown_versions(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| loaded versions | process MiB | per version beyond the first MiB |",
+        "|---|---|---|",
+    ]
+    first = rows[0]
+    for row in rows:
+        extra = row["versions"] - first["versions"]
+        each = round((row["process_mib"] - first["process_mib"]) / extra, 1) if extra else "—"
+        lines.append(f"| {row['versions']} | {row['process_mib']} | {each} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__)
     p.add_argument("--model-repo", type=Path, default=Path("models"))
     p.add_argument("--workers", default="1,2,4")
     p.add_argument("--requests", type=int, default=16)
+    p.add_argument("--versions", default="", help="e.g. 1,2,4: loaded versions, not workers")
+    p.add_argument("--model", default="fashion", help="the model --versions copies")
     p.add_argument("--out", type=Path, default=Path("docs/perf/workers"))
     args = p.parse_args(argv)
+    if args.versions:
+        counts = [int(n) for n in args.versions.split(",")]
+        found = [measure_versions(args.model_repo, args.model, k, args.requests) for k in counts]
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "memory-versions.json").write_text(json.dumps(found, indent=2) + "\n")
+        print(markdown_versions(found))
+        return 0
     rows = [measure(args.model_repo, int(n), args.requests) for n in args.workers.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "memory.json").write_text(json.dumps(rows, indent=2) + "\n")

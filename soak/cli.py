@@ -3,7 +3,10 @@ mixed traffic for a fixed time, inject a hot reload (next to repository entries 
 step over: names that are not versions, a symlinked alias, a newer version with unreadable
 metadata) and a client cancellation storm in the middle, and check: zero unexpected
 errors, every valid answer correct, resident memory growth under 10 % over the steady
-traffic after the reload (and the reload's own step under 30 %). With --hostile-http, the
+traffic after the reload (and the reload's own step under 30 %). With --flip-s, version
+policies and labels are then flipped under the same traffic for that long
+(soak/flip_phase.py): no request may fail, canary answers come from the canary, and memory
+comes back to within 30 % once one version is served again. With --hostile-http, the
 REST attacks of soak/hostile_http.py follow, each with health p99 < 1 s.
 Prints (and optionally writes) a JSON report; exit status 1 when a check fails."""
 
@@ -31,6 +34,7 @@ from client.testset import load_test_split
 from server.contract import INPUT_NAME, METADATA_FILE, MODEL_FILE, MODEL_NAME, OUTPUT_NAME
 from server.repository import latest_version, read_version, sha256_file
 from soak import hostile_grpc
+from soak.flip_phase import flip_phase
 from soak.hostile_phase import soak_phase
 from soak.traffic import Traffic
 
@@ -98,12 +102,23 @@ async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
             report["hostile_entries"] = plant_hostile_entries(repo, published)
             report["reloaded_to_version"] = published
             server.process.send_signal(signal.SIGHUP)
-            await traffic.cancellation_storm(args.storm)
+            # Its own connection: channels with equal arguments would share one.
+            own = [("grpc.use_local_subchannel_pool", 1)]
+            async with grpc.aio.insecure_channel(server.target, options=own) as storm:
+                await traffic.cancellation_storm(args.storm, storm)
             await asyncio.sleep(args.duration_s / 4)
             # Leaks are measured from here: a reload has a one-time cost of its own (below).
             rss_reloaded = memory_mib(server.pid)["rss_mib"]
             await asyncio.sleep(args.duration_s / 2)
             rss_end = memory_mib(server.pid)["rss_mib"]
+            if args.flip_s > 0:  # after the leak window: a second loaded version adds memory
+                report["flips"] = await flip_phase(
+                    repo, MODEL_NAME, server, traffic,
+                    old=published - 1, new=published, seconds=args.flip_s,
+                )  # fmt: skip
+                rss_flipped = memory_mib(server.pid)["rss_mib"]
+                report["flips"]["rss_mib_after"] = rss_flipped
+                report["flips"]["rss_step_pct"] = round(100 * (rss_flipped - rss_end) / rss_end, 2)
             stop.set()
             await asyncio.gather(*workers)
         if args.hostile_s > 0:  # issue #28: hostile gRPC clients, after the steady traffic
@@ -124,6 +139,7 @@ async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
         ok=dict(tally.ok),
         expected_errors=dict(tally.expected_errors),
         unexpected_errors=dict(tally.unexpected),
+        unexpected_details=tally.unexpected_details,
         wrong_answers=tally.wrong_answers,
         cancelled_by_client=tally.cancelled_by_client,
         versions_seen=sorted(tally.versions_seen),
@@ -154,6 +170,10 @@ async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
             for r in report.get("hostile_grpc", {}).values()
         )
         and report.get("hostile_http", {}).get("passed", True)
+        and (
+            "flips" not in report
+            or (report["flips"]["passed"] and report["flips"]["rss_step_pct"] < MAX_RELOAD_STEP_PCT)
+        )
     )
     return report
 
@@ -174,6 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
+    p.add_argument(
+        "--flip-s",
+        type=float,
+        default=0.0,
+        help="then flip version policies and labels under the traffic this long (0 = none; "
+        "soak/flip_phase.py), reported under flips",
+    )
     p.add_argument(
         "--hostile-s",
         type=float,
