@@ -295,7 +295,9 @@ class DynamicBatcher(Generic[T]):
         Not run_in_executor: its asyncio future, chained to the executor's, costs an
         allocation and one more event-loop turn between the result and :meth:`_deliver`
         (the thread's call_soon_threadsafe sets that future, whose done-callback is then
-        scheduled again); here the thread schedules :meth:`_deliver` itself, once.
+        scheduled again); here the thread schedules :meth:`_deliver` itself, once. Worth
+        1.05-1.09x in throughput and ~5 % of CPU per request (docs/PERFORMANCE.md, "The unary
+        path at 1 image x 32").
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
