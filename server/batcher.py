@@ -303,9 +303,11 @@ class DynamicBatcher(Generic[T]):
         started = loop.time()
         inputs = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
         batch_id = next(_BATCH_IDS)
+        self._executor.submit(self._compute, loop, inputs, batch, reason, started, batch_id)
+        # Counted once submitted (submit raises if the executor is shut down); _deliver runs
+        # on this loop, so never before this line.
         self._running += 1
         self._all_delivered.clear()
-        self._executor.submit(self._compute, loop, inputs, batch, reason, started, batch_id)
 
     def _compute(
         self,
