@@ -38,6 +38,12 @@ logger = logging.getLogger(__name__)
 ACCEPT_FAILED = "socket.accept() out of system resource"
 # Descriptors the rest of the process needs beside one port's connections (gRPC, files).
 FD_RESERVE = 64
+# The listen backlog: the kernel's queue of connections not yet accepted, and also how many
+# asyncio's loop accepts in one go when the socket is readable, before any of them reaches
+# the limiter. So for a moment, after a burst, a port may hold up to this many descriptors
+# beyond --http-max-connections, until the limiter has closed the ones it evicts to make
+# room (aiohttp's default, kept: a smaller queue would drop honest clients' SYNs in bursts).
+LISTEN_BACKLOG = 128
 
 
 class TlsGate(asyncio.Protocol, Slot):
@@ -130,7 +136,7 @@ class LimitedSite(web.BaseSite):
         limits: HttpLimits,
         handler_args: dict[str, Any],
         ssl_context: ssl.SSLContext | None = None,
-        backlog: int = 128,
+        backlog: int = LISTEN_BACKLOG,
         reuse_port: bool = False,
     ) -> None:
         """``reuse_port``: a worker of --workers N, sharing the port with its peers."""

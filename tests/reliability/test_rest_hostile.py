@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from bench.serverproc import ServerProcess, start_server
+from server.http_site import LISTEN_BACKLOG
 from soak import hostile_http as attack
 from soak import http_wire as wire
 from soak.hostile_phase import Probe, with_probe
@@ -55,6 +56,15 @@ class Server:
 
     def fds(self) -> int:
         return psutil.Process(self.process.pid).num_fds()
+
+    def http_connections(self) -> int:
+        """The server's open sockets on its REST port (what --http-max-connections caps)."""
+        port = self.process.http_port
+        return sum(
+            1
+            for c in psutil.Process(self.process.pid).net_connections(kind="tcp")
+            if c.laddr and c.laddr.port == port and c.status != psutil.CONN_LISTEN
+        )
 
     def log_text(self) -> str:
         return self.log.read_text()
@@ -201,19 +211,28 @@ async def test_idle_keepalive_connections_are_closed_after_the_keepalive_timeout
 async def test_connection_cap_bounds_descriptors_and_never_locks_health_out(server) -> None:
     """300 idle and dribbling connections against --http-max-connections 64: the server
     holds at most 64 (it closes the quietest to make room), health still answers on new
-    connections, and the descriptors come back after. Before: one descriptor each."""
+    connections, and the descriptors come back after. Before: one descriptor each (315 here).
+
+    Once the flood has settled the bound is the cap itself. At the peak, connections that
+    completed their handshake in the kernel's queue while the server was busy are accepted
+    in one batch of up to LISTEN_BACKLOG before the limiter closes the ones it evicts (seen:
+    up to 23 beyond the cap on a loaded machine), so the peak may pass the cap by that."""
     await asyncio.sleep(0.5)
     fds_before = server.fds()
 
     async def flood() -> dict:
         async with attack.idle_connections(server.target, 150) as idle:
             many = await attack.many_connections(server.target, 150, hold_s=0.5)
+            await asyncio.sleep(0.5)  # the last accepted batch evicted and closed
             idle["fds"] = server.fds()
+            idle["http_connections"] = server.http_connections()
         return {"idle": idle, "many": many}
 
     result = await with_probe(server.probe(), flood())
+    assert result["idle"]["http_connections"] <= 64, result
     assert result["idle"]["fds"] <= fds_before + 64 + 8, result
-    assert result["many"]["server_fds_peak"] <= fds_before + 64 + 8, result
+    assert result["many"]["server_fds_peak"] <= fds_before + 64 + LISTEN_BACKLOG + 8, result
+    assert result["many"]["server_fds_peak"] < fds_before + 300, result
     assert_healthy(result["health"])
     assert await wait_until(lambda: server.fds() <= fds_before + 2, 10), server.fds()
 
