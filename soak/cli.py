@@ -5,8 +5,8 @@ metadata) and a client cancellation storm in the middle, and check: zero unexpec
 errors, every valid answer correct, resident memory growth under 10 % over the steady
 traffic after the reload (and the reload's own step under 30 %). With --flip-s, version
 policies and labels are then flipped under the same traffic for that long
-(soak/flip_phase.py): no request may fail, canary answers come from the canary, and memory
-comes back to within 30 % once one version is served again. With --hostile-http, the
+(soak/flip_phase.py): no request may fail and canary answers come from the canary; the
+memory step over the phase is reported. With --hostile-http, the
 REST attacks of soak/hostile_http.py follow, each with health p99 < 1 s.
 Prints (and optionally writes) a JSON report; exit status 1 when a check fails."""
 
@@ -170,10 +170,8 @@ async def run(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
             for r in report.get("hostile_grpc", {}).values()
         )
         and report.get("hostile_http", {}).get("passed", True)
-        and (
-            "flips" not in report
-            or (report["flips"]["passed"] and report["flips"]["rss_step_pct"] < MAX_RELOAD_STEP_PCT)
-        )
+        # The flips' memory step is reported, not judged: see soak/flip_phase.py.
+        and report.get("flips", {}).get("passed", True)
     )
     return report
 

@@ -448,3 +448,35 @@ async def test_an_unloaded_version_is_freed_at_once_not_at_the_next_collection(
             assert version() is None and model() is None
         finally:
             gc.enable()
+
+
+async def test_a_version_that_leaves_by_policy_is_freed_at_once_however_often(
+    start_app, repo
+) -> None:
+    """The config path of fashion-soak --flip-s, exactly: labels flipped, then the older
+    version leaving the policy and coming back, five times; with the cyclic collector off,
+    every copy of version 1 that left is gone when its reload returns."""
+    configure(repo, "fashion", CANARY)
+    app = await start_app(repo, poll_interval_s=0)
+    left: list[weakref.ref[object]] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.PredictionServiceStub(channel)
+        gc.disable()
+        try:
+            for _ in range(5):
+                configure(repo, "fashion", {**CANARY, "labels": {"stable": 2, "canary": 2}})
+                await app.reload()
+                served = app.manager.routes["fashion"].versions[1]
+                left += [weakref.ref(served), weakref.ref(served.model)]
+                del served
+                assert (await predict(stub, model_version=1)).model_version == 1
+                configure(repo, "fashion", {"version_policy": {"latest": 1}})
+                await app.reload()
+                for _ in range(3):  # the unload's own tasks finish
+                    await asyncio.sleep(0)
+                assert [ref() for ref in left] == [None] * len(left)
+                configure(repo, "fashion", CANARY)
+                await app.reload()
+                assert (await predict(stub, version_label="stable")).model_version == 1
+        finally:
+            gc.enable()

@@ -45,9 +45,8 @@ def test_short_soak_has_no_unexpected_errors_and_no_wrong_answers(model_repo, tm
     assert report["rss_reload_step_pct"] < 30
     assert report["server_exit_code"] == 0
     # Policies and labels flipped under the same traffic (issue #24): nothing failed (above),
-    # canary answers came from the canary alone, stable ones from both versions as it moved,
-    # and the version that left gave its memory back.
+    # canary answers came from the canary alone, stable ones from both versions as it moved.
+    # (That a version that leaves is freed is tested exactly in test_model_control.py.)
     flips = report["flips"]
     assert flips["changes_applied"] >= 7 and flips["changes_refused"] == []
     assert flips["versions_by_label"] == {"canary": ["2"], "stable": ["1", "2"]}
-    assert flips["rss_step_pct"] < 30
