@@ -82,7 +82,7 @@ def read_config(root: Path, model: str) -> ServingConfig:
     except FileNotFoundError:
         return ServingConfig()
     except OSError as exc:
-        raise ConfigRefused(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise ConfigRefused(f"{path} is unreadable: {exc.strerror or exc}") from None
     return parse_config(text, str(path))
 
 

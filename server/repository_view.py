@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.config import EXPLICIT
+from server.config_store import read_config
 from server.errors import ModelLoadError
 from server.repository import (
     config_fingerprint,
-    config_path,
     model_dir,
     scan_models,
     scan_versions,
     version_fingerprint,
 )
 from server.routing import Route
-from server.serving_config import ConfigRefused, ServingConfig, parse_config, pinned
+from server.serving_config import ServingConfig, parse_config, pinned
 
 logger = logging.getLogger("server.manager")
 
@@ -63,15 +63,8 @@ class RepositoryView:
             return pinned(self.pinned_version)
         if config_text is not None:
             return parse_config(config_text, f"the load request's config for {record.name!r}")
-        path = config_path(self.repo, record.name)
         record.config_seen = config_fingerprint(self.repo, record.name)
-        try:
-            text = path.read_bytes()
-        except FileNotFoundError:
-            return ServingConfig()
-        except OSError as exc:
-            raise ConfigRefused(f"{path} is unreadable: {exc.strerror or exc}") from None
-        return parse_config(text, str(path))
+        return read_config(self.repo, record.name)
 
     def scan_versions(self, record: ModelRecord) -> list[int]:
         scan = scan_versions(self.repo, record.name)

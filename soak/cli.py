@@ -36,6 +36,7 @@ from server.repository import latest_version, read_version, sha256_file
 from soak import hostile_grpc
 from soak.flip_phase import flip_phase
 from soak.hostile_phase import soak_phase
+from soak.report import emit
 from soak.traffic import Traffic
 
 
@@ -229,10 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.monotonic()
         report = asyncio.run(run(args, repo))
         report["wall_s"] = round(time.monotonic() - t0, 1)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     return 0 if report["passed"] else 1
 
 

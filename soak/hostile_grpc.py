@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import io
-import json
 import multiprocessing
 import socket
 import struct
@@ -43,6 +42,7 @@ from PIL import Image
 from client.oip import infer_request
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
+from soak.report import emit
 
 READINESS = "fashion.v1.PredictionService"
 STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
@@ -502,10 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         report_exit = server.stop()
     report["server_exit_code"] = report_exit
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     ok = all(r["passed"] for k, r in report.items() if isinstance(r, dict)) and report_exit == 0
     return 0 if ok else 1
 

@@ -30,6 +30,7 @@ from soak.http_wire import (
     invalid_json_body,
     request_bytes,
 )
+from soak.report import emit
 
 # -- health, memory, descriptors beside an attack ----------------------------------
 
@@ -321,10 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         report_exit = server.stop()
     report["server_exit_code"] = report_exit
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     return 0
 
 

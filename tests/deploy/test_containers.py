@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,8 +145,7 @@ class Deployment:
     grpc_port: int
     metrics_port: int
     started: float
-    trainer_runs: int = 0
-    repo_runs: int = 0
+    job_runs: int = 0
 
     def health(self, service: str) -> int | None:
         return kubelet.grpc_health(self.server.address(self.grpc_port), service, 2)
@@ -157,14 +156,26 @@ class Deployment:
             return []
         return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
 
-    def run_trainer(self) -> Container:
-        """Start the training Job's container (as the Job runs it) on the same volume."""
-        docs = render("training")
+    def start_job(
+        self,
+        kustomization: str,
+        tag: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> Container:
+        """Start a Job's container (as the Job runs it) on the server's model volume. ``env``
+        replaces values of the container's own variables, as `kubectl set env` does."""
+        docs = render(kustomization)
         spec = one(docs, "Job")["spec"]["template"]["spec"]
         (container,) = spec["containers"]
-        self.trainer_runs += 1
-        name = f"{self.server.name}-train-{self.trainer_runs}"
-        scratch = self.scratch / name
+        env = env or {}
+        variables = {v["name"]: v for v in container.get("env", [])}
+        assert env.keys() <= variables.keys(), f"not variables of the Job: {env.keys()}"
+        for key, value in env.items():
+            variables[key]["value"] = value
+        self.job_runs += 1
+        name = f"{self.server.name}-{tag}-{self.job_runs}"
         # enableServiceLinks: false in the Job: only the master Service's variables.
         assert spec["enableServiceLinks"] is False
         return kubelet.start(
@@ -174,32 +185,20 @@ class Deployment:
             spec,
             container,
             claims={"fashion-models": self.volume},
-            scratch=scratch,
+            scratch=self.scratch / name,
             service_links=kubelet.service_link_env([MASTER_SERVICE]),
-            extra_args=TRAIN_ARGS,
+            extra_args=extra_args,
         )
+
+    def run_trainer(self) -> Container:
+        """Start the training Job's container on the same volume."""
+        return self.start_job("training", "train", extra_args=TRAIN_ARGS)
 
     def run_repo(self, *args: str) -> tuple[int, str]:
         """One fashion-repo Job (deploy/k8s/repo) run to completion: its exit code and log.
         The arguments go where deploy/README's `kubectl set env ... FASHION_REPO_ARGS=` puts
         them."""
-        docs = render("repo")
-        spec = one(docs, "Job")["spec"]["template"]["spec"]
-        (container,) = spec["containers"]
-        (var,) = [v for v in container["env"] if v["name"] == "FASHION_REPO_ARGS"]
-        var["value"] = " ".join(args)
-        self.repo_runs += 1
-        name = f"{self.server.name}-repo-{self.repo_runs}"
-        job = kubelet.start(
-            self.podman,
-            name,
-            docs,
-            spec,
-            container,
-            claims={"fashion-models": self.volume},
-            scratch=self.scratch / name,
-            service_links=kubelet.service_link_env([MASTER_SERVICE]),
-        )
+        job = self.start_job("repo", "repo", env={"FASHION_REPO_ARGS": " ".join(args)})
         try:
             return job.wait(120), job.logs()
         finally:
