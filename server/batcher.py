@@ -14,6 +14,14 @@ large batches, with no timer involved. Requests whose caller went away
 (cancelled future) or whose deadline passed are dropped at flush time, never
 computed.
 
+Where a batch runs: in the executor thread (onnxruntime releases the GIL, so the
+event loop goes on serving), except batches of at most ``inline_max_images`` images,
+which run on the event loop itself. On this kind of machine the thread hop costs more
+CPU than such a batch: a 1-image batch is ~0.17 ms of model time, and handing it to a
+thread and back ~0.24 ms more (two thread wake-ups and the GIL changing hands), measured
+in docs/PERFORMANCE.md ("Small batches on the event loop"). A small batch still goes
+through the scheduler, so the requests that reached the loop together share it.
+
 Every batch has an id, unique in the process (every batcher counts from one shared
 counter): each request of the batch gets it back in :class:`Computed`, so logs and
 traces can tell which requests shared a batch.
@@ -100,9 +108,14 @@ class DynamicBatcher(Generic[T]):
         concurrency: int = 1,
         metrics: BatcherMetrics[T] | None = None,
         executor: Executor | None = None,
+        inline_max_images: int = 0,
     ) -> None:
+        """``inline_max_images``: batches of at most this many images run on the event loop
+        (0: every batch runs in the executor; see the module's docstring)."""
         if max_batch_size < 1 or max_queue < 1 or concurrency < 1 or max_wait_s < 0:
             raise ValueError("max_batch_size, max_queue, concurrency >= 1 and max_wait_s >= 0")
+        if inline_max_images < 0:
+            raise ValueError("inline_max_images >= 0")
         self._predict = predict
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -121,6 +134,7 @@ class DynamicBatcher(Generic[T]):
         self._accepting = False
         # Running estimate of inference seconds per image, for deadline checks.
         self._s_per_image = 0.0
+        self.inline_max_images = inline_max_images
 
     @property
     def queued_images(self) -> int:
@@ -171,8 +185,10 @@ class DynamicBatcher(Generic[T]):
         pending: _Pending[T] = _Pending(rows, loop.create_future(), now, deadline)
         self._queue.append(pending)
         self._queued_images += n
-        if not self._running and len(self._queue) == 1:
-            # Idle fast path: nothing to wait for or merge with, so no scheduler hop.
+        if not self._running and len(self._queue) == 1 and n > self.inline_max_images:
+            # Idle fast path: nothing to wait for or merge with, so no scheduler hop. Not for
+            # a batch that runs on the loop: through the scheduler, the requests that reached
+            # the loop in this turn join it first.
             self._dispatch(self._take_batch(), "full" if n >= self.max_batch_size else "idle")
         else:
             self._set_depth()
@@ -303,6 +319,13 @@ class DynamicBatcher(Generic[T]):
         started = loop.time()
         inputs = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
         batch_id = next(_BATCH_IDS)
+        if len(inputs) <= self.inline_max_images:
+            # On the loop, at once: cheaper than the hop (module docstring). In a context of
+            # its own, as the thread's delivery is: the batch is no one request's.
+            context = contextvars.Context()
+            outcome = context.run(self._outcome, inputs)
+            context.run(self._finish, outcome, batch, reason, started, len(inputs), batch_id)
+            return
         self._executor.submit(self._compute, loop, inputs, batch, reason, started, batch_id)
         # Counted once submitted (submit raises if the executor is shut down); _deliver runs
         # on this loop, so never before this line.
@@ -321,11 +344,7 @@ class DynamicBatcher(Generic[T]):
         """Runs in the executor thread (onnxruntime releases the GIL)."""
         outcome: tuple[np.ndarray, T, float] | BaseException
         try:
-            t0 = time.perf_counter()
-            outputs, tag = self._predict(inputs)
-            if len(outputs) != len(inputs):
-                raise RuntimeError(f"model returned {len(outputs)} rows for {len(inputs)} inputs")
-            outcome = (outputs, tag, time.perf_counter() - t0)
+            outcome = self._outcome(inputs)
         except BaseException as exc:  # every waiter of the batch gets it (as a future would)
             outcome = exc
         try:
@@ -337,6 +356,17 @@ class DynamicBatcher(Generic[T]):
             )  # fmt: skip
         except RuntimeError:  # the loop is closed: nobody is left to answer
             pass
+
+    def _outcome(self, inputs: np.ndarray) -> tuple[np.ndarray, T, float] | Exception:
+        """Run predict: its outputs, tag and seconds, or the exception every waiter gets."""
+        try:
+            t0 = time.perf_counter()
+            outputs, tag = self._predict(inputs)
+            if len(outputs) != len(inputs):
+                raise RuntimeError(f"model returned {len(outputs)} rows for {len(inputs)} inputs")
+            return outputs, tag, time.perf_counter() - t0
+        except Exception as exc:
+            return exc
 
     def _deliver(
         self,
@@ -351,6 +381,18 @@ class DynamicBatcher(Generic[T]):
         if not self._running:
             self._all_delivered.set()
         self._wakeup.set()  # a slot is free: the scheduler may flush the next batch
+        self._finish(outcome, batch, reason, started, images, batch_id)
+
+    def _finish(
+        self,
+        outcome: tuple[np.ndarray, T, float] | BaseException,
+        batch: list[_Pending[T]],
+        reason: str,
+        started: float,
+        images: int,
+        batch_id: int,
+    ) -> None:
+        """Hand a computed batch's rows (or its failure) to its waiters, and count it."""
         if isinstance(outcome, BaseException):
             logger.error(
                 "batch %d of %d images (%d requests) failed",

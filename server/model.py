@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,11 @@ _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
 # event loop (the A/B and its figures: docs/PERFORMANCE.md, "The unary path at 1 image x 32").
 # Bigger batches keep every thread.
 SINGLE_THREAD_MAX_IMAGES = 4
+# A batch of at most SINGLE_THREAD_MAX_IMAGES runs on the event loop (server.batcher) when
+# the one-thread session computes it within this long: handing it to the inference thread
+# and back costs ~0.25 ms of CPU here, more than a 1-image batch's ~0.17 ms, and a model
+# this fast holds the loop no longer than a few requests' own work does.
+INLINE_MAX_S = 0.001
 
 
 def _session_options(threads: int) -> ort.SessionOptions:
@@ -137,6 +144,9 @@ class LoadedModel:
         # The same file on one thread, for small batches (CPU only: a GPU session has
         # no intra-op pool to wake). The same graph and kernels, so the same outputs.
         self._single = self._session
+        # Batches of at most this many images run on the event loop (server.batcher); set
+        # by warm_up() from the model's own speed.
+        self.inline_max_images = 0
         if self.provider == CPU and self.threads > 1:
             self._single = create_session(version.model_path, device, 1)
 
@@ -163,9 +173,12 @@ class LoadedModel:
     @property
     def single_thread_note(self) -> str:
         """For the log: which batches run on the one-thread session, if there is one."""
-        if self._single is self._session:
-            return ""
-        return f"; batches of <= {SINGLE_THREAD_MAX_IMAGES} images on 1"
+        note = ""
+        if self._single is not self._session:
+            note = f"; batches of <= {SINGLE_THREAD_MAX_IMAGES} images on 1"
+        if self.inline_max_images:
+            note += f"; batches of <= {self.inline_max_images} images on the event loop"
+        return note
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """uint8 [n, 28, 28] -> float32 [n, 10]. Thread-safe; releases the GIL."""
@@ -177,9 +190,30 @@ class LoadedModel:
         """Run every batch size once so the first real request pays no allocation cost.
 
         The one-thread session is also run at its largest batch, so its arena is sized.
+        Then :attr:`inline_max_images` is set from the model's own speed.
         """
         largest_single = min(SINGLE_THREAD_MAX_IMAGES, max(batch_sizes))
         for n in sorted({*batch_sizes, largest_single}):
             out = self.predict(np.zeros((n, *IMAGE_SHAPE), dtype=np.uint8))
             if out.shape != (n, NUM_CLASSES) or not np.all(np.isfinite(out)):
                 raise ModelLoadError(f"version {self.version}: warm-up output is {out.shape}")
+        self.inline_max_images = self._inline_limit()
+
+    def _inline_limit(self) -> int:
+        """The largest batch of 1..SINGLE_THREAD_MAX_IMAGES images computed within
+        :data:`INLINE_MAX_S` (the best of 3 runs each), so cheap enough for the event loop;
+        0 on a GPU, whose run would hold the loop for the device's latency."""
+        if self.provider != CPU:
+            return 0
+        limit = 0
+        for n in range(1, SINGLE_THREAD_MAX_IMAGES + 1):
+            images = np.zeros((n, *IMAGE_SHAPE), dtype=np.uint8)
+            best = math.inf
+            for _ in range(3):
+                t0 = time.perf_counter()
+                self.predict(images)
+                best = min(best, time.perf_counter() - t0)
+            if best > INLINE_MAX_S:
+                break
+            limit = n
+        return limit

@@ -63,6 +63,7 @@ class ServedVersion:
             max_queue=max_queue,
             concurrency=concurrency,
             metrics=metrics,
+            inline_max_images=model.inline_max_images,
         )
         metrics.set_queue_capacity(max_queue)
         self._in_flight = 0

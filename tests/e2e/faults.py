@@ -60,6 +60,13 @@ class FaultyModel(LoadedModel):
         super().__init__(version)
         self._faults = faults
 
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        super().warm_up(batch_sizes)
+        # Every batch in the inference thread: a held predict stands for a slow model, and a
+        # slow model is timed out of the event loop (server.model.INLINE_MAX_S); held on the
+        # loop, it would stop the test's own client too.
+        self.inline_max_images = 0
+
     def predict(self, images: np.ndarray) -> np.ndarray:
         faults = self._faults
         mode = faults._mode if faults.applies_to(self) else None

@@ -170,3 +170,42 @@ def test_one_thread_setting_keeps_one_session(model_repo) -> None:
     model = LoadedModel(read_version(model_repo, 1), threads=1)
     assert model._single is model._session
     assert model.single_thread_note == ""
+
+
+def test_warm_up_lets_a_fast_model_run_small_batches_on_the_event_loop(model_repo) -> None:
+    from server.model import INLINE_MAX_S, SINGLE_THREAD_MAX_IMAGES, LoadedModel
+
+    model = LoadedModel(read_version(model_repo, 1), threads=2)
+    assert model.inline_max_images == 0  # not timed yet: every batch goes to the thread
+    model.warm_up((1, 8))
+    # This CNN computes a batch of 1 in ~0.2 ms on one thread, five times under the limit.
+    assert 1 <= model.inline_max_images <= SINGLE_THREAD_MAX_IMAGES
+    assert INLINE_MAX_S == 0.001
+    assert f"batches of <= {model.inline_max_images} images on the event loop" in (
+        model.single_thread_note
+    )
+
+
+def test_a_model_slower_than_the_limit_keeps_its_batches_off_the_event_loop(model_repo) -> None:
+    import time
+
+    from server.model import LoadedModel
+
+    class Slow(LoadedModel):
+        """The real model, made 2 ms slower from ``slow_from`` images on (a bigger network)."""
+
+        slow_from = 1
+
+        def predict(self, images: np.ndarray) -> np.ndarray:
+            if len(images) >= self.slow_from:
+                time.sleep(0.002)
+            return super().predict(images)
+
+    slow = Slow(read_version(model_repo, 1))
+    slow.warm_up()
+    assert slow.inline_max_images == 0
+    assert "event loop" not in slow.single_thread_note
+    Slow.slow_from = 3
+    partly = Slow(read_version(model_repo, 1))
+    partly.warm_up()
+    assert partly.inline_max_images == 2

@@ -283,3 +283,88 @@ async def test_cancelled_caller_frees_its_queue_space_at_once(make) -> None:
     await first
     assert (await kept)[0].tolist() == [[6, 6]] * 4
     assert [len(b) for b in predict.batches] == [1, 4]
+
+
+# -- small batches on the event loop (inline_max_images) ----------------------
+
+
+class Where:
+    """Records each batch's size and the thread that computed it."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.fail_first = fail_first
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, str]:
+        self.calls.append((len(batch), threading.get_ident()))
+        if self.fail_first and len(self.calls) == 1:
+            raise RuntimeError("boom")
+        return batch * 2, "tag"
+
+
+async def test_small_batches_run_on_the_event_loop_and_bigger_ones_in_the_executor(make) -> None:
+    where = Where()
+    flushes = Flushes()
+    batcher = await make(where, max_batch_size=64, inline_max_images=4, metrics=flushes)
+    loop_thread = threading.get_ident()
+    for n in (1, 4, 5, 32):
+        out, tag, *_ = await batcher.submit(rows(n, 3))
+        assert out.tolist() == [[6, 6]] * n and tag == "tag"
+    assert [n for n, _ in where.calls] == [1, 4, 5, 32]
+    assert [t == loop_thread for _, t in where.calls] == [True, True, False, False]
+    assert flushes.reasons == ["idle"] * 4
+
+
+async def test_requests_that_reach_the_loop_together_share_one_small_batch(make) -> None:
+    where = Where()
+    batcher = await make(where, max_batch_size=64, inline_max_images=4)
+    outs = await asyncio.gather(*(batcher.submit(rows(1, v)) for v in (1, 2, 3)))
+    # One batch of 3 on the loop, not three batches of 1 (the idle fast path would have
+    # computed the first request alone, before the other two were queued).
+    assert where.calls == [(3, threading.get_ident())]
+    assert [o.outputs.tolist() for o in outs] == [[[2, 2]], [[4, 4]], [[6, 6]]]
+    assert len({o.batch for o in outs}) == 1 and outs[0].batch_images == 3
+
+
+async def test_a_small_batch_that_fails_fails_its_requests_and_the_batcher_goes_on(make) -> None:
+    where = Where(fail_first=True)
+    batcher = await make(where, max_batch_size=64, inline_max_images=4)
+    results = await asyncio.gather(
+        *(batcher.submit(rows(1)) for _ in range(2)), return_exceptions=True
+    )
+    assert [str(r) for r in results] == ["boom", "boom"]
+    out, *_ = await batcher.submit(rows(1, 5))
+    assert out.tolist() == [[10, 10]]
+    assert where.calls[-1] == (1, threading.get_ident())
+
+
+async def test_a_small_batch_runs_in_no_request_s_context(make) -> None:
+    import contextvars
+
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+    seen: list[str] = []
+
+    def predict(batch: np.ndarray) -> tuple[np.ndarray, None]:
+        seen.append(request_id.get())
+        return batch, None
+
+    # The scheduler task copies the context its batcher was started in (e.g. during an
+    # explicit load, that request's id): a batch's log lines must not carry it.
+    request_id.set("the-loading-request")
+    batcher = await make(predict, inline_max_images=4)
+    request_id.set("a-client-request")
+    await batcher.submit(rows(1))
+    assert seen == [""]
+
+
+async def test_stop_waits_for_nothing_after_small_batches(make) -> None:
+    batcher = await make(Where(), inline_max_images=4)
+    await asyncio.gather(*(batcher.submit(rows(1)) for _ in range(10)))
+    await asyncio.wait_for(batcher.stop(), 5)
+    with pytest.raises(BatcherClosed):
+        await batcher.submit(rows(1))
+
+
+def test_inline_max_images_cannot_be_negative() -> None:
+    with pytest.raises(ValueError, match="inline_max_images"):
+        DynamicBatcher(Where(), inline_max_images=-1)
