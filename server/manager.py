@@ -462,7 +462,7 @@ class ModelManager:
             version,
             model.provider,
             model.threads,
-            model.single_thread_note,
+            model.small_batch_note,
         )
         return served
 

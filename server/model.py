@@ -171,8 +171,8 @@ class LoadedModel:
         return str(self.metadata.get("architecture", ""))
 
     @property
-    def single_thread_note(self) -> str:
-        """For the log: which batches run on the one-thread session, if there is one."""
+    def small_batch_note(self) -> str:
+        """For the log: which small batches run on the one-thread session, and on the event loop."""
         note = ""
         if self._single is not self._session:
             note = f"; batches of <= {SINGLE_THREAD_MAX_IMAGES} images on 1"

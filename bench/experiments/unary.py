@@ -73,7 +73,7 @@ def _alternate(
                         f"{name}: {point['images_per_s']:8.0f} img/s p50 "
                         f"{point['latency_ms']['p50']} ms, "
                         f"cpu/req {point['server_cpu_ms_per_request']} ms, "
-                        f"errors {point['errors']}",
+                        f"mean batch {point['mean_batch_size']}, errors {point['errors']}",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -86,10 +86,12 @@ def _alternate(
 def _summary(points: list[dict[str, Any]]) -> dict[str, Any]:
     ips = [p["images_per_s"] for p in points]
     cpu = [p["server_cpu_ms_per_request"] for p in points if p["server_cpu_ms_per_request"]]
+    batch = [p["mean_batch_size"] for p in points if p.get("mean_batch_size")]
     return {
         "images_per_s": ips,
         "median_images_per_s": statistics.median(ips),
         "median_server_cpu_ms_per_request": statistics.median(cpu) if cpu else None,
+        "median_mean_batch": statistics.median(batch) if batch else None,
         "errors": sum(p["errors"] + p["bad_responses"] for p in points),
     }
 

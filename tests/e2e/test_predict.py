@@ -161,7 +161,7 @@ def test_small_batches_run_on_a_one_thread_session_with_the_same_answers(
         assert got.argmax(axis=1).tolist() == expected.argmax(axis=1).tolist()
     assert single.sizes == [1, 2, SINGLE_THREAD_MAX_IMAGES]
     assert pooled.sizes == [SINGLE_THREAD_MAX_IMAGES + 1, 64]
-    assert "batches of <= 4 images on 1" in model.single_thread_note
+    assert "batches of <= 4 images on 1" in model.small_batch_note
 
 
 def test_one_thread_setting_keeps_one_session(model_repo) -> None:
@@ -169,7 +169,7 @@ def test_one_thread_setting_keeps_one_session(model_repo) -> None:
 
     model = LoadedModel(read_version(model_repo, 1), threads=1)
     assert model._single is model._session
-    assert model.single_thread_note == ""
+    assert model.small_batch_note == ""
 
 
 def test_warm_up_lets_a_fast_model_run_small_batches_on_the_event_loop(model_repo) -> None:
@@ -182,7 +182,7 @@ def test_warm_up_lets_a_fast_model_run_small_batches_on_the_event_loop(model_rep
     assert 1 <= model.inline_max_images <= SINGLE_THREAD_MAX_IMAGES
     assert INLINE_MAX_S == 0.001
     assert f"batches of <= {model.inline_max_images} images on the event loop" in (
-        model.single_thread_note
+        model.small_batch_note
     )
 
 
@@ -204,7 +204,7 @@ def test_a_model_slower_than_the_limit_keeps_its_batches_off_the_event_loop(mode
     slow = Slow(read_version(model_repo, 1))
     slow.warm_up()
     assert slow.inline_max_images == 0
-    assert "event loop" not in slow.single_thread_note
+    assert "event loop" not in slow.small_batch_note
     Slow.slow_from = 3
     partly = Slow(read_version(model_repo, 1))
     partly.warm_up()

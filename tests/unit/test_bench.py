@@ -146,3 +146,20 @@ def test_scaling_plan_pins_each_server_to_its_share_of_the_cores():
     too_many = scaling.build_parser().parse_args(["--workers", "8", "--server-cores", "0-3"])
     with pytest.raises(SystemExit, match="needs 8 server cores"):
         scaling.plan(too_many)
+
+
+def test_hop_cost_times_every_mode_on_the_real_model(model_repo, capsys) -> None:
+    from bench.experiments import hop_cost
+
+    assert hop_cost.main(["--model-repo", str(model_repo), "--calls", "20", "--rounds", "1"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [r["mode"] for r in results] == list(hop_cost.MODES)
+    assert all(r["p50_ms"] > 0 and r["cpu_ms_per_call"] >= 0 for r in results)
+
+
+def test_hop_cost_says_when_the_repository_has_no_model(tmp_path) -> None:
+    from bench.experiments import hop_cost
+
+    with pytest.raises(SystemExit) as exit_info:
+        hop_cost.main(["--model-repo", str(tmp_path)])
+    assert exit_info.value.code == 2
