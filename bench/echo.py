@@ -50,7 +50,8 @@ def _canned(api: str, request: bytes) -> bytes:
     )
 
 
-Wait = Callable[[], Awaitable[None]]
+# Awaited with the call's context before each answer.
+Wait = Callable[[Any], Awaitable[None]]
 
 
 def _handler(api: str, wait: Wait | None) -> grpc.RpcMethodHandler:
@@ -61,7 +62,7 @@ def _handler(api: str, wait: Wait | None) -> grpc.RpcMethodHandler:
         if response is None:
             response = cache[len(request)] = _canned(api, request)
         if wait is not None:
-            await wait()
+            await wait(context)
         return response
 
     if api == "stream":

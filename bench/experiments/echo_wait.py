@@ -1,12 +1,14 @@
 """The floor (:mod:`bench.echo`) with one piece of a real server's request path before each
 canned answer, to price it alone (``python -m bench.experiments.unary hops``).
 
-    python -m bench.experiments.echo_wait --wait {none,yield,executor,batched}
+    python -m bench.experiments.echo_wait --wait {none,yield,executor,batched,context}
 
 ``yield``: one extra event-loop turn. ``executor``: a no-op run in a one-thread executor
 per request (the thread hop and the self-pipe wake-up). ``batched``: one such hop per batch
-of whatever queued while the previous one ran, as the dynamic batcher does. ``none``: the
-floor itself. Prints bench.echo's ready line and runs until SIGTERM.
+of whatever queued while the previous one ran, as the dynamic batcher does. ``context``: what
+fashion-serve's gRPC binding asks of each call's context (its peer, its metadata, its
+deadline) and the request id it sends back in the trailing metadata. ``none``: the floor
+itself. Prints bench.echo's ready line and runs until SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import argparse
 import asyncio
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from bench.echo import READY_MARK, serve
 from bench.serverproc import ServerProcess, start_process
+from server.request_context import REQUEST_ID_HEADER, new_id
 
-WAITS = ("none", "yield", "executor", "batched")
+WAITS = ("none", "yield", "executor", "batched", "context")
 
 
 def _noop() -> None:
@@ -35,8 +39,14 @@ class Hops:
         self._waiting: list[asyncio.Future[None]] = []
         self._busy = False
 
-    async def __call__(self) -> None:
-        if self.wait == "yield":
+    async def __call__(self, context: Any) -> None:
+        if self.wait == "context":
+            context.peer()
+            metadata = context.invocation_metadata()
+            dict(metadata or ())  # the binding scans it for x-request-id
+            context.time_remaining()
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, new_id()),))
+        elif self.wait == "yield":
             await asyncio.sleep(0)
         elif self.wait == "executor":
             await asyncio.get_running_loop().run_in_executor(self._pool, _noop)

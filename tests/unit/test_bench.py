@@ -105,7 +105,7 @@ def test_markdown_reports_fraction_of_limit() -> None:
            "| ≥ 85% | 50% | **no** |" in text
 
 
-@pytest.mark.parametrize("wait", ["floor", "none", "yield", "executor", "batched"])
+@pytest.mark.parametrize("wait", ["floor", "none", "yield", "executor", "batched", "context"])
 def test_echo_answers_concurrent_calls_with_each_wait(wait: str) -> None:
     import asyncio
 
