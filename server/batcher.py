@@ -15,12 +15,16 @@ large batches, with no timer involved. Requests whose caller went away
 computed.
 
 Where a batch runs: in the executor thread (onnxruntime releases the GIL, so the
-event loop goes on serving), except batches of at most ``inline_max_images`` images,
-which run on the event loop itself. On this kind of machine the thread hop costs more
-CPU than such a batch: a 1-image batch is ~0.17 ms of model time, and handing it to a
-thread and back ~0.24 ms more (two thread wake-ups and the GIL changing hands), measured
-in docs/PERFORMANCE.md ("Small batches on the event loop"). A small batch still goes
-through the scheduler, so the requests that reached the loop together share it.
+event loop goes on serving), except batches of at most ``inline_max_images`` images
+whose requests all allow it (``submit(..., inline=True)``), which run on the event loop
+itself. On this kind of machine the thread hop costs more CPU than such a batch: a
+1-image batch is ~0.17 ms of model time, and handing it to a thread and back ~0.24 ms
+more (two thread wake-ups and the GIL changing hands), measured in docs/PERFORMANCE.md
+("Small batches on the event loop"). A small batch still goes through the scheduler, so
+the requests that reached the loop together share it. A caller that has more requests
+coming right behind this one (a stream's pipelined messages) passes ``inline=False``:
+while the thread computes, the loop reads the next messages, which then share a batch;
+computed on the loop, they would go one by one, each waiting for the one before.
 
 Every batch has an id, unique in the process (every batcher counts from one shared
 counter): each request of the batch gets it back in :class:`Computed`, so logs and
@@ -94,6 +98,7 @@ class _Pending(Generic[T]):
     future: asyncio.Future[Computed[T]]
     enqueued: float
     deadline: float | None
+    inline: bool  # may run on the event loop (see the module's docstring)
     queued: bool = field(default=True)  # counted in queued_images, not yet taken or dropped
 
 
@@ -146,10 +151,14 @@ class DynamicBatcher(Generic[T]):
         self._accepting = True
         self._loop_task = asyncio.create_task(self._run(), name="batcher")
 
-    async def submit(self, rows: np.ndarray, *, deadline: float | None = None) -> Computed[T]:
+    async def submit(
+        self, rows: np.ndarray, *, deadline: float | None = None, inline: bool = True
+    ) -> Computed[T]:
         """Queue ``rows`` (first axis = images) and wait for their outputs.
 
-        ``deadline`` is in ``loop.time()`` seconds. Raises Overloaded when the
+        ``deadline`` is in ``loop.time()`` seconds. ``inline``: a small batch of this
+        request may run on the event loop (False: more requests follow right behind it;
+        see the module's docstring). Raises Overloaded when the
         queue is full, BatcherClosed when stopped, DeadlineExpired when the
         deadline passes before the rows are computed. The result also carries the
         request's queue wait and its batch's model time, so per-request statistics
@@ -182,10 +191,12 @@ class DynamicBatcher(Generic[T]):
                     f"the deadline ({(deadline - now) * 1000:.1f} ms away) cannot be met: about "
                     f"{expected_s * 1000:.1f} ms of work is queued; retry later or allow more time"
                 )
-        pending: _Pending[T] = _Pending(rows, loop.create_future(), now, deadline)
+        pending: _Pending[T] = _Pending(rows, loop.create_future(), now, deadline, inline)
         self._queue.append(pending)
         self._queued_images += n
-        if not self._running and len(self._queue) == 1 and n > self.inline_max_images:
+        if not self._running and len(self._queue) == 1 and (
+            not inline or n > self.inline_max_images
+        ):
             # Idle fast path: nothing to wait for or merge with, so no scheduler hop. Not for
             # a batch that runs on the loop: through the scheduler, the requests that reached
             # the loop in this turn join it first.
@@ -319,7 +330,7 @@ class DynamicBatcher(Generic[T]):
         started = loop.time()
         inputs = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
         batch_id = next(_BATCH_IDS)
-        if len(inputs) <= self.inline_max_images:
+        if len(inputs) <= self.inline_max_images and all(p.inline for p in batch):
             # On the loop, at once: cheaper than the hop (module docstring). In a context of
             # its own, as the thread's delivery is: the batch is no one request's.
             context = contextvars.Context()

@@ -214,8 +214,17 @@ class DataPlane:
 
     # -- the request path -----------------------------------------------------
 
-    async def infer(self, codec: RequestCodec[R, S], request: R, deadline: float | None) -> S:
+    async def infer(
+        self,
+        codec: RequestCodec[R, S],
+        request: R,
+        deadline: float | None,
+        *,
+        pipelined: bool = False,
+    ) -> S:
         """One inference request, start to end. ``deadline`` is a ``loop.time()`` instant.
+        ``pipelined``: more requests of the same client follow right behind it (a stream),
+        so its batch never runs on the event loop (see :mod:`server.batcher`).
 
         Raises a ServingError for anything the client should be told (see
         :meth:`failure`); the response is the codec's. A Triton ``timeout`` in the
@@ -238,13 +247,17 @@ class DataPlane:
         served.enter()
         try:
             if target.timeout_s is None:
-                return await self._infer(codec, request, served, deadline, started, context)
+                return await self._infer(
+                    codec, request, served, deadline, started, context, pipelined
+                )
             timeout_at = asyncio.get_running_loop().time() + target.timeout_s
             deadline = timeout_at if deadline is None else min(deadline, timeout_at)
             timeout = asyncio.timeout_at(timeout_at)
             try:
                 async with timeout:
-                    return await self._infer(codec, request, served, deadline, started, context)
+                    return await self._infer(
+                        codec, request, served, deadline, started, context, pipelined
+                    )
             except TimeoutError:
                 if not timeout.expired():
                     raise
@@ -263,6 +276,7 @@ class DataPlane:
         deadline: float | None,
         started: float,
         context: RequestContext | None,
+        pipelined: bool,
     ) -> S:
         model = served.model
         try:
@@ -274,7 +288,9 @@ class DataPlane:
             if context is not None:
                 context.images = len(images)
             try:
-                computed = await served.batcher.submit(images, deadline=deadline)
+                computed = await served.batcher.submit(
+                    images, deadline=deadline, inline=not pipelined
+                )
             except BatcherClosed:  # only if the version stopped under it: a bug, but say so
                 raise ModelNotReady(
                     self.readiness.refusal or "the model version was unloaded; retry"
@@ -453,7 +469,9 @@ class DataPlane:
                     await slots.acquire()
                     # Each message its own context: the task copies the one set here.
                     context = self._begin_message(method)
-                    future = asyncio.ensure_future(self.infer(codec, request, deadline))
+                    future = asyncio.ensure_future(
+                        self.infer(codec, request, deadline, pipelined=True)
+                    )
                     queue.put_nowait(_InFlight(future, loop.time(), context))
             except Exception as exc:  # a malformed message, a broken request stream
                 broken.set_exception(exc)

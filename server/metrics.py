@@ -110,7 +110,7 @@ class VersionMetrics:
         rejected.inc()
 
     def count_predictions(self, probabilities: np.ndarray) -> None:
-        """Called once per batch (off the event loop): one bincount, ten increments."""
+        """Called once per batch, where the batch ran (inference thread or event loop)."""
         counts = np.bincount(probabilities.argmax(axis=1), minlength=len(self._class_counters))
         for counter, count in zip(self._class_counters, counts.tolist(), strict=False):
             if count:

@@ -365,6 +365,18 @@ async def test_stop_waits_for_nothing_after_small_batches(make) -> None:
         await batcher.submit(rows(1))
 
 
+async def test_a_request_that_asks_not_to_run_on_the_loop_keeps_its_batch_off_it(make) -> None:
+    where = Where()
+    batcher = await make(where, max_batch_size=64, inline_max_images=4)
+    loop_thread = threading.get_ident()
+    await batcher.submit(rows(1), inline=False)  # alone: the idle fast path, to the thread
+    await asyncio.gather(batcher.submit(rows(1)), batcher.submit(rows(1), inline=False))
+    await batcher.submit(rows(1))
+    assert [n for n, _ in where.calls] == [1, 2, 1]
+    # A batch runs on the loop only if every request in it allows it.
+    assert [t == loop_thread for _, t in where.calls] == [False, False, True]
+
+
 def test_inline_max_images_cannot_be_negative() -> None:
     with pytest.raises(ValueError, match="inline_max_images"):
         DynamicBatcher(Where(), inline_max_images=-1)

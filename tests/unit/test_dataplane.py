@@ -7,6 +7,7 @@ and the bound on encoded images waiting to be decoded.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -22,7 +23,7 @@ from server.target import Target
 
 
 class Model:
-    """A model whose output row is the image's first ten pixels."""
+    """A model whose output row is the image's first ten pixels; records its threads."""
 
     name = "fashion"
     version = 1
@@ -30,7 +31,11 @@ class Model:
     provider, architecture, variant = "CPUExecutionProvider", "fake", "float"
     inline_max_images = 4  # batches of 1-4 images run on the event loop, as a real model's do
 
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
     def predict(self, images: np.ndarray) -> np.ndarray:
+        self.threads.append(threading.get_ident())
         return images.reshape(len(images), -1)[:, :10].astype(np.float32)
 
 
@@ -180,3 +185,16 @@ async def test_encoded_images_beyond_the_decode_bound_are_refused(plane) -> None
         )
         == 1
     )
+
+
+async def test_a_lone_request_runs_on_the_loop_and_a_stream_s_messages_off_it(plane) -> None:
+    """A stream's pipelined messages go to the inference thread, where the loop reads the next
+    ones while a batch computes (they then share one); a unary request's small batch runs on
+    the loop (server.batcher)."""
+    model = plane.manager.served.model
+    assert await plane.infer(CODEC, 5, None) == 5
+    assert model.threads == [threading.get_ident()]
+    model.threads.clear()
+    got = [a async for a in plane.stream("Stream", CODEC, requests(range(20)), None)]
+    assert got == list(range(20))
+    assert model.threads and threading.get_ident() not in model.threads
