@@ -102,6 +102,17 @@ class _Pending(Generic[T]):
     queued: bool = field(default=True)  # counted in queued_images, not yet taken or dropped
 
 
+@dataclass(frozen=True, slots=True)
+class _Taken(Generic[T]):
+    """One batch as dispatched: its requests, why it was flushed, when, and its id."""
+
+    requests: list[_Pending[T]]
+    reason: str
+    started: float  # loop.time() at dispatch: each request's queue wait ends here
+    images: int
+    id: int
+
+
 class DynamicBatcher(Generic[T]):
     def __init__(
         self,
@@ -327,30 +338,22 @@ class DynamicBatcher(Generic[T]):
         path at 1 image x 32").
         """
         loop = asyncio.get_running_loop()
-        started = loop.time()
         inputs = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
-        batch_id = next(_BATCH_IDS)
+        taken = _Taken(batch, reason, loop.time(), len(inputs), next(_BATCH_IDS))
         if len(inputs) <= self.inline_max_images and all(p.inline for p in batch):
             # On the loop, at once: cheaper than the hop (module docstring). In a context of
             # its own, as the thread's delivery is: the batch is no one request's.
             context = contextvars.Context()
-            outcome = context.run(self._outcome, inputs)
-            context.run(self._finish, outcome, batch, reason, started, len(inputs), batch_id)
+            context.run(self._finish, context.run(self._outcome, inputs), taken)
             return
-        self._executor.submit(self._compute, loop, inputs, batch, reason, started, batch_id)
+        self._executor.submit(self._compute, loop, inputs, taken)
         # Counted once submitted (submit raises if the executor is shut down); _deliver runs
         # on this loop, so never before this line.
         self._running += 1
         self._all_delivered.clear()
 
     def _compute(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        inputs: np.ndarray,
-        batch: list[_Pending[T]],
-        reason: str,
-        started: float,
-        batch_id: int,
+        self, loop: asyncio.AbstractEventLoop, inputs: np.ndarray, taken: _Taken[T]
     ) -> None:
         """Runs in the executor thread (onnxruntime releases the GIL)."""
         outcome: tuple[np.ndarray, T, float] | BaseException
@@ -362,9 +365,8 @@ class DynamicBatcher(Generic[T]):
             # In a context of its own: the batch is no one request's (whose id a log line
             # about it would otherwise carry, server.logs).
             loop.call_soon_threadsafe(
-                self._deliver, outcome, batch, reason, started, len(inputs), batch_id,
-                context=contextvars.Context(),
-            )  # fmt: skip
+                self._deliver, outcome, taken, context=contextvars.Context()
+            )
         except RuntimeError:  # the loop is closed: nobody is left to answer
             pass
 
@@ -380,30 +382,20 @@ class DynamicBatcher(Generic[T]):
             return exc
 
     def _deliver(
-        self,
-        outcome: tuple[np.ndarray, T, float] | BaseException,
-        batch: list[_Pending[T]],
-        reason: str,
-        started: float,
-        images: int,
-        batch_id: int,
+        self, outcome: tuple[np.ndarray, T, float] | BaseException, taken: _Taken[T]
     ) -> None:
+        """A batch back from the executor thread: its slot is free, then :meth:`_finish`."""
         self._running -= 1
         if not self._running:
             self._all_delivered.set()
         self._wakeup.set()  # a slot is free: the scheduler may flush the next batch
-        self._finish(outcome, batch, reason, started, images, batch_id)
+        self._finish(outcome, taken)
 
     def _finish(
-        self,
-        outcome: tuple[np.ndarray, T, float] | BaseException,
-        batch: list[_Pending[T]],
-        reason: str,
-        started: float,
-        images: int,
-        batch_id: int,
+        self, outcome: tuple[np.ndarray, T, float] | BaseException, taken: _Taken[T]
     ) -> None:
         """Hand a computed batch's rows (or its failure) to its waiters, and count it."""
+        batch, images, batch_id = taken.requests, taken.images, taken.id
         if isinstance(outcome, BaseException):
             logger.error(
                 "batch %d of %d images (%d requests) failed",
@@ -422,9 +414,9 @@ class DynamicBatcher(Generic[T]):
         self._s_per_image = (
             per_image if not self._s_per_image else (0.8 * self._s_per_image + 0.2 * per_image)
         )
-        waits = [started - p.enqueued for p in batch]
+        waits = [taken.started - p.enqueued for p in batch]
         if self._metrics is not None:
-            self._metrics.observe_batch(images, reason, inference_s, waits, tag)
+            self._metrics.observe_batch(images, taken.reason, inference_s, waits, tag)
         offset = 0
         for p, wait in zip(batch, waits, strict=True):
             n = len(p.rows)

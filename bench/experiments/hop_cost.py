@@ -79,7 +79,10 @@ async def _run(mode: str, model: LoadedModel, pooled: Any, images: np.ndarray, c
             def compute(future: asyncio.Future[Any]) -> None:
                 loop.call_soon_threadsafe(deliver, future, model.predict(images))
 
-            return await _measure(mode, lambda f: executor.submit(compute, f) and None, calls)
+            def hand_off(future: asyncio.Future[Any]) -> None:
+                executor.submit(compute, future)
+
+            return await _measure(mode, hand_off, calls)
 
     def callback(outputs: Any, future: asyncio.Future[Any], error: str) -> None:
         loop.call_soon_threadsafe(deliver, future, error or outputs[0])
