@@ -276,8 +276,16 @@ def _unary(
         metadata = context.invocation_metadata()
         carrier = dict(metadata or ()) if plane.tracing is not None else None
         request = plane.begin(method, _request_id(metadata), peer=peer, carrier=carrier)
-        admitted = False
+        admitted = ended = False
         client_key.set(peer)
+
+        def end() -> None:
+            nonlocal ended
+            ended = True
+            if admitted:
+                _leave(calls, budget, len(data))
+            plane.observe(method, code, time.perf_counter() - t0, request)
+
         try:
             request.check()
             _admit(plane, calls, budget, len(data))
@@ -293,11 +301,14 @@ def _unary(
             code = failure.code
             if code is Code.CANCELLED:
                 raise
+            # Counted and logged before the status is sent, as an answer is before it is
+            # returned: a client that reads the status then finds its request in the metrics
+            # and the access log (context.abort awaits the send, then raises).
+            end()
             await _abort(context, failure, request.id)
         finally:
-            if admitted:
-                _leave(calls, budget, len(data))
-            plane.observe(method, code, time.perf_counter() - t0, request)
+            if not ended:
+                end()
 
     return handle
 
