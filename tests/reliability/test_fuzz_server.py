@@ -44,6 +44,8 @@ def target(model_repo) -> Iterator[str]:
     asyncio.run_coroutine_threadsafe(app.stop(grace_s=1), loop).result(30)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+    assert not thread.is_alive()
+    loop.close()  # else the loop and its self-pipe are left to whichever test collects them
 
 
 @pytest.fixture(scope="module")
