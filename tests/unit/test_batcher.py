@@ -289,17 +289,32 @@ async def test_cancelled_caller_frees_its_queue_space_at_once(make) -> None:
 
 
 class Where:
-    """Records each batch's size and the thread that computed it."""
+    """Records each batch's size and the thread that computed it; ``hold``: a batch of more
+    than ``hold_over`` images waits for ``release`` (a batch kept running on the thread)."""
 
-    def __init__(self, fail_first: bool = False) -> None:
+    def __init__(self, fail_first: bool = False, *, hold: bool = False) -> None:
         self.calls: list[tuple[int, int]] = []
         self.fail_first = fail_first
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+        self.started = threading.Event()
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, str]:
         self.calls.append((len(batch), threading.get_ident()))
         if self.fail_first and len(self.calls) == 1:
             raise RuntimeError("boom")
+        if len(batch) > 4:
+            self.started.set()
+            assert self.release.wait(10)
         return batch * 2, "tag"
+
+
+async def hold_the_thread(batcher: DynamicBatcher, where: Where) -> asyncio.Task:
+    """A 5-image batch running on the thread until ``where.release`` is set."""
+    big = asyncio.create_task(batcher.submit(rows(5)))
+    await asyncio.get_running_loop().run_in_executor(None, where.started.wait, 5)
+    return big
 
 
 async def test_small_batches_run_on_the_event_loop_and_bigger_ones_in_the_executor(make) -> None:
@@ -315,13 +330,33 @@ async def test_small_batches_run_on_the_event_loop_and_bigger_ones_in_the_execut
     assert flushes.reasons == ["idle"] * 4
 
 
-async def test_requests_that_reach_the_loop_together_share_one_small_batch(make) -> None:
+async def test_a_small_request_on_an_idle_batcher_is_answered_without_a_loop_turn(make) -> None:
     where = Where()
     batcher = await make(where, max_batch_size=64, inline_max_images=4)
+    turns: list[int] = []
+    asyncio.get_running_loop().call_soon(turns.append, 1)
+    out = await batcher.submit(rows(1, 7))
+    # Computed and answered before the loop ran anything else: the caller never suspended.
+    assert turns == [] and out.outputs.tolist() == [[14, 14]]
+    assert where.calls == [(1, threading.get_ident())]
+    # Requests that reach an idle batcher in one turn are each computed as they come.
     outs = await asyncio.gather(*(batcher.submit(rows(1, v)) for v in (1, 2, 3)))
-    # One batch of 3 on the loop, not three batches of 1 (the idle fast path would have
-    # computed the first request alone, before the other two were queued).
-    assert where.calls == [(3, threading.get_ident())]
+    assert [o.outputs.tolist() for o in outs] == [[[2, 2]], [[4, 4]], [[6, 6]]]
+    assert [n for n, _ in where.calls] == [1, 1, 1, 1]
+
+
+async def test_small_requests_that_queue_behind_a_running_batch_share_one_on_the_loop(
+    make,
+) -> None:
+    where = Where(hold=True)
+    batcher = await make(where, max_batch_size=64, inline_max_images=4)
+    big = await hold_the_thread(batcher, where)
+    small = [asyncio.create_task(batcher.submit(rows(1, v))) for v in (1, 2, 3)]
+    await wait_until(lambda: batcher.queued_images == 3)
+    where.release.set()
+    outs = await asyncio.gather(*small)
+    await big
+    assert where.calls[1:] == [(3, threading.get_ident())]
     assert [o.outputs.tolist() for o in outs] == [[[2, 2]], [[4, 4]], [[6, 6]]]
     assert len({o.batch for o in outs}) == 1 and outs[0].batch_images == 3
 
@@ -329,10 +364,8 @@ async def test_requests_that_reach_the_loop_together_share_one_small_batch(make)
 async def test_a_small_batch_that_fails_fails_its_requests_and_the_batcher_goes_on(make) -> None:
     where = Where(fail_first=True)
     batcher = await make(where, max_batch_size=64, inline_max_images=4)
-    results = await asyncio.gather(
-        *(batcher.submit(rows(1)) for _ in range(2)), return_exceptions=True
-    )
-    assert [str(r) for r in results] == ["boom", "boom"]
+    with pytest.raises(RuntimeError, match="boom"):
+        await batcher.submit(rows(1))
     out, *_ = await batcher.submit(rows(1, 5))
     assert out.tolist() == [[10, 10]]
     assert where.calls[-1] == (1, threading.get_ident())
@@ -349,7 +382,8 @@ async def test_a_small_batch_runs_in_no_request_s_context(make) -> None:
         return batch, None
 
     # The scheduler task copies the context its batcher was started in (e.g. during an
-    # explicit load, that request's id): a batch's log lines must not carry it.
+    # explicit load, that request's id), and the idle path runs in the request's own: a
+    # batch's log lines must carry neither.
     request_id.set("the-loading-request")
     batcher = await make(predict, inline_max_images=4)
     request_id.set("a-client-request")
@@ -366,15 +400,23 @@ async def test_stop_waits_for_nothing_after_small_batches(make) -> None:
 
 
 async def test_a_request_that_asks_not_to_run_on_the_loop_keeps_its_batch_off_it(make) -> None:
-    where = Where()
+    where = Where(hold=True)
     batcher = await make(where, max_batch_size=64, inline_max_images=4)
     loop_thread = threading.get_ident()
+    where.release.set()
     await batcher.submit(rows(1), inline=False)  # alone: the idle fast path, to the thread
-    await asyncio.gather(batcher.submit(rows(1)), batcher.submit(rows(1), inline=False))
+    where.release.clear()
+    where.started.clear()
+    big = await hold_the_thread(batcher, where)
+    mixed = asyncio.gather(batcher.submit(rows(1)), batcher.submit(rows(1), inline=False))
+    await wait_until(lambda: batcher.queued_images == 2)
+    where.release.set()
+    await mixed
+    await big
     await batcher.submit(rows(1))
-    assert [n for n, _ in where.calls] == [1, 2, 1]
+    assert [n for n, _ in where.calls] == [1, 5, 2, 1]
     # A batch runs on the loop only if every request in it allows it.
-    assert [t == loop_thread for _, t in where.calls] == [False, False, True]
+    assert [t == loop_thread for _, t in where.calls] == [False, False, False, True]
 
 
 def test_inline_max_images_cannot_be_negative() -> None:
