@@ -163,3 +163,38 @@ def test_hop_cost_says_when_the_repository_has_no_model(tmp_path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         hop_cost.main(["--model-repo", str(tmp_path)])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("api", ["oip", "predict", "stream"])
+def test_inproc_measures_our_request_path_without_grpc(model_repo, capsys, api) -> None:
+    from bench.experiments import inproc
+
+    argv = ["--model-repo", str(model_repo), "--api", api, "--requests", "64"]
+    assert inproc.main([*argv, "--concurrency", "4", "--constant-model"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["api"] == api and result["requests"] == 64 and result["constant_model"]
+    assert result["cpu_ms_per_request"] > 0 and result["wall_ms_per_request"] > 0
+
+
+def test_inproc_s_constant_model_is_the_real_one_until_warmed_up(model_repo) -> None:
+    import numpy as np
+
+    from bench.experiments.inproc import ConstantModel
+    from server.repository import latest_version, read_version
+
+    version = read_version(model_repo, latest_version(model_repo, "fashion"), "fashion")
+    model = ConstantModel(version)
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    real = model.predict(images)
+    assert not np.allclose(real, 0.1)  # the real model's answer while it loads
+    model.warm_up()
+    assert model.inline_max_images >= 1  # timed on the real model
+    assert np.array_equal(model.predict(images), np.full((3, 10), 0.1, dtype=np.float32))
+
+
+def test_inproc_says_when_the_repository_has_no_model(tmp_path) -> None:
+    from bench.experiments import inproc
+
+    with pytest.raises(SystemExit) as exit_info:
+        inproc.main(["--model-repo", str(tmp_path)])
+    assert exit_info.value.code == 2
