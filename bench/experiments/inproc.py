@@ -50,13 +50,14 @@ class ConstantModel(LoadedModel):
     """The real model through load and warm-up; then every batch's answer is a constant."""
 
     _answer = np.full((4096, NUM_CLASSES), 1.0 / NUM_CLASSES, dtype=OUTPUT_DTYPE)
+    _warm = False
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         super().warm_up(batch_sizes)  # the inline limit is the real model's
-        self.constant = True
+        self._warm = True
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        if getattr(self, "constant", False):
+        if self._warm:
             return self._answer[: len(images)]
         return super().predict(images)
 
