@@ -90,9 +90,19 @@ def canned_response(status: int, reason: str, message: str) -> bytes:
 
 
 class Slot:
-    """A connection the limiter counts: evictable while no request is in progress."""
+    """A connection the limiter counts: evictable while no request is in progress.
+
+    ``silent``: nothing has come from the client yet (a TLS handshake still waiting for its
+    ClientHello); such a slot is closed before any that has spoken, however recent it is,
+    once :meth:`still_silent` has confirmed it.
+    """
 
     last_active: float
+    silent: bool = False
+
+    def still_silent(self) -> bool:
+        """Asked of a silent slot chosen to be closed: has it spoken meanwhile?"""
+        return self.silent
 
     def evictable(self) -> bool:
         raise NotImplementedError
@@ -102,7 +112,11 @@ class Slot:
 
 
 class ConnectionLimiter:
-    """Counts one port's connections; makes room by closing the quietest evictable one."""
+    """Counts one port's connections; makes room by closing the quietest evictable one:
+    silent before spoken, then the one quiet the longest. Silent first, because under a
+    flood of silent connections age alone ranks an honest client whose handshake is in
+    flight as the quietest once the flood's newer arrivals outnumber the cap.
+    """
 
     def __init__(self, max_connections: int) -> None:
         self.max_connections = max_connections
@@ -115,14 +129,18 @@ class ConnectionLimiter:
 
     def admit(self, slot: Slot) -> bool:
         if len(self._slots) >= self.max_connections:
-            victim = min(
-                (s for s in self._slots if s.evictable()),
-                key=lambda s: s.last_active,
-                default=None,
-            )
-            if victim is None:
-                self.refused += 1
-                return False
+            while True:
+                victim = min(
+                    (s for s in self._slots if s.evictable()),
+                    key=lambda s: (not s.silent, s.last_active),
+                    default=None,
+                )
+                if victim is None:
+                    self.refused += 1
+                    return False
+                if not victim.silent or victim.still_silent():
+                    break
+                victim.silent = False  # it spoke meanwhile: ranked by its last activity now
             self._slots.discard(victim)
             self.evicted += 1
             victim.evict()

@@ -16,10 +16,13 @@ Here once per interval, with a count.
 
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
 import logging
 import resource
 import ssl
+import termios
 from collections.abc import Callable
 from typing import Any
 
@@ -50,9 +53,12 @@ class TlsGate(asyncio.Protocol, Slot):
     """A TCP connection whose TLS handshake is in progress; then its HTTP handler.
 
     Holds a limiter slot from the accept on, so pending handshakes are capped and
-    evictable. Any application data that arrives in the handshake's last flight is
-    handed to the handler once it takes over.
+    evictable; it is ``silent`` (closed first at the cap) until the client's first bytes
+    arrive. Any application data that arrives in the handshake's last flight is handed
+    to the handler once it takes over.
     """
+
+    silent = True
 
     def __init__(self, site: LimitedSite) -> None:
         self.site = site
@@ -65,6 +71,18 @@ class TlsGate(asyncio.Protocol, Slot):
 
     def evictable(self) -> bool:
         return True
+
+    def heard(self) -> None:
+        """Bytes of the handshake came from the client."""
+        self.silent = False
+        self.last_active = asyncio.get_running_loop().time()
+
+    def still_silent(self) -> bool:
+        """Its ClientHello may be in the socket, not yet read: the loop reads it a few turns
+        after the accept, and a flood's accepts come in batches of up to the backlog."""
+        if self.silent and self.transport is not None and unread_bytes(self.transport) > 0:
+            self.heard()
+        return self.silent
 
     def evict(self) -> None:
         self._evicted = True
@@ -82,6 +100,9 @@ class TlsGate(asyncio.Protocol, Slot):
     async def _handshake(self, raw: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
         assert self.site.ssl_context is not None
+        # start_tls installs its protocol on ``raw`` before its first await, and schedules
+        # the reading to resume; this runs after the former and before the latter.
+        loop.call_soon(self._listen, raw)
         try:
             secure = await loop.start_tls(
                 raw,
@@ -99,6 +120,8 @@ class TlsGate(asyncio.Protocol, Slot):
             if isinstance(exc, Exception):
                 return
             raise
+        if isinstance(listening := raw.get_protocol(), _Listening):
+            raw.set_protocol(listening.inner)  # the handshake is done: no more to see
         if secure is None or self._evicted or secure.is_closing():
             self.site.limiter.release(self)
             raw.abort()
@@ -112,6 +135,14 @@ class TlsGate(asyncio.Protocol, Slot):
         if self._eof:
             handler.eof_received()
 
+    def _listen(self, raw: asyncio.Transport) -> None:
+        """Put a :class:`_Listening` between ``raw`` and start_tls's protocol: asyncio tells
+        nothing of a handshake's progress. Left out (the gate stays silent, ranked by its
+        accept time) if the protocol is not the buffered one expected."""
+        inner = raw.get_protocol()
+        if isinstance(inner, asyncio.BufferedProtocol) and not raw.is_closing():
+            raw.set_protocol(_Listening(inner, self))
+
     # Between the handshake's end and the handler's start (start_tls has returned).
     def data_received(self, data: bytes) -> None:
         self._early.append(data)
@@ -122,6 +153,50 @@ class TlsGate(asyncio.Protocol, Slot):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.site.limiter.release(self)
+
+
+def unread_bytes(transport: asyncio.BaseTransport) -> int:
+    """Bytes received on a transport's socket that nothing has read yet (0 if unknown)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    pending = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, pending, True)
+    except OSError:  # closed meanwhile
+        return 0
+    return pending[0]
+
+
+class _Listening(asyncio.BufferedProtocol):
+    """Hands a raw transport's events to start_tls's protocol, telling the gate when the
+    client's bytes arrive."""
+
+    def __init__(self, inner: asyncio.BufferedProtocol, gate: TlsGate) -> None:
+        self.inner = inner
+        self.gate = gate
+
+    def get_buffer(self, sizehint: int) -> Any:
+        return self.inner.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.gate.heard()
+        self.inner.buffer_updated(nbytes)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
 
 
 class LimitedSite(web.BaseSite):

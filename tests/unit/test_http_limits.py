@@ -99,8 +99,15 @@ def test_inflate_stops_at_the_limit() -> None:
 
 
 class FakeSlot(Slot):
-    def __init__(self, name: str, last_active: float, busy: bool = False) -> None:
+    def __init__(
+        self, name: str, last_active: float, busy: bool = False, silent: bool = False
+    ) -> None:
         self.name, self.last_active, self.busy, self.evicted = name, last_active, busy, False
+        self.silent = silent
+        self.unread = False  # bytes arrived that were not read yet
+
+    def still_silent(self) -> bool:
+        return self.silent and not self.unread
 
     def evictable(self) -> bool:
         return not self.busy
@@ -121,6 +128,30 @@ def test_the_limiter_closes_the_quietest_idle_connection_and_refuses_when_all_ar
     assert all_busy.admit(FakeSlot("x", 0.0, busy=True))
     assert not all_busy.admit(FakeSlot("y", 1.0))
     assert all_busy.refused == 1
+
+
+def test_the_limiter_closes_silent_connections_before_any_that_has_spoken() -> None:
+    """A pending TLS handshake that has heard nothing from its client goes first, however
+    recent; among silent ones, the oldest (tests/unit/test_http_site.py on the wire)."""
+    limiter = ConnectionLimiter(3)
+    spoken = FakeSlot("honest, mid-handshake", 1.0)
+    old_silent, new_silent = FakeSlot("s1", 2.0, silent=True), FakeSlot("s2", 3.0, silent=True)
+    for slot in (spoken, new_silent, old_silent):
+        assert limiter.admit(slot)
+    assert limiter.admit(FakeSlot("s3", 4.0, silent=True))
+    assert old_silent.evicted and not new_silent.evicted and not spoken.evicted
+    assert limiter.admit(FakeSlot("s4", 5.0, silent=True))
+    assert new_silent.evicted and not spoken.evicted
+    # The oldest silent one's ClientHello is in its socket, unread: it is spared and, having
+    # spoken, ranked by its last activity (older than the honest one's: it goes next).
+    limiter = ConnectionLimiter(2)
+    unread, silent = FakeSlot("unread", 1.0, silent=True), FakeSlot("silent", 2.0, silent=True)
+    unread.unread = True
+    assert limiter.admit(unread) and limiter.admit(silent)
+    assert limiter.admit(FakeSlot("s5", 3.0))
+    assert silent.evicted and not unread.evicted and not unread.silent
+    assert limiter.admit(FakeSlot("s6", 4.0, silent=True))
+    assert unread.evicted
 
 
 def test_a_repeated_warning_is_logged_once_per_interval_with_a_count(caplog) -> None:
