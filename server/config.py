@@ -174,6 +174,14 @@ class Settings:
         "to all of them at once; each loads every model. auto = the CPUs this process may "
         "use (cgroup quota, then affinity mask)",
     )
+    worker_timeout_s: float = _setting(
+        30.0,
+        "with --workers 2 or more: a worker whose event loop has not answered the supervisor "
+        "for this long (hung, deadlocked, stopped) is killed and restarted, as gunicorn's "
+        "--timeout does (0 = never)",
+        min=0.0,
+        max=3600.0,
+    )
     grace_s: float = _setting(
         10.0, "on SIGTERM, how long in-flight requests may take to finish", min=0.0, max=3600.0
     )

@@ -30,6 +30,8 @@ class WorkerHandle:
     joined: bool = False  # serves the committed state, takes part in every change
     started_at: float = 0.0
     restarts: int = 0
+    heard_at: float = 0.0  # when it last answered the supervisor's ping (monotonic)
+    unresponsive: bool = False  # killed by the supervisor for not answering
     families: dict[str, Family] = field(default_factory=dict)  # its last metrics
 
     @property

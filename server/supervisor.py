@@ -10,7 +10,8 @@ and owns everything that must be one thing for the whole server:
   real port, and the ports stay this server's while a worker restarts), then starts
   the workers on them;
 * **the lifecycle:** it restarts a worker that dies (with back-off, counted in
-  ``fashion_worker_restarts_total``), forwards SIGTERM and exits 0 only when every
+  ``fashion_worker_restarts_total``), kills and restarts one whose event loop stops
+  answering (``--worker-timeout-s``), forwards SIGTERM and exits 0 only when every
   worker has drained and exited 0;
 * **what is served:** every model change — the first load, each poll (every
   ``--poll-interval-s`` and on SIGHUP), each load or unload that reached one worker —
@@ -63,6 +64,8 @@ LISTEN_TIMEOUT_S = 120.0
 # worker has run this long.
 BACKOFF_S = (0.5, 30.0)
 STABLE_S = 60.0
+# How often the watchdog pings each worker (or a quarter of --worker-timeout-s, if less).
+PING_EVERY_S = 1.0
 
 
 class Supervisor:
@@ -110,6 +113,7 @@ class Supervisor:
         code = await self._start()
         if code is None:
             self._spawn_task(self._watch(), "model-watcher")
+            self._spawn_task(self._watchdog(), "watchdog")
             self._spawn_task(self.metrics.sample(self._stop), "metrics-sampler")
             await self._stop.wait()
             code = 0
@@ -248,6 +252,7 @@ class Supervisor:
     async def _handle(self, worker: WorkerHandle, message: Message) -> Message | None:
         op = message["op"]
         if op == "listening":
+            worker.heard_at = time.monotonic()  # the watchdog's clock starts here
             worker.listening.set()
         elif op == "failed":
             worker.failed = str(message.get("message", "failed to start"))
@@ -297,6 +302,7 @@ class Supervisor:
         env[PORTS_VARIABLE] = f"{self.ports[0]},{self.ports[1]}"
         worker.listening = asyncio.Event()
         worker.failed, worker.phase, worker.joined = "", "starting", False
+        worker.unresponsive = False
         worker.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -348,7 +354,12 @@ class Supervisor:
             _, carried = self.coordinator.carried.get(key, (family, 0.0))
             self.coordinator.carried[key] = (family, carried + value)
         worker.families = {}
-        reason = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        if worker.unresponsive:
+            reason = "unresponsive"
+        elif code < 0:
+            reason = f"signal {signal.Signals(-code).name}"
+        else:
+            reason = f"exit code {code}"
         self.metrics.restarts.labels(reason).inc()
         logger.error(
             "worker %d (pid %d) died: %s; restarting it", worker.index, process.pid, reason
@@ -383,15 +394,77 @@ class Supervisor:
             except ServingError as exc:
                 worker.failed = f"cannot serve what the other workers serve: {exc}"
                 return False
-            reply = await self.coordinator.ask(worker, "state")
-            if reply["state"] != self.coordinator.committed:
-                worker.failed = "its models differ from the other workers' after the sync"
+            try:
+                reply = await self.coordinator.ask(worker, "state")
+                if reply["state"] != self.coordinator.committed:
+                    worker.failed = "its models differ from the other workers' after the sync"
+                    return False
+                worker.joined = True
+                await self.coordinator.ask(worker, "peers", ready=False)
+                await self.coordinator.ask(worker, "start")
+            except ChannelClosed:  # it died (or was killed) while joining: try again
+                worker.joined = False
+                worker.failed = "it went away while joining"
                 return False
-            worker.joined = True
-            await self.coordinator.ask(worker, "peers", ready=False)
-            await self.coordinator.ask(worker, "start")
         logger.info("worker %d (pid %s) is back", worker.index, worker.pid)
         return True
+
+    # -- the watchdog ------------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        """--worker-timeout-s: ping every worker that has opened its ports; kill one whose
+        event loop has not answered for that long, and let it restart as one that died.
+
+        A hung worker would otherwise go on taking its share of new connections (the
+        kernel still queues them on its socket, and nothing answers them), and every
+        model change would wait for it (each is prepared in every worker).
+        """
+        timeout = self.settings.worker_timeout_s
+        if not timeout:
+            return
+        every = min(PING_EVERY_S, timeout / 4)
+        pinging: set[int] = set()
+        while not await self._wait_or_stop(asyncio.sleep(every)):
+            now = time.monotonic()
+            for worker in self.workers:
+                process = worker.process
+                if (
+                    process is None
+                    or process.returncode is not None
+                    or not worker.listening.is_set()
+                    or worker.unresponsive
+                ):
+                    continue
+                if now - worker.heard_at > timeout:
+                    self._kill_unresponsive(worker, process, now - worker.heard_at)
+                elif worker.index not in pinging:
+                    pinging.add(worker.index)
+                    self._spawn_task(self._ping(worker, pinging), f"worker-{worker.index}-ping")
+
+    async def _ping(self, worker: WorkerHandle, pinging: set[int]) -> None:
+        process = worker.process
+        try:
+            await self.coordinator.ask(worker, "ping", timeout_s=self.settings.worker_timeout_s)
+            if worker.process is process:
+                worker.heard_at = time.monotonic()
+        except (ServingError, ChannelClosed, TimeoutError):
+            pass  # judged by when it last answered
+        finally:
+            pinging.discard(worker.index)
+
+    def _kill_unresponsive(
+        self, worker: WorkerHandle, process: asyncio.subprocess.Process, silent_s: float
+    ) -> None:
+        logger.error(
+            "worker %d (pid %d) has not answered for %.1f s (--worker-timeout-s %g): killing it",
+            worker.index,
+            process.pid,
+            silent_s,
+            self.settings.worker_timeout_s,
+        )
+        worker.unresponsive = True
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
 
     # -- ports, shutdown ----------------------------------------------------------------------
 

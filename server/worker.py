@@ -114,6 +114,8 @@ class Worker:
         if op == "local-statistics":
             statistics = app.metrics.statistics
             return {"statistics": [to_dict(statistics.of(m, v)) for m, v in message["versions"]]}
+        if op == "ping":  # the supervisor's watchdog: this event loop still turns
+            return {}
         if op == "state":
             return {"state": app.manager.state(), "problems": app.manager.problems()}
         raise InvalidInput(f"unknown control message {op!r}")

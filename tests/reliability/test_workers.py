@@ -1,7 +1,8 @@
 """``fashion-serve --workers 2`` (#25), as real processes: one supervisor, two workers sharing
 the ports, real clients on many connections (each lands on a worker the kernel picks).
 
-A worker killed under load is restarted and only the requests it held fail; SIGTERM under
+A worker killed under load is restarted and only the requests it held fail; a hung one is
+killed and restarted (--worker-timeout-s); SIGTERM under
 load loses nothing; the metrics and Triton's statistics are the sums over the workers;
 a reload, and an explicit load, reach every worker, and a change that one worker cannot
 make is made by none."""
@@ -172,6 +173,35 @@ async def test_a_killed_worker_is_restarted_and_only_its_requests_fail(repo, log
         # What the killed worker had counted stays counted (sampled every 2 s).
         assert metrics["fashion_requests_total{code=OK,method=Predict}"] <= outcomes["OK"]
         assert metrics["fashion_requests_total{code=OK,method=Predict}"] > outcomes["OK"] / 3
+    finally:
+        assert server.stop() == 0
+
+
+async def test_a_hung_worker_is_killed_and_restarted_and_a_busy_one_is_not(repo, log) -> None:
+    """A worker whose event loop stops turning (SIGSTOP here; a deadlock or a stuck call
+    alike) still gets its share of new connections from the kernel, and answers none of
+    them. The supervisor kills it after --worker-timeout-s and restarts it. A worker
+    busy serving answers the watchdog's pings and is left alone."""
+    server = start(repo, log, "--worker-timeout-s", "2")
+    try:
+        stop, outcomes = asyncio.Event(), {}
+        load = asyncio.create_task(traffic(server.target, stop, outcomes))
+        await asyncio.sleep(5)  # more than the timeout, both workers serving
+        stop.set()
+        await load
+        assert set(outcomes) == {"OK"} and outcomes["OK"] > 50, outcomes
+        assert restarts(server) == 0
+        victim = workers_of(server)[0]
+        os.kill(victim, signal.SIGSTOP)
+        await wait_until(lambda: victim not in workers_of(server), timeout_s=30)
+        await wait_until(lambda: scrape(server)["fashion_server_ready{}"] == 1)
+        assert len(workers_of(server)) == 2
+        metrics = scrape(server)
+        assert metrics["fashion_worker_restarts_total{reason=unresponsive}"] == 1
+        assert restarts(server) == 1
+        assert f"(pid {victim}) has not answered for" in log.read_text()
+        for _ in range(16):  # fresh connections: on both workers, the restarted one too
+            assert await ready(server.target)
     finally:
         assert server.stop() == 0
 

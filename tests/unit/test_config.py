@@ -50,6 +50,7 @@ def test_environment_then_flags_win() -> None:
         (["--host", "[nope]"], {}, "--host / FASHION_HOST: '[nope]' is not an IPv6 address"),
         (["--host", "bad host"], {}, "'bad host' is not an IP address or host name"),
         ([], {"FASHION_WAIT_FOR_MODEL": "maybe"}, "FASHION_WAIT_FOR_MODEL must be one of 1, true"),
+        (["--worker-timeout-s", "-1"], {}, "--worker-timeout-s / FASHION_WORKER_TIMEOUT_S must be"),
     ],
 )
 def test_invalid_values_name_the_setting(argv, env, message) -> None:
