@@ -44,7 +44,8 @@ class SupervisorMetrics:
         )
         self.restarts = Counter(
             "fashion_worker_restarts",
-            "Workers restarted after they died, by how they ended (exit code or signal)",
+            "Workers restarted after they died, by how they ended (exit code N, signal NAME, "
+            "or unresponsive: killed by the supervisor after --worker-timeout-s)",
             ["reason"],
             registry=self.registry,
         )

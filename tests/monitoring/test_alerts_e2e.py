@@ -9,22 +9,26 @@ refuses any duration it does not know how to scale), scrapes and evaluations eve
 and the query lookback scaled the same way. Expressions, thresholds, labels and annotations
 are the production ones.
 
-Two servers in the scrape job ``fashion-serving``:
+Three servers in the scrape job ``fashion-serving``:
 
 * A: ``--wait-for-model`` on an empty repository and ``--max-batch-size 1`` (a batching
-  misconfiguration), and
-* B: a served model and a deep queue (``--max-queue 4096``) for overload.
+  misconfiguration),
+* B: a served model and a deep queue (``--max-queue 4096``) for overload, and
+* C: a served model and ``--workers 2`` (a supervisor and two worker processes), idle.
 
 1. Only A is a target and it has no model; clients get UNAVAILABLE -> NoModelServed,
    NotReady (A) and HighErrorRatio fire.
-2. A model is published into A's repository (A loads it), B joins, and B is flooded with
-   256-image requests beyond its queue -> those three clear; QueueSaturated (B),
+2. A model is published into A's repository (A loads it), B and C join, and B is flooded
+   with 256-image requests beyond its queue -> those three clear; QueueSaturated (B),
    RequestsRejected (B) and HighLatency fire. Every dashboard query is evaluated here.
-3. The flood stops; A gets a stream of single images (batches of one while images queue) and
-   a broken version 2 lands in B's repository -> the overload alerts clear;
-   BatchSizeCollapsed (A) and ModelVersionRefused (B) fire.
+3. The flood stops; A gets a stream of single images (batches of one while images queue), a
+   broken version 2 lands in B's repository and one of C's workers is killed (its
+   supervisor restarts it) -> the overload alerts clear; BatchSizeCollapsed (A),
+   ModelVersionRefused (B) and WorkerRestarted (C) fire (C is not ready for the second its
+   worker takes to come back: NotReady (C) may go pending, never firing).
 4. A's traffic stops and A is stopped -> BatchSizeCollapsed clears, TargetDown (A) fires;
-   A leaves the targets -> it clears; ModelVersionRefused clears when its window has passed.
+   A leaves the targets -> it clears; ModelVersionRefused and WorkerRestarted clear when
+   their window has passed.
 
 MemoryNearLimit is the one alert that must stay silent throughout (no memory pressure here;
 promtool's unit tests make it fire). No alert may fire outside the phases that expect it.
@@ -36,6 +40,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -46,7 +51,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bench.serverproc import READY_MARK, ServerProcess, start_process
+from bench.serverproc import READY_MARK, ServerProcess, descendants, start_process
 from server.main import WAITING_LINE
 from tests.monitoring import dashboard as dash
 from tests.monitoring.load import Load
@@ -64,8 +69,9 @@ POLL_S = 0.25
 PHASE_TIMEOUT_S = 120.0
 WAITING_MARK = WAITING_LINE.split("{")[0]
 
-# Model repositories under tmp_path: A's starts empty, B's is a copy of the test model's.
-REPO_A, REPO_B = "repo-a", "repo-b"
+# Model repositories under tmp_path: A's starts empty, B's and C's are copies of the test
+# model's.
+REPO_A, REPO_B, REPO_C = "repo-a", "repo-b", "repo-c"
 ALL_ALERTS = set(alerts())
 NEVER = {"FashionServingMemoryNearLimit"}
 
@@ -101,6 +107,7 @@ def servers(tmp_path: Path, model_repo: Path) -> Iterator[dict[str, ServerProces
     (empty / "fashion").mkdir(parents=True)
     served = tmp_path / REPO_B
     shutil.copytree(model_repo, served)
+    shutil.copytree(model_repo, tmp_path / REPO_C)
     started: dict[str, ServerProcess] = {}
     try:
         started["a"] = start_process(
@@ -110,6 +117,9 @@ def servers(tmp_path: Path, model_repo: Path) -> Iterator[dict[str, ServerProces
         )
         started["b"] = start_process(
             server_command(served, "--max-queue", "4096"), READY_MARK, timeout_s=60
+        )
+        started["c"] = start_process(
+            server_command(tmp_path / REPO_C, "--workers", "2"), READY_MARK, timeout_s=60
         )
         yield started
     finally:
@@ -231,7 +241,7 @@ def check_dashboard(prometheus: Prometheus) -> None:
 def test_alerts_fire_and_clear_as_a_real_server_breaks_and_recovers(
     prometheus: Prometheus, servers: dict[str, ServerProcess], model_repo: Path, tmp_path: Path
 ) -> None:
-    a, b = servers["a"], servers["b"]
+    a, b, c = servers["a"], servers["b"], servers["c"]
     instances = {name: f"127.0.0.1:{server.metrics_port}" for name, server in servers.items()}
     watch = Watch(prometheus, instances)
     n = watch.name
@@ -247,9 +257,9 @@ def test_alerts_fire_and_clear_as_a_real_server_breaks_and_recovers(
         watch.until(phase1, set(), "1: no model")
         watch.only(phase1, "1: no model")
 
-    # 2. A gets a model, B joins and is flooded beyond its queue.
+    # 2. A gets a model, B and C join, and B is flooded beyond its queue.
     publish(model_repo, tmp_path / REPO_A, "fashion", 1)
-    set_targets(prometheus, a, b)
+    set_targets(prometheus, a, b, c)
     phase2 = {
         n("FashionServingQueueSaturated", "b"),
         n("FashionServingRequestsRejected", "b"),
@@ -264,12 +274,17 @@ def test_alerts_fire_and_clear_as_a_real_server_breaks_and_recovers(
         check_dashboard(prometheus)
     assert flood.codes["OK"] and flood.codes["RESOURCE_EXHAUSTED"], flood.codes
 
-    # 3. A batches one image at a time with images waiting; B refuses a broken version 2.
+    # 3. A batches one image at a time with images waiting; B refuses a broken version 2;
+    # one of C's workers dies and C's supervisor restarts it.
     # A checksum that does not match model.onnx: B refuses it and keeps serving version 1.
     publish(model_repo, tmp_path / REPO_B, "fashion", 2, model_sha256="0" * 64)
+    workers = sorted(descendants(c.pid))
+    assert len(workers) == 2, workers
+    os.kill(workers[0], signal.SIGKILL)
     phase3 = {
         n("FashionServingBatchSizeCollapsed", "a"),
         n("FashionServingModelVersionRefused", "b"),
+        n("FashionServingWorkerRestarted", "c"),
     }
     # One stream keeps ~64 single images in A's queue (the server reads 64 ahead); at
     # ~1,000 batches/s here that is ~60 ms per image: deep queue, latency still in budget.
@@ -282,10 +297,23 @@ def test_alerts_fire_and_clear_as_a_real_server_breaks_and_recovers(
     a.stop()
     down = n("FashionServingTargetDown", "a")
     watch.until({down}, set(), "4: A down")
-    watch.only({down, n("FashionServingModelVersionRefused", "b")}, "4: A down")
-    set_targets(prometheus, b)
-    watch.until(set(), {down, n("FashionServingModelVersionRefused", "b")}, "4: all clear")
+    windowed = {
+        n("FashionServingModelVersionRefused", "b"),
+        n("FashionServingWorkerRestarted", "c"),
+    }
+    watch.only({down} | windowed, "4: A down")
+    set_targets(prometheus, b, c)
+    watch.until(set(), {down} | windowed, "4: all clear")
     assert watch.poll() == {}, watch.report()
+    # C restarted the one worker it lost, and serves on two again.
+    restarted = sorted(descendants(c.pid))
+    assert len(restarted) == 2 and workers[0] not in restarted, (workers, restarted)
+    assert (
+        prometheus.query(
+            f'fashion_worker_restarts_total{{instance="{instances["c"]}", reason="signal SIGKILL"}}'
+        )[0]["value"][1]
+        == "1"
+    )
 
     # Prometheus loaded every rule and evaluated each without error.
     loaded = [rule for group in prometheus.rule_groups() for rule in group["rules"]]
@@ -297,7 +325,12 @@ def test_alerts_fire_and_clear_as_a_real_server_breaks_and_recovers(
     fired = {name.split("{")[0] for name, states in watch.seen.items() if "firing" in states}
     assert fired == ALL_ALERTS - NEVER, watch.report()
     assert not NEVER & {name.split("{")[0] for name in watch.seen}, watch.report()
-    for name in watch.seen:
-        if "for" in rules[name.split("{")[0]]:
+    # C was not ready for the second its worker took to come back: NotReady may go pending
+    # there, and must go no further. Every other alert seen fired.
+    blip = n("FashionServingNotReady", "c")
+    for name, states in watch.seen.items():
+        if name == blip:
+            assert "firing" not in states, watch.report()
+        elif "for" in rules[name.split("{")[0]]:
             watch.went_pending_then_firing(name)
     print(watch.report())

@@ -1,6 +1,7 @@
 """The series the rules and the dashboard read, from a real server: readiness, queue
 capacity and the memory limit follow the server's state; every metric name the rules and
-the dashboard use exists; the exposition passes ``promtool check metrics``."""
+the dashboard use exists, in one process and behind a ``--workers 2`` supervisor; the
+exposition passes ``promtool check metrics``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.serverproc import start_server
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server.app import App
@@ -25,7 +27,11 @@ SUFFIXES = ("_bucket", "_sum", "_count", "_total", "_created")
 
 
 async def exposition(app: App) -> str:
-    url = f"http://127.0.0.1:{app.metrics_port}/metrics"
+    return await scrape(app.metrics_port)
+
+
+async def scrape(metrics_port: int) -> str:
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
 
     def get() -> str:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -86,18 +92,42 @@ def names_used() -> set[str]:
     return used
 
 
-async def test_every_metric_the_rules_and_dashboard_read_is_exported(start_app) -> None:
-    app = await start_app()
-    # One request, so the per-method series exist.
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+# Exported by the supervisor of ``--workers`` alone (a single process has no workers).
+SUPERVISOR_ONLY = {"fashion_worker_restarts_total"}
+
+
+async def predict_once(target: str) -> None:
+    """One request, so the per-method series exist."""
+    async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.PredictionServiceStub(channel)
         await stub.Predict(pb.PredictRequest(images=[pb.Image(raw=bytes(784))]), timeout=10)
-    text = await exposition(app)
+
+
+def names_exported(text: str) -> set[str]:
     families = set(re.findall(r"^# TYPE (\S+) ", text, flags=re.MULTILINE))
-    exported = families | {f + s for f in families for s in SUFFIXES}
+    return families | {f + s for f in families for s in SUFFIXES}
+
+
+async def test_every_metric_the_rules_and_dashboard_read_is_exported(
+    start_app, model_repo: Path
+) -> None:
+    app = await start_app()
+    await predict_once(f"127.0.0.1:{app.port}")
     used = names_used()
     assert {"fashion_server_ready", "process_resident_memory_bytes"} <= used
-    assert used - exported == set(), "read by rules or dashboard, not exported"
+    assert SUPERVISOR_ONLY <= used
+    missing = used - names_exported(await exposition(app))
+    assert missing == SUPERVISOR_ONLY, "read by rules or dashboard, not exported"
+
+    # Behind a supervisor every name is there: its own and its workers' summed.
+    server = await asyncio.to_thread(start_server, model_repo, ["--workers", "2"])
+    try:
+        await predict_once(server.target)
+        text = await scrape(server.metrics_port)
+    finally:
+        assert await asyncio.to_thread(server.stop) == 0
+    missing = used - names_exported(text)
+    assert missing == set(), "read by rules or dashboard, not exported with --workers 2"
 
 
 async def test_exposition_passes_promtool_check_metrics(start_app) -> None:
