@@ -19,6 +19,7 @@ import yaml
 from server import tracing
 from server.app import READINESS_SERVICE, SETTLE_S
 from server.config import ENV_PREFIX, Settings, load_settings
+from server.supervisor import PING_EVERY_S
 from tests.deploy.manifests import (
     CRD_KINDS,
     IMAGES,
@@ -308,6 +309,19 @@ def test_termination_grace_covers_prestop_and_the_server_drain(overlay: str) -> 
     # While draining the server reports NOT_SERVING: liveness must not kill it meanwhile.
     live = container["livenessProbe"]
     assert live["periodSeconds"] * live["failureThreshold"] > SETTLE_S + settings.grace_s
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_hung_worker_is_replaced_before_liveness_restarts_the_container(overlay: str) -> None:
+    settings = settings_of(overlay)
+    if settings.worker_count == 1:
+        pytest.skip("one worker: no supervisor, liveness alone watches the process")
+    live = server_container(render(f"overlays/{overlay}"))["livenessProbe"]
+    # Liveness restarts the container after failureThreshold failed probes periodSeconds
+    # apart: (failureThreshold - 1) periods after the first at the earliest. The watchdog
+    # kills a silent worker within --worker-timeout-s plus one ping interval.
+    earliest_restart_s = live["periodSeconds"] * (live["failureThreshold"] - 1)
+    assert 0 < settings.worker_timeout_s + PING_EVERY_S < earliest_restart_s
 
 
 def all_pods() -> list[tuple[str, str, dict[str, Any]]]:
