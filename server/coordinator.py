@@ -31,7 +31,9 @@ class WorkerHandle:
     started_at: float = 0.0
     restarts: int = 0
     heard_at: float = 0.0  # when it last answered the supervisor's ping (monotonic)
-    unresponsive: bool = False  # killed by the supervisor for not answering
+    # Why the supervisor ended it itself ("unresponsive", "did not come back"); "" if it
+    # has not: its restart is counted under this reason instead of its exit status.
+    stopped_for: str = ""
     families: dict[str, Family] = field(default_factory=dict)  # its last metrics
 
     @property

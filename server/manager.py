@@ -374,7 +374,8 @@ class ModelManager:
         chosen = {v: entering.get(v) or loaded[v] for v in wanted}
         problem = ""
         if exact is not None and sorted(chosen) != sorted(exact):
-            problem = f"cannot serve versions {exact}: only {sorted(chosen) or 'none'} load"
+            loads = f"only {sorted(chosen)} load" if chosen else "none of them loads"
+            problem = f"cannot serve versions {exact}: {loads}"
         elif not chosen:
             problem = nothing_chosen(on_disk, sorted(record.refused), config)
         else:

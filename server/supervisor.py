@@ -64,6 +64,9 @@ LISTEN_TIMEOUT_S = 120.0
 # worker has run this long.
 BACKOFF_S = (0.5, 30.0)
 STABLE_S = 60.0
+# The restart reason of a restarted worker that the supervisor stopped again because it could
+# not join its peers (it serves nothing the others serve, or did not open its ports in time).
+RETIRED = "did not come back"
 # How often the watchdog pings each worker (or a quarter of --worker-timeout-s, if less).
 PING_EVERY_S = 1.0
 
@@ -302,7 +305,7 @@ class Supervisor:
         env[PORTS_VARIABLE] = f"{self.ports[0]},{self.ports[1]}"
         worker.listening = asyncio.Event()
         worker.failed, worker.phase, worker.joined = "", "starting", False
-        worker.unresponsive = False
+        worker.stopped_for = ""
         worker.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -354,16 +357,17 @@ class Supervisor:
             _, carried = self.coordinator.carried.get(key, (family, 0.0))
             self.coordinator.carried[key] = (family, carried + value)
         worker.families = {}
-        if worker.unresponsive:
-            reason = "unresponsive"
+        if worker.stopped_for:
+            reason = worker.stopped_for
         elif code < 0:
             reason = f"signal {signal.Signals(-code).name}"
         else:
             reason = f"exit code {code}"
         self.metrics.restarts.labels(reason).inc()
-        logger.error(
-            "worker %d (pid %d) died: %s; restarting it", worker.index, process.pid, reason
-        )
+        if reason != RETIRED:  # _restart said why it did not come back, and tries again
+            logger.error(
+                "worker %d (pid %d) died: %s; restarting it", worker.index, process.pid, reason
+            )
         await self._update_readiness()
         if was_joined:
             self._spawn_task(self._restart(worker), f"worker-{worker.index}-restart")
@@ -381,6 +385,7 @@ class Supervisor:
                 return
             logger.error("worker %d did not come back (%s); retrying", worker.index, worker.failed)
             if worker.process is not None and worker.process.returncode is None:
+                worker.stopped_for = RETIRED
                 worker.process.terminate()
                 await worker.process.wait()
             delay = min(BACKOFF_S[1], delay * 2)
@@ -432,7 +437,7 @@ class Supervisor:
                     process is None
                     or process.returncode is not None
                     or not worker.listening.is_set()
-                    or worker.unresponsive
+                    or worker.stopped_for
                 ):
                     continue
                 if now - worker.heard_at > timeout:
@@ -462,7 +467,7 @@ class Supervisor:
             silent_s,
             self.settings.worker_timeout_s,
         )
-        worker.unresponsive = True
+        worker.stopped_for = "unresponsive"
         with contextlib.suppress(ProcessLookupError):
             process.kill()
 

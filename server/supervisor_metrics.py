@@ -44,8 +44,10 @@ class SupervisorMetrics:
         )
         self.restarts = Counter(
             "fashion_worker_restarts",
-            "Workers restarted after they died, by how they ended (exit code N, signal NAME, "
-            "or unresponsive: killed by the supervisor after --worker-timeout-s)",
+            "Workers restarted, by how the one before ended: exit code N, signal NAME, "
+            "unresponsive (killed after --worker-timeout-s without an answer) or did not "
+            "come back (a restarted worker that could not join the others, stopped to try "
+            "again)",
             ["reason"],
             registry=self.registry,
         )

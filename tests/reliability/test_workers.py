@@ -2,7 +2,8 @@
 the ports, real clients on many connections (each lands on a worker the kernel picks).
 
 A worker killed under load is restarted and only the requests it held fail; a hung one is
-killed and restarted (--worker-timeout-s); SIGTERM under
+killed and restarted (--worker-timeout-s); one that cannot rejoin is stopped and tried
+again; SIGTERM under
 load loses nothing; the metrics and Triton's statistics are the sums over the workers;
 a reload, and an explicit load, reach every worker, and a change that one worker cannot
 make is made by none."""
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import time
 import urllib.request
@@ -206,11 +208,46 @@ async def test_a_hung_worker_is_killed_and_restarted_and_a_busy_one_is_not(repo,
         assert server.stop() == 0
 
 
+async def test_a_worker_that_cannot_rejoin_is_stopped_and_tried_again(repo, log) -> None:
+    """A restarted worker must serve what its peers serve. When it cannot (here the served
+    version's files are gone from the repository; the survivor still has them in memory),
+    the supervisor stops it and tries again with back-off, counting each try under
+    "did not come back", not as a worker that died; the pod reports not ready while the
+    survivor goes on answering. Once the files are back the next try joins."""
+    server = start(repo, log)
+    try:
+        version = repo / "fashion" / "1"
+        away = repo.parent / "version-1-away"
+        version.rename(away)
+        victim = workers_of(server)[0]
+        os.kill(victim, signal.SIGKILL)
+        retired = "fashion_worker_restarts_total{reason=did not come back}"
+        await wait_until(lambda: scrape(server).get(retired, 0) >= 1)
+        metrics = scrape(server)
+        assert metrics["fashion_worker_restarts_total{reason=signal SIGKILL}"] == 1
+        assert metrics["fashion_server_ready{}"] == 0
+        assert not await ready(server.target)
+        async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
+            reply = await pb_grpc.PredictionServiceStub(ch).Predict(
+                pb.PredictRequest(images=[IMAGE]), timeout=10
+            )
+        assert reply.model_version == 1  # the survivor serves what it has
+        text = log.read_text()
+        assert "worker 0 did not come back (cannot serve what the other workers serve" in text
+        assert "died: exit code" not in text  # the ones it stopped itself did not die
+
+        away.rename(version)
+        await wait_until(lambda: scrape(server)["fashion_server_ready{}"] == 1)
+        assert len(workers_of(server)) == 2
+        assert victim not in workers_of(server)
+        assert re.search(r"worker 0 \(pid \d+\) is back", log.read_text())
+    finally:
+        assert server.stop() == 0
+
+
 async def test_sigterm_under_load_loses_nothing_in_flight(repo, log) -> None:
     server = start(repo, log, "--max-queue", "8192")
-    channels = [
-        grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) for _ in range(4)
-    ]
+    channels = [grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) for _ in range(4)]
     calls = [
         asyncio.ensure_future(
             pb_grpc.PredictionServiceStub(channel).Predict(
