@@ -11,8 +11,8 @@ and owns everything that must be one thing for the whole server:
   the workers on them;
 * **the lifecycle:** it restarts a worker that dies (with back-off, counted in
   ``fashion_worker_restarts_total``), kills and restarts one whose event loop stops
-  answering (``--worker-timeout-s``), forwards SIGTERM and exits 0 only when every
-  worker has drained and exited 0;
+  answering (``--worker-timeout-s``, :mod:`server.watchdog`), forwards SIGTERM and
+  exits 0 only when every worker has drained and exited 0;
 * **what is served:** every model change — the first load, each poll (every
   ``--poll-interval-s`` and on SIGHUP), each load or unload that reached one worker —
   is prepared in every worker, compared, and committed only when every worker would
@@ -55,6 +55,7 @@ from server.errors import ConfigError, ServingError
 from server.main import READY_LINE, WAITING_LINE
 from server.metrics_merge import cumulative_samples
 from server.supervisor_metrics import SupervisorMetrics
+from server.watchdog import Watchdog
 
 logger = logging.getLogger("server.supervisor")
 
@@ -67,8 +68,6 @@ STABLE_S = 60.0
 # The restart reason of a restarted worker that the supervisor stopped again because it could
 # not join its peers (it serves nothing the others serve, or did not open its ports in time).
 RETIRED = "did not come back"
-# How often the watchdog pings each worker (or a quarter of --worker-timeout-s, if less).
-PING_EVERY_S = 1.0
 
 
 class Supervisor:
@@ -95,6 +94,7 @@ class Supervisor:
         self._readiness_changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.metrics = SupervisorMetrics(self.coordinator)
+        self.watchdog = Watchdog(self.coordinator, settings.worker_timeout_s)
 
     # -- the whole run ------------------------------------------------------------------
 
@@ -116,7 +116,7 @@ class Supervisor:
         code = await self._start()
         if code is None:
             self._spawn_task(self._watch(), "model-watcher")
-            self._spawn_task(self._watchdog(), "watchdog")
+            self._spawn_task(self.watchdog.run(self._stop), "watchdog")
             self._spawn_task(self.metrics.sample(self._stop), "metrics-sampler")
             await self._stop.wait()
             code = 0
@@ -413,63 +413,6 @@ class Supervisor:
                 return False
         logger.info("worker %d (pid %s) is back", worker.index, worker.pid)
         return True
-
-    # -- the watchdog ------------------------------------------------------------------------
-
-    async def _watchdog(self) -> None:
-        """--worker-timeout-s: ping every worker that has opened its ports; kill one whose
-        event loop has not answered for that long, and let it restart as one that died.
-
-        A hung worker would otherwise go on taking its share of new connections (the
-        kernel still queues them on its socket, and nothing answers them), and every
-        model change would wait for it (each is prepared in every worker).
-        """
-        timeout = self.settings.worker_timeout_s
-        if not timeout:
-            return
-        every = min(PING_EVERY_S, timeout / 4)
-        pinging: set[int] = set()
-        while not await self._wait_or_stop(asyncio.sleep(every)):
-            now = time.monotonic()
-            for worker in self.workers:
-                process = worker.process
-                if (
-                    process is None
-                    or process.returncode is not None
-                    or not worker.listening.is_set()
-                    or worker.stopped_for
-                ):
-                    continue
-                if now - worker.heard_at > timeout:
-                    self._kill_unresponsive(worker, process, now - worker.heard_at)
-                elif worker.index not in pinging:
-                    pinging.add(worker.index)
-                    self._spawn_task(self._ping(worker, pinging), f"worker-{worker.index}-ping")
-
-    async def _ping(self, worker: WorkerHandle, pinging: set[int]) -> None:
-        process = worker.process
-        try:
-            await self.coordinator.ask(worker, "ping", timeout_s=self.settings.worker_timeout_s)
-            if worker.process is process:
-                worker.heard_at = time.monotonic()
-        except (ServingError, ChannelClosed, TimeoutError):
-            pass  # judged by when it last answered
-        finally:
-            pinging.discard(worker.index)
-
-    def _kill_unresponsive(
-        self, worker: WorkerHandle, process: asyncio.subprocess.Process, silent_s: float
-    ) -> None:
-        logger.error(
-            "worker %d (pid %d) has not answered for %.1f s (--worker-timeout-s %g): killing it",
-            worker.index,
-            process.pid,
-            silent_s,
-            self.settings.worker_timeout_s,
-        )
-        worker.stopped_for = "unresponsive"
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
 
     # -- ports, shutdown ----------------------------------------------------------------------
 

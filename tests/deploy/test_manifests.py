@@ -19,7 +19,7 @@ import yaml
 from server import tracing
 from server.app import READINESS_SERVICE, SETTLE_S
 from server.config import ENV_PREFIX, Settings, load_settings
-from server.supervisor import PING_EVERY_S
+from server.watchdog import PING_EVERY_S
 from tests.deploy.manifests import (
     CRD_KINDS,
     IMAGES,
