@@ -87,6 +87,9 @@ class Supervisor:
         self._where = os.path.abspath(settings.model_repo)
         self.coordinator = Coordinator(self.workers)
         self._started = False  # the workers were told to serve
+        # While every worker waits for a first model: what they refuse calls with (a worker
+        # restarted meanwhile is told to wait too). None before that, and once started.
+        self._waiting: str | None = None
         self._stopping = False
         self._stop = asyncio.Event()
         self._poll = asyncio.Event()
@@ -135,7 +138,6 @@ class Supervisor:
         for worker in self.workers:
             worker.joined = True
         lines = {"port": self.ports[0], "metrics": self.metrics_port, "http": max(self.ports[1], 0)}
-        waiting = False
         while True:
             try:
                 if await self._first_look():
@@ -146,16 +148,16 @@ class Supervisor:
             if not self.settings.wait_for_model:
                 logger.error("cannot start: %s", await self._nothing_to_serve())
                 return 1
-            if not waiting:
-                waiting = True
+            if self._waiting is None:
                 where = self._where
                 refusal = f"waiting for a model in {where}; retry shortly"
+                self._waiting = refusal
                 await self.coordinator.broadcast("wait", refusal=refusal)
                 print(WAITING_LINE.format(**lines), flush=True)
                 logger.warning("waiting for a model in %s (in every worker)", where)
             if await self._next_look():
                 return 0
-        self._started = True
+        self._started, self._waiting = True, None
         await self.coordinator.broadcast("start")
         await self._update_readiness()
         while not self._cluster_ready:
@@ -350,7 +352,9 @@ class Supervisor:
         worker.joined = False
         if worker.channel is not None:
             await worker.channel.close()
-        if self._stopping or self._stop.is_set() or not self._started:
+        if self._stopping or self._stop.is_set():
+            return
+        if not self._started and self._waiting is None:  # _start fails on it and exits 1
             return
         # What it counted stays counted: the sums of the survivors never go down.
         for key, (family, value) in cumulative_samples(worker.families).items():
@@ -377,7 +381,7 @@ class Supervisor:
         worker.restarts = 0 if ran > STABLE_S else worker.restarts + 1
         delay = min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** max(0, worker.restarts - 1))
         while not self._stop.is_set():
-            if await self._wait_or_stop(asyncio.sleep(delay)):
+            if await self._wait_or_stop(asyncio.sleep(delay)) or self._stopping:
                 return
             await self._spawn(worker)
             await self._listening(worker)
@@ -391,7 +395,8 @@ class Supervisor:
             delay = min(BACKOFF_S[1], delay * 2)
 
     async def _join(self, worker: WorkerHandle) -> bool:
-        """A restarted worker serves exactly what its peers serve, then joins them."""
+        """A restarted worker serves exactly what its peers serve, then joins them: serving,
+        or waiting for a first model with them."""
         async with self.coordinator.lock:
             try:
                 sync = {"operation": "sync", "state": self.coordinator.committed}
@@ -406,7 +411,11 @@ class Supervisor:
                     return False
                 worker.joined = True
                 await self.coordinator.ask(worker, "peers", ready=False)
-                await self.coordinator.ask(worker, "start")
+                if self._started:
+                    await self.coordinator.ask(worker, "start")
+                else:  # the others wait for a first model: so does it (the lock holds that)
+                    assert self._waiting is not None
+                    await self.coordinator.ask(worker, "wait", refusal=self._waiting)
             except ChannelClosed:  # it died (or was killed) while joining: try again
                 worker.joined = False
                 worker.failed = "it went away while joining"

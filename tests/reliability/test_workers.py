@@ -3,10 +3,10 @@ the ports, real clients on many connections (each lands on a worker the kernel p
 
 A worker killed under load is restarted and only the requests it held fail; a hung one is
 killed and restarted (--worker-timeout-s); one that cannot rejoin is stopped and tried
-again; SIGTERM under
-load loses nothing; the metrics and Triton's statistics are the sums over the workers;
-a reload, and an explicit load, reach every worker, and a change that one worker cannot
-make is made by none."""
+again; one lost while every worker waits for a first model is restarted to wait too;
+SIGTERM under load loses nothing; the metrics and Triton's statistics are the sums over
+the workers; a reload, and an explicit load, reach every worker, and a change that one
+worker cannot make is made by none."""
 
 from __future__ import annotations
 
@@ -342,9 +342,8 @@ async def test_an_explicit_load_reaches_every_worker_or_none(repo, log, model_re
         assert server.stop() == 0
 
 
-async def test_a_first_deploy_waits_in_every_worker(model_repo, tmp_path, log) -> None:
-    repo = tmp_path / "empty"
-    (repo / "fashion").mkdir(parents=True)
+def start_waiting(repo: Path, log: Path) -> ServerProcess:
+    """``--workers 2 --wait-for-model`` on ``repo`` (empty): started once it waits."""
     from bench.serverproc import start_process
     from server.main import WAITING_LINE
 
@@ -354,7 +353,13 @@ async def test_a_first_deploy_waits_in_every_worker(model_repo, tmp_path, log) -
         "--poll-interval-s", "0", "--log-level", "info",
     ]  # fmt: skip
     with log.open("a") as stderr:
-        server = start_process(command, WAITING_LINE.split("{")[0], 60, stderr=stderr)
+        return start_process(command, WAITING_LINE.split("{")[0], 60, stderr=stderr)
+
+
+async def test_a_first_deploy_waits_in_every_worker(model_repo, tmp_path, log) -> None:
+    repo = tmp_path / "empty"
+    (repo / "fashion").mkdir(parents=True)
+    server = start_waiting(repo, log)
     try:
         for _ in range(6):
             assert not await ready(server.target)
@@ -364,5 +369,38 @@ async def test_a_first_deploy_waits_in_every_worker(model_repo, tmp_path, log) -
         await wait_until(lambda: ready(server.target))
         for _ in range(6):
             assert await ready(server.target)
+    finally:
+        assert server.stop() == 0
+
+
+async def test_a_worker_that_dies_while_all_wait_is_restarted_and_waits_too(
+    model_repo, tmp_path, log
+) -> None:
+    """A first deploy can wait for the training Job for hours: a worker lost meanwhile is
+    restarted (before, none was until the server had started: the pod never turned
+    ready), waits with the others, and takes the first model with them."""
+    repo = tmp_path / "empty"
+    (repo / "fashion").mkdir(parents=True)
+    server = start_waiting(repo, log)
+    try:
+        victim = workers_of(server)[0]
+        os.kill(victim, signal.SIGKILL)
+        await wait_until(lambda: restarts(server) == 1)
+        await wait_until(lambda: re.search(r"worker 0 \(pid \d+\) is back", log.read_text()))
+        assert victim not in workers_of(server) and len(workers_of(server)) == 2
+        for _ in range(12):  # fresh connections: both workers, the new one too, wait
+            async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await pb_grpc.PredictionServiceStub(ch).Predict(
+                        pb.PredictRequest(images=[IMAGE]), timeout=10
+                    )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "waiting for a model in" in (refused.value.details() or "")
+        publish(model_repo, repo, "fashion", 1)
+        server.process.send_signal(signal.SIGHUP)
+        await wait_until(lambda: ready(server.target))
+        for _ in range(12):
+            assert await ready(server.target)
+        assert scrape(server)["fashion_workers{state=ready}"] == 2
     finally:
         assert server.stop() == 0
