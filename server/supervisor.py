@@ -86,6 +86,7 @@ class Supervisor:
         # Resolved once: the default "models" is relative to where the server was started.
         self._where = os.path.abspath(settings.model_repo)
         self.coordinator = Coordinator(self.workers)
+        self._opened = False  # every worker listened: from here on a lost one is restarted
         self._started = False  # the workers were told to serve
         # While every worker waits for a first model: what they refuse calls with (a worker
         # restarted meanwhile is told to wait too). None before that, and once started.
@@ -131,12 +132,17 @@ class Supervisor:
         opening = asyncio.ensure_future(self._open_all())
         if await self._wait_or_stop(opening):
             return 0
+        for worker in self.workers:
+            process = worker.process
+            if worker.listening.is_set() and process and process.returncode is not None:
+                worker.failed = f"exited ({process.returncode}) after it opened its ports"
         failed = [w for w in self.workers if not w.listening.is_set() or w.failed]
         if failed:
             logger.error("cannot start: worker %d: %s", failed[0].index, failed[0].failed)
             return 1
         for worker in self.workers:
             worker.joined = True
+        self._opened = True  # no await since the check above: a worker lost now is restarted
         lines = {"port": self.ports[0], "metrics": self.metrics_port, "http": max(self.ports[1], 0)}
         while True:
             try:
@@ -354,7 +360,7 @@ class Supervisor:
             await worker.channel.close()
         if self._stopping or self._stop.is_set():
             return
-        if not self._started and self._waiting is None:  # _start fails on it and exits 1
+        if not self._opened:  # _start fails on it and exits 1
             return
         # What it counted stays counted: the sums of the survivors never go down.
         for key, (family, value) in cumulative_samples(worker.families).items():
@@ -413,9 +419,9 @@ class Supervisor:
                 await self.coordinator.ask(worker, "peers", ready=False)
                 if self._started:
                     await self.coordinator.ask(worker, "start")
-                else:  # the others wait for a first model: so does it (the lock holds that)
-                    assert self._waiting is not None
+                elif self._waiting is not None:  # the others wait for a first model
                     await self.coordinator.ask(worker, "wait", refusal=self._waiting)
+                # else: _start is still looking; what it tells every worker next reaches it
             except ChannelClosed:  # it died (or was killed) while joining: try again
                 worker.joined = False
                 worker.failed = "it went away while joining"
