@@ -117,10 +117,11 @@ class Supervisor:
             return 1
         for worker in self.workers:
             await self._spawn(worker)
+        # Watching from the start: a first deploy may wait hours for its model.
+        self._spawn_task(self.watchdog.run(self._stop), "watchdog")
         code = await self._start()
         if code is None:
             self._spawn_task(self._watch(), "model-watcher")
-            self._spawn_task(self.watchdog.run(self._stop), "watchdog")
             self._spawn_task(self.metrics.sample(self._stop), "metrics-sampler")
             await self._stop.wait()
             code = 0
@@ -461,6 +462,7 @@ class Supervisor:
     async def _shutdown(self, code: int) -> int:
         """SIGTERM to every worker; each drains as one server does; 0 only if all exit 0."""
         self._stopping = True
+        self._stop.set()  # (already, unless the start failed): no restart, no watchdog now
         logger.info(
             "shutdown: draining %d workers for up to %.1f s", self.count, self.settings.grace_s
         )

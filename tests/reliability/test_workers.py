@@ -342,7 +342,7 @@ async def test_an_explicit_load_reaches_every_worker_or_none(repo, log, model_re
         assert server.stop() == 0
 
 
-def start_waiting(repo: Path, log: Path) -> ServerProcess:
+def start_waiting(repo: Path, log: Path, *extra: str) -> ServerProcess:
     """``--workers 2 --wait-for-model`` on ``repo`` (empty): started once it waits."""
     from bench.serverproc import start_process
     from server.main import WAITING_LINE
@@ -350,7 +350,7 @@ def start_waiting(repo: Path, log: Path) -> ServerProcess:
     command = [
         os.sys.executable, "-m", "server.main", "--model-repo", str(repo), "--workers", "2",
         "--port", "0", "--metrics-port", "0", "--http-port", "-1", "--wait-for-model",
-        "--poll-interval-s", "0", "--log-level", "info",
+        "--poll-interval-s", "0", "--log-level", "info", *extra,
     ]  # fmt: skip
     with log.open("a") as stderr:
         return start_process(command, WAITING_LINE.split("{")[0], 60, stderr=stderr)
@@ -378,16 +378,23 @@ async def test_a_worker_that_dies_while_all_wait_is_restarted_and_waits_too(
 ) -> None:
     """A first deploy can wait for the training Job for hours: a worker lost meanwhile is
     restarted (before, none was until the server had started: the pod never turned
-    ready), waits with the others, and takes the first model with them."""
+    ready), waits with the others, and takes the first model with them. The watchdog
+    watches the waiting workers too."""
     repo = tmp_path / "empty"
     (repo / "fashion").mkdir(parents=True)
-    server = start_waiting(repo, log)
+    server = start_waiting(repo, log, "--worker-timeout-s", "2")
     try:
-        victim = workers_of(server)[0]
+        victim, hung = workers_of(server)
         os.kill(victim, signal.SIGKILL)
         await wait_until(lambda: restarts(server) == 1)
-        await wait_until(lambda: re.search(r"worker 0 \(pid \d+\) is back", log.read_text()))
-        assert victim not in workers_of(server) and len(workers_of(server)) == 2
+        await wait_until(lambda: re.search(r"worker \d \(pid \d+\) is back", log.read_text()))
+        os.kill(hung, signal.SIGSTOP)
+        await wait_until(lambda: restarts(server) == 2)
+        await wait_until(lambda: len(re.findall(r"\(pid \d+\) is back", log.read_text())) == 2)
+        metrics = scrape(server)
+        assert metrics["fashion_worker_restarts_total{reason=signal SIGKILL}"] == 1
+        assert metrics["fashion_worker_restarts_total{reason=unresponsive}"] == 1
+        assert not {victim, hung} & set(workers_of(server)) and len(workers_of(server)) == 2
         for _ in range(12):  # fresh connections: both workers, the new one too, wait
             async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
