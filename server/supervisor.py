@@ -359,9 +359,8 @@ class Supervisor:
         worker.joined = False
         if worker.channel is not None:
             await worker.channel.close()
-        if self._stopping or self._stop.is_set():
-            return
-        if not self._opened:  # _start fails on it and exits 1
+        # Stopping (shutdown sets _stop too), or still opening: _start fails on it, exit 1.
+        if self._stop.is_set() or not self._opened:
             return
         # What it counted stays counted: the sums of the survivors never go down.
         for key, (family, value) in cumulative_samples(worker.families).items():
@@ -388,7 +387,7 @@ class Supervisor:
         worker.restarts = 0 if ran > STABLE_S else worker.restarts + 1
         delay = min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** max(0, worker.restarts - 1))
         while not self._stop.is_set():
-            if await self._wait_or_stop(asyncio.sleep(delay)) or self._stopping:
+            if await self._wait_or_stop(asyncio.sleep(delay)):
                 return
             await self._spawn(worker)
             await self._listening(worker)
