@@ -174,7 +174,10 @@ def parse_and_decode(
     try:
         images, error = decode_images(parsed, max_images), None
     except InvalidInput as exc:
-        images, error = None, exc
+        # Without its traceback: the traceback's frames hold the parsed body, and the
+        # error returned from this frame would make that a cycle that keeps the whole
+        # body (all its numbers as Python objects) until the next full collection.
+        images, error = None, exc.with_traceback(None)
     return dataclasses.replace(parsed, inputs=[], binary=b"", images=images, decode_error=error)
 
 

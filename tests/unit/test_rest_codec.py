@@ -3,6 +3,7 @@ protobuf -> JSON that protobuf's own parser reads back, and the one HTTP status 
 
 from __future__ import annotations
 
+import gc
 import json
 
 import numpy as np
@@ -166,6 +167,30 @@ def test_parse_and_decode_sends_back_only_images_and_keeps_a_decode_error_for_la
         REST_INFER.decode(parsed, MAX_IMAGES)
     with pytest.raises(InvalidInput, match="not valid JSON"):  # structure: raised at once
         parse_and_decode(b"{", None, model_name="m", model_version="", max_images=MAX_IMAGES)
+
+
+def test_a_body_refused_in_the_parse_worker_is_freed_at_once() -> None:
+    """A decoding error sent back from the parse worker holds no traceback: its frames
+    hold the parsed body, and the error returned from them would be a reference cycle
+    that keeps every number of the body as a Python object until the worker's next full
+    collection (measured: a worker grew to 323 MiB on twenty refused 3 MB bodies)."""
+    bad = json.dumps(
+        {"inputs": [{"name": "images", "datatype": "FP32", "shape": [2, 28, 28],
+                     "data": [0.123456789] * (2 * 784)}]}
+    ).encode()  # fmt: skip
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        parsed = parse_and_decode(bad, None, model_name="m", model_version="", max_images=8)
+        error = parsed.decode_error
+        assert isinstance(error, InvalidInput) and "divided by 255" in str(error)
+        assert error.__traceback__ is None
+        del parsed, error
+        assert gc.collect() == 0, "the refused body was kept by a reference cycle"
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def test_header_length_must_be_a_count_within_the_body() -> None:
