@@ -21,10 +21,10 @@ from prometheus_client import (
     GCCollector,
     Histogram,
     PlatformCollector,
-    ProcessCollector,
 )
 
 from server.cgroup import MemoryLimitCollector
+from server.process_metrics import ProcessTree, this_process
 from server.statistics import InferenceStatistics
 
 if TYPE_CHECKING:
@@ -129,7 +129,9 @@ class Metrics:
         if not worker:
             # A fresh registry has none of the default collectors: resident memory, CPU
             # seconds, open fds and start time are what dashboards and alerts expect.
-            ProcessCollector(registry=registry)
+            # prometheus_client's ProcessCollector, plus the processes this one started
+            # (the REST parse worker): their memory counts against the same limit.
+            registry.register(ProcessTree(this_process))
             PlatformCollector(registry=registry)
             GCCollector(registry=registry)
             registry.register(MemoryLimitCollector())

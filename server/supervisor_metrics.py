@@ -2,7 +2,8 @@
 
 * every worker's exposition, read when scraped and every few seconds besides, merged
   by :func:`server.metrics_merge.merge` (with what dead workers had counted);
-* ``process_*`` for the supervisor and each worker, labelled ``process``;
+* ``process_*`` for the supervisor, each worker and the processes a worker started,
+  labelled ``process`` (``supervisor``, ``worker-0``, ``worker-0/rest-parse``, …);
 * ``fashion_server_ready`` (every worker ready), ``fashion_workers{state}``,
   ``fashion_worker_restarts_total{reason}``, the memory limit, ``python_info``.
 """
@@ -11,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 from collections.abc import Iterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, PlatformCollector
 from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -25,6 +25,7 @@ from server.cgroup import MemoryLimitCollector
 from server.coordinator import ASK_TIMEOUT_S, Coordinator
 from server.http import HttpServer
 from server.metrics_merge import merge, parse
+from server.process_metrics import Root, labelled, process_families
 
 # How often the supervisor reads every worker's counters (what a dead worker leaves behind).
 SAMPLE_EVERY_S = 2.0
@@ -107,26 +108,17 @@ class SupervisorMetrics:
 
 
 class _Processes(Collector):
-    """``process_*`` for the supervisor and every worker, labelled ``process``: summed by
-    job and instance they are the pod's, which is what memory alerts divide by its limit."""
+    """``process_*`` for the supervisor, every worker and what each worker started (its REST
+    parse worker), labelled ``process``: summed by job and instance they are the pod's,
+    which is what memory alerts divide by its limit."""
 
     def __init__(self, coordinator: Coordinator) -> None:
         self._coordinator = coordinator
 
     def collect(self) -> Iterator[Metric]:
-        processes = [("supervisor", os.getpid())] + [
-            (f"worker-{w.index}", w.pid) for w in self._coordinator.workers if w.pid is not None
-        ]
-        families: dict[str, Metric] = {}
-        for label, pid in processes:
-            collector = ProcessCollector(pid=functools.partial(int, pid), registry=None)
-            for family in collector.collect():
-                total = families.setdefault(
-                    family.name, Metric(family.name, family.documentation, family.type)
-                )
-                for sample in family.samples:
-                    total.add_sample(sample.name, {**sample.labels, "process": label}, sample.value)
-        yield from families.values()
+        roots: list[Root] = [("supervisor", os.getpid())]
+        roots += [(f"worker-{w.index}", w.pid) for w in self._coordinator.workers if w.pid]
+        yield from process_families(labelled(roots))
 
 
 class _Merged(Collector):

@@ -27,6 +27,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from bench.memory import large_json_body, post
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server.app import SETTLE_S
@@ -400,9 +401,27 @@ def scrape(deployment: Deployment) -> str:
         return response.read().decode()
 
 
+def start_every_rest_parse_worker(deployment: Deployment, workers: int) -> str:
+    """The largest REST JSON bodies a request may hold (256 images), on fresh connections,
+    until every worker has started its REST parse worker (in the scrape): the pod's memory
+    as its limit must allow it. The scrape that shows them all."""
+    docs = render("overlays/cpu")
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    (http,) = [p["containerPort"] for p in container["ports"] if p["name"] == "http"]
+    url = f"http://{deployment.server.address(http)}/v2/models/fashion/infer"
+    body = large_json_body(256)
+    wanted = {f'process="worker-{i}/rest-parse"' for i in range(workers)}
+    for _ in range(80):
+        assert post(url, body) == 200
+        text = scrape(deployment)
+        if all(label in text for label in wanted):
+            return text
+    raise AssertionError(f"80 bodies did not reach every worker: {wanted}")
+
+
 def test_metrics_scrape_passes_promtool_and_has_process_series(deployment: Deployment) -> None:
     deployment.ensure_model()
-    text = scrape(deployment)
+    text = start_every_rest_parse_worker(deployment, workers=2)
     result = subprocess.run(
         [promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )
@@ -410,7 +429,11 @@ def test_metrics_scrape_passes_promtool_and_has_process_series(deployment: Deplo
     # The standard series of every exporter, measured inside the container: with the
     # Deployment's workers (one per CPU of the limit: 2), one per process, labelled.
     series = {line.split()[0] for line in text.splitlines() if line and line[0] != "#"}
-    processes = {"supervisor", "worker-0", "worker-1"}
+    # Each worker's REST parse worker and multiprocessing's resource tracker are reported
+    # too: they hold memory the pod's limit counts.
+    processes = {"supervisor"} | {
+        f"worker-{i}{child}" for i in (0, 1) for child in ("", "/rest-parse", "/resource-tracker")
+    }
     for name in (
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
@@ -427,6 +450,7 @@ def test_metrics_scrape_passes_promtool_and_has_process_series(deployment: Deplo
         for line in text.splitlines()
         if line.startswith("process_resident_memory_bytes{")
     ]
+    # Every worker has served 256-image batches and parsed 256-image JSON bodies.
     assert 0 < sum(rss) < 1024**3, "the pod's memory limit is 1 GiB: every process together"
 
 

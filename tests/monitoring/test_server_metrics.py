@@ -1,6 +1,7 @@
 """The series the rules and the dashboard read, from a real server: readiness, queue
 capacity and the memory limit follow the server's state; every metric name the rules and
 the dashboard use exists, in one process and behind a ``--workers 2`` supervisor; the
+``process_*`` series cover every process the server started (the REST parse workers); the
 exposition passes ``promtool check metrics``."""
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from pathlib import Path
 
 import grpc
 
-from bench.serverproc import start_server
+from bench.memory import large_json_body, post
+from bench.serverproc import descendants, memory_mib, start_server
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server.app import App
 from server.cgroup import memory_limit_bytes
+from server.process_metrics import role
 from tests.e2e.conftest import Samples, parse_samples
 from tests.monitoring import dashboard, rules
 from tests.monitoring.prometheus import promtool
@@ -128,6 +131,63 @@ async def test_every_metric_the_rules_and_dashboard_read_is_exported(
         assert await asyncio.to_thread(server.stop) == 0
     missing = used - names_exported(text)
     assert missing == set(), "read by rules or dashboard, not exported with --workers 2"
+
+
+def resident_by_label(text: str) -> dict[str, float]:
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("process_resident_memory_bytes"):
+            series, value = line.rsplit(" ", 1)
+            label = re.search(r'process="([^"]*)"', series)
+            found[label.group(1) if label else ""] = float(value)
+    return found
+
+
+def parse_workers_started(pid: int, workers: int) -> bool:
+    """Every server process (the one, or each worker) has started its REST parse worker."""
+    started = [c for c in descendants(pid) if role(c) == "rest-parse"]
+    return len(started) == workers
+
+
+async def test_memory_series_count_every_process_the_server_started(model_repo: Path) -> None:
+    """The REST parse worker, started by the first large JSON body, and multiprocessing's
+    resource tracker beside it hold ~70 MiB per server process: the memory rule and the
+    dashboard sum ``process_resident_memory_bytes`` against the pod's limit, so they are in
+    it, labelled by what they are (and below which worker), and the sum is the sum of
+    every process's resident memory. One process, then ``--workers 2``."""
+    body = large_json_body(64)
+    for workers in (1, 2):
+        args = ["--workers", str(workers)]
+        server = await asyncio.to_thread(start_server, model_repo, args)
+        try:
+            url = f"http://127.0.0.1:{server.http_port}/v2/models/fashion/infer"
+
+            for _ in range(60):
+                assert await asyncio.to_thread(post, url, body) == 200
+                if parse_workers_started(server.pid, workers):
+                    break
+            assert parse_workers_started(server.pid, workers), "some worker got no large body"
+            text = await scrape(server.metrics_port)
+            processes = [server.pid, *descendants(server.pid)]
+            on_proc = sum(memory_mib(pid)["rss_mib"] for pid in processes) * 2**20
+        finally:
+            assert await asyncio.to_thread(server.stop) == 0
+        found = resident_by_label(text)
+        children = {"rest-parse", "resource-tracker"}
+        if workers == 1:
+            expected = {""} | children
+        else:
+            expected = {"supervisor"} | {
+                f"worker-{i}{child}"
+                for i in range(workers)
+                for child in ("", "/rest-parse", "/resource-tracker")
+            }
+        assert set(found) == expected
+        assert len(processes) == len(expected)
+        # Read a moment apart: within a few per cent of each other.
+        assert abs(sum(found.values()) - on_proc) < 0.05 * on_proc, (found, on_proc)
+        result = promtool("check", "metrics", stdin=text)
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 async def test_exposition_passes_promtool_check_metrics(start_app) -> None:

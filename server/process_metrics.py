@@ -1,0 +1,120 @@
+"""``process_*`` series for a server's processes *and the processes they started*.
+
+prometheus_client's ``ProcessCollector`` reports one process. A server process starts
+others: the REST parse worker (spawned by the first large JSON body, server/rest_worker.py)
+and, with it, multiprocessing's resource tracker. Together they hold about 80 MiB once
+started (docs/PERFORMANCE.md, "Workers, measured"), counted against the pod's memory
+limit like their parent's and invisible to ``sum(process_resident_memory_bytes)``, which
+the memory rule and the dashboard divide by that limit, unless they are reported too.
+
+Each process named by the caller (a *root*: the server itself, or the supervisor and each
+worker) is reported with its own ``process`` label, or none; each process below a root
+(found in /proc, its subtree not entered where it is itself a root) with
+``process="<root's label>/<role>"``: ``rest-parse``, ``resource-tracker``, or its command
+name. Light: the supervisor imports this (no grpc, numpy or onnxruntime).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from prometheus_client import ProcessCollector
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+PROC = Path("/proc")
+LABEL = "process"
+# A root: its ``process`` label (None: unlabelled, a single server's own series) and pid.
+Root = tuple[str | None, int]
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+        return int(stat[stat.rindex(")") + 2 :].split()[1])  # the name may contain spaces
+    except (OSError, ValueError, IndexError):
+        return None  # gone while we looked, or not Linux
+
+
+def children_by_parent() -> dict[int, list[int]]:
+    """Every live process's children, from /proc (empty where there is no /proc)."""
+    found: dict[int, list[int]] = {}
+    try:
+        entries = [int(e.name) for e in PROC.iterdir() if e.name.isdigit()]
+    except OSError:
+        return found
+    for pid in entries:
+        parent = _parent(pid)
+        if parent is not None:
+            found.setdefault(parent, []).append(pid)
+    return found
+
+
+def role(pid: int) -> str:
+    """What a child process is, for its label: stable across its restarts (no pid)."""
+    try:
+        command = (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "gone"
+    if "multiprocessing.resource_tracker" in command:
+        return "resource-tracker"
+    if "multiprocessing.spawn" in command or "--multiprocessing-fork" in command:
+        return "rest-parse"  # the only multiprocessing pool a server starts
+    try:
+        return (PROC / str(pid) / "comm").read_text().strip() or "child"
+    except OSError:
+        return "gone"
+
+
+def labelled(roots: Sequence[Root]) -> list[tuple[str | None, int]]:
+    """The roots, then every process below each of them, each with its ``process`` label."""
+    tree = children_by_parent()
+    rooted = {pid for _, pid in roots}
+    out: list[tuple[str | None, int]] = list(roots)
+    taken = {label for label, _ in roots}
+    for label, pid in roots:
+        todo = [c for c in tree.get(pid, []) if c not in rooted]
+        while todo:
+            child = todo.pop(0)
+            name = role(child) if label is None else f"{label}/{role(child)}"
+            unique, n = name, 2
+            while unique in taken:  # two children of one role: both reported
+                unique, n = f"{name}-{n}", n + 1
+            taken.add(unique)
+            out.append((unique, child))
+            todo += [c for c in tree.get(child, []) if c not in rooted]
+    return out
+
+
+def process_families(processes: Sequence[tuple[str | None, int]]) -> Iterator[Metric]:
+    """ProcessCollector's families for each process, merged: one family per name, each
+    process's samples labelled (or not, for a None label)."""
+    families: dict[str, Metric] = {}
+    for label, pid in processes:
+        collector = ProcessCollector(pid=functools.partial(int, pid), registry=None)
+        for family in collector.collect():
+            merged = families.setdefault(
+                family.name, Metric(family.name, family.documentation, family.type)
+            )
+            for sample in family.samples:
+                labels = sample.labels if label is None else {**sample.labels, LABEL: label}
+                merged.add_sample(sample.name, labels, sample.value)
+    yield from families.values()
+
+
+class ProcessTree(Collector):
+    """``process_*`` of the roots ``roots()`` returns and of every process below them."""
+
+    def __init__(self, roots: Callable[[], Sequence[Root]]) -> None:
+        self._roots = roots
+
+    def collect(self) -> Iterator[Metric]:
+        yield from process_families(labelled(self._roots()))
+
+
+def this_process() -> list[Root]:
+    """A single server: its own series unlabelled (as ever), its children labelled."""
+    return [(None, os.getpid())]

@@ -1,0 +1,82 @@
+"""``process_*`` for a process tree (server/process_metrics.py), on real processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import resource_tracker
+
+import pytest
+
+from server.process_metrics import labelled, process_families, role
+
+# A parent that starts two sleeping children of the same command, then sleeps.
+PARENT = (
+    "import subprocess, sys, time\n"
+    "kids = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])"
+    " for _ in range(2)]\n"
+    "print(' '.join(str(k.pid) for k in kids), flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+@pytest.fixture
+def tree() -> Iterator[tuple[int, list[int]]]:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    kids = [int(pid) for pid in parent.stdout.readline().split()]
+    try:
+        yield parent.pid, kids
+    finally:
+        for pid in kids:
+            os.kill(pid, 9)
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+
+
+def test_children_are_labelled_below_their_root_and_never_twice(tree) -> None:
+    parent, kids = tree
+    found = dict(labelled([("worker-0", parent)]))
+    assert found.pop("worker-0") == parent
+    # Two children of one command: both reported, under distinct labels.
+    assert sorted(found.values()) == sorted(kids)
+    first, second = sorted(found)
+    assert first.startswith("worker-0/python") and second == first + "-2"
+
+
+def test_a_root_below_another_root_is_reported_once_as_itself(tree) -> None:
+    parent, kids = tree
+    found = labelled([("supervisor", parent), ("worker-0", kids[0])])
+    assert [pid for _, pid in found].count(kids[0]) == 1
+    assert ("worker-0", kids[0]) in found
+    assert [pid for label, pid in found if label and label.startswith("supervisor/")] == [kids[1]]
+
+
+def test_an_unlabelled_root_keeps_its_series_unlabelled(tree) -> None:
+    parent, _ = tree
+    families = {f.name: f for f in process_families(labelled([(None, parent)]))}
+    samples = families["process_resident_memory_bytes"].samples
+    assert [s.labels for s in samples if "process" not in s.labels] == [{}]
+    assert len([s for s in samples if s.labels.get("process", "").startswith("python")]) == 2
+    assert all(s.value > 0 for s in samples)
+
+
+def test_a_process_that_is_gone_is_left_out() -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert all(not family.samples for family in process_families([("worker-0", gone.pid)]))
+
+
+def test_the_rest_parse_worker_and_the_resource_tracker_are_named() -> None:
+    """What server/rest_worker.py starts: a spawned pool process, and the tracker."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert pool.submit(os.getpid).result(timeout=60) != os.getpid()
+        (worker,) = pool._processes  # the test's own pool
+        assert role(worker) == "rest-parse"
+        tracker = resource_tracker._resource_tracker._pid
+        assert tracker is not None and role(tracker) == "resource-tracker"
