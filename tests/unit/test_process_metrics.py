@@ -12,6 +12,7 @@ from multiprocessing import resource_tracker
 
 import pytest
 
+from server import process_metrics
 from server.process_metrics import labelled, process_families, role
 
 # A parent that starts two sleeping children of the same command, then sleeps.
@@ -47,6 +48,16 @@ def test_children_are_labelled_below_their_root_and_never_twice(tree) -> None:
     assert sorted(found.values()) == sorted(kids)
     first, second = sorted(found)
     assert first.startswith("worker-0/python") and second == first + "-2"
+
+
+def test_the_kernels_lists_and_a_scan_of_proc_find_the_same_children(tree, monkeypatch) -> None:
+    parent, kids = tree
+    assert process_metrics._kernel_lists_children(), "Linux lists children (CONFIG_PROC_CHILDREN)"
+    assert sorted(process_metrics._listed_children(parent)) == sorted(kids)
+    assert sorted(process_metrics.children_by_parent()[parent]) == sorted(kids)
+    listed = labelled([("worker-0", parent)])
+    monkeypatch.setattr(process_metrics, "_kernel_lists_children", lambda: False)
+    assert labelled([("worker-0", parent)]) == listed
 
 
 def test_a_root_below_another_root_is_reported_once_as_itself(tree) -> None:
