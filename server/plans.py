@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from server.routing import Route
-from server.served import ServedVersion
+if TYPE_CHECKING:  # annotations only: server.worker imports this module, and a worker's
+    # REST parse worker (spawned) imports server.worker again, which must stay light
+    from server.routing import Route
+    from server.served import ServedVersion
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,6 @@ import orjson
 
 from server.contract import INPUT_NAME, NUM_CLASSES, OUTPUT_DATATYPE, OUTPUT_NAME
 from server.errors import InvalidInput
-from server.model import LoadedModel
 from server.request_context import check_request_id
 from server.target import Target
 from server.tensor import (

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -191,6 +193,19 @@ def test_a_body_refused_in_the_parse_worker_is_freed_at_once() -> None:
     finally:
         if enabled:
             gc.enable()
+
+
+def test_the_parse_worker_loads_neither_onnxruntime_nor_grpc() -> None:
+    """The REST parse worker is spawned: it imports the parent's main module again
+    (``server.main``, or ``server.worker`` with --workers), then this codec. onnxruntime
+    alone added ~17 MiB to every worker's parse worker when the codec imported the model
+    module and the worker module imported the model plans' types."""
+    code = (
+        "import sys, server.main, server.worker, server.rest_codec; "
+        "print(sorted(m for m in ('grpc', 'onnxruntime', 'aiohttp') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_header_length_must_be_a_count_within_the_body() -> None:
