@@ -3,6 +3,7 @@ Kubernetes versions, and agrees with the server's settings, the images and itsel
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -322,6 +323,76 @@ def test_a_hung_worker_is_replaced_before_liveness_restarts_the_container(overla
     # kills a silent worker within --worker-timeout-s plus one ping interval.
     earliest_restart_s = live["periodSeconds"] * (live["failureThreshold"] - 1)
     assert 0 < settings.worker_timeout_s + PING_EVERY_S < earliest_restart_s
+
+
+MEMORY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "": 1}
+# What a pod is expected to hold, below its memory limit: 90 % is where
+# FashionServingMemoryNearLimit fires.
+ALERT_FRACTION = 0.9
+
+
+def memory_mib(quantity: str | int) -> float:
+    match = re.fullmatch(r"(\d+)(Ki|Mi|Gi|)", str(quantity))
+    assert match, f"not a memory quantity this test reads: {quantity}"
+    return int(match[1]) * MEMORY_UNITS[match[2]] / 2**20
+
+
+def measured_memory_mib(workers: int) -> float:
+    """A pod of ``workers`` workers serving stable and a canary, each worker having computed
+    256-image batches and started its REST parse worker: from bench.memory's files in
+    docs/perf/workers (PERFORMANCE.md, "Workers, measured"), the largest of each figure."""
+    rows = json.loads((ROOT / "docs/perf/workers/memory.json").read_text())
+    versions = json.loads((ROOT / "docs/perf/workers/memory-versions.json").read_text())
+    supervisor = max(r["supervisor_mib"] for r in rows if r["workers"] > 1)
+    worker = max(
+        grown + parse
+        for r in rows
+        for grown, parse in zip(
+            r["worker_mib_after_256_image_bodies"], r["rest_parse_mib"], strict=True
+        )
+    )
+    # A further version: its sessions, and their arena once they compute 256 images.
+    arena = max(
+        after - before
+        for r in rows
+        for after, before in zip(
+            r["worker_mib_after_256_image_bodies"],
+            r["worker_mib"] or [r["process_mib"]],
+            strict=True,
+        )
+    )
+    first, last = versions[0], versions[-1]
+    per_version = (last["process_mib"] - first["process_mib"]) / (
+        last["versions"] - first["versions"]
+    )
+    canary = per_version + arena
+    if workers == 1:
+        one = [r for r in rows if r["workers"] == 1]
+        return max(r["total_with_rest_parse_mib"] for r in one) + canary
+    return supervisor + workers * (worker + canary)
+
+
+def server_pods() -> list[tuple[str, dict[str, Any], Settings]]:
+    found = []
+    for overlay in OVERLAYS:
+        docs = render(f"overlays/{overlay}")
+        found.append((overlay, server_container(docs), settings_of(overlay)))
+    (container,) = one(render("kserve"), "InferenceService")["spec"]["predictor"]["containers"]
+    found.append(("kserve", container, load_settings([], container_env(container, []))))
+    return found
+
+
+def test_the_memory_limit_holds_every_worker_with_a_canary() -> None:
+    """Workers follow the CPU limit; the memory limit must follow them (measured memory of
+    N workers with stable and a canary, each having served the largest requests over JSON,
+    below the alert's 90 %). Raising the CPU limit alone (4 workers in 1 GiB) fails here.
+    On the GPU overlay this is the host memory measured on CPU: a lower bound."""
+    for name, container, settings in server_pods():
+        limit = memory_mib(container["resources"]["limits"]["memory"])
+        needed = measured_memory_mib(settings.worker_count)
+        assert needed < ALERT_FRACTION * limit, (name, settings.worker_count, needed, limit)
+    # The check can fail: the CPU overlay's 1 GiB would not hold 4 workers.
+    assert measured_memory_mib(4) > ALERT_FRACTION * memory_mib("1Gi")
 
 
 def all_pods() -> list[tuple[str, str, dict[str, Any]]]:
