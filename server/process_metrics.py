@@ -85,6 +85,15 @@ def children_of() -> Callable[[int], list[int]]:
     return lambda pid: tree.get(pid, [])
 
 
+def state(pid: int) -> str:
+    """Its state letter from /proc (``Z``: ended, not yet waited for); "" when gone."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+        return stat[stat.rindex(")") + 2]
+    except (OSError, ValueError, IndexError):
+        return ""
+
+
 def role(pid: int) -> str:
     """What a child process is, for its label: stable across its restarts (no pid)."""
     try:
@@ -111,6 +120,8 @@ def labelled(roots: Sequence[Root]) -> list[tuple[str | None, int]]:
         todo = [c for c in sorted(children(pid)) if c not in rooted]
         while todo:
             child = todo.pop(0)
+            if state(child) in ("Z", ""):
+                continue  # ended: it holds nothing (and is waited for by its parent)
             name = role(child) if label is None else f"{label}/{role(child)}"
             unique, n = name, 2
             while unique in taken:  # two children of one role: both reported

@@ -10,7 +10,8 @@ Bounded: at most ``max_pending_bytes`` of bodies wait for or are in the worker (
 body always fits); beyond it 429 at once, counted in
 ``fashion_rejected_requests_total{reason="http_parse_queue_full"}``. The worker is
 started by the first large body (spawned: a fork would copy gRPC's threads), and
-started again after it dies (that body is answered 503, retry).
+started again after it dies (that body is answered 503, retry). It dies with the server
+process that started it, however that ends (:mod:`server.orphans`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -25,6 +27,7 @@ from functools import partial
 
 from server.errors import ModelNotReady
 from server.http_body import Busy
+from server.orphans import die_with
 from server.rest_codec import InferBody, parse_and_decode
 
 logger = logging.getLogger(__name__)
@@ -45,7 +48,10 @@ class ParseWorker:
         if self._executor is None:
             try:
                 self._executor = ProcessPoolExecutor(
-                    1, mp_context=multiprocessing.get_context("spawn")
+                    1,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=die_with,
+                    initargs=(os.getpid(),),
                 )
             except (OSError, ImportError, NotImplementedError) as exc:
                 # No working semaphores (e.g. no writable /dev/shm): still one at a time and

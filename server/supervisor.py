@@ -54,6 +54,7 @@ from server.coordinator import ASK_TIMEOUT_S, Coordinator, WorkerHandle, describ
 from server.errors import ConfigError, ServingError
 from server.main import READY_LINE, WAITING_LINE
 from server.metrics_merge import cumulative_samples
+from server.orphans import adopt_orphans, reap_until
 from server.supervisor_metrics import SupervisorMetrics
 from server.watchdog import Watchdog
 
@@ -68,6 +69,8 @@ STABLE_S = 60.0
 # The restart reason of a restarted worker that the supervisor stopped again because it could
 # not join its peers (it serves nothing the others serve, or did not open its ports in time).
 RETIRED = "did not come back"
+# How often ended orphans (a lost worker's REST parse processes) are waited for.
+REAP_EVERY_S = 1.0
 
 
 class Supervisor:
@@ -115,6 +118,10 @@ class Supervisor:
             logger.error("cannot start: %s", exc)
             self._release_ports()
             return 1
+        # What a lost worker leaves (its REST parse worker's processes) comes to us, here as
+        # in a container where we are PID 1, and is waited for (server/orphans.py).
+        adopt_orphans()
+        self._spawn_task(reap_until(self._stop, self._worker_pids, REAP_EVERY_S), "orphan-reaper")
         for worker in self.workers:
             await self._spawn(worker)
         # Watching from the start: a first deploy may wait hours for its model.
@@ -126,6 +133,10 @@ class Supervisor:
             await self._stop.wait()
             code = 0
         return await self._shutdown(code)
+
+    def _worker_pids(self) -> set[int]:
+        """The workers asyncio waits for: never reaped as orphans."""
+        return {w.pid for w in self.workers if w.pid is not None}
 
     async def _start(self) -> int | None:
         """Open every worker, load the models into all of them, then serve. None: serving;

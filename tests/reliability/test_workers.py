@@ -24,11 +24,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.memory import large_json_body, post
 from bench.serverproc import ServerProcess, descendants, start_server
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from server.process_metrics import children_by_parent, role, state
 from tests.e2e.conftest import Samples, parse_samples
 from tests.repos import publish
 
@@ -64,10 +66,14 @@ def workers_of(server: ServerProcess) -> list[int]:
     return sorted(descendants(server.pid))
 
 
-def scrape(server: ServerProcess) -> Samples:
+def exposition(server: ServerProcess) -> str:
     url = f"http://127.0.0.1:{server.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
-        return parse_samples(response.read().decode())
+        return response.read().decode()
+
+
+def scrape(server: ServerProcess) -> Samples:
+    return parse_samples(exposition(server))
 
 
 async def traffic(
@@ -175,6 +181,43 @@ async def test_a_killed_worker_is_restarted_and_only_its_requests_fail(repo, log
         # What the killed worker had counted stays counted (sampled every 2 s).
         assert metrics["fashion_requests_total{code=OK,method=Predict}"] <= outcomes["OK"]
         assert metrics["fashion_requests_total{code=OK,method=Predict}"] > outcomes["OK"] / 3
+    finally:
+        assert server.stop() == 0
+
+
+async def test_a_lost_workers_rest_parse_processes_end_with_it(repo, log) -> None:
+    """A worker killed outright cannot stop what it started (its REST parse worker and
+    multiprocessing's resource tracker): they lived on, reparented, ~55 MiB for every
+    worker lost. They end with it, and the supervisor waits for them: no zombie is left,
+    and /metrics reports no process that is not a worker's."""
+    server = start(repo, log)
+    try:
+        url = f"http://127.0.0.1:{server.http_port}/v2/models/fashion/infer"
+        body = large_json_body(64)
+
+        def both_started() -> bool:
+            assert post(url, body) == 200  # a connection of its own: either worker
+            workers = children_by_parent()[server.pid]
+            return all(any(role(c) == "rest-parse" for c in descendants(w)) for w in workers)
+
+        await wait_until(lambda: asyncio.to_thread(both_started))
+        victim = children_by_parent()[server.pid][0]
+        started = descendants(victim)
+        assert sorted(role(pid) for pid in started) == ["resource-tracker", "rest-parse"]
+        os.kill(victim, signal.SIGKILL)
+        # Gone, not even a zombie (pids are not reused within seconds).
+        await wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in started), 10)
+        await wait_until(lambda: restarts(server) == 1)
+        await wait_until(lambda: scrape(server)["fashion_server_ready{}"] == 1)
+        below = children_by_parent()[server.pid]
+        assert len(below) == 2 and victim not in below
+        assert not [pid for pid in below if state(pid) == "Z"]
+        text = exposition(server)
+        labels = set(re.findall(r'process_resident_memory_bytes\{process="([^"]+)"\}', text))
+        assert labels == {"supervisor", "worker-0", "worker-1", "worker-1/rest-parse",
+                          "worker-1/resource-tracker"} or labels == {
+            "supervisor", "worker-0", "worker-1", "worker-0/rest-parse",
+            "worker-0/resource-tracker"}, labels  # fmt: skip
     finally:
         assert server.stop() == 0
 
