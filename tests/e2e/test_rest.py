@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 
 import grpc
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 from client.oip import infer_request
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from server.process_metrics import children_of, role
 from server.rest_codec import message_json
 from tests.e2e.conftest import queued_images, scrape
 from tests.e2e.curl import Reply, curl
@@ -306,6 +309,35 @@ async def test_large_json_is_parsed_off_the_loop_with_the_same_answers(app, test
     assert reply.status == 400 and "nested too deeply" in reply.json()["error"]
 
 
+def parse_workers() -> list[int]:
+    """The REST parse workers this (test) process has started: the running app's only."""
+    return [c for c in children_of()(os.getpid()) if role(c) == "rest-parse"]
+
+
+async def test_a_killed_parse_worker_costs_at_most_its_request_and_comes_back(app, test_set):
+    """The parse worker killed (say by the OOM killer): the body it had, or the next one,
+    gets 503 and a retry hint, never a hang or a 500; the one after starts a new worker and
+    is answered; gRPC never noticed."""
+    images = test_set[0][:40]
+    body = json_body(images, datatype="FP32", nested=True)
+    assert (await infer(app, body)).status == 200
+    (first,) = parse_workers()
+    os.kill(first, signal.SIGKILL)
+    statuses = []
+    for _ in range(5):
+        reply = await infer(app, body)
+        statuses.append(reply.status)
+        if reply.status == 503:
+            assert "parser was restarted; retry" in reply.json()["error"]
+        if reply.status == 200:
+            break
+    assert statuses[-1] == 200 and statuses.count(503) <= 1, statuses
+    np.testing.assert_array_equal(probabilities_of(reply), await grpc_probabilities(app, images))
+    (second,) = parse_workers()
+    assert second != first
+    await assert_still_serving(app)
+
+
 async def test_body_above_max_message_bytes_is_refused_declared_or_chunked(start_app) -> None:
     app = await start_app(max_message_bytes=64 * 1024)
     body = json_body(np.full((40, 28, 28), 200, np.uint8))  # ~125 KiB of JSON
@@ -427,8 +459,9 @@ async def test_shutdown_lets_an_in_flight_rest_request_finish(start_app, faults)
 
 async def test_unreadable_body_is_400_not_500(app, caplog) -> None:
     """``Content-Encoding: gzip`` on bytes that are not gzip: a client mistake, not ours."""
-    reply = await infer(app, json_body(np.zeros((1, 28, 28), np.uint8)), "-H",
-                        "Content-Encoding: gzip")
+    reply = await infer(
+        app, json_body(np.zeros((1, 28, 28), np.uint8)), "-H", "Content-Encoding: gzip"
+    )
     assert reply.status == 400, reply.body
     assert "the request body cannot be read" in reply.json()["error"]
     assert "unexpected error" not in caplog.text
