@@ -63,7 +63,8 @@ def start(repo: Path, log: Path, *extra: str) -> ServerProcess:
 
 
 def workers_of(server: ServerProcess) -> list[int]:
-    return sorted(descendants(server.pid))
+    """The supervisor's children (not what they started: REST parse workers)."""
+    return sorted(children_by_parent().get(server.pid, []))
 
 
 def exposition(server: ServerProcess) -> str:
@@ -197,11 +198,11 @@ async def test_a_lost_workers_rest_parse_processes_end_with_it(repo, log) -> Non
 
         def both_started() -> bool:
             assert post(url, body) == 200  # a connection of its own: either worker
-            workers = children_by_parent()[server.pid]
+            workers = workers_of(server)
             return all(any(role(c) == "rest-parse" for c in descendants(w)) for w in workers)
 
         await wait_until(lambda: asyncio.to_thread(both_started))
-        victim = children_by_parent()[server.pid][0]
+        victim = workers_of(server)[0]
         started = descendants(victim)
         assert sorted(role(pid) for pid in started) == ["resource-tracker", "rest-parse"]
         os.kill(victim, signal.SIGKILL)
@@ -209,7 +210,7 @@ async def test_a_lost_workers_rest_parse_processes_end_with_it(repo, log) -> Non
         await wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in started), 10)
         await wait_until(lambda: restarts(server) == 1)
         await wait_until(lambda: scrape(server)["fashion_server_ready{}"] == 1)
-        below = children_by_parent()[server.pid]
+        below = workers_of(server)
         assert len(below) == 2 and victim not in below
         assert not [pid for pid in below if state(pid) == "Z"]
         text = exposition(server)
