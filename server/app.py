@@ -419,9 +419,7 @@ class App:
             try:
                 await self.reload()
             except Exception:
-                logger.exception(
-                    "checking %s for model changes failed", self.settings.model_repo
-                )
+                logger.exception("checking %s for model changes failed", self.settings.model_repo)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING -> refuse new RPCs -> let in-flight ones finish -> drain the batcher."""

@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 # Batch ids, shared by every batcher of the process (one version's 7 is not another's).
 _BATCH_IDS = itertools.count(1)
 
+
 class BatcherClosed(RuntimeError):
     """The batcher is stopped (or stopped while the batch ran): what to tell the client is
     the data plane's call, which knows why (shutdown, a version unloaded)."""
@@ -366,9 +367,7 @@ class DynamicBatcher(Generic[T]):
         try:
             # In a context of its own: the batch is no one request's (whose id a log line
             # about it would otherwise carry, server.logs).
-            loop.call_soon_threadsafe(
-                self._deliver, outcome, taken, context=contextvars.Context()
-            )
+            loop.call_soon_threadsafe(self._deliver, outcome, taken, context=contextvars.Context())
         except RuntimeError:  # the loop is closed: nobody is left to answer
             pass
 

@@ -237,9 +237,7 @@ class PredictCodec:
         return response
 
 
-def encode_model_info(
-    model: LoadedModel, route: Route, settings: Settings
-) -> pb.ModelInfo:
+def encode_model_info(model: LoadedModel, route: Route, settings: Settings) -> pb.ModelInfo:
     """GetModelInfo: one loaded version, its model's versions and labels, and the batching
     settings every version runs under (the queue bound is per version)."""
     s = settings

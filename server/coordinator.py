@@ -131,9 +131,13 @@ class Coordinator:
 
 
 def describe(state: dict[str, Any]) -> str:
-    return "; ".join(
-        f"{name}: versions {', '.join(entry['versions'])}" for name, entry in sorted(state.items())
-    ) or "no model"
+    return (
+        "; ".join(
+            f"{name}: versions {', '.join(entry['versions'])}"
+            for name, entry in sorted(state.items())
+        )
+        or "no model"
+    )
 
 
 def disagreement(prepared: list[tuple[WorkerHandle, Message]]) -> str:

@@ -79,6 +79,8 @@ def bounded(message: str) -> str:
     if len(message) <= MAX_MESSAGE_CHARS:
         return message
     return message[: MAX_MESSAGE_CHARS - 20] + " … (message cut)"
+
+
 # Requests of one stream submitted ahead of the response being written (the stream's
 # byte budget, server.budget.StreamBudget, may stop reading sooner).
 STREAM_PIPELINE_DEPTH = 64
@@ -262,8 +264,7 @@ class DataPlane:
                 if not timeout.expired():
                     raise
                 raise DeadlineExpired(
-                    f"the request's timeout ({target.timeout_us} us) passed before it was "
-                    "answered"
+                    f"the request's timeout ({target.timeout_us} us) passed before it was answered"
                 ) from None
         finally:
             served.leave()

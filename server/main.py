@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare_memory(settings)
     # grpc and onnxruntime (~1 s of imports) only now that SIGHUP is ignored.
     import server.app  # noqa: F401
+
     try:
         return asyncio.run(serve(settings))
     finally:

@@ -359,9 +359,7 @@ class ModelManager:
             else:
                 wanted = config.policy.choose(valid)
             missing = [
-                v
-                for v in reversed(wanted)
-                if (v not in loaded or v in stale) and v not in entering
+                v for v in reversed(wanted) if (v not in loaded or v in stale) and v not in entering
             ]
             if not missing:
                 break
@@ -430,9 +428,7 @@ class ModelManager:
 
     async def _load_version(self, record: ModelRecord, version: int) -> ServedVersion | None:
         """Load, check and warm ``version`` (in a thread) and start its batcher; None if refused."""
-        fingerprint = await asyncio.to_thread(
-            version_fingerprint, self.repo, version, record.name
-        )
+        fingerprint = await asyncio.to_thread(version_fingerprint, self.repo, version, record.name)
         try:
             model = await asyncio.to_thread(self._load_blocking, record.name, version)
         except VersionNotFound:
@@ -482,5 +478,3 @@ class ModelManager:
                 "(traceback logged)"
             ) from exc
         return model
-
-

@@ -307,9 +307,7 @@ class Metrics:
             self.images,
         ):
             _remove(metric, (name, version))
-        _remove(
-            self.model_info, (name, version, model.provider, model.architecture, model.variant)
-        )
+        _remove(self.model_info, (name, version, model.provider, model.architecture, model.variant))
         for reason in ("full", "idle", "delay", "shutdown"):
             _remove(self.batch_flushes, (name, version, reason))
         for key in [k for k in self._rpc_counters if k[2:] == (name, version)]:

@@ -29,6 +29,7 @@ from server.serving_config import ServingConfig, parse_config, pinned
 
 logger = logging.getLogger("server.manager")
 
+
 @dataclass
 class ModelRecord:
     """The control plane's memory of one model directory (never read by requests)."""

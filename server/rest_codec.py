@@ -143,9 +143,7 @@ def parse_infer_body(
     for output in outputs or ():
         unknown = sorted(k for k in output if k not in _OUTPUT_KEYS)
         if unknown:
-            raise InvalidInput(
-                f"unknown output fields {names(unknown)}; expected name, parameters"
-            )
+            raise InvalidInput(f"unknown output fields {names(unknown)}; expected name, parameters")
         requested.append((output.get("name"), _parameters(output.get("parameters", {}), "output")))
     options = request_options(parameters, requested, supported=SUPPORTED_PARAMETERS)
     return InferBody(

@@ -43,6 +43,7 @@ BINARY_DATA_OUTPUT = "binary_data_output"
 EMPTY_FINAL_RESPONSE = "triton_enable_empty_final_response"
 _BOOLEAN_PARAMETERS = frozenset({BINARY_DATA_OUTPUT, EMPTY_FINAL_RESPONSE})
 
+
 def shown(value: object, limit: int = 32) -> str:
     """Client text or JSON for a message: strings cut, containers by type, never echoed whole."""
     if isinstance(value, str):

@@ -39,8 +39,7 @@ NOT_IMPLEMENTED = {
     "CudaSharedMemoryUnregister": "CUDA " + _NO_SHM,
     "TraceSetting": "tracing is configured at start-up: OpenTelemetry spans to an OTLP "
     "collector with --otlp-endpoint or the standard OTEL_* variables",
-    "LogSettings": "logging is configured at start-up (--log-level, --log-format, "
-    "--access-log)",
+    "LogSettings": "logging is configured at start-up (--log-level, --log-format, --access-log)",
 }
 
 

@@ -65,9 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="servers to run, in this order (reverse it for a second run); workers = "
         "fashion-serve --workers N",
     )
-    p.add_argument(
-        "--workers", type=int, default=2, help="N of the 'workers' server (--workers N)"
-    )
+    p.add_argument("--workers", type=int, default=2, help="N of the 'workers' server (--workers N)")
     p.add_argument("--perf-analyzer", action="store_true", help="also perf_analyzer each")
     p.add_argument("--no-install", action="store_true", help="use the peer venvs as they are")
     return p

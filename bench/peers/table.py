@@ -147,6 +147,7 @@ def targets_25(results: dict[str, Any]) -> list[Ratio]:
     }
     for server in our_servers(results):
         tag = "" if server == OURS else f" ({server.removeprefix(OURS).strip()})"
+
         def at(api: str, size: int, conc: int, metric: str = "images_per_s") -> float | None:
             return value(find(results, server, api, size, conc), metric)  # noqa: B023
 

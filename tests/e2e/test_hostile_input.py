@@ -282,8 +282,7 @@ async def test_request_ids_longer_than_the_limit_are_refused(app, channel) -> No
     await assert_status(
         stub.ModelInfer(infer_request(images, id="i" * (MAX_REQUEST_ID_CHARS + 1)), timeout=5),
         INVALID,
-        f"the request id has {MAX_REQUEST_ID_CHARS + 1} characters; at most "
-        f"{MAX_REQUEST_ID_CHARS}",
+        f"the request id has {MAX_REQUEST_ID_CHARS + 1} characters; at most {MAX_REQUEST_ID_CHARS}",
     )
     # In a stream the refusal travels in-band and the stream goes on.
     stream = stub.ModelStreamInfer(timeout=10)

@@ -60,10 +60,7 @@ async def test_waits_live_but_not_ready_until_a_version_is_published(
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Predict(pb.PredictRequest(images=[IMAGE]), timeout=5)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert (
-            info.value.details()
-            == f"waiting for a model in {repo}; retry shortly"
-        )
+        assert info.value.details() == f"waiting for a model in {repo}; retry shortly"
         assert not loading.done()
         publish(model_repo, repo)
         await wait_for_status(channel, READINESS_SERVICE, SERVING)

@@ -14,24 +14,61 @@ from bench.profile import summarise
 from bench.report import markdown
 
 POINT_FIELDS = {
-    "api", "size", "concurrency", "duration_s", "requests", "requests_per_s", "images_per_s",
-    "latency_ms", "errors", "errors_by_code", "bad_responses", "server_errors",
-    "server_cpu_cores", "server_cpu_ms_per_request", "client_cpu_cores", "client_processes",
+    "api",
+    "size",
+    "concurrency",
+    "duration_s",
+    "requests",
+    "requests_per_s",
+    "images_per_s",
+    "latency_ms",
+    "errors",
+    "errors_by_code",
+    "bad_responses",
+    "server_errors",
+    "server_cpu_cores",
+    "server_cpu_ms_per_request",
+    "client_cpu_cores",
+    "client_processes",
     "mean_batch_size",
-    "limit_images_per_s", "fraction_of_limit",
+    "limit_images_per_s",
+    "fraction_of_limit",
 }
 
 
 def test_quick_run_reports_every_field_with_zero_errors(model_repo: Path, tmp_path: Path) -> None:
     out = tmp_path / "perf"
-    code = cli.main(["--quick", "--model-repo", str(model_repo), "--apis", "predict,oip,stream",
-                     "--sizes", "1", "--concurrency", "4", "--duration-s", "1",
-                     "--warmup-s", "0.3", "--limit-s", "0.2", "--cold-starts", "1",
-                     "--floor", "--out", str(out)])
+    code = cli.main(
+        [
+            "--quick",
+            "--model-repo",
+            str(model_repo),
+            "--apis",
+            "predict,oip,stream",
+            "--sizes",
+            "1",
+            "--concurrency",
+            "4",
+            "--duration-s",
+            "1",
+            "--warmup-s",
+            "0.3",
+            "--limit-s",
+            "0.2",
+            "--cold-starts",
+            "1",
+            "--floor",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert [(p["api"], p["size"], p["concurrency"]) for p in results["points"]] == [
-        ("predict", 1, 4), ("oip", 1, 4), ("stream", 1, 4)]
+        ("predict", 1, 4),
+        ("oip", 1, 4),
+        ("stream", 1, 4),
+    ]
     assert float(results["inprocess_images_per_s"]["1"]) > 0
     for p in results["points"]:
         assert POINT_FIELDS <= p.keys()
@@ -45,9 +82,11 @@ def test_quick_run_reports_every_field_with_zero_errors(model_repo: Path, tmp_pa
         assert 0 < p["fraction_of_limit"]
     floor = results["floor_points"]  # the canned-answer grpc.aio server
     assert [(p["api"], p["concurrency"]) for p in floor] == [
-        ("predict", 4), ("oip", 4), ("stream", 4)]
-    assert all(p["errors"] == 0 and p["bad_responses"] == 0 and p["requests"] > 10
-               for p in floor)
+        ("predict", 4),
+        ("oip", 4),
+        ("stream", 4),
+    ]
+    assert all(p["errors"] == 0 and p["bad_responses"] == 0 and p["requests"] > 10 for p in floor)
     server = results["server"]
     assert 0 < server["cold_start_s"] < 30 and len(server["cold_starts_s"]) == 1
     # VmHWM lags VmRSS by the kernel's per-CPU counter slack: no strict order.
@@ -78,13 +117,15 @@ def test_server_threads_are_read_from_pass_through_flags() -> None:
 
 
 def test_profile_summary_leaves_out_waiting_threads() -> None:
-    raw = "\n".join([
-        "thread (1): MainThread;run (asyncio/base_events.py:1);epoll_wait (libc.so.6) 50",
-        "thread (1): MainThread;_run_once (asyncio/base_events.py:9);"
-        "0x7f (grpc/_cython/cygrpc.so);sendmsg (libc.so.6) 30",
-        "thread (2): infer_0;predict (server/model.py:1);"
-        "run (onnxruntime/capi/onnxruntime_inference_collection.py:3) 10",
-    ])
+    raw = "\n".join(
+        [
+            "thread (1): MainThread;run (asyncio/base_events.py:1);epoll_wait (libc.so.6) 50",
+            "thread (1): MainThread;_run_once (asyncio/base_events.py:9);"
+            "0x7f (grpc/_cython/cygrpc.so);sendmsg (libc.so.6) 30",
+            "thread (2): infer_0;predict (server/model.py:1);"
+            "run (onnxruntime/capi/onnxruntime_inference_collection.py:3) 10",
+        ]
+    )
     summary = summarise(raw)
     assert summary["busy_samples"] == 40 and summary["idle_samples"] == 50
     buckets = {b["name"]: b["share"] for b in summary["buckets"]}
@@ -93,16 +134,34 @@ def test_profile_summary_leaves_out_waiting_threads() -> None:
 
 
 def test_markdown_reports_fraction_of_limit() -> None:
-    point = {"api": "oip", "size": 32, "concurrency": 8, "requests_per_s": 100.0,
-             "images_per_s": 3200.0, "fraction_of_limit": 0.5,
-             "latency_ms": {"p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0}, "errors": 0,
-             "bad_responses": 0, "server_cpu_cores": 1.0, "client_cpu_cores": 0.5,
-             "mean_batch_size": 32.0}
-    text = markdown({"command": "fashion-bench", "machine": "m", "limit_threads": 2,
-                     "inprocess_images_per_s": {"32": 6400.0}, "points": [point]})
+    point = {
+        "api": "oip",
+        "size": 32,
+        "concurrency": 8,
+        "requests_per_s": 100.0,
+        "images_per_s": 3200.0,
+        "fraction_of_limit": 0.5,
+        "latency_ms": {"p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0},
+        "errors": 0,
+        "bad_responses": 0,
+        "server_cpu_cores": 1.0,
+        "client_cpu_cores": 0.5,
+        "mean_batch_size": 32.0,
+    }
+    text = markdown(
+        {
+            "command": "fashion-bench",
+            "machine": "m",
+            "limit_threads": 2,
+            "inprocess_images_per_s": {"32": 6400.0},
+            "points": [point],
+        }
+    )
     assert "| ModelInfer (OIP) | 32 | 8 | 100 | 3,200 | 50 % |" in text
-    assert "| 32 images/request, concurrency 8, fraction of in-process | ModelInfer (OIP) " \
-           "| ≥ 85% | 50% | **no** |" in text
+    assert (
+        "| 32 images/request, concurrency 8, fraction of in-process | ModelInfer (OIP) "
+        "| ≥ 85% | 50% | **no** |" in text
+    )
 
 
 @pytest.mark.parametrize("wait", ["floor", "none", "yield", "executor", "batched", "context"])

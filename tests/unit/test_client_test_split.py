@@ -62,9 +62,7 @@ def test_the_argument_wins_over_the_environment(reader: ModuleType, tmp_path: Pa
     assert source == tmp_path / "arg"
 
 
-def test_a_named_directory_without_the_files_is_refused(
-    reader: ModuleType, tmp_path: Path
-) -> None:
+def test_a_named_directory_without_the_files_is_refused(reader: ModuleType, tmp_path: Path) -> None:
     with pytest.raises(ERROR[reader], match=rf"{TEST_IMAGES}: file is missing \(from --data-dir\)"):
         reader.load_test_split(tmp_path, {})
     write_dataset(tmp_path / "env")

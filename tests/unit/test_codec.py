@@ -18,6 +18,7 @@ def decode_images(request, max_images: int) -> np.ndarray:
     prepared = prepare_images(request, max_images)
     return prepared if isinstance(prepared, np.ndarray) else prepared()
 
+
 NAMES = [f"c{i}" for i in range(10)]
 
 

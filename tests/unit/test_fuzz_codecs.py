@@ -21,6 +21,7 @@ def decode_images(request, max_images: int) -> np.ndarray:
     prepared = prepare_images(request, max_images)
     return prepared if isinstance(prepared, np.ndarray) else prepared()
 
+
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -86,9 +86,7 @@ def test_a_canary_is_promoted_then_rolled_back(repo, capsys) -> None:
     promoted, rolled_back = "canary -> 3, stable -> 3", "canary -> 3, stable -> 2"
     assert f"labels {promoted}  =>  policy latest 2, labels {rolled_back}" in out
     # What the server reads: the same parser, the same config.
-    assert parse_config((repo / "fashion" / "config.json").read_text(), "x").labels == {
-        "stable": 2
-    }
+    assert parse_config((repo / "fashion" / "config.json").read_text(), "x").labels == {"stable": 2}
 
 
 @pytest.mark.parametrize(

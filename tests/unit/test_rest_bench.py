@@ -28,7 +28,10 @@ def test_bench_request_decodes_to_its_images_and_the_answer_is_counted(api) -> N
     binary = api == "http-binary"
     assert parsed.parameters.get("binary_data_output", False) is binary
     encoded = encode_response(
-        np.zeros((5, 10), np.float32), model_name="fashion", version=1, request_id="",
+        np.zeros((5, 10), np.float32),
+        model_name="fashion",
+        version=1,
+        request_id="",
         binary=binary,
     )
     json_part = (

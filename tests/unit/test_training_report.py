@@ -111,8 +111,7 @@ def test_summary_states_the_training_recipe() -> None:
     plateau = {**cosine, "schedule": "plateau", "learning_rate": 0.001, "lr_patience": 1,
                "lr_factor": 0.2, "label_smoothing": 0.0, "augment": "none"}  # fmt: skip
     assert summary_from_metadata({"hyperparameters": plateau})["training recipe"] == (
-        "Adam 0.001, x0.2 after 1 stalled epoch(s); batch 128; label smoothing 0; "
-        "augmentation none"
+        "Adam 0.001, x0.2 after 1 stalled epoch(s); batch 128; label smoothing 0; augmentation none"
     )
     # Versions published before recipes existed have no such line.
     assert "training recipe" not in summary_from_metadata({"hyperparameters": {"best_epoch": 3}})

@@ -14,7 +14,13 @@ def test_a_request_moves_all_its_counts_together() -> None:
     stats = InferenceStatistics()
     stats.observe_batch("fashion", 2, images=5, inference_s=0.004)
     stats.observe_request(
-        "fashion", 2, ok=True, total_s=0.010, input_s=0.001, queue_s=0.002, infer_s=0.004,
+        "fashion",
+        2,
+        ok=True,
+        total_s=0.010,
+        input_s=0.001,
+        queue_s=0.002,
+        infer_s=0.004,
         output_s=0.0005,
     )
     stats.observe_request("fashion", 2, ok=False, total_s=0.003)
