@@ -1,12 +1,12 @@
 """No process of the server outlives the process that started it, and none is left a zombie.
 
-A server process starts a REST parse worker (server/rest_worker.py), and with it
-multiprocessing's resource tracker. When a worker of ``--workers N`` is killed outright
-(SIGKILL: the OOM killer, the supervisor's watchdog), nothing in it can stop them: they
-lived on, reparented to PID 1, holding ~55 MiB for every worker lost. Now:
+A server process starts a REST parse worker (server/rest_worker.py). When a worker of
+``--workers N`` is killed outright (SIGKILL: the OOM killer, the supervisor's watchdog),
+nothing in it can stop that process: it lived on, reparented to PID 1 (with
+multiprocessing's resource tracker, when the parse worker was a multiprocessing pool),
+holding ~55 MiB for every worker lost. Now:
 
-* the parse worker asks the kernel to kill it when its parent ends (:func:`die_with`); the
-  tracker exits by itself once neither holds its pipe;
+* the parse worker asks the kernel to kill it when its parent ends (:func:`die_with`);
 * the supervisor is their reaper (:func:`adopt_orphans`, ``PR_SET_CHILD_SUBREAPER``):
   orphans below it are handed to it rather than to the host's init, as they would be in a
   container where it is PID 1 anyway, and :func:`reap_orphans` waits for the ones that
@@ -24,8 +24,6 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Collection
-
-from server.process_metrics import children_of, state
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +55,8 @@ def adopt_orphans() -> bool:
 def reap_orphans(ours: Collection[int]) -> list[int]:
     """Wait for this process's children that have ended, except ``ours`` (the ones something
     else waits for: asyncio its workers). The pids reaped."""
+    from server.process_metrics import children_of, state  # prometheus_client: not at import
+
     reaped = []
     for child in children_of()(os.getpid()):
         if child in ours or state(child) != "Z":

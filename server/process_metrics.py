@@ -1,17 +1,17 @@
 """``process_*`` series for a server's processes *and the processes they started*.
 
 prometheus_client's ``ProcessCollector`` reports one process. A server process starts
-others: the REST parse worker (spawned by the first large JSON body, server/rest_worker.py)
-and, with it, multiprocessing's resource tracker. Together they hold about 80 MiB once
-started (docs/PERFORMANCE.md, "Workers, measured"), counted against the pod's memory
-limit like their parent's and invisible to ``sum(process_resident_memory_bytes)``, which
-the memory rule and the dashboard divide by that limit, unless they are reported too.
+another: the REST parse worker (started by the first large JSON body,
+server/rest_worker.py), ~40 MiB once started (docs/PERFORMANCE.md, "Workers, measured"),
+counted against the pod's memory limit like its parent's and invisible to
+``sum(process_resident_memory_bytes)``, which the memory rule and the dashboard divide by
+that limit, unless it is reported too.
 
 Each process named by the caller (a *root*: the server itself, or the supervisor and each
 worker) is reported with its own ``process`` label, or none; each process below a root
 (found in /proc, its subtree not entered where it is itself a root) with
-``process="<root's label>/<role>"``: ``rest-parse``, ``resource-tracker``, or its command
-name. Light: the supervisor imports this (no grpc, numpy or onnxruntime).
+``process="<root's label>/<role>"``: ``rest-parse``, or its command name. Light: the
+supervisor imports this (no grpc, numpy or onnxruntime).
 """
 
 from __future__ import annotations
@@ -100,10 +100,8 @@ def role(pid: int) -> str:
         command = (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return "gone"
-    if "multiprocessing.resource_tracker" in command:
-        return "resource-tracker"
-    if "multiprocessing.spawn" in command or "--multiprocessing-fork" in command:
-        return "rest-parse"  # the only multiprocessing pool a server starts
+    if "-m server.parse_process" in command:
+        return "rest-parse"
     try:
         return (PROC / str(pid) / "comm").read_text().strip() or "child"
     except OSError:

@@ -429,11 +429,8 @@ def test_metrics_scrape_passes_promtool_and_has_process_series(deployment: Deplo
     # The standard series of every exporter, measured inside the container: with the
     # Deployment's workers (one per CPU of the limit: 2), one per process, labelled.
     series = {line.split()[0] for line in text.splitlines() if line and line[0] != "#"}
-    # Each worker's REST parse worker and multiprocessing's resource tracker are reported
-    # too: they hold memory the pod's limit counts.
-    processes = {"supervisor"} | {
-        f"worker-{i}{child}" for i in (0, 1) for child in ("", "/rest-parse", "/resource-tracker")
-    }
+    # Each worker's REST parse worker is reported too: it holds memory the pod's limit counts.
+    processes = {"supervisor", "worker-0", "worker-1", "worker-0/rest-parse", "worker-1/rest-parse"}
     for name in (
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",

@@ -150,8 +150,8 @@ def parse_workers_started(pid: int, workers: int) -> bool:
 
 
 async def test_memory_series_count_every_process_the_server_started(model_repo: Path) -> None:
-    """The REST parse worker, started by the first large JSON body, and multiprocessing's
-    resource tracker beside it hold ~70 MiB per server process: the memory rule and the
+    """The REST parse worker, started by the first large JSON body, holds ~40 MiB per
+    server process: the memory rule and the
     dashboard sum ``process_resident_memory_bytes`` against the pod's limit, so they are in
     it, labelled by what they are (and below which worker), and the sum is the sum of
     every process's resident memory. One process, then ``--workers 2``."""
@@ -173,14 +173,12 @@ async def test_memory_series_count_every_process_the_server_started(model_repo: 
         finally:
             assert await asyncio.to_thread(server.stop) == 0
         found = resident_by_label(text)
-        children = {"rest-parse", "resource-tracker"}
+        children = {"rest-parse"}
         if workers == 1:
             expected = {""} | children
         else:
             expected = {"supervisor"} | {
-                f"worker-{i}{child}"
-                for i in range(workers)
-                for child in ("", "/rest-parse", "/resource-tracker")
+                f"worker-{i}{child}" for i in range(workers) for child in ("", "/rest-parse")
             }
         assert set(found) == expected
         assert len(processes) == len(expected)

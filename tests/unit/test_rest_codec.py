@@ -4,7 +4,9 @@ protobuf -> JSON that protobuf's own parser reads back, and the one HTTP status 
 from __future__ import annotations
 
 import gc
+import io
 import json
+import pickle
 import subprocess
 import sys
 
@@ -14,6 +16,7 @@ from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from server import parse_process
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server._proto.inference import model_config_pb2 as mc
 from server.errors import Code, InvalidInput
@@ -196,16 +199,46 @@ def test_a_body_refused_in_the_parse_worker_is_freed_at_once() -> None:
 
 
 def test_the_parse_worker_loads_neither_onnxruntime_nor_grpc() -> None:
-    """The REST parse worker is spawned: it imports the parent's main module again
-    (``server.main``, or ``server.worker`` with --workers), then this codec. onnxruntime
-    alone added ~17 MiB to every worker's parse worker when the codec imported the model
-    module and the worker module imported the model plans' types."""
+    """The REST parse worker (``python -m server.parse_process``) imports this codec and
+    what it needs: numpy and orjson, not the server's heavy modules (onnxruntime alone
+    added ~17 MiB to every worker's parse worker when the codec imported the model module)."""
     code = (
-        "import sys, server.main, server.worker, server.rest_codec; "
-        "print(sorted(m for m in ('grpc', 'onnxruntime', 'aiohttp') if m in sys.modules))"
+        "import sys, server.parse_process, server.orphans, server.rest_codec; "
+        "print(sorted(m for m in ('grpc', 'onnxruntime', 'aiohttp', 'prometheus_client', "
+        "'multiprocessing') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_parse_process_answers_each_framed_body_in_order() -> None:
+    """server/parse_process.py's loop, on in-memory streams: a body's images, a body that
+    cannot be decoded (its error, without a traceback), one that is not JSON, then the end
+    of the input ends it."""
+    images = np.random.default_rng(5).integers(0, 256, (2, 28, 28), dtype=np.uint8)
+    good, header = body_of(images, "UINT8", nested=False, binary=False)
+    bad = json.dumps(
+        {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 28, 28],
+                     "data": [300] * 784}]}
+    ).encode()  # fmt: skip
+    limits = {"model_name": "fashion", "model_version": "", "max_images": MAX_IMAGES}
+    requests = io.BytesIO()
+    for body in (good, bad, b"{"):
+        parse_process.write_frame(requests, pickle.dumps((body, header, limits)))
+    requests.seek(0)
+    answers = io.BytesIO()
+    parse_process.serve(requests, answers)
+    answers.seek(0)
+    outcomes = []
+    while (frame := parse_process.read_frame(answers)) is not None:
+        outcomes.append(pickle.loads(frame))
+    assert [ok for ok, _ in outcomes] == [True, True, False]
+    np.testing.assert_array_equal(REST_INFER.decode(outcomes[0][1], MAX_IMAGES), images)
+    with pytest.raises(InvalidInput, match="between 0 and 255"):
+        REST_INFER.decode(outcomes[1][1], MAX_IMAGES)
+    error = outcomes[2][1]
+    assert isinstance(error, InvalidInput) and "not valid JSON" in str(error)
+    assert error.__traceback__ is None
 
 
 def test_header_length_must_be_a_count_within_the_body() -> None:
