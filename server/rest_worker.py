@@ -49,7 +49,7 @@ OFF_LOOP_BYTES = 64 * 1024
 # How long close() lets the worker finish the body it has before killing it.
 CLOSE_TIMEOUT_S = 5.0
 # The directory the ``server`` package is imported from: the worker imports the same one.
-PACKAGE_ROOT = str(Path(server.__file__).resolve().parent.parent)
+PACKAGE_ROOT = Path(server.__file__).resolve().parent.parent
 
 
 @dataclass
@@ -130,7 +130,7 @@ class ParseWorker:
             await process.stdin.drain()
             (size,) = FRAME.unpack(await process.stdout.readexactly(FRAME.size))
             ok, value = pickle.loads(await process.stdout.readexactly(size))
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except Exception:  # it died, or its answer cannot be read: the pipe is unusable
             await self._lost(process)
             raise ModelNotReady("the request parser was restarted; retry") from None
         if not ok:
@@ -147,7 +147,12 @@ class ParseWorker:
         if self._process is not None:
             await self._lost(self._process)
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        if not {"site-packages", "dist-packages"} & set(PACKAGE_ROOT.parts):
+            # A source checkout (not installed): the same tree, whatever the working
+            # directory. An installed package is found as it is (and site-packages on
+            # PYTHONPATH would come before the standard library).
+            path = [str(PACKAGE_ROOT), env.get("PYTHONPATH", "")]
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
         try:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -177,7 +182,11 @@ class ParseWorker:
         code = await process.wait()
         if self._process is process:
             self._process = None
-        logger.error("the REST parse worker died (exit code %s); starting another one", code)
+        logger.error(
+            "the REST parse worker died or its answer was unreadable (exit code %s); the "
+            "next large body starts another",
+            code,
+        )
 
     async def close(self) -> None:
         """Stop the worker once it has answered the body it has (queued ones are refused)."""
