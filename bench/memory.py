@@ -5,8 +5,8 @@ send ``--requests`` single-image and 64-image Predict calls over several connect
 (so every worker has served and grown its arenas), then read VmRSS of the supervisor
 and of every worker from /proc. Then send REST JSON bodies of 256 images (the largest a
 request may hold, parsed off the event loop) on fresh connections until every worker has
-started its REST parse worker, and read again: each worker's parse worker and
-multiprocessing's resource tracker beside it. Prints a markdown table and writes
+started its REST parse worker, and read again: each worker, and what it started (its parse
+worker). Prints a markdown table and writes
 ``memory.json`` to ``--out``: what a pod's memory limit must allow as N grows.
 
 ``--versions 1,2,4`` measures the other axis instead, in one process: K loaded versions of
@@ -111,7 +111,7 @@ def measure(model_repo: Path, workers: int, requests: int) -> dict[str, Any]:
         per_worker = [memory_mib(pid)["rss_mib"] for pid in servers]
         total = top + sum(per_worker)
         start_parse_workers(server, workers, large_json_body())
-        # What each server process started: its REST parse worker and the resource tracker.
+        # What each server process started: its REST parse worker.
         started = [descendants(pid) for pid in (servers or [server.pid])]
         parse = [round(sum(memory_mib(c)["rss_mib"] for c in kids), 1) for kids in started]
         everything = [server.pid, *descendants(server.pid)]

@@ -17,13 +17,16 @@ Linux only (prctl); elsewhere these do nothing.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import logging
 import os
 import signal
 from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the parse worker imports this module: no asyncio there
+    import asyncio
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +72,18 @@ def reap_orphans(ours: Collection[int]) -> list[int]:
 
 
 async def reap_until(
-    stop: asyncio.Event, ours: Callable[[], Collection[int]], every_s: float
+    stop: asyncio.Event, ours: Callable[[], Collection[int] | None], every_s: float
 ) -> None:
-    """:func:`reap_orphans` every ``every_s`` until ``stop``."""
+    """:func:`reap_orphans` every ``every_s`` until ``stop``, in a thread (without the
+    kernel's lists of children it scans /proc); skipped while ``ours()`` is None (a worker
+    being started: its pid is not known yet, and its exit status is asyncio's)."""
+    import asyncio
+
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every_s)
-        for pid in reap_orphans(ours()):
+        known = ours()
+        if known is None or stop.is_set():
+            continue
+        for pid in await asyncio.to_thread(reap_orphans, known):
             logger.debug("reaped orphan process %d", pid)

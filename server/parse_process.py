@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import struct
 import sys
 from typing import BinaryIO
@@ -41,7 +42,7 @@ def write_frame(stream: BinaryIO, data: bytes) -> None:
 
 def serve(requests: BinaryIO, answers: BinaryIO) -> None:
     """Answer every framed request, in order, until ``requests`` ends."""
-    from server.rest_codec import parse_and_decode
+    from server.rest_codec import detached, parse_and_decode
 
     while (frame := read_frame(requests)) is not None:
         body, header_length, limits = pickle.loads(frame)
@@ -50,17 +51,21 @@ def serve(requests: BinaryIO, answers: BinaryIO) -> None:
         try:
             outcome = (True, parse_and_decode(body, header_length, **limits))
         except Exception as exc:  # raised again where the server awaits it
-            # Without its traceback, whose frames hold the parsed body (and keep it in a
-            # cycle until the next full collection).
-            outcome = (False, exc.with_traceback(None))
+            outcome = (False, detached(exc))  # kept until the next body: not holding this one
         del body
         write_frame(answers, pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+        del outcome
 
 
 def main() -> int:
     from server.orphans import die_with
 
     die_with(int(sys.argv[1]))
+    # It ends when its input does (the server closes it after the body in progress) or with
+    # its parent: Ctrl-C or a service manager signalling the whole process group must not
+    # cut the body the draining server is waiting for.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # stdout carries frames only: whatever else would print there goes to stderr.
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)

@@ -94,18 +94,21 @@ def state(pid: int) -> str:
         return ""
 
 
-def role(pid: int) -> str:
-    """What a child process is, for its label: stable across its restarts (no pid)."""
+def role(pid: int) -> str | None:
+    """What a child process is, for its label: stable across its restarts (no pid). None
+    while it is being started (the kernel has not set its command line yet)."""
     try:
-        command = (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        command = (PROC / str(pid) / "cmdline").read_bytes()
     except OSError:
-        return "gone"
-    if "-m server.parse_process" in command:
+        return None
+    if not command:
+        return None
+    if b"-m\0server.parse_process" in command:
         return "rest-parse"
     try:
-        return (PROC / str(pid) / "comm").read_text().strip() or "child"
+        return (PROC / str(pid) / "comm").read_text(errors="replace").strip() or "child"
     except OSError:
-        return "gone"
+        return None
 
 
 def labelled(roots: Sequence[Root]) -> list[tuple[str | None, int]]:
@@ -118,9 +121,10 @@ def labelled(roots: Sequence[Root]) -> list[tuple[str | None, int]]:
         todo = [c for c in sorted(children(pid)) if c not in rooted]
         while todo:
             child = todo.pop(0)
-            if state(child) in ("Z", ""):
-                continue  # ended: it holds nothing (and is waited for by its parent)
-            name = role(child) if label is None else f"{label}/{role(child)}"
+            what = role(child)
+            if state(child) in ("Z", "") or what is None:
+                continue  # ended (it holds nothing), or starting: the next scrape has it
+            name = what if label is None else f"{label}/{what}"
             unique, n = name, 2
             while unique in taken:  # two children of one role: both reported
                 unique, n = f"{name}-{n}", n + 1

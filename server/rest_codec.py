@@ -26,7 +26,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import orjson
@@ -171,11 +171,20 @@ def parse_and_decode(
     try:
         images, error = decode_images(parsed, max_images), None
     except InvalidInput as exc:
-        # Without its traceback: the traceback's frames hold the parsed body, and the
-        # error returned from this frame would make that a cycle that keeps the whole
-        # body (all its numbers as Python objects) until the next full collection.
-        images, error = None, exc.with_traceback(None)
+        images, error = None, detached(exc)
     return dataclasses.replace(parsed, inputs=[], binary=b"", images=images, decode_error=error)
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def detached(error: E) -> E:
+    """``error`` without what holds the request: its traceback's frames (and those of the
+    error it was raised from, kept as its context even ``from None``) hold the parsed body,
+    all its numbers as Python objects; an error kept beyond its frame (sent back from the
+    parse worker, or returned from this frame, a reference cycle) would keep them too."""
+    error.__context__ = error.__cause__ = None
+    return error.with_traceback(None)
 
 
 def _parameters(value: object, where: str) -> dict[str, Any]:

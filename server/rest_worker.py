@@ -28,6 +28,7 @@ import logging
 import os
 import pickle
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,6 +49,13 @@ logger = logging.getLogger(__name__)
 OFF_LOOP_BYTES = 64 * 1024
 # How long close() lets the worker finish the body it has before killing it.
 CLOSE_TIMEOUT_S = 5.0
+# A body's round trip beyond this (a 4 MiB body takes ~2 s at most here): the worker is
+# stuck (stopped, hung), and every later body would wait behind it.
+ROUND_TRIP_TIMEOUT_S = 60.0
+# After the second failure in a row, no new worker for 1 s, then 2, 4 ... up to 30: a worker
+# that cannot start (a broken environment) is not started again for every body.
+BACKOFF_S = (1.0, 30.0)
+WORKER_MODULE = "server.parse_process"
 # The directory the ``server`` package is imported from: the worker imports the same one.
 PACKAGE_ROOT = Path(server.__file__).resolve().parent.parent
 
@@ -70,6 +78,8 @@ class ParseWorker:
         # One body in the worker at a time, in arrival order (asyncio's lock is FIFO).
         self._turn = asyncio.Lock()
         self._closing = False
+        self._failures = 0  # in a row
+        self._not_before = 0.0  # no new worker before this (monotonic)
 
     async def parse(
         self,
@@ -124,15 +134,17 @@ class ParseWorker:
             (job.body, job.header_length, job.limits), protocol=pickle.HIGHEST_PROTOCOL
         )
         try:
-            process.stdin.write(FRAME.pack(len(request)))
-            process.stdin.write(request)
-            del request
-            await process.stdin.drain()
-            (size,) = FRAME.unpack(await process.stdout.readexactly(FRAME.size))
-            ok, value = pickle.loads(await process.stdout.readexactly(size))
-        except Exception:  # it died, or its answer cannot be read: the pipe is unusable
-            await self._lost(process)
+            async with asyncio.timeout(ROUND_TRIP_TIMEOUT_S):
+                process.stdin.write(FRAME.pack(len(request)))
+                process.stdin.write(request)
+                del request
+                await process.stdin.drain()
+                (size,) = FRAME.unpack(await process.stdout.readexactly(FRAME.size))
+                ok, value = pickle.loads(await process.stdout.readexactly(size))
+        except Exception as exc:  # it died, hangs, or its answer cannot be read
+            await self._lost(process, exc)
             raise ModelNotReady("the request parser was restarted; retry") from None
+        self._failures = 0
         if not ok:
             raise value
         assert isinstance(value, InferBody)
@@ -145,7 +157,13 @@ class ParseWorker:
         if self._process is not None and self._process.returncode is None:
             return self._process
         if self._process is not None:
-            await self._lost(self._process)
+            await self._lost(self._process, None)
+        wait_s = self._not_before - time.monotonic()
+        if wait_s > 0:
+            raise ModelNotReady(
+                f"the request parser failed to run and is restarting; retry in {wait_s:.0f} s, "
+                "or send binary tensors"
+            )
         env = dict(os.environ)
         if not {"site-packages", "dist-packages"} & set(PACKAGE_ROOT.parts):
             # A source checkout (not installed): the same tree, whatever the working
@@ -156,8 +174,9 @@ class ParseWorker:
         try:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
+                "-P",  # not the working directory first: a server/ there would replace ours
                 "-m",
-                "server.parse_process",
+                WORKER_MODULE,
                 str(os.getpid()),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
@@ -174,18 +193,25 @@ class ParseWorker:
             return None
         return self._process
 
-    async def _lost(self, process: asyncio.subprocess.Process) -> None:
-        """The worker died (or broke the protocol): reaped, and the next body starts another."""
+    async def _lost(self, process: asyncio.subprocess.Process, why: Exception | None) -> None:
+        """The worker died, hung or broke the protocol: killed, reaped, and the next body
+        starts another (after a back-off once it has failed twice in a row)."""
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
         code = await process.wait()
         if self._process is process:
             self._process = None
-        logger.error(
-            "the REST parse worker died or its answer was unreadable (exit code %s); the "
-            "next large body starts another",
-            code,
+        self._failures += 1
+        if self._failures >= 2:
+            backoff = min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** (self._failures - 2))
+            self._not_before = time.monotonic() + backoff
+        reason = "timed out" if isinstance(why, TimeoutError) else f"exit code {code}"
+        log = logger.warning if self._closing else logger.error
+        log(
+            "the REST parse worker failed (%s; %d in a row); the next large body starts another",
+            reason,
+            self._failures,
         )
 
     async def close(self) -> None:

@@ -100,6 +100,7 @@ class Supervisor:
         self._cluster_ready = False
         self._readiness_changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._spawning = 0  # workers being started: the orphan reaper waits meanwhile
         self.metrics = SupervisorMetrics(self.coordinator)
         self.watchdog = Watchdog(self.coordinator, settings.worker_timeout_s)
 
@@ -134,8 +135,11 @@ class Supervisor:
             code = 0
         return await self._shutdown(code)
 
-    def _worker_pids(self) -> set[int]:
-        """The workers asyncio waits for: never reaped as orphans."""
+    def _worker_pids(self) -> set[int] | None:
+        """The workers asyncio waits for: never reaped as orphans. None while one is being
+        started (its pid is not known until the spawn returns)."""
+        if self._spawning:
+            return None
         return {w.pid for w in self.workers if w.pid is not None}
 
     async def _start(self) -> int | None:
@@ -326,15 +330,19 @@ class Supervisor:
         worker.listening = asyncio.Event()
         worker.failed, worker.phase, worker.joined = "", "starting", False
         worker.stopped_for = ""
-        worker.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "server.worker",
-            *self.argv,
-            *self._threads,
-            env=env,
-            pass_fds=(theirs.fileno(),),
-        )
+        self._spawning += 1
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "server.worker",
+                *self.argv,
+                *self._threads,
+                env=env,
+                pass_fds=(theirs.fileno(),),
+            )
+        finally:
+            self._spawning -= 1
         theirs.close()
         worker.started_at = time.monotonic()
 

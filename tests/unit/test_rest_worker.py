@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
 
+from server import rest_worker
 from server.errors import InvalidInput, ModelNotReady
 from server.http_body import Busy
 from server.rest_codec import REST_INFER
@@ -30,6 +33,17 @@ async def its_turn(worker: ParseWorker) -> None:
     """Until a body has its turn (it is being written to, or parsed by, the worker)."""
     while not worker._turn.locked():
         await asyncio.sleep(0)
+
+
+async def in_the_worker(worker: ParseWorker) -> None:
+    """Until the body that has its turn is all in the worker's pipe: the worker has read
+    all but the pipe's 64 KiB of it, and the exchange awaits the answer."""
+    await its_turn(worker)
+    while worker._process is None or worker._process.stdin is None:
+        await asyncio.sleep(0)
+    transport = worker._process.stdin.transport
+    while transport.get_write_buffer_size() > 0 or not worker._turn.locked():
+        await asyncio.sleep(0.001)
 
 
 def decoded(parsed) -> np.ndarray:
@@ -68,8 +82,7 @@ async def test_a_caller_that_goes_away_never_shifts_the_next_answer(worker) -> N
     ).encode()  # fmt: skip
     small = batch(1, 9)
     in_worker = asyncio.create_task(worker.parse(slow, None, **LIMITS))
-    await its_turn(worker)
-    await asyncio.sleep(0.01)  # written: the worker is parsing it
+    await in_the_worker(worker)
     queued = asyncio.create_task(worker.parse(slow, None, **LIMITS))
     await asyncio.sleep(0)
     in_worker.cancel()
@@ -109,3 +122,45 @@ async def test_close_finishes_the_body_in_the_worker_and_refuses_the_queued_ones
     with pytest.raises(ModelNotReady, match="shutting down"):
         await queued
     assert process.returncode == 0  # it ended at the end of its input
+
+
+async def test_a_stuck_worker_is_replaced_after_the_round_trip_limit(worker, monkeypatch):
+    """A worker that stops answering (here SIGSTOP) would hold every later body: past the
+    limit it is killed, its body answered 503, and the next body gets a new worker."""
+    monkeypatch.setattr(rest_worker, "ROUND_TRIP_TIMEOUT_S", 1.0)
+    await worker.parse(body(batch(1, 0)), None, **LIMITS)
+    stuck = worker._process
+    os.kill(stuck.pid, signal.SIGSTOP)
+    with pytest.raises(ModelNotReady, match="restarted; retry"):
+        await worker.parse(body(batch(2, 5)), None, **LIMITS)
+    assert stuck.returncode == -signal.SIGKILL
+    np.testing.assert_array_equal(
+        decoded(await worker.parse(body(batch(2, 5)), None, **LIMITS)), batch(2, 5)
+    )
+    assert worker._process is not stuck
+
+
+async def test_a_worker_that_cannot_start_is_not_started_for_every_body(worker, monkeypatch):
+    """Twice in a row failed: no new worker for a second (then longer), each body 503 with
+    when to retry; once it can start again, bodies are answered."""
+    monkeypatch.setattr(rest_worker, "WORKER_MODULE", "server.no_such_module")
+    started = []
+    real = asyncio.create_subprocess_exec
+
+    async def spawn(*args, **kwargs):
+        started.append(args)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", spawn)
+    for _ in range(2):
+        with pytest.raises(ModelNotReady, match="restarted; retry"):
+            await worker.parse(body(batch(1, 1)), None, **LIMITS)
+    with pytest.raises(ModelNotReady, match=r"restarting; retry in 1 s"):
+        await worker.parse(body(batch(1, 1)), None, **LIMITS)
+    assert len(started) == 2
+    monkeypatch.setattr(rest_worker, "WORKER_MODULE", "server.parse_process")
+    await asyncio.sleep(1.1)
+    np.testing.assert_array_equal(
+        decoded(await worker.parse(body(batch(1, 1)), None, **LIMITS)), batch(1, 1)
+    )
+    assert len(started) == 3
