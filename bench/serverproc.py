@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from server.process_metrics import descendants  # the processes below a pid, re-exported
+
 READY_MARK = "fashion-serve: serving on port "
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -25,25 +27,6 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 def _stat_fields(pid: int) -> list[str]:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat[stat.rindex(")") + 2 :].split()  # the name may contain spaces
-
-
-def descendants(pid: int) -> list[int]:
-    """The live child processes of ``pid``, their children, and so on (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(
-                    int(entry.name)
-                )
-            except (OSError, ValueError, IndexError):
-                continue  # exited while we looked
-    found, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
 
 
 def cpu_seconds(pid: int) -> float:

@@ -31,12 +31,18 @@ LABEL = "process"
 Root = tuple[str | None, int]
 
 
-def _parent(pid: int) -> int | None:
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (which may contain spaces); [] when gone."""
     try:
         stat = (PROC / str(pid) / "stat").read_text()
-        return int(stat[stat.rindex(")") + 2 :].split()[1])  # the name may contain spaces
-    except (OSError, ValueError, IndexError):
-        return None  # gone while we looked, or not Linux
+    except OSError:
+        return []  # gone while we looked, or not Linux
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _parent(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if len(fields) > 1 else None
 
 
 def children_by_parent() -> dict[int, list[int]]:
@@ -87,11 +93,19 @@ def children_of() -> Callable[[int], list[int]]:
 
 def state(pid: int) -> str:
     """Its state letter from /proc (``Z``: ended, not yet waited for); "" when gone."""
-    try:
-        stat = (PROC / str(pid) / "stat").read_text()
-        return stat[stat.rindex(")") + 2]
-    except (OSError, ValueError, IndexError):
-        return ""
+    fields = _stat_fields(pid)
+    return fields[0] if fields else ""
+
+
+def descendants(pid: int) -> list[int]:
+    """The live processes below ``pid``: its children, theirs, and so on."""
+    children = children_of()
+    found, todo = [], [pid]
+    while todo:
+        kids = children(todo.pop())
+        found += kids
+        todo += kids
+    return found
 
 
 def role(pid: int) -> str | None:
@@ -121,8 +135,8 @@ def labelled(roots: Sequence[Root]) -> list[tuple[str | None, int]]:
         todo = [c for c in sorted(children(pid)) if c not in rooted]
         while todo:
             child = todo.pop(0)
-            what = role(child)
-            if state(child) in ("Z", "") or what is None:
+            what = role(child) if state(child) not in ("Z", "") else None
+            if what is None:
                 continue  # ended (it holds nothing), or starting: the next scrape has it
             name = what if label is None else f"{label}/{what}"
             unique, n = name, 2
