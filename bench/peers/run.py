@@ -8,7 +8,11 @@ in-process onnxruntime, back to back in one run, on the same published model.
    Predict, ModelInfer (UINT8), PredictStream and ModelStreamInfer; the peers over ModelInfer
    with FP32 (and PyTriton's ModelStreamInfer); bench.echo over the same unary APIs.
 4. Optionally ``perf_analyzer`` against each (``--perf-analyzer``), a second yardstick.
-5. Writes peers.json, peers.md and peers.png to ``--out``.
+5. Writes peers.json, peers.md and peers.png to ``--out``. With ``--rounds R`` (R >= 2) it
+   makes R such passes, every other one in the opposite order, writes each to
+   ``OUT/pass-K/`` and judges each target on its median over the passes
+   (``OUT/rounds.md``, :mod:`bench.peers.rounds`): one pass measures each server once, and
+   this machine drifts between servers.
 
 Every server is started here and stopped by PID at the end, whatever happens in between.
 """
@@ -26,7 +30,7 @@ from typing import Any
 from bench import inprocess
 from bench.cli import git_state, machine
 from bench.loadgen import LoadGenerator
-from bench.peers import servers, surgery, table, venvs
+from bench.peers import rounds, servers, surgery, table, venvs
 from bench.point import Target, measure
 from bench.serverproc import memory_mib, start_echo, start_server
 from client.testset import load_test_split
@@ -68,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="N of the 'workers' server (--workers N)")
     p.add_argument("--perf-analyzer", action="store_true", help="also perf_analyzer each")
     p.add_argument("--no-install", action="store_true", help="use the peer venvs as they are")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="passes over every server, every other one in reverse order; with 2 or more, "
+        "each pass is written to OUT/pass-K and each target judged on its median "
+        "(OUT/rounds.md, bench.peers.rounds)",
+    )
     return p
 
 
@@ -182,29 +194,21 @@ def _with_server(
         _log(f"{name}: stopped (exit {entry['exit_code']})")
 
 
-def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+def run(args: argparse.Namespace, argv: Sequence[str]) -> list[dict[str, Any]]:
+    """``--rounds`` passes over the servers (one by default), each pass's results."""
     order = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(order) - {"ours", "workers", "floor", "pytriton", "mlserver"}
     if unknown:
         raise SystemExit(f"bench.peers: unknown server(s) in --only: {sorted(unknown)}")
+    if args.rounds < 1:
+        raise SystemExit("bench.peers: --rounds must be 1 or more")
     only = set(order)
     args.work = args.work.resolve()  # the peers run with other working directories
     threads = args.threads or len(os.sched_getaffinity(0))
-    results: dict[str, Any] = {
-        "command": " ".join(["python -m bench.peers", *argv]),
-        "machine": machine(),
-        "git": git_state(),
-        "loadavg_before": _loadavg(),
-        "threads": threads,
-        "duration_s": args.duration_s,
-        "warmup_s": args.warmup_s,
-        "servers": {},
-    }
     original = inprocess.model_path(args.model_repo, args.model_version)
     fp32 = surgery.write_fp32_model(original, args.work / "fashion-fp32.onnx")
     test_images, _, _ = load_test_split()
     parity = surgery.check_parity(original, fp32, test_images[: args.parity_images])
-    results["parity"] = {**parity.__dict__, "ok": parity.ok, "model": str(original)}
     _log(f"FP32 model {fp32}: parity {parity}")
     if not parity.ok:
         raise SystemExit("bench.peers: the stripped model does not match ours; not measuring")
@@ -213,7 +217,6 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             if name in only:
                 _log(f"ensuring .venv-{name}")
                 venvs.ensure(venvs.ENVS[name], args.work / f"install-{name}.log")
-    before = inprocess.measure(original, INPROCESS_BATCHES, threads, duration_s=2.0)
     server_args = [f"--threads={threads}"]
     if args.model_version:
         server_args.append(f"--model-version={args.model_version}")
@@ -255,30 +258,58 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             PEERS["mlserver"],
         ),
     }
-    with LoadGenerator(args.processes) as load:
-        for key in order:  # in the order --only lists them
-            name, start, target_of, plan = plans[key]
-            _with_server(results, name, start, target_of, plan, load, args)
-    after = inprocess.measure(original, INPROCESS_BATCHES, threads, duration_s=2.0)
-    results["inprocess_runs"] = {"before": before, "after": after}
-    # The better of the two for each: the limit is what the machine allowed at its best.
-    results["inprocess_images_per_s"] = {
-        str(n): max(before[n]["images_per_s"], after[n]["images_per_s"]) for n in before
-    }
-    results["inprocess_cpu_ms_per_image"] = {
-        str(n): min(before[n]["cpu_ms_per_image"], after[n]["cpu_ms_per_image"]) for n in before
-    }
-    results["loadavg_after"] = _loadavg()
-    return results
+    passes = []
+    for k in range(args.rounds):
+        # Every other pass in reverse: a machine drifting through the run favours no server.
+        names = order if k % 2 == 0 else order[::-1]
+        if args.rounds > 1:
+            _log(f"pass {k + 1} of {args.rounds}: {', '.join(names)}")
+        t0 = time.monotonic()
+        results: dict[str, Any] = {
+            "command": " ".join(["python -m bench.peers", *argv]),
+            "machine": machine(),
+            "git": git_state(),
+            "loadavg_before": _loadavg(),
+            "threads": threads,
+            "duration_s": args.duration_s,
+            "warmup_s": args.warmup_s,
+            "parity": {**parity.__dict__, "ok": parity.ok, "model": str(original)},
+            "servers": {},
+        }
+        if args.rounds > 1:
+            results["pass"] = {"index": k + 1, "of": args.rounds}
+        before = inprocess.measure(original, INPROCESS_BATCHES, threads, duration_s=2.0)
+        with LoadGenerator(args.processes) as load:
+            for key in names:
+                name, start, target_of, plan = plans[key]
+                _with_server(results, name, start, target_of, plan, load, args)
+        after = inprocess.measure(original, INPROCESS_BATCHES, threads, duration_s=2.0)
+        results["inprocess_runs"] = {"before": before, "after": after}
+        # The better of the two for each: the limit is what the machine allowed at its best.
+        results["inprocess_images_per_s"] = {
+            str(n): max(before[n]["images_per_s"], after[n]["images_per_s"]) for n in before
+        }
+        results["inprocess_cpu_ms_per_image"] = {
+            str(n): min(before[n]["cpu_ms_per_image"], after[n]["cpu_ms_per_image"]) for n in before
+        }
+        results["loadavg_after"] = _loadavg()
+        results["wall_s"] = round(time.monotonic() - t0, 1)
+        passes.append(results)
+    return passes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    t0 = time.monotonic()
-    results = run(args, argv)
-    results["wall_s"] = round(time.monotonic() - t0, 1)
-    for path in table.write(results, args.out):
+    passes = run(args, argv)
+    if len(passes) == 1:
+        written = table.write(passes[0], args.out)
+    else:
+        written = rounds.write(passes, args.out, " ".join(["python -m bench.peers", *argv]))
+    for path in written:
         _log(f"wrote {path}")
-    print(table.ratios_table(table.ratios(results)))
-    return 0 if table.our_errors(results) == 0 else 1
+    if len(passes) == 1:
+        print(table.ratios_table(table.ratios(passes[0])))
+    else:
+        print(rounds.rows_table(rounds.targets(passes), len(passes)))
+    return 0 if all(table.our_errors(results) == 0 for results in passes) else 1

@@ -198,9 +198,33 @@ def targets_25(results: dict[str, Any]) -> list[Ratio]:
     return out
 
 
-def workers_vs_one(results: dict[str, Any]) -> str:
-    """Each point of ``fashion-serve --workers N`` against one process, same run."""
-    lines = ["| point | API | one process | with workers | ratio |", "|---|---|---|---|---|"]
+@dataclass(frozen=True)
+class WorkersPoint:
+    """One point of ``fashion-serve --workers N`` beside the same point of one process."""
+
+    workers: str  # "--workers N"
+    api: str
+    size: int
+    concurrency: int
+    one: float | None  # images/s, or the p50 in ms at concurrency 1
+    many: float | None
+
+    @property
+    def metric(self) -> str:
+        return "p50" if self.concurrency == 1 else "images_per_s"
+
+    @property
+    def label(self) -> str:
+        return f"{self.size} x conc {self.concurrency}"
+
+    @property
+    def ratio(self) -> float | None:
+        return self.many / self.one if self.one and self.many is not None else None
+
+
+def workers_points(results: dict[str, Any]) -> list[WorkersPoint]:
+    """Each point of every ``--workers N`` server measured, with one process's, same run."""
+    out: list[WorkersPoint] = []
     for server in our_servers(results):
         if server == OURS:
             continue
@@ -209,15 +233,30 @@ def workers_vs_one(results: dict[str, Any]) -> str:
             if one is None:
                 continue
             metric = "p50" if point["concurrency"] == 1 else "images_per_s"
-            a, b = value(one, metric), value(point, metric)
-            ratio = f"{b / a:.2f}" if a and b is not None else "—"
-            unit, digits = (" ms p50", 2) if metric == "p50" else (" img/s", 0)
-            api = LABEL.get(point["api"], point["api"])
-            workers = server.removeprefix(OURS).strip()
-            lines.append(
-                f"| {point['size']} x conc {point['concurrency']} | {api} "
-                f"| {_num(a, digits)}{unit} | {_num(b, digits)}{unit} ({workers}) | {ratio} |"
+            out.append(
+                WorkersPoint(
+                    server.removeprefix(OURS).strip(),
+                    point["api"],
+                    point["size"],
+                    point["concurrency"],
+                    value(one, metric),
+                    value(point, metric),
+                )
             )
+    return out
+
+
+def workers_vs_one(results: dict[str, Any]) -> str:
+    """Each point of ``fashion-serve --workers N`` against one process, same run."""
+    lines = ["| point | API | one process | with workers | ratio |", "|---|---|---|---|---|"]
+    for w in workers_points(results):
+        ratio = "—" if w.ratio is None else f"{w.ratio:.2f}"
+        unit, digits = (" ms p50", 2) if w.metric == "p50" else (" img/s", 0)
+        lines.append(
+            f"| {w.label} | {LABEL.get(w.api, w.api)} "
+            f"| {_num(w.one, digits)}{unit} | {_num(w.many, digits)}{unit} ({w.workers}) "
+            f"| {ratio} |"
+        )
     return "\n".join(lines) if len(lines) > 2 else "No --workers run in this measurement."
 
 
@@ -294,8 +333,13 @@ def ceiling_text(results: dict[str, Any], api: str = "oip") -> str:
 
 
 def our_errors(results: dict[str, Any]) -> int:
-    points = results.get("servers", {}).get("fashion-serve", {}).get("points", [])
-    return sum(p["errors"] + p["bad_responses"] for p in points)
+    """Errors and wrong-sized answers at the points of every server of ours (workers too)."""
+    servers = results.get("servers", {})
+    return sum(
+        p["errors"] + p["bad_responses"]
+        for name in our_servers(results)
+        for p in servers[name].get("points", [])
+    )
 
 
 def _num(v: float | None, digits: int = 2) -> str:

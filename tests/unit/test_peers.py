@@ -3,6 +3,7 @@ table, the venv marker and the process-tree accounting. The full peer run is a b
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -344,3 +345,111 @@ def test_issue_25_targets_and_workers_against_one_process():
     assert "| 1 x conc 32 | ModelInfer | 2,100 img/s | 2,520 img/s (--workers 2) | 1.20 |" in text
     assert "| 1 x conc 1 | ModelInfer | 1.00 ms p50 | 1.10 ms p50 (--workers 2) | 1.10 |" in text
     assert "## Issue #25's targets" in table.markdown(results)
+
+
+def _pass(ours_1x32: float, triton_1x32: float, *, workers_1x32: float | None = None) -> dict:
+    results = _results()
+    results["servers"]["fashion-serve"]["points"][1]["images_per_s"] = ours_1x32
+    results["servers"]["pytriton"]["points"][1]["images_per_s"] = triton_1x32
+    if workers_1x32 is not None:
+        point = _point("oip", 1, 32, workers_1x32, 14.0)
+        results["servers"]["fashion-serve --workers 2"] = {"points": [point]}
+    return results
+
+
+def test_rounds_judge_each_target_on_its_median_over_the_passes():
+    from bench.peers import rounds
+
+    # 1 x 32 vs PyTriton (target >= 1.4x): 1.5x, 1.2x, 1.3x -> median 1.3x, not met, 1 of 3.
+    passes = [_pass(1500, 1000), _pass(1200, 1000), _pass(1300, 1000)]
+    row = next(r for r in rounds.targets(passes) if r.target == "1 x 32: vs PyTriton")
+    assert row.values == (1.5, 1.2, 1.3)
+    assert (row.median, row.met, row.passes_met) == (1.3, False, 1)
+    # 1.5, 1.45, 1.2 -> median 1.45: met, in 2 of 3 passes.
+    passes = [_pass(1500, 1000), _pass(1450, 1000), _pass(1200, 1000)]
+    row = next(r for r in rounds.targets(passes) if r.target == "1 x 32: vs PyTriton")
+    assert (row.median, row.met, row.passes_met) == (1.45, True, 2)
+    assert row.as_dict()["passes_met"] == 2
+    # The p50 target is lower-is-better: 1.0 / 4.0 = 0.25 in each pass.
+    p50 = next(r for r in rounds.targets(passes) if r.target == "1 image, conc 1: p50 vs PyTriton")
+    assert (p50.median, p50.met, p50.passes_met) == (0.25, True, 3)
+
+
+def test_rounds_leave_a_pass_that_lacks_a_measurement_out_of_its_median():
+    from bench.peers import rounds
+
+    missing = _pass(1500, 1000)
+    del missing["servers"]["pytriton"]  # e.g. it could not be installed in that pass
+    row = next(
+        r
+        for r in rounds.targets([_pass(1200, 1000), missing, _pass(1600, 1000)])
+        if r.target == "1 x 32: vs PyTriton"
+    )
+    assert row.values == (1.2, None, 1.6)
+    assert row.median == pytest.approx(1.4) and row.met is True
+    text = rounds.rows_table([row], 3)
+    assert "| 1.20x | n/a | 1.60x | 1.40x | ≥ 1.4x | yes | 1 of 2 |" in text
+    none = rounds.Across("nothing measured", "oip", (None, None), 1.4)
+    assert (none.median, none.met, none.passes_met) == (None, None, 0)
+
+
+def test_rounds_report_workers_against_one_process_and_every_servers_errors(tmp_path):
+    from bench.peers import rounds
+
+    passes = [_pass(2000, 1000, workers_1x32=2400), _pass(2000, 1000, workers_1x32=1800)]
+    (row,) = rounds.workers(passes)
+    assert row.target == "1 x conc 32, images/s: --workers 2 / one process"
+    assert row.values == (1.2, 0.9) and row.median == pytest.approx(1.05)
+    assert row.met is None  # reported, not a target
+    passes[1]["servers"]["fashion-serve --workers 2"]["points"][0]["errors"] = 3
+    assert table.our_errors(passes[1]) == 3  # the workers' errors count as ours
+    written = rounds.write(passes, tmp_path, "python -m bench.peers --rounds 2")
+    assert (tmp_path / "pass-1" / "peers.json").exists()
+    assert (tmp_path / "pass-2" / "peers.md").exists()
+    summary = json.loads((tmp_path / "rounds.json").read_text())
+    assert summary["passes"] == 2 and summary["errors"] == [0, 3]
+    assert summary["workers_vs_one"][0]["values"] == [1.2, 0.9]
+    text = (tmp_path / "rounds.md").read_text()
+    assert "## Issue #25's targets, each pass and the median" in text
+    assert "each pass: [0, 3]" in text
+    assert tmp_path / "rounds.md" in written
+
+
+def test_rounds_alternate_the_order_of_the_servers(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from bench.peers import run
+
+    measured: list[str] = []
+    monkeypatch.setattr(run.surgery, "write_fp32_model", lambda original, out: out)
+    monkeypatch.setattr(run.surgery, "check_parity", lambda *a: SimpleNamespace(ok=True))
+    monkeypatch.setattr(run, "load_test_split", lambda: ([], [], []))
+    monkeypatch.setattr(run.inprocess, "model_path", lambda repo, version: tmp_path / "m.onnx")
+    batch = {"images_per_s": 1000.0, "cpu_ms_per_image": 0.2}
+    monkeypatch.setattr(
+        run.inprocess, "measure", lambda *a, **k: {n: batch for n in run.INPROCESS_BATCHES}
+    )
+
+    class Load:
+        def __init__(self, processes: int) -> None:
+            pass
+
+        def __enter__(self) -> Load:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(run, "LoadGenerator", Load)
+    monkeypatch.setattr(
+        run, "_with_server", lambda results, name, *a: measured.append(name) or None
+    )
+    argv = ["--only", "ours,floor,pytriton", "--rounds", "3", "--no-install"]
+    args = run.build_parser().parse_args([*argv, "--work", str(tmp_path)])
+    passes = run.run(args, argv)
+    assert len(passes) == 3 and [p["pass"]["index"] for p in passes] == [1, 2, 3]
+    names = ["fashion-serve", "floor", "pytriton"]
+    assert measured == [*names, *names[::-1], *names]
+    args.rounds = 0
+    with pytest.raises(SystemExit, match="--rounds"):
+        run.run(args, argv)
