@@ -41,6 +41,7 @@ HTTP_MODES: dict[str, list[str]] = {
 
 _SUMMARY = re.compile(r"^Concurrency: (\d+), throughput: ([\d.]+) infer/sec, latency (\d+) usec$")
 _BLOCK = re.compile(r"^Request concurrency: (\d+)$")
+_CLIENT = re.compile(r"Client:\s+Request count: (\d+)")
 _SERVER = re.compile(
     r"Inference count: (\d+)\s+Execution count: (\d+)\s+Successful request count: (\d+)\s+"
     r"Avg request latency: (\d+) usec \(overhead (\d+) usec \+ queue (\d+) usec \+ "
@@ -69,6 +70,7 @@ class Point:
     throughput: float  # inferences (images) per second, as perf_analyzer counts them
     latency_us: int  # client-side average
     server: ServerSide | None
+    client_requests: int | None = None  # requests the client completed in the measurement
 
 
 def find_binary() -> Path | None:
@@ -112,12 +114,16 @@ def command(
 def parse(output: str) -> list[Point]:
     """perf_analyzer's text output -> one Point per concurrency (summary lines + server blocks)."""
     servers: dict[int, ServerSide] = {}
+    clients: dict[int, int] = {}
     blocks = re.split(r"^(?=Request concurrency: )", output, flags=re.MULTILINE)
     for block in blocks:
         head = _BLOCK.match(block.splitlines()[0]) if block.strip() else None
-        found = _SERVER.search(block) if head else None
-        if head and found:
+        if not head:
+            continue
+        if found := _SERVER.search(block):
             servers[int(head.group(1))] = ServerSide(*(int(g) for g in found.groups()))
+        if counted := _CLIENT.search(block):
+            clients[int(head.group(1))] = int(counted.group(1))
     points = []
     for line in output.splitlines():
         if match := _SUMMARY.match(line.strip()):
@@ -128,6 +134,7 @@ def parse(output: str) -> list[Point]:
                     float(match.group(2)),
                     int(match.group(3)),
                     servers.get(concurrency),
+                    clients.get(concurrency),
                 )
             )
     return points
