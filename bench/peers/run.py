@@ -264,38 +264,49 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> list[dict[str, Any]]:
         names = order if k % 2 == 0 else order[::-1]
         if args.rounds > 1:
             _log(f"pass {k + 1} of {args.rounds}: {', '.join(names)}")
-        t0 = time.monotonic()
-        results: dict[str, Any] = {
-            "command": " ".join(["python -m bench.peers", *argv]),
-            "machine": machine(),
-            "git": git_state(),
-            "loadavg_before": _loadavg(),
-            "threads": threads,
-            "duration_s": args.duration_s,
-            "warmup_s": args.warmup_s,
-            "parity": {**parity.__dict__, "ok": parity.ok, "model": str(original)},
-            "servers": {},
-        }
+        results = _pass(args, argv, [plans[key] for key in names], original, threads)
+        results["parity"] = {**parity.__dict__, "ok": parity.ok, "model": str(original)}
         if args.rounds > 1:
             results["pass"] = {"index": k + 1, "of": args.rounds}
-        before = inprocess.measure(original, INPROCESS_BATCHES, threads, duration_s=2.0)
-        with LoadGenerator(args.processes) as load:
-            for key in names:
-                name, start, target_of, plan = plans[key]
-                _with_server(results, name, start, target_of, plan, load, args)
-        after = inprocess.measure(original, INPROCESS_BATCHES, threads, duration_s=2.0)
-        results["inprocess_runs"] = {"before": before, "after": after}
-        # The better of the two for each: the limit is what the machine allowed at its best.
-        results["inprocess_images_per_s"] = {
-            str(n): max(before[n]["images_per_s"], after[n]["images_per_s"]) for n in before
-        }
-        results["inprocess_cpu_ms_per_image"] = {
-            str(n): min(before[n]["cpu_ms_per_image"], after[n]["cpu_ms_per_image"]) for n in before
-        }
-        results["loadavg_after"] = _loadavg()
-        results["wall_s"] = round(time.monotonic() - t0, 1)
         passes.append(results)
     return passes
+
+
+def _pass(
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    plans: Sequence[tuple[str, Callable[[], Any], Callable[[Any], Target], Any]],
+    original: Path,
+    threads: int,
+) -> dict[str, Any]:
+    """One pass: in-process onnxruntime, every server in ``plans``' order, in-process again."""
+    t0 = time.monotonic()
+    results: dict[str, Any] = {
+        "command": " ".join(["python -m bench.peers", *argv]),
+        "machine": machine(),
+        "git": git_state(),
+        "loadavg_before": _loadavg(),
+        "threads": threads,
+        "duration_s": args.duration_s,
+        "warmup_s": args.warmup_s,
+        "servers": {},
+    }
+    before = inprocess.measure(original, INPROCESS_BATCHES, threads, duration_s=2.0)
+    with LoadGenerator(args.processes) as load:
+        for name, start, target_of, plan in plans:
+            _with_server(results, name, start, target_of, plan, load, args)
+    after = inprocess.measure(original, INPROCESS_BATCHES, threads, duration_s=2.0)
+    results["inprocess_runs"] = {"before": before, "after": after}
+    # The better of the two for each: the limit is what the machine allowed at its best.
+    results["inprocess_images_per_s"] = {
+        str(n): max(before[n]["images_per_s"], after[n]["images_per_s"]) for n in before
+    }
+    results["inprocess_cpu_ms_per_image"] = {
+        str(n): min(before[n]["cpu_ms_per_image"], after[n]["cpu_ms_per_image"]) for n in before
+    }
+    results["loadavg_after"] = _loadavg()
+    results["wall_s"] = round(time.monotonic() - t0, 1)  # the pass's measuring, setup excluded
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
