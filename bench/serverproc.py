@@ -18,15 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from server.process_metrics import descendants  # the processes below a pid, re-exported
+from server.process_metrics import descendants, stat_fields  # descendants re-exported
 
 READY_MARK = "fashion-serve: serving on port "
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _stat_fields(pid: int) -> list[str]:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rindex(")") + 2 :].split()  # the name may contain spaces
 
 
 def cpu_seconds(pid: int) -> float:
@@ -37,9 +32,8 @@ def cpu_seconds(pid: int) -> float:
     """
     total = 0
     for member in [pid, *descendants(pid)]:
-        try:
-            fields = _stat_fields(member)
-        except OSError:
+        fields = stat_fields(member)
+        if not fields:
             continue  # a child that exited in between
         total += int(fields[11]) + int(fields[12])
     return total / CLOCK_TICKS

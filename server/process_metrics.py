@@ -31,7 +31,7 @@ LABEL = "process"
 Root = tuple[str | None, int]
 
 
-def _stat_fields(pid: int) -> list[str]:
+def stat_fields(pid: int) -> list[str]:
     """/proc/PID/stat after the command name (which may contain spaces); [] when gone."""
     try:
         stat = (PROC / str(pid) / "stat").read_text()
@@ -41,7 +41,7 @@ def _stat_fields(pid: int) -> list[str]:
 
 
 def _parent(pid: int) -> int | None:
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return int(fields[1]) if len(fields) > 1 else None
 
 
@@ -93,7 +93,7 @@ def children_of() -> Callable[[int], list[int]]:
 
 def state(pid: int) -> str:
     """Its state letter from /proc (``Z``: ended, not yet waited for); "" when gone."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return fields[0] if fields else ""
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 
@@ -25,7 +26,7 @@ from server.cgroup import MemoryLimitCollector
 from server.coordinator import ASK_TIMEOUT_S, Coordinator
 from server.http import HttpServer
 from server.metrics_merge import merge, parse
-from server.process_metrics import Root, labelled, process_families
+from server.process_metrics import ProcessTree, Root
 
 # How often the supervisor reads every worker's counters (what a dead worker leaves behind).
 SAMPLE_EVERY_S = 2.0
@@ -54,7 +55,7 @@ class SupervisorMetrics:
         )
         PlatformCollector(registry=self.registry)
         self.registry.register(MemoryLimitCollector())
-        self.registry.register(_Processes(coordinator))
+        self.registry.register(ProcessTree(functools.partial(_roots, coordinator)))
         self._merged: list[Metric] = []
         self.registry.register(_Merged(self))
         self._http: HttpServer | None = None
@@ -107,18 +108,12 @@ class SupervisorMetrics:
                 await self.gather()
 
 
-class _Processes(Collector):
-    """``process_*`` for the supervisor, every worker and what each worker started (its REST
-    parse worker), labelled ``process``: summed by job and instance they are the pod's,
-    which is what memory alerts divide by its limit."""
-
-    def __init__(self, coordinator: Coordinator) -> None:
-        self._coordinator = coordinator
-
-    def collect(self) -> Iterator[Metric]:
-        roots: list[Root] = [("supervisor", os.getpid())]
-        roots += [(f"worker-{w.index}", w.pid) for w in self._coordinator.workers if w.pid]
-        yield from process_families(labelled(roots))
+def _roots(coordinator: Coordinator) -> list[Root]:
+    """The supervisor and every worker, labelled ``process``; :class:`ProcessTree` adds what
+    each worker started (its REST parse worker). Summed by job and instance they are the
+    pod's, which is what memory alerts divide by its limit."""
+    roots: list[Root] = [("supervisor", os.getpid())]
+    return roots + [(f"worker-{w.index}", w.pid) for w in coordinator.workers if w.pid]
 
 
 class _Merged(Collector):

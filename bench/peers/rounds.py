@@ -152,6 +152,7 @@ def markdown(passes: list[dict[str, Any]], command: str) -> str:
     n = len(passes)
     order = [" → ".join(p.get("servers", {})) for p in passes]
     errors = [table.our_errors(p) for p in passes]
+    against_one = workers(passes)
     parts = [
         f"Command: `{command}`",
         f"Machine: {passes[0].get('machine', '?') if passes else '?'}",
@@ -174,7 +175,7 @@ def markdown(passes: list[dict[str, Any]], command: str) -> str:
         "",
         "## --workers against one process, each pass and the median",
         "",
-        rows_table(workers(passes), n) if workers(passes) else "No --workers run.",
+        rows_table(against_one, n) if against_one else "No --workers run.",
         "",
         "## What ours spent beyond the grpc.aio floor and the model",
         "",

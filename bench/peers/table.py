@@ -211,7 +211,7 @@ class WorkersPoint:
 
     @property
     def metric(self) -> str:
-        return "p50" if self.concurrency == 1 else "images_per_s"
+        return _compared(self.concurrency)
 
     @property
     def label(self) -> str:
@@ -220,6 +220,11 @@ class WorkersPoint:
     @property
     def ratio(self) -> float | None:
         return self.many / self.one if self.one and self.many is not None else None
+
+
+def _compared(concurrency: int) -> str:
+    """What a point is compared by: its p50 at concurrency 1, else its throughput."""
+    return "p50" if concurrency == 1 else "images_per_s"
 
 
 def workers_points(results: dict[str, Any]) -> list[WorkersPoint]:
@@ -232,7 +237,7 @@ def workers_points(results: dict[str, Any]) -> list[WorkersPoint]:
             one = find(results, OURS, point["api"], point["size"], point["concurrency"])
             if one is None:
                 continue
-            metric = "p50" if point["concurrency"] == 1 else "images_per_s"
+            metric = _compared(point["concurrency"])
             out.append(
                 WorkersPoint(
                     server.removeprefix(OURS).strip(),
