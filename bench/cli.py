@@ -193,9 +193,12 @@ def git_state() -> dict[str, Any]:
     """The commit measured, and whether server/ had uncommitted changes (a moving target)."""
 
     def git(*cmd: str) -> str:
-        return subprocess.run(
-            ["git", *cmd], capture_output=True, text=True, timeout=10, check=False
-        ).stdout.strip()
+        try:
+            return subprocess.run(
+                ["git", *cmd], capture_output=True, text=True, timeout=10, check=False
+            ).stdout.strip()
+        except OSError:  # no git there (a device machine): the run still counts, unlabelled
+            return ""
 
     return {
         "commit": git("rev-parse", "--short", "HEAD"),

@@ -103,38 +103,42 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "servers": {},
     }
     steps = plan(args)
-    original = inprocess.model_path(args.model_repo, 0)
-    fp32 = surgery.write_fp32_model(original, args.work / "fashion-fp32.onnx")
-    if not args.no_pytriton and not args.no_install:
-        venvs.ensure(venvs.ENVS["pytriton"], args.work / "install-pytriton.log")
+    fp32 = args.work / "fashion-fp32.onnx"  # PyTriton's copy of the model (FP32 input)
+    if not args.no_pytriton:
+        surgery.write_fp32_model(inprocess.model_path(args.model_repo, 0), fp32)
+        if not args.no_install:
+            venvs.ensure(venvs.ENVS["pytriton"], args.work / "install-pytriton.log")
     everything = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cores(args.client_cores))  # the load generator's processes
-    with LoadGenerator(args.processes) as load:
-        for name, cpus in steps:
-            os.sched_setaffinity(0, cpus)  # the server started next inherits it
-            n = len(cpus)
-            if name.startswith("fashion-serve"):
-                extra = [f"--workers={n}", "--threads=1"] if n > 1 else [f"--threads={n}"]
+    try:  # an error half-way must not leave this process pinned to a few cores
+        os.sched_setaffinity(0, cores(args.client_cores))  # the load generator's processes
+        with LoadGenerator(args.processes) as load:
+            for name, cpus in steps:
+                os.sched_setaffinity(0, cpus)  # the server started next inherits it
+                n = len(cpus)
+                if name.startswith("fashion-serve"):
+                    extra = [f"--workers={n}", "--threads=1"] if n > 1 else [f"--threads={n}"]
 
-                def start(extra: list[str] = extra) -> Any:
-                    return start_server(args.model_repo, extra)
+                    def start(extra: list[str] = extra) -> Any:
+                        return start_server(args.model_repo, extra)
 
-                def target_of(s: Any) -> Target:
-                    return Target(s.target, f"127.0.0.1:{s.metrics_port}", s.pid)
+                    def target_of(s: Any) -> Target:
+                        return Target(s.target, f"127.0.0.1:{s.metrics_port}", s.pid)
 
-                points = POINTS
-            else:
+                    points = POINTS
+                else:
 
-                def start(n: int = n) -> Any:
-                    return servers.start_pytriton(fp32, args.base_port, args.work, n)
+                    def start(n: int = n) -> Any:
+                        return servers.start_pytriton(fp32, args.base_port, args.work, n)
 
-                def target_of(s: Any) -> Target:
-                    return Target(s.target, None, s.pid)
+                    def target_of(s: Any) -> Target:
+                        return Target(s.target, None, s.pid)
 
-                points = PEER_POINTS
-            peers._with_server(results, name, start, target_of, points, load, args)
-            results["servers"][name]["cores"] = n
-            os.sched_setaffinity(0, everything)
+                    points = PEER_POINTS
+                peers._with_server(results, name, start, target_of, points, load, args)
+                results["servers"][name]["cores"] = n
+                os.sched_setaffinity(0, everything)
+    finally:
+        os.sched_setaffinity(0, everything)
     return results
 
 
