@@ -78,19 +78,57 @@ def plan(args: argparse.Namespace) -> list[tuple[str, list[int]]]:
     return out
 
 
+def _kind(name: str) -> str:
+    return "ours" if name.startswith("fashion-serve") else "pytriton"
+
+
+def _fewest(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per kind of server, its entry on the fewest cores."""
+    fewest: dict[str, dict[str, Any]] = {}
+    for name, entry in results["servers"].items():
+        kind = _kind(name)
+        if kind not in fewest or entry["cores"] < fewest[kind]["cores"]:
+            fewest[kind] = entry
+    return fewest
+
+
+def growth(results: dict[str, Any]) -> dict[str, list[float | None]]:
+    """Each server's images/s per point against the same server on the fewest cores.
+
+    Near-linear scaling is this ratio close to cores / fewest cores; a point without a
+    measurement (a crashed server) has none."""
+    fewest = _fewest(results)
+    out: dict[str, list[float | None]] = {}
+    for entry_name, entry in results["servers"].items():
+        base = fewest[_kind(entry_name)]
+        ratios: list[float | None] = []
+        for point, first in zip(entry["points"], base["points"], strict=True):
+            ok = point.get("images_per_s") and first.get("images_per_s")
+            ratios.append(round(point["images_per_s"] / first["images_per_s"], 2) if ok else None)
+        out[entry_name] = ratios
+    return out
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Command: `{results['command']}`",
         f"Machine: {results['machine']}",
         "",
-        "| server | cores | 1 image x 64: images/s | p99 ms | 32 images x 16: images/s | p99 ms |",
-        "|---|---|---|---|---|---|",
+        "Growth: images/s against the same server on the fewest cores; near-linear is close to",
+        "the ratio of the cores (ideal).",
+        "",
+        "| server | cores | 1 image x 64: images/s | p99 ms | growth | "
+        "32 images x 16: images/s | p99 ms | growth | ideal |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    ratios, fewest = growth(results), _fewest(results)
     for name, entry in results["servers"].items():
         cells = []
-        for point in entry["points"]:
-            cells += [f"{point['images_per_s']:,.0f}", f"{point['latency_ms']['p99']}"]
-        lines.append(f"| {name} | {entry['cores']} | {' | '.join(cells)} |")
+        for point, ratio in zip(entry["points"], ratios[name], strict=True):
+            grown = "-" if ratio is None else f"{ratio:.2f}x"
+            cells += [f"{point['images_per_s']:,.0f}", f"{point['latency_ms']['p99']}", grown]
+        ideal = entry["cores"] / fewest[_kind(name)]["cores"]
+        lines.append(f"| {name} | {entry['cores']} | {' | '.join(cells)} | {ideal:g}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -149,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.monotonic()
     results = run(args, argv)
     results["wall_s"] = round(time.monotonic() - t0, 1)
+    results["growth"] = growth(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scaling.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "scaling.md").write_text(markdown(results))

@@ -207,6 +207,34 @@ def test_scaling_plan_pins_each_server_to_its_share_of_the_cores():
         scaling.plan(too_many)
 
 
+def test_scaling_growth_is_against_the_same_server_on_the_fewest_cores():
+    from bench import scaling
+
+    def entry(cores: int, *rates: float) -> dict:
+        points = [{"images_per_s": r, "latency_ms": {"p99": 9.0}} for r in rates]
+        return {"cores": cores, "points": points}
+
+    results = {
+        "command": "python -m bench.scaling",
+        "machine": "16 CPUs",
+        "servers": {
+            "fashion-serve --workers 1": entry(1, 1000, 4000),
+            "pytriton on 1 cores": entry(1, 800, 3000),
+            "fashion-serve --workers 4": entry(4, 3500, 0),  # its second point failed
+            "pytriton on 4 cores": entry(4, 2000, 9000),
+        },
+    }
+    assert scaling.growth(results) == {
+        "fashion-serve --workers 1": [1.0, 1.0],
+        "pytriton on 1 cores": [1.0, 1.0],
+        "fashion-serve --workers 4": [3.5, None],
+        "pytriton on 4 cores": [2.5, 3.0],
+    }
+    table = scaling.markdown(results)
+    assert "| fashion-serve --workers 4 | 4 | 3,500 | 9.0 | 3.50x | 0 | 9.0 | - | 4x |" in table
+    assert "| pytriton on 4 cores | 4 | 2,000 | 9.0 | 2.50x | 9,000 | 9.0 | 3.00x | 4x |" in table
+
+
 def test_hop_cost_times_every_mode_on_the_real_model(model_repo, capsys) -> None:
     from bench.experiments import hop_cost
 

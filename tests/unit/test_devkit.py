@@ -131,4 +131,5 @@ def test_scaling_ours_only_runs_without_onnx_surgery(model_repo: Path, tmp_path:
     for point in entry["points"]:
         assert point["images_per_s"] > 0 and point["errors"] == 0 and point["bad_responses"] == 0
     assert not (work / "fashion-fp32.onnx").exists()  # PyTriton's copy: not made, no onnx
-    assert "fashion-serve --workers 1 | 1 |" in (out / "scaling.md").read_text()
+    assert results["growth"] == {"fashion-serve --workers 1": [1.0, 1.0]}
+    assert "| fashion-serve --workers 1 | 1 |" in (out / "scaling.md").read_text()
