@@ -159,7 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if kit + tree > CALL_LIMIT_BYTES:
         print("too big for one device call: leave more to the device (PROVIDED)", file=sys.stderr)
         return 1
-    print(f"then: run(command='bash bench/device_scaling.sh', carry=['{args.out.name}'])")
+    print(
+        f"then: run(command='bash bench/device_scaling.sh', carry=['{args.out.name}'], "
+        "timeout_s=360); about 2 minutes there"
+    )
     return 0
 
 
