@@ -132,6 +132,14 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save(results: dict[str, Any], out: Path) -> None:
+    """``scaling.json`` (with each server's growth) and ``scaling.md`` in ``out``."""
+    results["growth"] = growth(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scaling.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "scaling.md").write_text(markdown(results))
+
+
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     args.work = args.work.resolve()
     results: dict[str, Any] = {
@@ -175,6 +183,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
                 peers._with_server(results, name, start, target_of, points, load, args)
                 results["servers"][name]["cores"] = n
                 os.sched_setaffinity(0, everything)
+                # What is measured so far is kept if a later server fails to start: on a
+                # lent machine the run may not be repeatable.
+                save(results, args.out)
     finally:
         os.sched_setaffinity(0, everything)
     return results
@@ -187,10 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.monotonic()
     results = run(args, argv)
     results["wall_s"] = round(time.monotonic() - t0, 1)
-    results["growth"] = growth(results)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scaling.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "scaling.md").write_text(markdown(results))
+    save(results, args.out)
     print(markdown(results))
     return 0
 

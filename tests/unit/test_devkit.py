@@ -133,3 +133,55 @@ def test_scaling_ours_only_runs_without_onnx_surgery(model_repo: Path, tmp_path:
     assert not (work / "fashion-fp32.onnx").exists()  # PyTriton's copy: not made, no onnx
     assert results["growth"] == {"fashion-serve --workers 1": [1.0, 1.0]}
     assert "| fashion-serve --workers 1 | 1 |" in (out / "scaling.md").read_text()
+
+
+def test_scaling_keeps_what_it_measured_when_a_later_server_fails(
+    model_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A lent machine's run may not be repeatable: each finished server is written at once,
+    and this process's CPU affinity is given back even when the run breaks off."""
+    from bench import scaling
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("two server counts need two cores")
+    real, started = scaling.start_server, []
+
+    def start_server(repo: Path, extra: list[str]):
+        started.append(extra)
+        if len(started) == 2:  # the second server (--workers 2) does not come up
+            raise RuntimeError("did not start")
+        return real(repo, extra)
+
+    monkeypatch.setattr(scaling, "start_server", start_server)
+    argv = [
+        "--model-repo",
+        str(model_repo),
+        "--no-pytriton",
+        "--workers",
+        "1,2",
+        "--server-cores",
+        f"{cpus[0]},{cpus[1]}",
+        "--client-cores",
+        ",".join(map(str, cpus)),
+        "--processes",
+        "1",
+        "--connections",
+        "2",
+        "--duration-s",
+        "0.5",
+        "--warmup-s",
+        "0.2",
+        "--work",
+        str(tmp_path / "work"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    args = scaling.build_parser().parse_args(argv)
+    args.perf_analyzer = False
+    with pytest.raises(RuntimeError, match="did not start"):
+        scaling.run(args, argv)
+    assert sorted(os.sched_getaffinity(0)) == cpus
+    kept = json.loads((tmp_path / "out" / "scaling.json").read_text())
+    assert list(kept["servers"]) == ["fashion-serve --workers 1"]
+    assert kept["growth"] == {"fashion-serve --workers 1": [1.0, 1.0]}
