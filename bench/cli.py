@@ -200,10 +200,10 @@ def git_state() -> dict[str, Any]:
         except OSError:  # no git there (a device machine): the run still counts, unlabelled
             return ""
 
-    return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "server_dirty": bool(git("status", "--porcelain", "--", "server")),
-    }
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:  # no git or no repository (a copied tree): nothing known, not "clean"
+        return {"commit": None, "server_dirty": None}
+    return {"commit": commit, "server_dirty": bool(git("status", "--porcelain", "--", "server"))}
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:

@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", default="1,2,4,8", help="worker counts to measure")
     p.add_argument("--server-cores", default="0-7", help="CPUs the servers may use")
     p.add_argument("--client-cores", default="8-15", help="CPUs the load generator uses")
-    p.add_argument("--processes", type=int, default=4, help="load-generator processes")
+    p.add_argument(
+        "--processes", type=int, default=0, help="load-generator processes (0: one per client core)"
+    )
     p.add_argument("--connections", type=int, default=8, help="connections per process")
     p.add_argument("--duration-s", type=float, default=8.0)
     p.add_argument("--warmup-s", type=float, default=2.0)
@@ -92,20 +94,27 @@ def _fewest(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return fewest
 
 
+def _point(entry: dict[str, Any], i: int) -> dict[str, Any] | None:
+    """The entry's i-th point; none where the server broke off before it."""
+    points = entry.get("points", [])
+    return points[i] if i < len(points) else None
+
+
 def growth(results: dict[str, Any]) -> dict[str, list[float | None]]:
     """Each server's images/s per point against the same server on the fewest cores.
 
     Near-linear scaling is this ratio close to cores / fewest cores; a point without a
-    measurement (a crashed server) has none."""
+    measurement (failed, or never reached) has none."""
     fewest = _fewest(results)
     out: dict[str, list[float | None]] = {}
-    for entry_name, entry in results["servers"].items():
-        base = fewest[_kind(entry_name)]
+    for name, entry in results["servers"].items():
+        base = fewest[_kind(name)]
         ratios: list[float | None] = []
-        for point, first in zip(entry["points"], base["points"], strict=True):
-            ok = point.get("images_per_s") and first.get("images_per_s")
+        for i in range(len(POINTS)):
+            point, first = _point(entry, i), _point(base, i)
+            ok = point and first and point.get("images_per_s") and first.get("images_per_s")
             ratios.append(round(point["images_per_s"] / first["images_per_s"], 2) if ok else None)
-        out[entry_name] = ratios
+        out[name] = ratios
     return out
 
 
@@ -115,18 +124,28 @@ def markdown(results: dict[str, Any]) -> str:
         f"Machine: {results['machine']}",
         "",
         "Growth: images/s against the same server on the fewest cores; near-linear is close to",
-        "the ratio of the cores (ideal).",
+        "the ratio of the cores (ideal). Server CPU: the cores its processes used; above its",
+        "cores means the pinning did not hold (see machine.txt where the device script ran).",
         "",
-        "| server | cores | 1 image x 64: images/s | p99 ms | growth | "
-        "32 images x 16: images/s | p99 ms | growth | ideal |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| server | cores | 1 image x 64: images/s | p99 ms | server CPU | growth | "
+        "32 images x 16: images/s | p99 ms | server CPU | growth | ideal |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ratios, fewest = growth(results), _fewest(results)
     for name, entry in results["servers"].items():
         cells = []
-        for point, ratio in zip(entry["points"], ratios[name], strict=True):
-            grown = "-" if ratio is None else f"{ratio:.2f}x"
-            cells += [f"{point['images_per_s']:,.0f}", f"{point['latency_ms']['p99']}", grown]
+        for i, ratio in enumerate(ratios[name]):
+            point = _point(entry, i)
+            if point is None:
+                cells += ["-"] * 4
+                continue
+            cpu = point.get("server_cpu_cores")
+            cells += [
+                f"{point['images_per_s']:,.0f}",
+                f"{point['latency_ms']['p99']}",
+                "-" if cpu is None else f"{cpu:.2f}",
+                "-" if ratio is None else f"{ratio:.2f}x",
+            ]
         ideal = entry["cores"] / fewest[_kind(name)]["cores"]
         lines.append(f"| {name} | {entry['cores']} | {' | '.join(cells)} | {ideal:g}x |")
     return "\n".join(lines) + "\n"
@@ -157,7 +176,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     everything = os.sched_getaffinity(0)
     try:  # an error half-way must not leave this process pinned to a few cores
         os.sched_setaffinity(0, cores(args.client_cores))  # the load generator's processes
-        with LoadGenerator(args.processes) as load:
+        with LoadGenerator(args.processes or len(cores(args.client_cores))) as load:
             for name, cpus in steps:
                 os.sched_setaffinity(0, cpus)  # the server started next inherits it
                 n = len(cpus)
@@ -180,12 +199,15 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
                         return Target(s.target, None, s.pid)
 
                     points = PEER_POINTS
-                peers._with_server(results, name, start, target_of, points, load, args)
-                results["servers"][name]["cores"] = n
-                os.sched_setaffinity(0, everything)
-                # What is measured so far is kept if a later server fails to start: on a
-                # lent machine the run may not be repeatable.
-                save(results, args.out)
+                try:
+                    peers._with_server(results, name, start, target_of, points, load, args)
+                finally:
+                    os.sched_setaffinity(0, everything)
+                    if name in results["servers"]:  # absent when it never started
+                        results["servers"][name]["cores"] = n
+                    # What is measured so far is kept if a server fails (to start, or to
+                    # restart after a crash): on a lent machine the run may not be repeatable.
+                    save(results, args.out)
     finally:
         os.sched_setaffinity(0, everything)
     return results
