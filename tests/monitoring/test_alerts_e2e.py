@@ -103,6 +103,7 @@ def server_command(repo: Path, *args: str) -> list[str]:
 
 @pytest.fixture
 def servers(tmp_path: Path, model_repo: Path) -> Iterator[dict[str, ServerProcess]]:
+    binary("prometheus")  # no servers started for a test that would skip
     empty = tmp_path / REPO_A
     (empty / "fashion").mkdir(parents=True)
     served = tmp_path / REPO_B
@@ -239,8 +240,12 @@ def check_dashboard(prometheus: Prometheus) -> None:
 
 
 def test_alerts_fire_and_clear_as_a_real_server_breaks_and_recovers(
-    prometheus: Prometheus, servers: dict[str, ServerProcess], model_repo: Path, tmp_path: Path
+    servers: dict[str, ServerProcess], prometheus: Prometheus, model_repo: Path, tmp_path: Path
 ) -> None:
+    # Prometheus starts once the servers are up (fixtures are set up in argument order):
+    # with no target, NoModelServed goes pending at its first evaluation, and its `for`
+    # (4 s scaled) must not run out while three servers start, or the watch below first
+    # sees it firing and its pending phase goes unobserved (seen in CI on a loaded machine).
     a, b, c = servers["a"], servers["b"], servers["c"]
     instances = {name: f"127.0.0.1:{server.metrics_port}" for name, server in servers.items()}
     watch = Watch(prometheus, instances)
