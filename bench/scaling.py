@@ -180,7 +180,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             for name, cpus in steps:
                 os.sched_setaffinity(0, cpus)  # the server started next inherits it
                 n = len(cpus)
-                if name.startswith("fashion-serve"):
+                if _kind(name) == "ours":
                     extra = [f"--workers={n}", "--threads=1"] if n > 1 else [f"--threads={n}"]
 
                     def start(extra: list[str] = extra) -> Any:

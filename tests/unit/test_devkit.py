@@ -160,21 +160,17 @@ def test_the_device_script_refuses_to_start_without_a_kit(tmp_path: Path):
     assert "python -m bench.devkit" in done.stderr
 
 
-def test_scaling_ours_only_runs_without_onnx_surgery(model_repo: Path, tmp_path: Path):
-    """What the device script runs, small: real servers, the real load generator."""
+def small_scaling(model_repo: Path, tmp_path: Path, workers: str, server_cores: str) -> list[str]:
+    """bench.scaling's arguments for a short ours-only run on this machine's cores."""
     cpus = sorted(os.sched_getaffinity(0))
-    work, out = tmp_path / "work", tmp_path / "out"
-    command = [
-        sys.executable,
-        "-m",
-        "bench.scaling",
+    return [
         "--model-repo",
         str(model_repo),
         "--no-pytriton",
         "--workers",
-        "1",
+        workers,
         "--server-cores",
-        str(cpus[0]),
+        server_cores,
         "--client-cores",
         ",".join(map(str, cpus)),
         "--processes",
@@ -186,10 +182,18 @@ def test_scaling_ours_only_runs_without_onnx_surgery(model_repo: Path, tmp_path:
         "--warmup-s",
         "0.3",
         "--work",
-        str(work),
+        str(tmp_path / "work"),
         "--out",
-        str(out),
+        str(tmp_path / "out"),
     ]
+
+
+def test_scaling_ours_only_runs_without_onnx_surgery(model_repo: Path, tmp_path: Path):
+    """What the device script runs, small: real servers, the real load generator."""
+    cpus = sorted(os.sched_getaffinity(0))
+    work, out = tmp_path / "work", tmp_path / "out"
+    argv = small_scaling(model_repo, tmp_path, "1", str(cpus[0]))
+    command = [sys.executable, "-m", "bench.scaling", *argv]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "scaling.json").read_text())
@@ -223,29 +227,7 @@ def test_scaling_keeps_what_it_measured_when_a_later_server_fails(
         return real(repo, extra)
 
     monkeypatch.setattr(scaling, "start_server", start_server)
-    argv = [
-        "--model-repo",
-        str(model_repo),
-        "--no-pytriton",
-        "--workers",
-        "1,2",
-        "--server-cores",
-        f"{cpus[0]},{cpus[1]}",
-        "--client-cores",
-        ",".join(map(str, cpus)),
-        "--processes",
-        "1",
-        "--connections",
-        "2",
-        "--duration-s",
-        "0.5",
-        "--warmup-s",
-        "0.2",
-        "--work",
-        str(tmp_path / "work"),
-        "--out",
-        str(tmp_path / "out"),
-    ]
+    argv = small_scaling(model_repo, tmp_path, "1,2", f"{cpus[0]},{cpus[1]}")
     args = scaling.build_parser().parse_args(argv)
     args.perf_analyzer = False
     with pytest.raises(RuntimeError, match="did not start"):
