@@ -10,6 +10,7 @@ Skipped with the reason where podman is missing or cannot run; with CI=true they
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -451,10 +452,22 @@ def test_metrics_scrape_passes_promtool_and_has_process_series(deployment: Deplo
     assert 0 < sum(rss) < 1024**3, "the pod's memory limit is 1 GiB: every process together"
 
 
-def test_onnxruntime_telemetry_is_off_in_the_read_only_container(deployment: Deployment) -> None:
+# A line in --log-format text (server/logs.py): TIME [worker N ]LEVEL LOGGER: message.
+TEXT_LOG_LINE = re.compile(r"^\S+ \S+ (worker \d+ )?(DEBUG|INFO|WARNING|ERROR) ", re.M)
+
+
+def test_the_container_logs_json_lines_and_no_onnxruntime_telemetry(deployment: Deployment) -> None:
     deployment.ensure_model()
     log = deployment.server.logs()
-    assert "INFO server.supervisor: ready: 2 workers serving fashion" in log, log[-3000:]
+    # The ConfigMap's FASHION_LOG_FORMAT=json: Python's lines are JSON objects, none text.
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert any(
+        r["level"] == "INFO"
+        and r["logger"] == "server.supervisor"
+        and r["message"].startswith("ready: 2 workers serving fashion")
+        for r in records
+    ), log[-3000:]
+    assert not TEXT_LOG_LINE.search(log), log[-3000:]
     # With telemetry on, onnxruntime tries to persist a device ID under $HOME and, on the
     # read-only root filesystem, says so at import.
     assert not re.search(r"telemetry", log, re.IGNORECASE), log[-3000:]

@@ -382,6 +382,14 @@ def server_pods() -> list[tuple[str, dict[str, Any], Settings]]:
     return found
 
 
+def test_every_server_pod_logs_json_lines() -> None:
+    """In a cluster a node agent reads the container's stderr line by line: JSON keeps a
+    record (and its traceback) in one line, with its fields. tests/deploy/test_containers.py
+    reads the lines of the running pod."""
+    for name, _container, settings in server_pods():
+        assert settings.log_format == "json", name
+
+
 def test_the_memory_limit_holds_every_worker_with_a_canary() -> None:
     """Workers follow the CPU limit; the memory limit must follow them (measured memory of
     N workers with stable and a canary, each having served the largest requests over JSON,
