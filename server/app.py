@@ -20,7 +20,7 @@ from server.dataplane import DataPlane
 from server.errors import ConfigError, LoadRefused, ModelLoadError, VersionNotFound
 from server.grpc_binding import Limits, add_foreign_service, add_service
 from server.http import HttpServer
-from server.http_limits import HttpLimits
+from server.http_limits import limits_of
 from server.manager import (
     Batching,
     ModelLoader,
@@ -83,16 +83,6 @@ def grpc_options(settings: Settings, *, reuse_port: bool = False) -> list[tuple[
             ("grpc.max_connection_age_grace_ms", int(settings.grace_s * 1000)),
         ]
     return options
-
-
-def http_limits(settings: Settings) -> HttpLimits:
-    """The connection limits of both HTTP ports (REST and /metrics)."""
-    return HttpLimits(
-        max_connections=settings.http_max_connections,
-        header_timeout_s=settings.http_header_timeout_s,
-        keepalive_timeout_s=settings.http_keepalive_timeout_s,
-        tls_handshake_timeout_s=settings.http_tls_handshake_timeout_s,
-    )
 
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
@@ -223,7 +213,7 @@ class App:
         self.server = server
         if s.metrics_port >= 0:
             http = HttpServer(
-                host=s.host, port=s.metrics_port, registry=self.registry, limits=http_limits(s)
+                host=s.host, port=s.metrics_port, registry=self.registry, limits=limits_of(s)
             )
             try:
                 await http.start()
@@ -252,7 +242,7 @@ class App:
             client_max_size=s.max_message_bytes,
             shutdown_timeout_s=s.grace_s,
             reuse_port=self.peers is not None,
-            limits=http_limits(s),
+            limits=limits_of(s),
         )
         RestApi(self.plane, self.catalog, self.control, s).add_routes(rest.app)
         try:

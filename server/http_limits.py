@@ -30,11 +30,14 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
+
+if TYPE_CHECKING:
+    from server.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,17 @@ class HttpLimits:
     header_timeout_s: float = 10.0
     keepalive_timeout_s: float = 60.0
     tls_handshake_timeout_s: float = 10.0
+
+
+def limits_of(settings: Settings) -> HttpLimits:
+    """The limits the settings give every HTTP port: REST and /metrics, a worker's and the
+    supervisor's alike."""
+    return HttpLimits(
+        max_connections=settings.http_max_connections,
+        header_timeout_s=settings.http_header_timeout_s,
+        keepalive_timeout_s=settings.http_keepalive_timeout_s,
+        tls_handshake_timeout_s=settings.http_tls_handshake_timeout_s,
+    )
 
 
 class RateLimitedLog:

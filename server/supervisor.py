@@ -52,6 +52,7 @@ from server.channel import (
 from server.config import POLL, Settings
 from server.coordinator import ASK_TIMEOUT_S, Coordinator, WorkerHandle, describe
 from server.errors import ConfigError, ServingError
+from server.http_limits import limits_of
 from server.main import READY_LINE, WAITING_LINE
 from server.metrics_merge import cumulative_samples
 from server.orphans import adopt_orphans, reap_until
@@ -113,7 +114,9 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             self._hold_ports()
-            await self.metrics.open(self.settings.host, self.settings.metrics_port)
+            await self.metrics.open(
+                self.settings.host, self.settings.metrics_port, limits_of(self.settings)
+            )
             self.metrics_port = self.metrics.port
         except ConfigError as exc:
             logger.error("cannot start: %s", exc)

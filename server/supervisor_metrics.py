@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from server.cgroup import MemoryLimitCollector
 from server.coordinator import ASK_TIMEOUT_S, Coordinator
 from server.http import HttpServer
+from server.http_limits import HttpLimits
 from server.metrics_merge import merge, parse
 from server.process_metrics import ProcessTree, Root
 
@@ -61,11 +62,12 @@ class SupervisorMetrics:
         self._http: HttpServer | None = None
         self.port = 0
 
-    async def open(self, host: str, port: int) -> None:
-        """Serve ``/metrics`` on ``host:port`` (port -1: not at all)."""
+    async def open(self, host: str, port: int, limits: HttpLimits) -> None:
+        """Serve ``/metrics`` on ``host:port`` (port -1: not at all), under the same
+        connection limits as a single process's."""
         if port < 0:
             return
-        http = HttpServer(host=host, port=port, registry=None)
+        http = HttpServer(host=host, port=port, registry=None, limits=limits)
         http.app.router.add_get("/metrics", self._serve)
         await http.start()
         self._http = http

@@ -10,11 +10,18 @@ import asyncio
 import gzip
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from bench.serverproc import start_server
+from soak import hostile_http as attack
+from soak import http_wire as wire
+from soak.http_wire import Target, request_bytes
 
 IDLE_CONNECTIONS = 200
 
@@ -93,3 +100,30 @@ async def test_metrics_served_on_ipv6_loopback(start_app) -> None:
     app = await start_app(host="[::1]")
     status, _, body = await asyncio.to_thread(get, f"http://[::1]:{app.metrics_port}/metrics")
     assert status == 200 and b"fashion_model_info" in body
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_the_metrics_port_keeps_the_http_limits_with_workers(
+    model_repo: Path, tmp_path: Path, workers: int
+) -> None:
+    """--http-header-timeout-s and --http-keepalive-timeout-s hold on /metrics as on the
+    REST port. With --workers N the supervisor serves /metrics, and until this test it kept
+    the built-in limits (a 10 s head, 60 s keep-alive) whatever the flags said."""
+    args = ["--workers", str(workers)]
+    args += ["--http-header-timeout-s", "1", "--http-keepalive-timeout-s", "2"]
+    with (tmp_path / "server.log").open("w") as stderr:
+        process = start_server(model_repo, args, stderr=stderr)
+    try:
+        target = Target("127.0.0.1", process.metrics_port, process.pid)
+        reader, writer = await target.connect()
+        writer.write(request_bytes("GET", "/metrics"))
+        assert (await wire.read_reply(reader)).status == 200
+        idle_since = time.monotonic()
+        assert await wire.closed_by_server(reader, 6), "kept past --http-keepalive-timeout-s"
+        assert time.monotonic() - idle_since > 1.5
+        writer.close()
+        result = await attack.slowloris(target, connections=5, seconds=5, byte_every_s=0.3)
+        assert result["closed_by_server"] == 5, result
+        assert result["closed_after_s"]["max"] < 4.0, result  # --http-header-timeout-s 1
+    finally:
+        process.stop()
