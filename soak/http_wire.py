@@ -192,6 +192,7 @@ async def one_exchange(
             "seconds": round(time.monotonic() - t0, 3),
             "server_header": reply.headers.get("server"),
             "content_type": reply.headers.get("content-type"),
+            "request_id": reply.headers.get("x-request-id"),
             "body": reply.body[:300].decode("utf-8", "replace"),
         }
         if close_wait_s:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import urllib.request
 import zlib
@@ -159,6 +160,18 @@ async def test_concurrency_cap_answers_429_at_once(server: Server) -> None:
     assert refused["status"] == 429, refused
     assert "--http-max-concurrent-requests" in refused["body"]
     assert time.monotonic() - t0 < 1.0
+    # Its x-request-id, as on every other answer: the client's when it can be one (at most
+    # 1,024 characters), else a generated one.
+    assert re.fullmatch(r"[0-9a-f]{16}", refused["request_id"] or ""), refused
+    body, headers = wire.valid_binary_body()
+    for sent in ("cap-429", "x" * 1025):
+        data = request_bytes("POST", wire.INFER_PATH, body, {**headers, "x-request-id": sent})
+        refused = await wire.one_exchange(server.target, data, timeout_s=5, close_wait_s=0)
+        assert refused["status"] == 429, refused
+        if sent == "cap-429":
+            assert refused["request_id"] == sent, refused
+        else:
+            assert re.fullmatch(r"[0-9a-f]{16}", refused["request_id"] or ""), refused
     health = await wire.one_exchange(
         server.target, request_bytes("GET", "/v2/health/ready"), timeout_s=5, close_wait_s=0
     )
