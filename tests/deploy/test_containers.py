@@ -167,15 +167,15 @@ class Deployment:
         extra_args: tuple[str, ...] = (),
     ) -> Container:
         """Start a Job's container (as the Job runs it) on the server's model volume. ``env``
-        replaces values of the container's own variables, as `kubectl set env` does."""
+        sets the container's variables, replacing a value or adding the variable, as
+        `kubectl set env` does."""
         docs = render(kustomization)
         spec = one(docs, "Job")["spec"]["template"]["spec"]
         (container,) = spec["containers"]
-        env = env or {}
-        variables = {v["name"]: v for v in container.get("env", [])}
-        assert env.keys() <= variables.keys(), f"not variables of the Job: {env.keys()}"
-        for key, value in env.items():
-            variables[key]["value"] = value
+        variables = container.setdefault("env", [])
+        for key, value in (env or {}).items():
+            variables[:] = [v for v in variables if v["name"] != key]
+            variables.append({"name": key, "value": value})
         self.job_runs += 1
         name = f"{self.server.name}-{tag}-{self.job_runs}"
         # enableServiceLinks: false in the Job: only the master Service's variables.

@@ -545,22 +545,43 @@ def test_server_reads_and_the_job_writes_the_same_model_volume() -> None:
         "securityContext"]["fsGroup"], "both Jobs write files the other must replace"  # fmt: skip
 
 
-def test_the_documented_repo_command_sets_the_jobs_arguments() -> None:
+@pytest.mark.parametrize("arguments", ["list", "label fashion canary 4"])
+def test_the_documented_repo_command_sets_the_jobs_arguments(arguments: str) -> None:
     """deploy/README's `kubectl set env --local -f deploy/k8s/repo/job.yaml ...` pipeline,
     with the pinned kubectl: the Job it prints runs that fashion-repo command, and a refusal
-    is not retried."""
+    is not retried. `list` too: kubectl prints nothing for a change that changes nothing,
+    so the Job must not carry the variable's default itself (`fashion_repo list` applied
+    nothing when it did)."""
     printed = subprocess.run(
         [kubectl(), "set", "env", "--local", "-f", str(K8S / "repo" / "job.yaml"), "-o",
-         "yaml", "FASHION_REPO_ARGS=label fashion canary 4"],
+         "yaml", f"FASHION_REPO_ARGS={arguments}"],
         check=True, capture_output=True, text=True, timeout=60,
     ).stdout  # fmt: skip
     job = yaml.safe_load(printed)
+    assert job is not None, "kubectl printed no Job"
     (container,) = job["spec"]["template"]["spec"]["containers"]
-    assert container_env(container, [])["FASHION_REPO_ARGS"] == "label fashion canary 4"
-    assert container["command"] == ["/bin/sh", "-c", "exec fashion-repo $FASHION_REPO_ARGS"]
+    assert container_env(container, [])["FASHION_REPO_ARGS"] == arguments
+    assert container["command"] == [
+        "/bin/sh", "-c", "exec fashion-repo ${FASHION_REPO_ARGS:-list}"
+    ]  # fmt: skip
     assert job["spec"]["backoffLimit"] == 0
     readme = (ROOT / "deploy" / "README.md").read_text()
     assert "kubectl set env --local -f deploy/k8s/repo/job.yaml -o yaml" in readme
+    # `kubectl apply -k deploy/k8s/repo` alone runs the default, `list`.
+    (container,) = one(render("repo"), "Job")["spec"]["template"]["spec"]["containers"]
+    assert "FASHION_REPO_ARGS" not in container_env(container, [])
+
+
+def test_the_documented_registry_step_reaches_the_jobs_applied_from_their_files() -> None:
+    """`kustomize edit set image` rewrites only what `apply -k` renders; deploy/README's
+    fashion_repo and canary training run apply job.yaml itself, so its registry step edits
+    their `image:` line, which must be there exactly once in each."""
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    line = "s|image: fashion-trainer:0.1.0|image: $REGISTRY/fashion-trainer:0.1.0|"
+    assert line in readme
+    for job in ("repo", "training"):
+        text = (K8S / job / "job.yaml").read_text()
+        assert text.count("image: fashion-trainer:0.1.0\n") == 1, job
 
 
 def test_the_documented_canary_training_run_labels_its_version() -> None:
