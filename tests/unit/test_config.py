@@ -130,17 +130,23 @@ def service_links(service: str, ip: str, ports: dict[str, int]) -> dict[str, str
 
 
 # Exactly what a pod in the namespace of deploy/k8s/base's Service fashion-serving
-# (ports grpc 50051, metrics 9090) is given (NOTES.md), written out, not generated.
+# (ports grpc 50051, http 8000, metrics 9090) is given (NOTES.md), written out, not
+# generated.
 FASHION_SERVING_LINKS = {
     "FASHION_SERVING_SERVICE_HOST": "10.96.12.34",
     "FASHION_SERVING_SERVICE_PORT": "50051",
     "FASHION_SERVING_SERVICE_PORT_GRPC": "50051",
+    "FASHION_SERVING_SERVICE_PORT_HTTP": "8000",
     "FASHION_SERVING_SERVICE_PORT_METRICS": "9090",
     "FASHION_SERVING_PORT": "tcp://10.96.12.34:50051",
     "FASHION_SERVING_PORT_50051_TCP": "tcp://10.96.12.34:50051",
     "FASHION_SERVING_PORT_50051_TCP_PROTO": "tcp",
     "FASHION_SERVING_PORT_50051_TCP_PORT": "50051",
     "FASHION_SERVING_PORT_50051_TCP_ADDR": "10.96.12.34",
+    "FASHION_SERVING_PORT_8000_TCP": "tcp://10.96.12.34:8000",
+    "FASHION_SERVING_PORT_8000_TCP_PROTO": "tcp",
+    "FASHION_SERVING_PORT_8000_TCP_PORT": "8000",
+    "FASHION_SERVING_PORT_8000_TCP_ADDR": "10.96.12.34",
     "FASHION_SERVING_PORT_9090_TCP": "tcp://10.96.12.34:9090",
     "FASHION_SERVING_PORT_9090_TCP_PROTO": "tcp",
     "FASHION_SERVING_PORT_9090_TCP_PORT": "9090",
@@ -157,7 +163,9 @@ FASHION_SERVING_LINKS = {
 
 
 def test_the_generator_reproduces_the_known_set() -> None:
-    generated = service_links("fashion-serving", "10.96.12.34", {"grpc": 50051, "metrics": 9090})
+    generated = service_links(
+        "fashion-serving", "10.96.12.34", {"grpc": 50051, "http": 8000, "metrics": 9090}
+    )
     assert generated == {k: v for k, v in FASHION_SERVING_LINKS.items() if k.startswith("FASHION")}
 
 
