@@ -42,7 +42,7 @@ from server.control import AUTHORIZATION, ModelControl
 from server.dataplane import DataPlane, Failure
 from server.errors import Code
 from server.http_body import HttpRefusal, RequestLimits
-from server.request_context import REQUEST_ID_HEADER
+from server.request_context import REQUEST_ID_HEADER, answer_id
 from server.rest_codec import (
     HEADER_LENGTH,
     REST_INFER,
@@ -114,7 +114,8 @@ def _json(document: Any) -> web.Response:
 
 @web.middleware
 async def _json_routing_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The router's own 404 and 405 in the same ``{"error": ...}`` form as every other error."""
+    """The router's own 404 and 405 in the same ``{"error": ...}`` form as every other error,
+    with an ``x-request-id`` like every other answer (no request began: nothing is logged)."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -128,6 +129,7 @@ async def _json_routing_errors(request: web.Request, handler: Handler) -> web.St
         else:
             message = exc.reason
         response = web.json_response({"error": message}, status=exc.status)
+        response.headers[REQUEST_ID_HEADER] = answer_id(request.headers.get(REQUEST_ID_HEADER))
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response

@@ -149,6 +149,12 @@ async def test_failures_send_back_and_log_their_id(app, stub, oip_stub, logs) ->
     # Every route, not only inference.
     ready = await infer(app, b"", "-X", "GET", "-H", f"{HEADER}: probe-1", path="/v2/health/ready")
     assert ready.status == 200 and ready.headers[HEADER] == "probe-1"
+    # The router's own 404 and 405 too: the client's id, else a generated one.
+    for method, path, status in (("GET", "/v3/nothing", 404), ("GET", "/v2/models/x/infer", 405)):
+        reply = await infer(app, b"", "-X", method, "-H", f"{HEADER}: route-1", path=path)
+        assert reply.status == status and reply.headers[HEADER] == "route-1", reply.body
+        reply = await infer(app, b"", "-X", method, path=path)
+        assert reply.status == status and GENERATED.fullmatch(reply.headers[HEADER])
 
 
 async def test_an_unexpected_errors_traceback_line_carries_the_request_id(
