@@ -28,7 +28,6 @@ from typing import ClassVar
 from aiohttp import hdrs, web
 
 from server.errors import Code, InvalidInput, Overloaded, ServingError
-from server.request_context import REQUEST_ID_HEADER, answer_id
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -151,9 +150,6 @@ class RequestLimits:
                 status=429,
                 headers=Busy.headers,
             )
-            # Refused before the route begins the request: its id is set here, as the
-            # route sets it on every other answer (docs/API.md "Request ids").
-            response.headers[REQUEST_ID_HEADER] = answer_id(request.headers.get(REQUEST_ID_HEADER))
             if request.body_exists:
                 response.force_close()  # its body is not read
             return response

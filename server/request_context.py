@@ -91,8 +91,8 @@ def id_problem(value: str, source: str = "the request id") -> str:
 
 
 def answer_id(sent: str | None) -> str:
-    """The id for a REST answer given before a request begins (the concurrency cap's 429,
-    the router's 404 and 405): the client's own when it can be one, else a new one.
+    """The id for a REST answer given before a request begins (server/rest.py): the
+    client's own when it can be one, else a new one.
     Nothing is refused here: the request is refused anyway, for another reason."""
     return sent if sent and not id_problem(sent) else new_id()
 

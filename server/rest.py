@@ -113,26 +113,34 @@ def _json(document: Any) -> web.Response:
 
 
 @web.middleware
-async def _json_routing_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The router's own 404 and 405 in the same ``{"error": ...}`` form as every other error,
-    with an ``x-request-id`` like every other answer (no request began: nothing is logged)."""
+async def _every_answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer in one form: the router's own 404 and 405 as ``{"error": ...}`` like
+    every other error, and each with an ``x-request-id``. A route sets its request's; an
+    answer given before any request began (the router's, the concurrency cap's 429; not
+    logged) gets the client's id when it can be one, else a generated one."""
     try:
-        return await handler(request)
+        response = await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        if exc.status == 404:
-            message = f"no such endpoint {request.method} {request.path[:64]!r}; see GET /v2"
-        elif exc.status == 405:
-            allowed = exc.headers.get("Allow", "")
-            message = f"{request.method} is not allowed on {request.path[:64]!r} (use {allowed})"
-        else:
-            message = exc.reason
-        response = web.json_response({"error": message}, status=exc.status)
+        response = _routing_error(request, exc)
+    if REQUEST_ID_HEADER not in response.headers:
         response.headers[REQUEST_ID_HEADER] = answer_id(request.headers.get(REQUEST_ID_HEADER))
-        if "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
-        return response
+    return response
+
+
+def _routing_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    if exc.status == 404:
+        message = f"no such endpoint {request.method} {request.path[:64]!r}; see GET /v2"
+    elif exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        message = f"{request.method} is not allowed on {request.path[:64]!r} (use {allowed})"
+    else:
+        message = exc.reason
+    response = web.json_response({"error": message}, status=exc.status)
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
 
 
 class RestApi:
@@ -158,7 +166,7 @@ class RestApi:
         )
 
     def add_routes(self, app: web.Application) -> None:
-        app.middlewares.append(_json_routing_errors)
+        app.middlewares.append(_every_answer)  # outermost: sees every answer
         app.middlewares.append(self.limits.middleware)
         app.on_cleanup.append(self._close)
         route = self._route
