@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import ipaddress
 import logging
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 from server import tracing
 from server.cgroup import available_cpus
 from server.contract import is_model_name
+from server.env_vars import BadValue, closest_setting, is_link_value, is_service_link, parse_value
 from server.errors import ConfigError
 from server.logs import FORMATS as LOG_FORMATS
 from server.tls import TlsMaterial, load_tls
@@ -47,8 +47,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # gRPC core keeps these in C ints: milliseconds for connection ages, bytes for messages.
 INT32_MAX = 2**31 - 1
 MAX_CONNECTION_AGE_S = INT32_MAX // 1000  # ~24.8 days
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off")
 
 
 def _setting(default: Any, help: str, **checks: Any) -> Any:
@@ -438,34 +436,11 @@ def _check(f: dataclasses.Field[Any], value: Any) -> None:
         )
 
 
-def _parse_bool(raw: str) -> bool:
-    word = raw.strip().lower()
-    if word in TRUE_WORDS or word in FALSE_WORDS:
-        return word in TRUE_WORDS
-    raise ValueError(raw)
-
-
-def _parser_for(type_name: str) -> Callable[[str], Any]:
-    parsers: dict[str, Callable[[str], Any]] = {
-        "int": int,
-        "float": float,
-        "str": str,
-        "Path": Path,
-        "bool": _parse_bool,
-    }
-    return parsers[type_name]
-
-
 def _convert(name: str, type_name: str, raw: str) -> Any:
     try:
-        return _parser_for(type_name)(raw)
-    except ValueError:
-        kind = {
-            "int": "an integer",
-            "float": "a number",
-            "bool": f"one of {', '.join(TRUE_WORDS + FALSE_WORDS)}",
-        }.get(type_name, type_name)
-        raise ConfigError(f"{_names(name)} must be {kind}, got {raw!r}") from None
+        return parse_value(type_name, raw)
+    except BadValue as exc:
+        raise ConfigError(f"{_names(name)} {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -509,7 +484,7 @@ def load_settings(
         if raw is None:
             variable = f"{ENV_PREFIX}{f.name.upper()}"
             raw = env.get(variable)
-            if raw is not None and f.type != "str" and _SERVICE_LINK_VALUE.fullmatch(raw):
+            if raw is not None and f.type != "str" and is_link_value(raw):
                 # A Service named "fashion" injects FASHION_PORT=tcp://IP:PORT.
                 notes.append(
                     f"ignoring {variable}={raw}: a Kubernetes service link of a Service named "
@@ -550,13 +525,11 @@ def check_environment(environ: Mapping[str, str]) -> list[str]:
         and not name.startswith(_TRAINING_ENV_PREFIX)
         and not is_service_link(name, environ[name])
     )
-    # Compared without the shared prefix, which would make every pair look alike.
-    suffixes = {name[len(ENV_PREFIX) :]: name for name in known}
     typos = {}
     for name in unknown:
-        close = difflib.get_close_matches(name[len(ENV_PREFIX) :], suffixes, 1, TYPO_CUTOFF)
-        if close:
-            typos[name] = suffixes[close[0]]
+        close = closest_setting(name, known, ENV_PREFIX)
+        if close is not None:
+            typos[name] = close
     if typos:
         raise ConfigError(
             "; ".join(
@@ -571,19 +544,6 @@ def check_environment(environ: Mapping[str, str]) -> list[str]:
     return []
 
 
-def is_service_link(name: str, value: str) -> bool:
-    """Whether ``name=value`` has the shape of a Kubernetes service-link variable.
-
-    ``<SVC>_SERVICE_HOST``, ``<SVC>_SERVICE_PORT``, ``<SVC>_SERVICE_PORT_<NAME>``,
-    ``<SVC>_PORT=proto://ip:port`` and ``<SVC>_PORT_<n>_<PROTO>`` (+ ``_PROTO``,
-    ``_PORT``, ``_ADDR``). A bare ``*_PORT`` must also carry a link's value, so a
-    misspelt port setting (``FASHION_METRIC_PORT=9091``) is still caught.
-    """
-    if _SERVICE_LINK_NAME.fullmatch(name):
-        return True
-    return name.endswith("_PORT") and bool(_SERVICE_LINK_VALUE.fullmatch(value))
-
-
 # FASHION_* variables that belong to other commands and scripts, not the server:
 # training and tests (FASHION_MNIST_DIR), scripts/bootstrap.sh (FASHION_VENV, FASHION_PERF_VENV),
 # the container tests (FASHION_TEST_BASE_IMAGE, tests/deploy/podman.py).
@@ -594,11 +554,3 @@ _OTHER_ENV = frozenset(
 # both commands' variables, and the trainer refuses its own misspelt names, so here the whole
 # prefix passes (FASHION_TRAIN_BATCH_SIZE must not read as a typo of FASHION_MAX_BATCH_SIZE).
 _TRAINING_ENV_PREFIX = "FASHION_TRAIN_"
-# difflib ratio (of the names after FASHION_) from which an unknown name is taken for a
-# typo of a setting: MAX_BATCH/MAX_BATCH_SIZE 0.78, PROT/PORT 0.75, THREAD/THREADS 0.92;
-# unrelated names stay below (TEAM/THREADS 0.55, VERSION/MODEL_VERSION 0.70).
-TYPO_CUTOFF = 0.75
-_SERVICE_LINK_NAME = re.compile(
-    r"[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)"
-)
-_SERVICE_LINK_VALUE = re.compile(r"(tcp|udp|sctp)://[0-9A-Fa-f.:\[\]]+:[0-9]+")

@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from server.config import is_service_link
 from server.contract import MODEL_NAME, is_model_name
+from server.env_vars import BadValue, closest_setting, is_service_link, parse_value
 from server.serving_config import ConfigRefused, check_label_name
 from training.model import ARCHITECTURES
 from training.recipe import AUGMENTATIONS, RECIPES, SCHEDULES
@@ -53,9 +52,6 @@ RECIPE_FIELDS: tuple[str, ...] = (
 )
 # numpy's and Keras' seeding take an unsigned 32-bit seed.
 MAX_SEED = 2**32 - 1
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off")
-TYPO_CUTOFF = 0.75  # as server.config: difflib ratio of the names after the prefix
 
 _FROM_RECIPE = "the --arch recipe"
 _RECIPES = "; ".join(f"{name}: {recipe}" for name, recipe in RECIPES.items())
@@ -269,35 +265,11 @@ def _base_type(f: dataclasses.Field[Any]) -> str:
     return str(f.type).removesuffix(" | None")
 
 
-def _parse_bool(raw: str) -> bool:
-    word = raw.strip().lower()
-    if word in TRUE_WORDS or word in FALSE_WORDS:
-        return word in TRUE_WORDS
-    raise ValueError(raw)
-
-
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "int": int,
-    "float": float,
-    "str": str,
-    "Path": Path,
-    "bool": _parse_bool,
-}
-_KINDS = {
-    "int": "an integer",
-    "float": "a number",
-    "bool": f"one of {', '.join(TRUE_WORDS + FALSE_WORDS)}",
-}
-
-
 def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
-    kind = _base_type(f)
     try:
-        return _PARSERS[kind](raw)
-    except ValueError:
-        raise ConfigError(
-            f"{names(f.name)} must be {_KINDS.get(kind, kind)}, got {raw!r}"
-        ) from None
+        return parse_value(_base_type(f), raw)
+    except BadValue as exc:
+        raise ConfigError(f"{names(f.name)} {exc}") from None
 
 
 def _metavar(f: dataclasses.Field[Any]) -> str | None:
@@ -348,11 +320,10 @@ def check_environment(environ: Mapping[str, str]) -> None:
     )
     if not unknown:
         return
-    suffixes = {name[len(ENV_PREFIX) :]: name for name in known}
     problems = []
     for name in unknown:
-        close = difflib.get_close_matches(name[len(ENV_PREFIX) :], suffixes, 1, TYPO_CUTOFF)
-        hint = f"did you mean {suffixes[close[0]]}?" if close else "fashion-train --help lists them"
+        close = closest_setting(name, known, ENV_PREFIX)
+        hint = f"did you mean {close}?" if close else "fashion-train --help lists them"
         problems.append(f"unknown setting {name}; {hint}")
     raise ConfigError("; ".join(problems))
 
