@@ -189,10 +189,13 @@ class DataPlane:
     def resolve(self, target: Target) -> ServedVersion:
         """The loaded version ``target`` names (by number, label, or the model's default).
 
-        UNAVAILABLE (with the reason) while the server serves nothing yet; NOT_FOUND
-        for a model, version or label that is not served (the message says what is).
+        UNAVAILABLE (with the reason) while the server is not ready and serves nothing
+        (starting, waiting for a first model, stopping); NOT_FOUND for a model, version or
+        label that is not served (the message says what is), also on a ready server that
+        serves no model (explicit mode before a load or after the last unload, a poll
+        after the last model left the repository): retrying would not change the answer.
         """
-        if not self.manager.routes:
+        if not self.manager.routes and not self.readiness.ready:
             raise ModelNotReady(self.readiness.refusal or "no model is loaded yet; retry shortly")
         return self.manager.resolve(target)
 

@@ -62,7 +62,7 @@ def resolve(
     """
     route = routes.get(target.model)
     if route is None:
-        names = ", ".join(repr(name) for name in sorted(routes)) or "no model yet"
+        names = ", ".join(repr(name) for name in sorted(routes)) or "no model"
         raise VersionNotFound(f"unknown model {shown(target.model)}; this server serves {names}")
     if target.label:
         number = route.labels.get(target.label)

@@ -310,6 +310,33 @@ async def test_explicit_mode_loads_and_unloads_through_the_api(start_app, repo) 
     assert reply.status == 400 and "file overrides" in reply.json()["error"]
 
 
+async def test_a_ready_server_serving_no_model_answers_not_found_not_retry(start_app, repo):
+    """After the last unload (and before a first load) the server is ready and serves
+    nothing: a request for any model is NOT_FOUND saying so, never "retry shortly"."""
+    app = await start_app(repo, model_control_mode="explicit", load_model="fashion")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.PredictionServiceStub(channel)
+        oip_stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        await oip_stub.RepositoryModelUnload(oip.RepositoryModelUnloadRequest(model_name="fashion"))
+        assert (await oip_stub.ServerReady(oip.ServerReadyRequest())).ready
+        error = await refused(predict(stub, model_name="nope"))
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert error.details() == "unknown model 'nope'; this server serves no model"
+        error = await refused(predict(stub))
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert "'fashion' is in the repository but not loaded" in error.details()
+        ready = await oip_stub.ModelReady(oip.ModelReadyRequest(name="fashion"))
+        assert not ready.ready
+        error = await refused(oip_stub.ModelReady(oip.ModelReadyRequest(name="nope")))
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+    url = f"http://127.0.0.1:{app.http_port}/v2/models"
+    body = json.dumps({"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 28, 28],
+                                   "data": [0] * 784}]})  # fmt: skip
+    for name in ("nope", "fashion"):
+        reply = await curl(f"{url}/{name}/infer", "-X", "POST", "-d", body)
+        assert reply.status == 404 and "retry-after" not in reply.headers, (name, reply.body)
+
+
 async def test_loading_a_broken_model_says_why_and_changes_nothing(start_app, repo) -> None:
     app = await start_app(repo, model_control_mode="explicit", load_model="fashion")
     for version in (1, 2):
