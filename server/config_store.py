@@ -132,7 +132,10 @@ def _widened(config: ServingConfig, version: int, numbers: Sequence[int]) -> str
 
 
 @contextlib.contextmanager
-def _locked(root: Path, model: str) -> Iterator[None]:
+def config_lock(root: Path, model: str) -> Iterator[None]:
+    """The model's config lock, held for a change of its config.json and for a publish
+    (training.publish): either sees what the other wrote. Not reentrant; the model's
+    directory must exist."""
     with open(model_dir(root, model) / LOCK_FILE, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -151,15 +154,22 @@ def update(
     """
     root = Path(root)
     check_model(root, model)
-    with _locked(root, model):
-        before = read_config(root, model)
-        after = change(before)
-        path = config_path(root, model)
-        text = json.dumps(after.to_json(), indent=2) + "\n"
-        if parse_config(text, str(path)) != after:  # what the server will read back
-            raise ConfigRefused(f"{path}: the change does not survive a round trip: {text}")
-        check_servable(after, servable_versions(root, model), model)
-        _write_atomically(path, text.encode())
+    with config_lock(root, model):
+        return update_locked(root, model, change)
+
+
+def update_locked(
+    root: Path, model: str, change: Callable[[ServingConfig], ServingConfig]
+) -> tuple[ServingConfig, ServingConfig]:
+    """:func:`update` for a caller that holds :func:`config_lock` already."""
+    before = read_config(root, model)
+    after = change(before)
+    path = config_path(root, model)
+    text = json.dumps(after.to_json(), indent=2) + "\n"
+    if parse_config(text, str(path)) != after:  # what the server will read back
+        raise ConfigRefused(f"{path}: the change does not survive a round trip: {text}")
+    check_servable(after, servable_versions(root, model), model)
+    _write_atomically(path, text.encode())
     return before, after
 
 

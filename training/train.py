@@ -39,7 +39,12 @@ from training.export import (
 )
 from training.metadata import RunReport, accuracies, build_metadata, library_versions
 from training.model import build_model
-from training.publish import check_label_plan, label_version, publish_model
+from training.publish import (
+    PublishedUnlabelled,
+    PublishRefused,
+    check_publish_plan,
+    publish_model,
+)
 from training.quantize import (
     CALIBRATION_IMAGES,
     INT8_FILE,
@@ -390,6 +395,7 @@ def publish(config: TrainConfig, exported: Exported, report: Report) -> Publishe
         make_metadata,
         write_extras=write_extras,
         model=config.model_name,
+        label=config.label,
     )
     return Published(version, path, written)
 
@@ -455,12 +461,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     command_line = list(sys.argv) if argv is None else ["fashion-train", *argv]
-    if config.label:
-        try:
-            check_label_plan(config.model_repo, config.model_name, config.label)
-        except ModelLoadError as exc:
-            print(f"fashion-train: error: --label {config.label}: {exc}", file=sys.stderr)
-            return 2
+    try:  # refused now rather than after an hour of training
+        check_publish_plan(config.model_repo, config.model_name, config.label)
+    except ModelLoadError as exc:
+        flag = f"--label {config.label}: " if config.label else ""
+        print(f"fashion-train: error: {flag}{exc}; nothing was trained", file=sys.stderr)
+        return 2
     previous = exit_on_sigterm()
     try:
         published = run(config, command_line)
@@ -468,22 +474,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Known failures get one clear line; nothing was published.
         print(f"fashion-train: error: {exc}", file=sys.stderr)
         return 1
+    except PublishRefused as exc:
+        # The config changed during training so that the new version would break it.
+        print(f"fashion-train: error: nothing was published: {exc}", file=sys.stderr)
+        return 1
+    except PublishedUnlabelled as exc:
+        print(f"published version {exc.version} to {exc.path.resolve()}", flush=True)
+        print(
+            f"fashion-train: error: version {exc.version} is published but not labelled "
+            f"{config.label!r}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     # Absolute: the default ./models is relative to wherever the command was run.
     print(f"published version {published.version} to {published.path.resolve()}", flush=True)
     if config.label:
-        try:
-            label_version(config.model_repo, config.model_name, config.label, published.version)
-        except ModelLoadError as exc:
-            # Published, not labelled (the config changed meanwhile): say so, and how to finish.
-            print(
-                f"fashion-train: error: version {published.version} is published but not "
-                f"labelled {config.label!r}: {exc}",
-                file=sys.stderr,
-            )
-            return 1
         print(f"labelled version {published.version} {config.label!r}", flush=True)
     return 0
 

@@ -105,7 +105,7 @@ def test_model_name_publishes_under_its_own_directory(
     assert found.metadata["name"] == "other" and found.metadata["version"] == 1
 
 
-def test_label_marks_the_published_version_and_a_plan_it_would_break_trains_nothing(
+def test_label_marks_the_published_version_and_a_publish_that_would_break_trains_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["--limit", "500", "--epochs", "1", "--no-report", "--model-repo", str(tmp_path)]
@@ -119,4 +119,11 @@ def test_label_marks_the_published_version_and_a_plan_it_would_break_trains_noth
     err = capsys.readouterr().err
     assert "--label stable: label 'canary' -> 1: version policy latest 1 serves [2]" in err
     assert "fashion-repo policy fashion latest:2" in err
+    assert list_versions(tmp_path) == [1]
+    # The same without --label: publishing would push canary out all the same (and a server
+    # starting on the repository would refuse the model), so it is refused too.
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: label 'canary' -> 1: version policy latest 1 serves [2]" in err
+    assert "nothing was trained" in err
     assert list_versions(tmp_path) == [1]
