@@ -340,9 +340,12 @@ class ModelManager:
         current = self._routes.get(name)
         unchanged = Step(name, current, {}, [], unchanged=True)
         try:
-            on_disk = await asyncio.to_thread(self.view.scan_versions, record)
+            # The config before the versions: publishers rename a version into place before
+            # any label names it, so a config read first names only versions the scan then
+            # sees (read after, it could name one published in between: a false refusal).
             if config is None:
                 config = await asyncio.to_thread(self.view.read_config, record, config_text)
+            on_disk = await asyncio.to_thread(self.view.scan_versions, record)
         except ModelLoadError as exc:
             self._refuse(record, str(exc), strict, config=True)
             return unchanged
@@ -350,6 +353,10 @@ class ModelManager:
         # A loaded version whose files changed on disk is loaded again (a reload); if the
         # new files fail, the policy treats it as refused, like any invalid version.
         stale = await asyncio.to_thread(self._stale, record.name, loaded, on_disk)
+        polled = exact is None and not strict  # a poll, which comes back every interval
+        if polled and record.held_back is not None and not stale:
+            if record.held_back == await self._held_back(record, config, on_disk):
+                return unchanged  # refused as it stands: loading it all again changes nothing
         entering: dict[int, ServedVersion] = {}
         gone: set[int] = set()  # removed from disk since the scan
         while True:  # a version that fails to load makes the policy look again, lower
@@ -385,10 +392,13 @@ class ModelManager:
             for served in entering.values():
                 await self._free(served)
             self._refuse(record, problem, strict, config=bool(chosen))
+            if polled:
+                record.held_back = await self._held_back(record, config, on_disk)
             return unchanged
         default = config.default_version(sorted(chosen)) or max(chosen)
         leaving = [served for v, served in loaded.items() if chosen.get(v) is not served]
         record.problem = ""
+        record.held_back = None
         if (
             current is not None
             and not entering
@@ -408,6 +418,16 @@ class ModelManager:
             for v, served in loaded.items()
             if v in on_disk and version_fingerprint(self.repo, v, name) != served.fingerprint
         }
+
+    async def _held_back(
+        self, record: ModelRecord, config: ServingConfig, on_disk: list[int]
+    ) -> tuple[object, ...]:
+        """What a refused poll's outcome depends on: the config, the versions on disk and
+        their files, and which of them are refused."""
+        files = await asyncio.to_thread(
+            lambda: tuple(version_fingerprint(self.repo, v, record.name) for v in on_disk)
+        )
+        return (config, tuple(on_disk), files, tuple(sorted(record.refused.items())))
 
     def _refuse(self, record: ModelRecord, problem: str, strict: bool, *, config: bool) -> None:
         """Nothing changes for ``record``'s model; say why (once per distinct reason)."""

@@ -137,15 +137,6 @@ def config_path(root: Path, model: str) -> Path:
     return model_dir(root, model) / CONFIG_FILE
 
 
-def config_fingerprint(root: Path, model: str) -> tuple[int, int]:
-    """Size and mtime of a model's config.json ((-1, -1) when absent): changes when it does."""
-    try:
-        st = config_path(root, model).stat()
-    except OSError:
-        return (-1, -1)
-    return (st.st_size, st.st_mtime_ns)
-
-
 def list_versions(root: Path, model: str = MODEL_NAME) -> list[int]:
     """Published version numbers, ascending. Missing repository -> empty list."""
     return scan_versions(root, model).versions

@@ -18,7 +18,6 @@ from server.config import EXPLICIT
 from server.config_store import read_config
 from server.errors import ModelLoadError
 from server.repository import (
-    config_fingerprint,
     model_dir,
     scan_models,
     scan_versions,
@@ -37,7 +36,10 @@ class ModelRecord:
     name: str
     refused: dict[int, tuple[int, ...]] = field(default_factory=dict)  # version -> files
     problem: str = ""  # why the model, or its latest change, is not served as asked
-    config_seen: tuple[int, int] | None = None  # config.json's fingerprint when last read
+    # What a poll found when it refused the model's change (config, versions and their
+    # files, refused versions): while the repository stays so, the next polls change
+    # nothing and load nothing (the refusal was for the labels, not for a version).
+    held_back: tuple[object, ...] | None = None
     reported_names: set[str] = field(default_factory=set)
 
 
@@ -64,7 +66,6 @@ class RepositoryView:
             return pinned(self.pinned_version)
         if config_text is not None:
             return parse_config(config_text, f"the load request's config for {record.name!r}")
-        record.config_seen = config_fingerprint(self.repo, record.name)
         return read_config(self.repo, record.name)
 
     def scan_versions(self, record: ModelRecord) -> list[int]:
@@ -162,7 +163,16 @@ class RepositoryView:
         elif self.pinned_version:
             reason = f"not served: the server is pinned to version {self.pinned_version}"
         elif version in route.config.policy.choose([*route.version_numbers, version]):
-            reason = "not loaded yet: published since the last check"
+            # One the policy would serve: why it is not (yet) served.
+            if record is not None and record.problem:  # the model's last change was refused
+                reason = f"not served: {self.relative(record.problem)}"
+            elif self.mode == EXPLICIT:
+                reason = (
+                    "not loaded: published since the model was loaded "
+                    "(--model-control-mode explicit: load the model again through the API)"
+                )
+            else:
+                reason = "not loaded yet: published since the last check"
         else:
             policy = route.config.policy.describe()
             reason = f"not served: version policy {policy} serves {route.describe()}"

@@ -199,6 +199,59 @@ async def test_a_bad_config_is_refused_and_the_previous_one_kept(
     assert [m.state for m in index.models if m.name == "fashion"] == ["READY", "READY"]
 
 
+async def test_a_version_that_would_break_the_labels_is_loaded_once_and_explained(
+    start_app, repo, model_repo
+) -> None:
+    """latest 2 serving 1 and 2 with stable -> 1, then version 3 appears (copied by hand:
+    fashion-train refuses to publish it): the change is refused and the old versions kept.
+    Later polls do not load and warm version 3 again while nothing changes, the index says
+    why it is not served, and widening the policy applies it."""
+    configure(repo, "fashion", {"version_policy": {"latest": 2}, "labels": {"stable": 1}})
+    app = await start_app(repo, poll_interval_s=0)
+    publish(model_repo, repo, "fashion", 3)
+    for _ in range(3):
+        assert await app.reload() == []
+    metrics = await scrape(app)
+    # Loaded: 1 and 2 at start, 3 once (then freed); refused: the change, counted once.
+    assert metrics["fashion_model_loads_total{model=fashion,result=loaded}"] == 3
+    assert metrics["fashion_model_loads_total{model=fashion,result=refused}"] == 1
+    index = app.catalog.repository_index(only_ready=False)
+    (entry,) = [m for m in index.models if (m.name, m.version) == ("fashion", "3")]
+    assert entry.state == "UNAVAILABLE"
+    assert entry.reason.startswith("not served: labels 'stable' -> 1 point at versions"), entry
+    configure(repo, "fashion", {"version_policy": {"latest": 3}, "labels": {"stable": 1}})
+    changes = await app.reload()
+    assert [(c.model, c.loaded, c.unloaded) for c in changes] == [("fashion", (3,), ())]
+    index = app.catalog.repository_index(only_ready=False)
+    assert [m.state for m in index.models if m.name == "fashion"] == ["READY"] * 3
+
+
+async def test_a_poll_reads_the_config_before_the_versions(start_app, repo, model_repo) -> None:
+    """A publish with its label landing between a poll's two reads (fashion-train --label:
+    the version is renamed into place, then labelled) is no refusal: the poll that read the
+    old config serves the new version by the policy, the next one applies the label."""
+    configure(repo, "fashion", {"version_policy": {"latest": 2}, "labels": {"stable": 2}})
+    app = await start_app(repo, poll_interval_s=0)
+    view = app.manager.view
+    read_config = view.read_config
+
+    def publish_then_read(record, text):  # the publisher runs right after the first read
+        config = read_config(record, text)
+        if record.name == "fashion" and not (repo / "fashion" / "3").exists():
+            publish(model_repo, repo, "fashion", 3)
+            configure(repo, "fashion", {"version_policy": {"latest": 2},
+                                        "labels": {"stable": 2, "canary": 3}})  # fmt: skip
+        return config
+
+    view.read_config = publish_then_read
+    changes = await app.reload()
+    assert [(c.model, c.loaded, c.unloaded) for c in changes] == [("fashion", (3,), (1,))]
+    changes = await app.reload()
+    assert app.manager.routes["fashion"].labels == {"stable": 2, "canary": 3}
+    metrics = await scrape(app)
+    assert metrics.get("fashion_model_loads_total{model=fashion,result=refused}", 0) == 0
+
+
 async def test_a_changed_config_applies_atomically_under_traffic(start_app, repo, faults) -> None:
     """latest 2 -> latest 1 with a request held on version 1: it is answered by version 1,
     then version 1 is freed; no request fails."""
@@ -308,6 +361,18 @@ async def test_explicit_mode_loads_and_unloads_through_the_api(start_app, repo) 
     files = '{"parameters": {"file:1/model.onnx": "x"}}'
     reply = await curl(f"{url}/load", "-X", "POST", "-d", files)
     assert reply.status == 400 and "file overrides" in reply.json()["error"]
+
+
+async def test_explicit_mode_index_says_a_new_version_waits_for_a_load(
+    start_app, repo, model_repo
+) -> None:
+    app = await start_app(repo, model_control_mode="explicit", load_model="fashion")
+    publish(model_repo, repo, "fashion", 3)
+    index = app.catalog.repository_index(only_ready=False)
+    (entry,) = [m for m in index.models if (m.name, m.version) == ("fashion", "3")]
+    assert entry.state == "UNAVAILABLE" and "load the model again through the API" in entry.reason
+    await app.manager.load("fashion")
+    assert app.manager.routes["fashion"].version_numbers == [3]
 
 
 async def test_a_ready_server_serving_no_model_answers_not_found_not_retry(start_app, repo):
