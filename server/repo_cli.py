@@ -34,6 +34,7 @@ from typing import Any
 from server.config_store import (
     Versions,
     check_model,
+    check_servable,
     read_config,
     servable_versions,
     update,
@@ -59,13 +60,21 @@ def describe_model(root: Path, model: str) -> dict[str, Any]:
     """What ``list`` shows of one model, as JSON-able data."""
     versions = servable_versions(root, model)
     entry: dict[str, Any] = {"config_error": None}
+    served: list[int] = []
     try:
         config = read_config(root, model)
     except ConfigRefused as exc:
-        # The server refuses such a file too (and keeps the config it had).
+        # A running server keeps the config it had; a starting one serves nothing of it.
         entry["config_error"] = str(exc)
         config = ServingConfig()
-    served = config.policy.choose(versions.numbers)
+    else:
+        try:
+            if versions.numbers:  # else "no version published" says it all
+                served = check_servable(config, versions, model)
+        except ConfigRefused as exc:
+            # A label the policy does not serve (e.g. a version copied in by hand pushed it
+            # out): a server refuses the file as it refuses a malformed one.
+            entry["config_error"] = str(exc)
     labelled: dict[int, list[str]] = {}
     for label, version in sorted(config.labels.items()):
         labelled.setdefault(version, []).append(label)
@@ -74,7 +83,7 @@ def describe_model(root: Path, model: str) -> dict[str, Any]:
         labels=dict(sorted(config.labels.items())),
         stable_history=list(config.stable_history),
         served=served,
-        default_version=config.default_version(served),
+        default_version=config.default_version(served) if served else None,
         versions=[_describe_version(versions, v, served, labelled) for v in _all(versions)],
     )
     return entry
@@ -110,7 +119,8 @@ def render_text(models: dict[str, dict[str, Any]]) -> str:
             + (f"; stable before: {model['stable_history']}" if model["stable_history"] else "")
         )
         if model["config_error"]:
-            lines.append(f"  config.json refused (a server keeps its previous config): "
+            lines.append(f"  config.json refused (a running server keeps its previous config, "
+                         f"a starting one serves nothing of {name}): "
                          f"{model['config_error']}")  # fmt: skip
         lines.append(f"  {'version':>7}  {'served':<6}  {'test accuracy':<13}  labels / state")
         for v in model["versions"]:

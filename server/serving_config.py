@@ -175,13 +175,20 @@ class ServingConfig:
         return self.with_label(STABLE, version)
 
     def rolled_back(self) -> ServingConfig:
-        """``stable`` returns to the version it named before (the last of the history)."""
-        if not self.stable_history:
+        """``stable`` returns to the version it named before (the last of the history that
+        is not the version it names now: after ``unlabel stable`` and ``label stable N`` the
+        history may end with N, and a rollback that changes nothing must not say done)."""
+        current = self.labels.get(STABLE)
+        history = list(self.stable_history)
+        while history and history[-1] == current:
+            history.pop()
+        if not history:
             raise ConfigRefused(
-                "no previous stable version is recorded (stable_history is empty): set one "
-                "with `fashion-repo label MODEL stable VERSION`"
+                "no previous stable version is recorded (stable_history is empty"
+                + (f" or names only version {current}, stable now" if self.stable_history else "")
+                + "): set one with `fashion-repo label MODEL stable VERSION`"
             )
-        *rest, previous = self.stable_history
+        *rest, previous = history
         labels = {**self.labels, STABLE: previous}
         return replace(self, labels=labels, stable_history=tuple(rest))
 

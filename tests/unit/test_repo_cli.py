@@ -67,6 +67,23 @@ def test_list_shows_versions_labels_and_what_a_server_serves(repo, capsys) -> No
     assert "broken: version 3: sha256" in text and "other" not in text
 
 
+def test_list_shows_a_config_that_a_new_version_broke(repo, capsys) -> None:
+    """latest 3 with stable -> 1, then version 4 copied in by hand: a starting server would
+    refuse the model, and list says so instead of "serves [3, 4]"."""
+    assert run(repo, "policy", "fashion", "latest:3") == 0
+    assert run(repo, "label", "fashion", "stable", "1") == 0
+    publish(repo, "fashion", 4)
+    capsys.readouterr()
+    assert run(repo, "list", "--json", "fashion") == 0
+    fashion = json.loads(capsys.readouterr().out)["models"]["fashion"]
+    assert fashion["config_error"].startswith("label 'stable' -> 1: version policy latest 3")
+    assert fashion["served"] == [] and fashion["default_version"] is None
+    assert run(repo, "list", "fashion") == 0
+    text = capsys.readouterr().out
+    assert "serves nothing, default none" in text
+    assert "config.json refused (a running server keeps its previous config" in text
+
+
 def test_a_canary_is_promoted_then_rolled_back(repo, capsys) -> None:
     assert run(repo, "policy", "fashion", "latest:2") == 0
     assert run(repo, "label", "fashion", "stable", "2") == 0

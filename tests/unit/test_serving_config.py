@@ -58,6 +58,22 @@ def test_moving_stable_records_the_previous_one_and_rollback_returns_to_it() -> 
     assert promoted.with_label("stable", 4) == promoted  # no move, nothing recorded
 
 
+def test_rollback_skips_history_that_names_the_current_stable() -> None:
+    """unlabel stable, then label stable 1 again: the history [1, 2] ends with the version
+    stable names; rollback goes to 2 beyond it, and with only that entry it is refused
+    (exit 1) rather than done with nothing changed."""
+    config = ServingConfig().with_label("stable", 2).with_label("stable", 1)
+    config = config.with_label("stable", 3)  # history (2, 1)
+    config = config.without_label("stable").with_label("stable", 1)
+    assert config.stable_history == (2, 1)
+    back = config.rolled_back()
+    assert back.labels == {"stable": 2} and back.stable_history == ()
+    alone = ServingConfig().with_label("stable", 1).with_label("stable", 2)  # history (1,)
+    alone = alone.without_label("stable").with_label("stable", 1)
+    with pytest.raises(ConfigRefused, match="or names only version 1, stable now"):
+        alone.rolled_back()
+
+
 def test_the_history_keeps_the_newest_entries() -> None:
     config = ServingConfig()
     for version in range(1, MAX_HISTORY + 10):
