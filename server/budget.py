@@ -113,15 +113,22 @@ class StreamBudget:
     async def wait_for_room(self) -> None:
         """Return when the next request may be read (it is not read meanwhile)."""
         n = max(self._expected, 1)  # a new stream waits while the server is full
-        while (self.used and self.used + n > self.limit) or not self.server.fits(n):
-            mine = asyncio.get_running_loop().create_future()
-            self._waiters.append(mine)
-            theirs = self.server.freed()
+        while True:
+            # Wait for what blocks the read, only: a stream full on its own (its client
+            # stopped reading) must not wake, and leave a waiter behind, at every other
+            # call's give on the server; it waits for its own release (which gives to the
+            # server too), then looks at the server again.
+            if self.used and self.used + n > self.limit:
+                freed = asyncio.get_running_loop().create_future()
+                self._waiters.append(freed)
+            elif not self.server.fits(n):
+                freed = self.server.freed()
+            else:
+                return
             try:
-                await asyncio.wait([mine, theirs], return_when=asyncio.FIRST_COMPLETED)
+                await freed
             finally:
-                mine.cancel()
-                theirs.cancel()
+                freed.cancel()  # cancelled caller: a done waiter is dropped at the next wake
 
     def arrived(self, n: int) -> None:
         """A request of ``n`` bytes was read: held here and server-wide until answered."""

@@ -81,3 +81,36 @@ async def test_responses_waiting_to_be_written_count_too() -> None:
     stream.release(150)
     stream.answered()
     assert (stream.used, server.used) == (0, 0)
+
+
+async def test_a_stream_full_on_its_own_keeps_one_waiter_whatever_the_server_gives() -> None:
+    """A stream whose client stopped reading waits on its own limit while other calls come
+    and go: it keeps one waiter (it kept one more per give on the server: memory that grew
+    with everyone's traffic), and is read again once its own response is written."""
+    server = ByteBudget(1 << 30)
+    stuck = StreamBudget(1000, server)
+    stuck.arrived(800)
+    room = asyncio.ensure_future(stuck.wait_for_room())
+    other = StreamBudget(1 << 20, server)
+    for _ in range(1000):
+        other.arrived(100)
+        other.answered()  # a give on the server
+        await asyncio.sleep(0)
+    assert not room.done()
+    assert len(stuck._waiters) == 1 and len(server._waiters) <= 1
+    stuck.answered()
+    await asyncio.wait_for(room, 1)
+
+
+async def test_a_stream_with_room_of_its_own_waits_for_the_server_then_reads() -> None:
+    server = ByteBudget(1000)
+    holder = StreamBudget(10_000, server)
+    holder.arrived(1000)
+    stream = StreamBudget(10_000, server)
+    stream.arrived(10)  # its own limit has room; the server has none
+    room = asyncio.ensure_future(stream.wait_for_room())
+    await asyncio.sleep(0.01)
+    assert not room.done()
+    holder.answered()
+    await asyncio.wait_for(room, 1)
+    assert stream._waiters == []
