@@ -81,6 +81,31 @@ def test_gpu_image_replaces_onnxruntime_with_the_pinned_gpu_extra() -> None:
     assert 'pip install ".[otel]"' in runs, "the GPU image traces too"
 
 
+@pytest.mark.parametrize(
+    ("report", "passes"),
+    [
+        ("No broken requirements found.\n", True),
+        # onnxruntime-gpu replaces the onnxruntime the project requires: pip check says so.
+        ("fashion-serving 0.1.0 requires onnxruntime, which is not installed.\n", True),
+        ("fashion-serving 0.1.0 requires onnxruntime, which is not installed.\n"
+         "opentelemetry-sdk 1.45.0 requires typing-extensions, which is not installed.\n", False),
+        ("onnxruntime-gpu 1.31.1 has requirement numpy>=2, but you have numpy 1.26.4.\n", False),
+    ],
+)  # fmt: skip
+def test_gpu_image_pip_check_allows_only_the_replaced_onnxruntime(
+    report: str, passes: bool, tmp_path: Path
+) -> None:
+    """The GPU image's pip check step, run by sh on pip check's possible reports: a plain
+    `pip check` failed the build on the replacement it makes on purpose."""
+    runs = dockerfile("server-gpu.Dockerfile").runs()
+    match = re.search(r"\{ pip check > /tmp/pip-check \|\| true; \}\s+&& (! grep [^&]*)", runs)
+    assert match, "no pip check step in the GPU image"
+    (tmp_path / "pip-check").write_text(report)
+    step = match[1].strip().replace("/tmp/pip-check", str(tmp_path / "pip-check"))
+    result = subprocess.run(["sh", "-c", step], capture_output=True, text=True, timeout=30)
+    assert (result.returncode == 0) is passes, (step, result.stdout)
+
+
 def requirements_installed_by(name: str) -> list[str]:
     """Run the Dockerfile's own requirements one-liner on this pyproject.toml."""
     runs = dockerfile(name).runs()
