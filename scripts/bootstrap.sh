@@ -17,11 +17,37 @@ PERF_PACKAGES=(tritonclient==2.41.0 nvidia-cuda-runtime-cu12==12.9.79)
 KSERVE_VENV="$ROOT/.venv-kserve"
 KSERVE_PACKAGES=(kserve==0.21.0)
 
+# Debian packages, as root or through sudo.
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+# A virtual environment with pip in DIR. `python3 -m venv` needs ensurepip, which Debian
+# ships apart (python3-venv): without it venv fails, yet leaves DIR/bin/python behind.
+make_venv() {
+  local dir="$1"
+  if ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
+    if command -v apt-get >/dev/null 2>&1; then
+      echo "==> installing Debian's python3-venv (ensurepip, for virtual environments)"
+      apt_install python3-venv
+    fi
+    if ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
+      echo "error: $PYTHON has no ensurepip: install its venv package (Debian: python3-venv)" >&2
+      return 1
+    fi
+  fi
+  "$PYTHON" -m venv "$dir"  # in place: also completes one a failed attempt left
+}
+
 ensure_venv() {
   local extras="$1"
-  if [ ! -x "$VENV/bin/python" ]; then
+  # pip, not bin/python: a venv that failed half way has the one without the other.
+  if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
     echo "==> creating virtual environment $VENV"
-    "$PYTHON" -m venv "$VENV"
+    make_venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
   fi
   local hash
@@ -45,11 +71,8 @@ ensure_data() {
     return 0
   fi
   if command -v apt-get >/dev/null 2>&1; then
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
     echo "==> installing Debian's dataset-fashion-mnist"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    apt_install dataset-fashion-mnist
   else
     echo "==> no apt-get: the training job will look for the data set itself (see docs/TRAINING.md)"
   fi
@@ -61,17 +84,14 @@ ensure_data() {
 # (that wrapper); tests_tritonclient runs it. Idempotent.
 ensure_perf_analyzer() {
   if ! ldconfig -p 2>/dev/null | grep -q 'libb64\.so\.0d'; then
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
     echo "==> installing Debian's libb64-0d (for perf_analyzer)"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libb64-0d >/dev/null
+    apt_install libb64-0d
   fi
   local stamp="$PERF_VENV/.installed-$(echo "${PERF_PACKAGES[*]}" | sha256sum | cut -c1-16)"
   if [ ! -f "$stamp" ]; then
     echo "==> installing perf_analyzer (${PERF_PACKAGES[*]}) into $PERF_VENV"
     rm -rf "$PERF_VENV"
-    "$PYTHON" -m venv "$PERF_VENV"
+    make_venv "$PERF_VENV"
     "$PERF_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
       "${PERF_PACKAGES[@]}"
     local cudart  # relative to the venv, so the wrapper survives a moved checkout
@@ -94,7 +114,7 @@ ensure_kserve_client() {
   if [ ! -f "$stamp" ]; then
     echo "==> installing KServe's client (${KSERVE_PACKAGES[*]}) into $KSERVE_VENV"
     rm -rf "$KSERVE_VENV"
-    "$PYTHON" -m venv "$KSERVE_VENV"
+    make_venv "$KSERVE_VENV"
     "$KSERVE_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
       "${KSERVE_PACKAGES[@]}"
     "$KSERVE_VENV/bin/python" -c 'import kserve'
