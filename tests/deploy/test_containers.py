@@ -43,7 +43,7 @@ from training.data import load_test_split
 pytestmark = pytest.mark.timeout(1800)
 
 # The Job trains for 20 epochs on 60k images; here a subset is enough to publish a real
-# version (argparse: the last --epochs wins over the Job's own).
+# version (flags added to the Job's command, which has none of its own).
 TRAIN_ARGS = ("--limit", "2000", "--epochs", "1")
 TRAIN_TIMEOUT_S = 600
 POLL_S = 0.2

@@ -584,19 +584,32 @@ def test_the_documented_registry_step_reaches_the_jobs_applied_from_their_files(
         assert text.count("image: fashion-trainer:0.1.0\n") == 1, job
 
 
-def test_the_documented_canary_training_run_labels_its_version() -> None:
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        (["FASHION_TRAIN_LABEL=canary"], {"label": "canary", "epochs": 20, "arch": "course_cnn"}),
+        # A flag in the Job would win over these (it had --epochs 20: bn_cnn trained 20
+        # epochs, not its recipe's 30, and FASHION_TRAIN_EPOCHS did nothing).
+        (["FASHION_TRAIN_ARCH=bn_cnn"], {"arch": "bn_cnn", "epochs": 30}),
+        (["FASHION_TRAIN_EPOCHS=5"], {"epochs": 5}),
+    ],
+)
+def test_the_documented_training_run_takes_every_variable(
+    variables: list[str], expected: dict[str, object]
+) -> None:
     """deploy/README's `kubectl set env --local -f deploy/k8s/training/job.yaml -o yaml
-    FASHION_TRAIN_LABEL=canary`: the trainer it prints is configured to label its version."""
+    FASHION_TRAIN_LABEL=canary` (and any other setting so): the trainer it prints is
+    configured as the variables say."""
     from training.train import parse_args  # numpy only; no TensorFlow at import
 
     printed = subprocess.run(
         [kubectl(), "set", "env", "--local", "-f", str(K8S / "training" / "job.yaml"), "-o",
-         "yaml", "FASHION_TRAIN_LABEL=canary"],
+         "yaml", *variables],
         check=True, capture_output=True, text=True, timeout=60,
     ).stdout  # fmt: skip
     (trainer,) = yaml.safe_load(printed)["spec"]["template"]["spec"]["containers"]
     image_env = dockerfile("trainer.Dockerfile").env()
     config = parse_args(trainer.get("args", []), {**image_env, **container_env(trainer, [])})
-    assert config.label == "canary"
+    assert {name: getattr(config, name) for name in expected} == expected
     readme = (ROOT / "deploy" / "README.md").read_text()
     assert "kubectl set env --local -f deploy/k8s/training/job.yaml -o yaml" in readme
