@@ -11,6 +11,7 @@ model's config.json will still be served with the new version.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,18 @@ def publish_model(
                 except ModelLoadError as exc:
                     raise PublishedUnlabelled(version, path, str(exc)) from None
     return version, path
+
+
+def check_writable(root: Path, model: str) -> None:
+    """PublishRefused when the model's directory (or the nearest existing folder it would
+    be made in) cannot be written: a read-only volume found before training, not after."""
+    directory = model_dir(root, model)
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == directory else f" (to create {directory})"
+        raise PublishRefused(f"cannot write to {existing}{where}: a new version is published there")
 
 
 def check_publish_plan(root: Path, model: str, label: str | None) -> None:

@@ -43,6 +43,7 @@ from training.publish import (
     PublishedUnlabelled,
     PublishRefused,
     check_publish_plan,
+    check_writable,
     publish_model,
 )
 from training.quantize import (
@@ -462,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     command_line = list(sys.argv) if argv is None else ["fashion-train", *argv]
     try:  # refused now rather than after an hour of training
+        check_writable(config.model_repo, config.model_name)
         check_publish_plan(config.model_repo, config.model_name, config.label)
     except ModelLoadError as exc:
         flag = f"--label {config.label}: " if config.label else ""
@@ -476,6 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except PublishRefused as exc:
         # The config changed during training so that the new version would break it.
+        print(f"fashion-train: error: nothing was published: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the repository became unwritable (or full) meanwhile
         print(f"fashion-train: error: nothing was published: {exc}", file=sys.stderr)
         return 1
     except PublishedUnlabelled as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from server.config_store import LOCK_FILE, read_config, update
 from server.repository import config_path, list_versions, model_dir, read_version
 from server.serving_config import parse_policy
-from training.publish import PublishRefused, check_publish_plan, publish_model
+from training.publish import PublishRefused, check_publish_plan, check_writable, publish_model
 
 # A child process that stages a model, then blocks until told to go (a line on stdin) or
 # until it is interrupted/killed: in the metadata step by default, under the model's config
@@ -248,3 +249,15 @@ def test_a_label_is_set_with_the_publish(tmp_path: Path) -> None:
     update(tmp_path, "fashion", lambda c: c.with_label("stable", 2))
     assert publish_model(tmp_path, write_bytes_model(b"3"), metadata, label="canary")[0] == 3
     assert read_config(tmp_path, "fashion").labels == {"stable": 2, "canary": 3}
+
+
+def test_a_repository_that_cannot_be_written_is_found_before_training(tmp_path: Path) -> None:
+    check_writable(tmp_path / "new" / "repo", "fashion")  # made when publishing: fine
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(PublishRefused, match=r"cannot write to .*a-file \(to create "):
+        check_writable(tmp_path / "a-file" / "repo", "fashion")
+    if os.geteuid() != 0:  # root writes anywhere but on a read-only mount
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        with pytest.raises(PublishRefused, match="cannot write to"):
+            check_writable(locked, "fashion")
