@@ -256,14 +256,28 @@ class Metrics:
         lookup. ``model``/``version``: the loaded version it reached, or empty."""
         key = (method, code, model, version)
         counter = self._rpc_counters.get(key)
-        if counter is None:
-            counter = self._rpc_counters[key] = self.requests.labels(*key)
+        if counter is None:  # (the cached children are those of loaded versions only)
+            model, version = self._loaded_or_none(model, version)
+            key = (method, code, model, version)
+            counter = self._rpc_counters.get(key) or self.requests.labels(*key)
+            self._rpc_counters[key] = counter
         counter.inc()
         hkey = (method, model, version)
         histogram = self._rpc_histograms.get(hkey)
         if histogram is None:
-            histogram = self._rpc_histograms[hkey] = self.request_seconds.labels(*hkey)
+            model, version = self._loaded_or_none(model, version)
+            hkey = (method, model, version)
+            histogram = self._rpc_histograms.get(hkey) or self.request_seconds.labels(*hkey)
+            self._rpc_histograms[hkey] = histogram
         histogram.observe(seconds)
+
+    def _loaded_or_none(self, model: str, version: str) -> tuple[str, str]:
+        """``(model, version)`` while that version is loaded, else empty labels: a stream's
+        message is counted when its answer is written, which can be after its version was
+        drained and its series removed; labelled, it would bring them back for good."""
+        if model and (model, int(version)) not in self._versions:
+            return "", ""
+        return model, version
 
     def count_rejected(self, reason: str) -> None:
         """A refusal before any model version was chosen (e.g. the decode queue was full)."""
