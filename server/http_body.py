@@ -60,7 +60,11 @@ class UnsupportedEncoding(HttpRefusal):
 
 
 class BodyTimeout(HttpRefusal):
-    code = Code.DEADLINE_EXCEEDED
+    """The client did not send its body in time (408). Counted as CANCELLED, a caller that
+    gave up: DEADLINE_EXCEEDED is the server too slow for the caller, a server-side error
+    that the error-ratio alert pages on, and a stalled upload is not the server's fault."""
+
+    code = Code.CANCELLED
     http_status = 408
 
 

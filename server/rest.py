@@ -217,7 +217,7 @@ class RestApi:
             except (Exception, asyncio.CancelledError) as exc:
                 failure = plane.failure(label, exc)
                 code = failure.code
-                if code is Code.CANCELLED:
+                if isinstance(exc, asyncio.CancelledError):  # the client went away: no answer
                     raise
                 response = error_response(failure, exc)
             finally:

@@ -201,6 +201,14 @@ async def test_body_that_stops_arriving_gets_408_and_the_connection_closed(serve
     assert 1.0 < elapsed < 5.0
     assert await wire.closed_by_server(reader, 5)
     writer.close()
+    # The client's failure, not the server's: never DEADLINE_EXCEEDED, which pages.
+    counted = [
+        key
+        for key in parse_samples(server.metrics())
+        if key.startswith("fashion_requests_total{") and "method=HTTP/ModelInfer" in key
+    ]
+    assert any("code=CANCELLED" in k for k in counted), counted
+    assert not any("code=DEADLINE_EXCEEDED" in k for k in counted), counted
 
 
 async def test_slowloris_connections_are_closed_after_the_header_timeout(server) -> None:
