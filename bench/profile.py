@@ -35,7 +35,7 @@ WAIT_FRAME = re.compile(
 BUCKETS: tuple[tuple[str, str], ...] = (
     ("onnxruntime session.run", r"onnxruntime|OrtRun|InferenceSession|run \(onnxruntime"),
     ("decode request (codec)", r"prepare_images|decode_images|decode_encoded|decode_infer_request"),
-    ("encode response (codec)", r"encode_predictions|encode_infer_response"),
+    ("encode response (codec)", r"encode_predictions|encode_infer_response|encode_stream_response"),
     ("prometheus metrics", r"prometheus_client|count_predictions|observe_batch"),
     ("batcher scheduling", r"\(server/batcher\.py|batcher\.py"),
     ("servicer + status wrapper", r"servicer\.py|status\.py|oip\.py|dataplane\.py|readiness\.py"),

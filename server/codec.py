@@ -34,6 +34,11 @@ _ENCODED_FORMATS = {"PNG", "JPEG"}
 # Modes with more than 8 bits per channel: converting them to 8-bit would silently
 # rescale or clip the pixels, so they are refused instead.
 _REFUSED_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+# A PNG's bit depth (IHDR, right after the 8-byte signature): Pillow opens 16-bit colour
+# PNGs in 8-bit modes (RGB, RGBA, LA) and drops each sample's low byte, so the mode
+# alone cannot tell; only 16-bit gray becomes a refused mode.
+_PNG_IHDR = slice(12, 16)
+_PNG_BIT_DEPTH = 24
 
 
 def decode_encoded(data: bytes, index: int) -> np.ndarray:
@@ -50,6 +55,8 @@ def decode_encoded(data: bytes, index: int) -> np.ndarray:
                 raise InvalidInput(
                     f"image {index}: {fmt} is {image.size[0]}x{image.size[1]}, expected 28x28"
                 )
+            if fmt == "PNG":
+                _check_png_bit_depth(data, index)
             if image.mode in _REFUSED_MODES:
                 raise InvalidInput(
                     f"image {index}: {fmt} mode {image.mode} has more than 8 bits per pixel; "
@@ -72,6 +79,19 @@ def decode_encoded(data: bytes, index: int) -> np.ndarray:
     ) as exc:
         # PIL's messages describe the file, never our internals.
         raise InvalidInput(f"image {index}: cannot decode as PNG or JPEG ({exc})") from None
+
+
+def _check_png_bit_depth(data: bytes, index: int) -> None:
+    """Refuse a PNG whose IHDR (its first chunk, as the PNG spec requires) declares more
+    than 8 bits per sample."""
+    if data[_PNG_IHDR] != b"IHDR" or len(data) <= _PNG_BIT_DEPTH:
+        raise InvalidInput(f"image {index}: cannot decode as PNG or JPEG (IHDR is not first)")
+    depth = data[_PNG_BIT_DEPTH]
+    if depth > 8:
+        raise InvalidInput(
+            f"image {index}: PNG has {depth}-bit samples (more than 8 bits per pixel); "
+            "send an 8-bit grayscale image"
+        )
 
 
 class EncodedImages:

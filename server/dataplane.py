@@ -31,9 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -430,11 +430,7 @@ class DataPlane:
         final status). Each message is counted once under ``method``: its own code,
         or CANCELLED when the stream ended before its answer.
         """
-        # Never yields a Failure when end_on_failure is set.
-        return cast(
-            AsyncIterator[S],
-            self._pipeline(method, codec, requests, deadline, end_on_failure=True),
-        )
+        return self._pipeline(method, codec, requests, deadline, answer_failure=None)
 
     def stream_outcomes(
         self,
@@ -442,14 +438,16 @@ class DataPlane:
         codec: RequestCodec[R, S],
         requests: AsyncIterator[R],
         deadline: float | None,
-    ) -> AsyncIterator[S | Failure]:
-        """Like :meth:`stream`, but a failure is yielded in its place and the stream goes on
-        (Triton's ModelStreamInfer sends it in ``error_message``). A broken request
-        stream (a malformed message, or one the server has no memory left for) still
-        ends it with :class:`Refused`, after the requests before it are answered: the
-        stream must not end OK when the client's messages were not all read.
+        answer_failure: Callable[[R, Failure], S],
+    ) -> AsyncIterator[S]:
+        """Like :meth:`stream`, but a failed request is answered in its place by
+        ``answer_failure(request, failure)`` and the stream goes on (Triton's
+        ModelStreamInfer sends it in ``error_message``). A broken request stream (a
+        malformed message, or one the server has no memory left for) still ends it with
+        :class:`Refused`, after the requests before it are answered: the stream must not
+        end OK when the client's messages were not all read.
         """
-        return self._pipeline(method, codec, requests, deadline, end_on_failure=False)
+        return self._pipeline(method, codec, requests, deadline, answer_failure=answer_failure)
 
     async def _pipeline(
         self,
@@ -458,12 +456,13 @@ class DataPlane:
         requests: AsyncIterator[R],
         deadline: float | None,
         *,
-        end_on_failure: bool,
-    ) -> AsyncIterator[S | Failure]:
+        answer_failure: Callable[[R, Failure], S] | None,
+    ) -> AsyncIterator[S]:
+        """``answer_failure`` None: the first failure ends the stream (:meth:`stream`)."""
         loop = asyncio.get_running_loop()
         # Unbounded queue, bounded by the semaphore: the reader can always post its
         # end marker, even when it stops because it failed or was cancelled.
-        queue: asyncio.Queue[_InFlight[S] | None] = asyncio.Queue()
+        queue: asyncio.Queue[_InFlight[R, S] | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_PIPELINE_DEPTH)
         broken: asyncio.Future[S] = loop.create_future()  # the request stream's own failure
 
@@ -476,15 +475,15 @@ class DataPlane:
                     future = asyncio.ensure_future(
                         self.infer(codec, request, deadline, pipelined=True)
                     )
-                    queue.put_nowait(_InFlight(future, loop.time(), context))
+                    queue.put_nowait(_InFlight(future, loop.time(), context, request))
             except Exception as exc:  # a malformed message, a broken request stream
                 broken.set_exception(exc)
-                queue.put_nowait(_InFlight(broken, loop.time(), self._begin_message(method)))
+                queue.put_nowait(_InFlight(broken, loop.time(), self._begin_message(method), None))
             finally:
                 queue.put_nowait(None)
 
         reader = asyncio.create_task(read(), name=f"{method}-reader")
-        head: _InFlight[S] | None = None
+        head: _InFlight[R, S] | None = None
         try:
             while (head := await queue.get()) is not None:
                 activate(head.context)  # what is logged now is about this message
@@ -493,12 +492,13 @@ class DataPlane:
                 except Exception as exc:
                     failure = self.failure(method, exc)
                     self.observe(method, failure.code, loop.time() - head.started, head.context)
-                    ended = head.future is broken
-                    head = None
-                    if end_on_failure or ended:
+                    if answer_failure is None or head.request is None:  # None: broken
+                        head = None
                         raise Refused(failure) from None
+                    answer = answer_failure(head.request, failure)
+                    head = None
                     slots.release()
-                    yield failure
+                    yield answer
                     continue
                 self.observe(method, Code.OK, loop.time() - head.started, head.context)
                 head = None
@@ -518,9 +518,10 @@ class DataPlane:
 
 
 @dataclass(frozen=True, slots=True)
-class _InFlight(Generic[S]):
+class _InFlight(Generic[R, S]):
     """One stream message submitted ahead of its answer being written."""
 
     future: asyncio.Future[S]
     started: float
     context: RequestContext
+    request: R | None  # what a failure is answered about; None: the broken stream's marker

@@ -18,7 +18,7 @@ from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server.contract import INPUT_NAME, NUM_CLASSES, OUTPUT_DATATYPE, OUTPUT_NAME
 from server.errors import InvalidInput
 from server.model import LoadedModel
-from server.request_context import check_request_id
+from server.request_context import MAX_REQUEST_ID_CHARS, check_request_id, id_problem
 from server.target import Target
 from server.tensor import (
     EMPTY_FINAL_RESPONSE,
@@ -34,6 +34,12 @@ _TYPED_FIELD = {"UINT8": "uint_contents", "FP32": "fp32_contents"}
 _WIDE_DTYPE = {"UINT8": np.uint32, "FP32": np.float32}
 # Request parameters this binding accepts (Triton's names).
 SUPPORTED_PARAMETERS = frozenset({TIMEOUT, EMPTY_FINAL_RESPONSE})
+# Triton sets this on every ModelStreamInfer response: whether it is its request's last.
+# This model is not decoupled (one response per request), so each one is, and Triton sends
+# no empty final response for such a model even when the request asks for one
+# (stream_infer_handler.cc: only "!iresponse && is_decoupled_"). Clients that asked for
+# one (tritonclient's enable_empty_final_response, PyTriton) read until they see this.
+FINAL_RESPONSE = "triton_final_response"
 
 
 def parameter_values(parameters: Mapping[str, Any]) -> dict[str, object]:
@@ -104,28 +110,73 @@ def decode_infer_request(request: oip.ModelInferRequest, max_images: int) -> np.
 def encode_infer_response(
     probabilities: np.ndarray, *, model_name: str, version: int, request_id: str
 ) -> oip.ModelInferResponse:
-    n = len(probabilities)
-    return oip.ModelInferResponse(
-        model_name=model_name,
-        model_version=str(version),
-        id=request_id,
-        outputs=[
-            oip.ModelInferResponse.InferOutputTensor(
-                name=OUTPUT_NAME, datatype=OUTPUT_DATATYPE, shape=[n, NUM_CLASSES]
-            )
-        ],
-        raw_output_contents=[np.ascontiguousarray(probabilities, dtype="<f4").tobytes()],
+    response = oip.ModelInferResponse()
+    _fill_response(response, probabilities, model_name, version, request_id)
+    return response
+
+
+def encode_stream_response(
+    probabilities: np.ndarray, *, model_name: str, version: int, request_id: str
+) -> oip.ModelStreamInferResponse:
+    """:func:`encode_infer_response` inside a stream's response, marked final.
+
+    Filled in place: building a ModelInferResponse and then wrapping it would copy it,
+    which costs more than the flag (the stream path is benchmarked)."""
+    streamed = oip.ModelStreamInferResponse()
+    response = streamed.infer_response
+    _fill_response(response, probabilities, model_name, version, request_id)
+    response.parameters[FINAL_RESPONSE].bool_param = True
+    return streamed
+
+
+def _fill_response(
+    response: oip.ModelInferResponse,
+    probabilities: np.ndarray,
+    model_name: str,
+    version: int,
+    request_id: str,
+) -> None:
+    response.model_name = model_name
+    response.model_version = str(version)
+    response.id = request_id
+    response.outputs.add(name=OUTPUT_NAME, datatype=OUTPUT_DATATYPE).shape.extend(
+        (len(probabilities), NUM_CLASSES)
     )
+    response.raw_output_contents.append(np.ascontiguousarray(probabilities, dtype="<f4").tobytes())
 
 
-class InferCodec:
-    """ModelInfer for the data plane (see :class:`server.dataplane.RequestCodec`)."""
+def encode_stream_failure(
+    request: oip.ModelInferRequest, message: str
+) -> oip.ModelStreamInferResponse:
+    """A failed request's answer in a stream: ``error_message``, and the request's id, model
+    name and version as it sent them, so the client knows which request failed (Triton's
+    EnqueueErrorResponse/StreamInferResponseComplete). A field that is too long to be one
+    (e.g. the very id that was refused for its length) is left empty: echoing it would
+    hold a hostile stream's requests twice."""
+    streamed = oip.ModelStreamInferResponse(error_message=message)
+    response = streamed.infer_response
+    if request.id and not id_problem(request.id):
+        response.id = request.id
+    if len(request.model_name) <= MAX_REQUEST_ID_CHARS:
+        response.model_name = request.model_name
+    if len(request.model_version) <= MAX_REQUEST_ID_CHARS:
+        response.model_version = request.model_version
+    response.parameters[FINAL_RESPONSE].bool_param = True
+    return streamed
+
+
+class _InferRequests:
+    """ModelInfer's requests for the data plane (see :class:`server.dataplane.RequestCodec`)."""
 
     def target(self, request: oip.ModelInferRequest) -> Target:
         return infer_target(request)
 
     def decode(self, request: oip.ModelInferRequest, max_images: int) -> np.ndarray:
         return decode_infer_request(request, max_images)
+
+
+class InferCodec(_InferRequests):
+    """ModelInfer: its answer is a ModelInferResponse."""
 
     def encode(
         self, request: oip.ModelInferRequest, probabilities: np.ndarray, model: LoadedModel
@@ -135,4 +186,16 @@ class InferCodec:
         )
 
 
+class StreamInferCodec(_InferRequests):
+    """ModelStreamInfer: ModelInfer's checks; each answer is the stream's message itself."""
+
+    def encode(
+        self, request: oip.ModelInferRequest, probabilities: np.ndarray, model: LoadedModel
+    ) -> oip.ModelStreamInferResponse:
+        return encode_stream_response(
+            probabilities, model_name=model.name, version=model.version, request_id=request.id
+        )
+
+
 INFER = InferCodec()
+STREAM_INFER = StreamInferCodec()

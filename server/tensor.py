@@ -33,7 +33,8 @@ _FP32_TOLERANCE = 1e-3
 _MAX_RANK = 8
 INT64_MAX = 2**63 - 1
 
-# Request parameters: "timeout" is Triton's per-request timeout in microseconds (a deadline).
+# Request parameters: "timeout" is Triton's per-request timeout in microseconds (a deadline);
+# 0, Triton's default, is no timeout.
 TIMEOUT = "timeout"
 # REST only (Triton's binary tensor extension): send the outputs as binary data.
 BINARY_DATA_OUTPUT = "binary_data_output"
@@ -104,10 +105,14 @@ def request_options(
         if not isinstance(parameters[key], bool):
             raise InvalidInput(f"request parameter {key!r} must be a boolean")
     timeout = parameters.get(TIMEOUT)
-    if timeout is not None and (type(timeout) is not int or not 0 < timeout <= INT64_MAX):
+    # gRPC's uint64_param arrives here as an int too: Triton takes only int64_param, but a
+    # uint64 number of microseconds cannot mean anything else (and JSON has one integer type).
+    if timeout is not None and (type(timeout) is not int or not 0 <= timeout <= INT64_MAX):
         raise InvalidInput(
-            f"request parameter {TIMEOUT!r} must be a positive integer (microseconds)"
+            f"request parameter {TIMEOUT!r} must be a non-negative integer (microseconds; 0: none)"
         )
+    if timeout == 0:
+        timeout = None
     binary = bool(parameters.get(BINARY_DATA_OUTPUT, False))
     binary_allowed = BINARY_DATA_OUTPUT in supported
     for name, output_parameters in outputs:

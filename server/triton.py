@@ -22,7 +22,7 @@ from server.dataplane import DataPlane, Failure
 from server.errors import InvalidInput, Unimplemented
 from server.grpc_binding import deadline_of
 from server.oip import InferenceServicer
-from server.oip_codec import INFER, parameter_values
+from server.oip_codec import STREAM_INFER, encode_stream_failure, parameter_values
 from server.triton_codec import NOT_IMPLEMENTED, not_implemented_message
 
 
@@ -34,15 +34,16 @@ class TritonServicer(InferenceServicer):
     def ModelStreamInfer(
         self, requests: AsyncIterator[oip.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[oip.ModelStreamInferResponse]:
-        """Pipelined and batched with all other traffic; one answer per request, in order.
+        """Pipelined and batched with all other traffic; one answer per request, in order,
+        each marked final (:data:`server.oip_codec.FINAL_RESPONSE`).
 
         A failed request is answered in ``error_message`` and the stream goes on, as
-        Triton does; only a broken request stream ends it.
+        Triton does; only a broken request stream ends it. The binding closes the
+        returned iterator when the call ends, which cancels what is still in flight.
         """
-        outcomes = self.plane.stream_outcomes(
-            "ModelStreamInfer", INFER, requests, deadline_of(context)
+        return self.plane.stream_outcomes(
+            "ModelStreamInfer", STREAM_INFER, requests, deadline_of(context), _answer_failure
         )
-        return _stream_responses(outcomes)
 
     async def ModelConfig(
         self, request: oip.ModelConfigRequest, context: grpc.aio.ServicerContext
@@ -115,16 +116,7 @@ for _method in NOT_IMPLEMENTED:
     setattr(TritonServicer, _method, _unimplemented(_method))
 
 
-async def _stream_responses(
-    outcomes: AsyncIterator[oip.ModelInferResponse | Failure],
-) -> AsyncIterator[oip.ModelStreamInferResponse]:
-    try:
-        async for outcome in outcomes:
-            if isinstance(outcome, Failure):
-                yield oip.ModelStreamInferResponse(error_message=outcome.message)
-            else:
-                yield oip.ModelStreamInferResponse(infer_response=outcome)
-    finally:
-        close = getattr(outcomes, "aclose", None)
-        if close is not None:  # cancel what is still in flight at once
-            await close()
+def _answer_failure(
+    request: oip.ModelInferRequest, failure: Failure
+) -> oip.ModelStreamInferResponse:
+    return encode_stream_failure(request, failure.message)

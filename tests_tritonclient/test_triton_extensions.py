@@ -353,7 +353,68 @@ def test_triton_timeout_parameter_over_grpc(client, images) -> None:
     tensor.set_data_from_numpy(images[:1])
     result = client.infer("fashion", [tensor], timeout=10_000_000)  # 10 s: met
     assert result.as_numpy("probabilities").shape == (1, 10)
+    # Triton: "The default is 0 which indicates that the request has no timeout".
+    assert client.infer("fashion", [tensor], timeout=0).as_numpy("probabilities").shape == (1, 10)
     with pytest.raises(triton.InferenceServerException) as info:
         client.infer("fashion", [tensor], timeout=1)  # 1 us: passes before the answer
     assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED", info.value
     assert "deadline" in info.value.message() or "timeout" in info.value.message()
+
+
+def test_a_stream_read_until_each_final_response_ends(client, target, images) -> None:
+    """A client that sends ``triton_enable_empty_final_response`` (PyTriton's, or decoupled
+    code written against Triton) reads each request's responses until one says
+    ``triton_final_response``: Triton sets it on every response of a stream, true for a model
+    that is not decoupled, and sends no empty final response for one (its one response is
+    final). A failed request is named by its id, model name and version, as Triton does."""
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    bad = {1, 4}  # wrong shape: answered with an error, the stream goes on
+    try:
+        for i in range(6):
+            array = np.zeros((1, 28, 27), np.uint8) if i in bad else images[i : i + 1]
+            client.async_stream_infer(
+                "fashion", [_input(array)], request_id=f"r{i}", enable_empty_final_response=True
+            )
+        received = []
+        for i in range(6):
+            while True:  # the reading loop of a client of a decoupled model
+                result, error = answers.get(timeout=10)
+                received.append((i, result, error))
+                if error is not None:
+                    break
+                final = result.get_response().parameters.get("triton_final_response")
+                if final is not None and final.bool_param:
+                    break
+        with pytest.raises(queue.Empty):
+            answers.get(timeout=0.5)  # no response beyond one per request
+    finally:
+        client.stop_stream()
+    assert [i for i, _, _ in received] == list(range(6))
+    for i, result, error in received:
+        if i in bad:
+            assert result is None and "expected [N, 28, 28]" in error.message(), i
+            continue
+        response = result.get_response()
+        assert response.id == f"r{i}" and result.as_numpy("probabilities").shape == (1, 10)
+
+    # What tritonclient does not show on a failure: the response's fields (read raw).
+    bad_request = service_pb2.ModelInferRequest(
+        model_name="fashion",
+        model_version="1",
+        id="bad-1",
+        inputs=[
+            service_pb2.ModelInferRequest.InferInputTensor(
+                name="images", datatype="UINT8", shape=[1, 28, 27]
+            )
+        ],
+        raw_input_contents=[bytes(28 * 27)],
+    )
+    bad_request.parameters["triton_enable_empty_final_response"].bool_param = True
+    with grpc.insecure_channel(target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        (answer,) = stub.ModelStreamInfer(iter([bad_request]), timeout=10)
+    assert "expected [N, 28, 28]" in answer.error_message
+    failed = answer.infer_response
+    assert (failed.id, failed.model_name, failed.model_version) == ("bad-1", "fashion", "1")
+    assert failed.parameters["triton_final_response"].bool_param and not failed.outputs

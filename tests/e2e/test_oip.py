@@ -18,6 +18,7 @@ from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from server.oip_codec import parameter_values
 from tests.e2e.conftest import queued_images, scrape
 from tests.e2e.test_bad_input import assert_status
 
@@ -352,3 +353,74 @@ async def test_one_predict_and_one_model_infer_land_in_one_batch(start_app, faul
     assert metrics["fashion_batch_size_images_count{}"] == 2
     assert metrics["fashion_batch_size_images_bucket{le=2.0}"] == 1
     assert metrics["fashion_batch_size_images_bucket{le=4.0}"] == 2
+
+
+async def test_stream_responses_are_final_and_a_failure_names_its_request(app, oip_stub) -> None:
+    """As Triton's ModelStreamInfer: every response says ``triton_final_response`` (true: the
+    model is not decoupled, one response per request), with no extra empty final response
+    when the request asks for one; a failure carries the request's id, model name and
+    version ("so that client knows which request failed"). ModelInfer's answer is as before."""
+    one = np.zeros((1, 28, 28), np.uint8)
+    first = infer_request(one, id="ok-1")
+    failing = infer_request(np.zeros((1, 28, 27), np.uint8), id="bad-2", model_version="1")
+    asking = infer_request(one, id="ok-3")
+    for request in (failing, asking):
+        request.parameters["triton_enable_empty_final_response"].bool_param = True
+    unnamed = infer_request(one, model_name="mnist")  # no id: none to echo
+    call = oip_stub.ModelStreamInfer(iter([first, failing, asking, unnamed]), timeout=10)
+    answers = [answer async for answer in call]
+    assert len(answers) == 4
+    final = {"triton_final_response": True}
+    assert [parameter_values(a.infer_response.parameters) for a in answers] == [final] * 4
+    ok, failed, asked, unknown = answers
+    assert (ok.error_message, asked.error_message) == ("", "")
+    assert [a.infer_response.id for a in (ok, asked)] == ["ok-1", "ok-3"]
+    assert "expected [N, 28, 28]" in failed.error_message
+    assert (
+        failed.infer_response.id,
+        failed.infer_response.model_name,
+        failed.infer_response.model_version,
+    ) == ("bad-2", "fashion", "1")
+    assert not failed.infer_response.outputs and not failed.infer_response.raw_output_contents
+    assert "unknown model 'mnist'" in unknown.error_message
+    assert (unknown.infer_response.id, unknown.infer_response.model_name) == ("", "mnist")
+    unary = await oip_stub.ModelInfer(first, timeout=10)
+    assert not unary.parameters and unary.id == "ok-1"
+
+
+async def test_a_stream_failure_does_not_echo_what_was_refused(app, oip_stub) -> None:
+    """A request refused for its id (too long) or its model name gets neither echoed back: a
+    stream of them must not hold each twice (issue #28)."""
+    one = np.zeros((1, 28, 28), np.uint8)
+    long_id = infer_request(one, id="i" * 5000)
+    long_name = infer_request(one, model_name="m" * 5000, model_version="v" * 5000)
+    call = oip_stub.ModelStreamInfer(iter([long_id, long_name]), timeout=10)
+    answers = [answer async for answer in call]
+    assert "the request id has 5000 characters" in answers[0].error_message
+    assert "unknown model" in answers[1].error_message
+    echoed = [(a.infer_response.id, a.infer_response.model_name) for a in answers]
+    assert echoed == [("", "fashion"), ("", "")]
+    assert answers[1].infer_response.model_version == ""
+    assert all(answer.ByteSize() < 2000 for answer in answers)
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ({"int64_param": 0}, None),  # Triton: "The default is 0 ... the request has no timeout"
+        ({"int64_param": 10_000_000}, None),
+        ({"int64_param": -1}, "'timeout' must be a non-negative integer (microseconds; 0: none)"),
+        ({"double_param": 1.5}, "'timeout' must be a non-negative integer"),
+    ],
+    ids=["zero", "ten-seconds", "negative", "double"],
+)
+async def test_triton_timeout_parameter_zero_means_no_timeout(
+    app, oip_stub, value, fragment
+) -> None:
+    request = infer_request(np.zeros((1, 28, 28), np.uint8))
+    request.parameters["timeout"].CopyFrom(oip.InferParameter(**value))
+    if fragment is None:
+        response = await oip_stub.ModelInfer(request, timeout=10)
+        assert len(response.raw_output_contents[0]) == 40
+    else:
+        await assert_status(oip_stub.ModelInfer(request, timeout=10), INVALID, fragment)

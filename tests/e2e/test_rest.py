@@ -384,6 +384,17 @@ async def test_full_queue_is_429_and_expired_timeout_is_504(start_app, faults) -
     assert (await running).status == 200 and (await queued).status == 200
 
 
+@pytest.mark.parametrize(("timeout", "status"), [(0, 200), (-1, 400), (True, 400)])
+async def test_triton_timeout_of_zero_is_no_timeout(app, timeout, status) -> None:
+    """Triton: "The default is 0 which indicates that the request has no timeout"."""
+    reply = await infer(
+        app, json_body(np.zeros((1, 28, 28), np.uint8), parameters={"timeout": timeout})
+    )
+    assert reply.status == status, reply.body
+    if status == 400:
+        assert "'timeout' must be a non-negative integer" in reply.json()["error"]
+
+
 async def test_unexpected_error_is_500_with_the_generic_message(start_app, faults, caplog):
     app = await start_app()
     faults.fail("secret internal detail")

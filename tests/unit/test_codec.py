@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -96,10 +98,61 @@ def test_bad_images_are_named(images, error, message) -> None:
     assert message in str(info.value)
 
 
+def png(bit_depth: int, color_type: int, channels: int) -> bytes:
+    """A 28x28 PNG written by hand (Pillow writes no 16-bit colour PNG), every sample 0x1234."""
+    sample = b"\x12\x34"[: bit_depth // 8] if bit_depth >= 8 else b"\x55"
+    row_bytes = (28 * channels * bit_depth + 7) // 8
+    row = b"\x00" + (sample * row_bytes)[:row_bytes]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", 28, 28, bit_depth, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * 28))
+        + chunk(b"IEND", b"")
+    )
+
+
 def test_sixteen_bit_png_is_refused() -> None:
     data = encoded(np.zeros((28, 28), np.uint16) + 1000)
     with pytest.raises(InvalidInput, match="more than 8 bits"):
         decode_images(pb.PredictRequest(images=[pb.Image(encoded=data)]), 4)
+
+
+@pytest.mark.parametrize(
+    ("color_type", "channels"),
+    [(0, 1), (2, 3), (4, 2), (6, 4)],
+    ids=["gray", "rgb", "gray-alpha", "rgba"],
+)
+def test_every_sixteen_bit_png_is_refused_not_truncated(color_type, channels) -> None:
+    """Pillow opens 16-bit colour PNGs as 8-bit modes (RGB, RGBA, LA), dropping the low byte
+    of every sample: the PNG's own bit depth decides, not the mode Pillow picked."""
+    data = png(16, color_type, channels)
+    with pytest.raises(InvalidInput, match=r"image 0: PNG has 16-bit samples \(more than 8 bits"):
+        decode_images(pb.PredictRequest(images=[pb.Image(encoded=data)]), 4)
+
+
+def test_png_whose_first_chunk_is_not_ihdr_is_refused() -> None:
+    """Pillow reads such a file; the bit depth check reads the IHDR where the spec puts it,
+    so a 16-bit PNG with a chunk moved in front must not slip past it."""
+    data = png(16, 2, 3)
+    text = b"tEXt" + b"a\x00b"
+    moved = data[:8] + struct.pack(">I", 3) + text + struct.pack(">I", zlib.crc32(text)) + data[8:]
+    with pytest.raises(InvalidInput, match="IHDR is not first"):
+        decode_images(pb.PredictRequest(images=[pb.Image(encoded=moved)]), 4)
+
+
+@pytest.mark.parametrize(("bit_depth", "value"), [(1, 0), (2, 85), (4, 85), (8, 0x12)])
+def test_grayscale_png_of_up_to_eight_bits_decodes(bit_depth, value) -> None:
+    """Bit depths below 8 scale up exactly (0b01 of 2 bits is 85): nothing is lost."""
+    out = decode_images(pb.PredictRequest(images=[pb.Image(encoded=png(bit_depth, 0, 1))]), 4)
+    assert out.shape == (1, 28, 28)
+    if bit_depth > 1:
+        assert (out == value).all()
 
 
 def test_encode_predictions_top_k_and_probabilities() -> None:

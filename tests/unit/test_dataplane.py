@@ -119,9 +119,15 @@ def counted(plane: DataPlane, code: str, model: str = "fashion", version: str = 
     return value or 0.0
 
 
+def in_band(request: int, failure: Failure) -> tuple[int, Failure]:
+    """A failed request's answer: the request it was about, and how it failed."""
+    return request, failure
+
+
 async def test_failures_travel_in_band_and_the_stream_goes_on(plane) -> None:
-    got = [a async for a in plane.stream_outcomes("Stream", CODEC, requests([7, -1, 9]), None)]
-    assert got == [7, Failure(Code.INVALID_ARGUMENT, "bad request -1"), 9]
+    outcomes = plane.stream_outcomes("Stream", CODEC, requests([7, -1, 9]), None, in_band)
+    got = [a async for a in outcomes]
+    assert got == [7, (-1, Failure(Code.INVALID_ARGUMENT, "bad request -1")), 9]
     assert (counted(plane, "OK"), counted(plane, "INVALID_ARGUMENT")) == (2, 1)
 
 
@@ -138,7 +144,9 @@ async def test_the_first_failure_ends_a_stream_with_its_status(plane) -> None:
 async def test_a_broken_request_stream_is_answered_in_order_and_ends_it(plane) -> None:
     """Even where failures travel in-band, a broken request stream ends the stream with
     its status (issue #28 item 9): ending OK would tell the client all was read."""
-    outcomes = plane.stream_outcomes("Stream", CODEC, requests([1, 2, 3], broken_after=2), None)
+    outcomes = plane.stream_outcomes(
+        "Stream", CODEC, requests([1, 2, 3], broken_after=2), None, in_band
+    )
     got = []
     with pytest.raises(Refused) as info:
         async for answer in outcomes:
@@ -150,7 +158,7 @@ async def test_a_broken_request_stream_is_answered_in_order_and_ends_it(plane) -
 
 
 async def test_an_abandoned_stream_counts_its_unanswered_messages_as_cancelled(plane) -> None:
-    outcomes = plane.stream_outcomes("Stream", CODEC, requests(range(1, 6)), None)
+    outcomes = plane.stream_outcomes("Stream", CODEC, requests(range(1, 6)), None, in_band)
     assert await anext(outcomes) == 1
     await outcomes.aclose()  # the client went away after the first answer
     assert counted(plane, "OK") == 1
