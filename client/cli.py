@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -17,10 +18,21 @@ from client.predictor import PredictClient, PredictError, TlsConfig
 from client.reflection import ReflectionError, call_json, list_services
 from client.testset import DataSetError, load_test_split
 from server._proto.fashion.v1 import prediction_pb2 as pb
-from server.contract import IMAGE_SHAPE
+from server.contract import IMAGE_SHAPE, NUM_CLASSES
 
 # Well under the server's default --max-images-per-request (256).
 DEFAULT_BATCH_SIZE = 64
+# The server refuses an encoded image above 64 KiB (server/codec.py MAX_ENCODED_BYTES, not
+# imported: it would load the server's model code; a unit test keeps the two equal). Checked
+# here so that a stray photo is named without being sent, and never overflows a request.
+MAX_ENCODED_BYTES = 64 * 1024
+# What a request holds beside its files' bytes: each image's two field tags and lengths
+# (under 16 bytes), and top_k, model and label (the reserve; names are short).
+_IMAGE_OVERHEAD_BYTES = 16
+_REQUEST_RESERVE_BYTES = 4096
+# How the server begins a message about one image of the request (server/codec.py): only
+# those are worth resending one file at a time; anything else would fail for every file.
+_ABOUT_AN_IMAGE = re.compile(r"image \d+: ")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline per call, seconds")
-    p.add_argument("--top-k", type=int, default=0, help="also print the k most probable classes")
+    p.add_argument(
+        "--top-k",
+        type=_top_k,
+        default=0,
+        help=f"also print the k most probable classes (0 to {NUM_CLASSES})",
+    )
     p.add_argument(
         "--evaluate", action="store_true", help="send the real 10k test set and print the accuracy"
     )
@@ -69,6 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _top_k(text: str) -> int:
+    """--top-k: 0 to the model's class count (the server refuses more, for every file)."""
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= k <= NUM_CLASSES:
+        raise argparse.ArgumentTypeError(
+            f"{k}: the model has {NUM_CLASSES} classes; give 0 to {NUM_CLASSES}"
+        )
+    return k
+
+
 def _tls(args: argparse.Namespace) -> TlsConfig | None:
     if not (args.tls_ca or args.tls_cert or args.tls_key):
         return None
@@ -76,10 +106,22 @@ def _tls(args: argparse.Namespace) -> TlsConfig | None:
 
 
 def _chunks(
-    items: Sequence[tuple[Path, bytes]], size: int
+    items: Sequence[tuple[Path, bytes]], size: int, max_bytes: int
 ) -> Iterator[Sequence[tuple[Path, bytes]]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+    """At most ``size`` files to a chunk, and few enough that the request fits in
+    ``max_bytes`` (64 files of 64 KiB are more than gRPC's 4 MiB default)."""
+    budget = max_bytes - _REQUEST_RESERVE_BYTES
+    chunk: list[tuple[Path, bytes]] = []
+    used = 0
+    for item in items:
+        cost = len(item[1]) + _IMAGE_OVERHEAD_BYTES
+        if chunk and (len(chunk) == size or used + cost > budget):
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(item)
+        used += cost
+    if chunk:
+        yield chunk
 
 
 def _print_prediction(path: Path, p: pb.Prediction, top_k: int) -> None:
@@ -119,23 +161,36 @@ def _predict_files(
 ) -> int:
     """One JSON line per good file, one stderr line naming each bad one; returns the bad count.
 
-    Files go ``batch_size`` to a request. The server refuses a whole request for one bad
-    image, so a refused request is resent one file at a time to name the culprit and still
-    answer for the others. Errors that are not about the input (server down, deadline) stop.
+    Files go ``batch_size`` to a request (fewer where their bytes would overflow one); a
+    file larger than the server accepts is named without being sent. The server refuses a
+    whole request for one bad image, so a request refused for an image is resent one file at
+    a time to name the culprit and still answer for the others. Other errors (a bad
+    argument, server down, deadline) would fail for every file alike, so they stop the run.
     """
     failures = 0
     readable: list[tuple[Path, bytes]] = []
     for path in files:
         try:
-            readable.append((path, path.read_bytes()))
+            data = path.read_bytes()
         except OSError as exc:
             _file_error(path, exc.strerror or str(exc))
             failures += 1
-    for chunk in _chunks(readable, batch_size):
+            continue
+        if len(data) > MAX_ENCODED_BYTES:
+            _file_error(
+                path,
+                f"{len(data)} bytes; the server accepts encoded images of at most "
+                f"{MAX_ENCODED_BYTES} bytes (a {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} PNG/JPEG "
+                "needs a few hundred)",
+            )
+            failures += 1
+            continue
+        readable.append((path, data))
+    for chunk in _chunks(readable, batch_size, client.max_message_bytes):
         try:
             response = client.predict([data for _, data in chunk], top_k=top_k, **which)
         except PredictError as exc:
-            if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
+            if not _about_an_image(exc):
                 raise
             if len(chunk) > 1:
                 failures += _predict_files_one_by_one(client, chunk, top_k, which)
@@ -159,13 +214,17 @@ def _predict_files_one_by_one(
         try:
             response = client.predict([data], top_k=top_k, **which)
         except PredictError as exc:
-            if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
+            if not _about_an_image(exc):
                 raise
             _file_error(path, _single_image_problem(exc))
             failures += 1
             continue
         _print_prediction(path, response.predictions[0], top_k)
     return failures
+
+
+def _about_an_image(exc: PredictError) -> bool:
+    return exc.code == grpc.StatusCode.INVALID_ARGUMENT and bool(_ABOUT_AN_IMAGE.match(exc.details))
 
 
 def _single_image_problem(exc: PredictError) -> str:
@@ -203,7 +262,7 @@ def _evaluate(client: PredictClient, args: argparse.Namespace) -> None:
 def _run(client: PredictClient, args: argparse.Namespace) -> int:
     failures = 0
     if args.list:
-        for service in list_services(client.channel):
+        for service in list_services(client.channel, timeout_s=args.timeout):
             print(service)
     if args.call:
         print(json.dumps(call_json(client.channel, args.call, args.data, timeout_s=args.timeout)))

@@ -17,9 +17,9 @@ from types import TracebackType
 import grpc
 import numpy as np
 
+from client.pixels import as_pixels
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
-from server.contract import IMAGE_BYTES
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 _RETRY_POLICY = {
@@ -90,6 +90,8 @@ class PredictClient:
             self._channel = grpc.secure_channel(target, tls.credentials(), options=options)
         self._stub = pb_grpc.PredictionServiceStub(self._channel)
         self.timeout_s = timeout_s
+        # The largest request this client sends (gRPC refuses a bigger one before sending).
+        self.max_message_bytes = max_message_bytes
 
     def __enter__(self) -> PredictClient:
         return self
@@ -121,14 +123,18 @@ class PredictClient:
         model_name: str = "",
         version_label: str = "",
     ) -> pb.PredictResponse:
-        """``images``: uint8 [n, 28, 28] pixels, or a sequence of PNG/JPEG file contents.
+        """``images``: pixels, or a sequence of PNG/JPEG file contents.
+
+        Pixels are a numpy array shaped (28, 28) (one image), (n, 28, 28) or (n, 28, 28, 1),
+        uint8, or floats holding ``pixel / 255`` (converted back exactly, as the server does
+        for FP32); anything else is a ValueError, never a silent cast or re-cut
+        (:func:`client.pixels.as_pixels`).
 
         ``model_name`` "" = the server's default model; ``model_version`` 0 and
         ``version_label`` "" = that model's default version (its ``stable`` label, else the
         newest); set at most one of the two."""
         if isinstance(images, np.ndarray):
-            array = np.ascontiguousarray(images, dtype=np.uint8).reshape(-1, IMAGE_BYTES)
-            messages = [pb.Image(raw=row.tobytes()) for row in array]
+            messages = [pb.Image(raw=image.tobytes()) for image in as_pixels(images)]
         else:
             messages = [pb.Image(encoded=bytes(data)) for data in images]
         request = pb.PredictRequest(

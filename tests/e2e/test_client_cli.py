@@ -5,14 +5,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from PIL import Image
 
+from client.cli import MAX_ENCODED_BYTES
 from client.cli import main as predict_main
+from client.predictor import DEFAULT_MAX_MESSAGE_BYTES
 from client.testset import DEBIAN_DIR, TEST_IMAGES, TEST_LABELS
+from server.contract import NUM_CLASSES
+from tests.e2e.conftest import scrape
 from tests.repos import configure, publish
 from training.data import TRAIN_IMAGES
 
@@ -145,3 +152,124 @@ async def test_a_call_that_cannot_work_is_one_clear_line(app, capsys, method, da
     code, out, err = await run_cli(argv, capsys)
     assert (code, out) == (1, "")
     assert err.count("\n") == 1 and message in err, err
+
+
+def padded_png(path: Path, size: int) -> Path:
+    """A real 28x28 grayscale PNG (the shirt) padded with a text chunk to exactly ``size`` bytes."""
+    from PIL import PngImagePlugin
+
+    pixels = np.asarray(Image.open(EXAMPLES / "shirt.png"))
+
+    def save(padding: int) -> int:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("pad", "x" * padding)
+        Image.fromarray(pixels).save(path, pnginfo=info)
+        return path.stat().st_size
+
+    save(size - save(0))
+    assert path.stat().st_size == size
+    return path
+
+
+async def test_a_file_too_large_to_send_is_named_and_the_others_answered(
+    app, tmp_path: Path, capsys
+) -> None:
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(bytes(range(256)) * (6 * 1024 * 1024 // 256))  # a camera's photo, in size
+    over = padded_png(tmp_path / "over.png", MAX_ENCODED_BYTES + 1)
+    at_limit = padded_png(tmp_path / "at-limit.png", MAX_ENCODED_BYTES)
+    files = [EXAMPLES / "shirt.png", photo, over, at_limit, EXAMPLES / "bag.png"]
+    code, out, err = await run_cli(["--target", f"127.0.0.1:{app.port}", *map(str, files)], capsys)
+    assert code == 1
+    answered = [json.loads(line)["file"] for line in out.splitlines()]
+    assert answered == [str(EXAMPLES / "shirt.png"), str(at_limit), str(EXAMPLES / "bag.png")]
+    limit = f"the server accepts encoded images of at most {MAX_ENCODED_BYTES} bytes"
+    assert err.splitlines() == [
+        f"fashion-predict: {photo}: {6 * 1024 * 1024} bytes; {limit} (a 28x28 PNG/JPEG "
+        "needs a few hundred)",
+        f"fashion-predict: {over}: {MAX_ENCODED_BYTES + 1} bytes; {limit} (a 28x28 PNG/JPEG "
+        "needs a few hundred)",
+    ]
+
+
+async def test_a_full_batch_of_files_at_the_size_limit_is_split_to_fit_a_message(
+    app, tmp_path: Path, capsys
+) -> None:
+    # 64 files of 64 KiB are 4 MiB of bytes, over gRPC's (and the client's) 4 MiB message.
+    files = [padded_png(tmp_path / f"{i}.png", MAX_ENCODED_BYTES) for i in range(64)]
+    assert 64 * MAX_ENCODED_BYTES >= DEFAULT_MAX_MESSAGE_BYTES
+    code, out, err = await run_cli(["--target", f"127.0.0.1:{app.port}", *map(str, files)], capsys)
+    assert (code, err) == (0, "")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["file"] for line in lines] == [str(f) for f in files]
+    assert {line["class"] for line in lines} == {"Shirt"}
+
+
+async def test_top_k_above_the_class_count_is_refused_before_any_request(app, capsys) -> None:
+    argv = ["--target", f"127.0.0.1:{app.port}", "--top-k", str(NUM_CLASSES + 1)]
+    files = [str(EXAMPLES / name) for name in ("shirt.png", "bag.png", "sneaker.png")]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        await asyncio.to_thread(predict_main, [*argv, *files])
+    captured = capsys.readouterr()
+    assert exited.value.code == 2 and captured.out == ""
+    assert captured.err.splitlines()[-1] == (
+        f"fashion-predict: error: argument --top-k: {NUM_CLASSES + 1}: the model has "
+        f"{NUM_CLASSES} classes; give 0 to {NUM_CLASSES}"
+    )
+    assert (await scrape(app)).get("fashion_requests_total{method=Predict}", 0.0) == 0.0
+
+
+async def test_a_refusal_not_about_an_image_is_one_line_not_blamed_on_each_file(
+    start_app, capsys
+) -> None:
+    app = await start_app(max_images_per_request=2)
+    files = [str(EXAMPLES / name) for name in ("shirt.png", "bag.png", "sneaker.png")]
+    argv = ["--target", f"127.0.0.1:{app.port}", "--batch-size", "3", *files]
+    code, out, err = await run_cli(argv, capsys)
+    assert (code, out) == (1, "")
+    assert err == (
+        "fashion-predict: INVALID_ARGUMENT: the request has 3 images; this server accepts at "
+        "most 2 per request\n"
+    )
+    assert (await scrape(app))["fashion_requests_total{method=Predict}"] == 1.0
+
+
+@pytest.fixture
+async def stalling_server() -> AsyncIterator[int]:
+    """A real gRPC server whose every method (reflection included) accepts the call and
+    never answers; its port."""
+    stop = asyncio.Event()
+
+    async def stall(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        await stop.wait()
+
+    class Stall(grpc.GenericRpcHandler):
+        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+            return grpc.stream_stream_rpc_method_handler(stall)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((Stall(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield port
+    stop.set()
+    await server.stop(grace=None)
+
+
+@pytest.mark.parametrize(
+    "mode", [["--list"], ["--call", "grpc.health.v1.Health/Check"]], ids=["list", "call"]
+)
+async def test_reflection_that_never_answers_ends_at_the_timeout(
+    stalling_server: int, mode: list[str], capsys
+) -> None:
+    argv = ["--target", f"127.0.0.1:{stalling_server}", "--timeout", "0.5", *mode]
+    t0 = time.monotonic()
+    # Without a deadline the CLI waits as long as the server holds the stream: forever.
+    code, out, err = await asyncio.wait_for(run_cli(argv, capsys), timeout=20)
+    assert time.monotonic() - t0 < 10
+    assert (code, out) == (1, "")
+    assert err == (
+        "fashion-predict: DEADLINE_EXCEEDED: the server's reflection service did not answer "
+        "within 0.5 s (--timeout)\n"
+    )
