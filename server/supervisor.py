@@ -7,7 +7,8 @@ spreads connections over them. The supervisor imports neither grpc nor onnxrunti
 and owns everything that must be one thing for the whole server:
 
 * **the ports:** it binds them first (SO_REUSEPORT, not listening: port 0 becomes a
-  real port, and the ports stay this server's while a worker restarts), then starts
+  real port, and the ports stay this server's while a worker restarts), claims them
+  against a second server on the same port (:mod:`server.held_ports`), then starts
   the workers on them;
 * **the lifecycle:** it restarts a worker that dies (with back-off, counted in
   ``fashion_worker_restarts_total``), kills and restarts one whose event loop stops
@@ -21,10 +22,11 @@ and owns everything that must be one thing for the whole server:
   worker first serves exactly what its peers serve. So workers never disagree;
 * **readiness:** ready (health, ``ServerReady``, ``/v2/health/ready``,
   ``fashion_server_ready``) only while every worker is ready; a first deploy without
-  a model waits in every worker;
+  a model waits in every worker (looking again on SIGHUP, in either control mode);
 * **one view:** ``/metrics`` is the workers' series summed (:mod:`server.metrics_merge`)
   plus each process's ``process_*`` series (label ``process``), and Triton's
-  ``ModelStatistics`` are summed over the workers whichever one is asked.
+  ``ModelStatistics`` are summed over the workers whichever one is asked (what a dead
+  worker had counted stays in both).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from server.cgroup import available_cpus
@@ -52,9 +54,9 @@ from server.channel import (
 from server.config import POLL, Settings
 from server.coordinator import ASK_TIMEOUT_S, Coordinator, WorkerHandle, describe
 from server.errors import ConfigError, ServingError
+from server.held_ports import HeldPorts
 from server.http_limits import limits_of
 from server.main import READY_LINE, WAITING_LINE
-from server.metrics_merge import cumulative_samples
 from server.orphans import adopt_orphans, reap_until
 from server.supervisor_metrics import SupervisorMetrics
 from server.watchdog import Watchdog
@@ -86,7 +88,7 @@ class Supervisor:
         self._threads = ["--threads", str(share)] if settings.threads == 0 else []
         self.ports: tuple[int, int] = (0, -1)
         self.metrics_port = 0
-        self._holders: list[socket.socket] = []
+        self._held = HeldPorts(settings.host)
         # Resolved once: the default "models" is relative to where the server was started.
         self._where = os.path.abspath(settings.model_repo)
         self.coordinator = Coordinator(self.workers)
@@ -148,8 +150,7 @@ class Supervisor:
     async def _start(self) -> int | None:
         """Open every worker, load the models into all of them, then serve. None: serving;
         a number: the exit code of a start that failed (or was stopped)."""
-        opening = asyncio.ensure_future(self._open_all())
-        if await self._wait_or_stop(opening):
+        if await wait_or_stop(self._open_all(), self._stop):
             return 0
         for worker in self.workers:
             process = worker.process
@@ -187,7 +188,7 @@ class Supervisor:
         await self._update_readiness()
         while not self._cluster_ready:
             self._readiness_changed.clear()
-            if await self._wait_or_stop(self._readiness_changed.wait()):
+            if await wait_or_stop(self._readiness_changed.wait(), self._stop):
                 return 0
         print(READY_LINE.format(**lines), flush=True)
         served = describe(self.coordinator.committed)
@@ -245,21 +246,14 @@ class Supervisor:
     async def _next_look(self) -> bool:
         """Wait for the next poll (interval or SIGHUP); True when asked to stop instead."""
         timeout = self.settings.poll_interval_s or None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wait_or_stop(self._poll.wait()), timeout)
+        stopped = await wait_or_stop(self._poll.wait(), self._stop, timeout)
         self._poll.clear()
-        return self._stop.is_set()
-
-    async def _wait_or_stop(self, waiting: Any) -> bool:
-        task = asyncio.ensure_future(waiting)
-        stop = asyncio.ensure_future(self._stop.wait())
-        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        for pending in (task, stop):
-            pending.cancel()
-        return self._stop.is_set()
+        return stopped
 
     def _on_sighup(self) -> None:
-        if self.settings.model_control_mode == POLL:
+        # Explicit mode too looks again while it waits for its start-up models, as one
+        # process does (App.request_reload); once serving, only the API changes them.
+        if self.settings.model_control_mode == POLL or not self._started:
             self._poll.set()
         else:
             logger.info(
@@ -384,11 +378,7 @@ class Supervisor:
         # Stopping (shutdown sets _stop too), or still opening: _start fails on it, exit 1.
         if self._stop.is_set() or not self._opened:
             return
-        # What it counted stays counted: the sums of the survivors never go down.
-        for key, (family, value) in cumulative_samples(worker.families).items():
-            _, carried = self.coordinator.carried.get(key, (family, 0.0))
-            self.coordinator.carried[key] = (family, carried + value)
-        worker.families = {}
+        self.coordinator.carry(worker)  # what it counted stays counted
         if worker.stopped_for:
             reason = worker.stopped_for
         elif code < 0:
@@ -409,7 +399,7 @@ class Supervisor:
         worker.restarts = 0 if ran > STABLE_S else worker.restarts + 1
         delay = min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** max(0, worker.restarts - 1))
         while not self._stop.is_set():
-            if await self._wait_or_stop(asyncio.sleep(delay)):
+            if await wait_or_stop(asyncio.sleep(delay), self._stop):
                 return
             await self._spawn(worker)
             await self._listening(worker)
@@ -454,31 +444,21 @@ class Supervisor:
     # -- ports, shutdown ----------------------------------------------------------------------
 
     def _hold_ports(self) -> None:
-        """Bind the gRPC and REST ports (SO_REUSEPORT, never listening) for the workers."""
+        """Bind and claim the gRPC and REST ports for the workers (server/held_ports.py)."""
         s = self.settings
         grpc_port = self._hold(s.port, "--port")
         http_port = self._hold(s.http_port, "--http-port") if s.http_port >= 0 else -1
         self.ports = (grpc_port, http_port)
 
     def _hold(self, port: int, flag: str) -> int:
-        host = self.settings.host
         try:
-            family, kind, proto, _, address = socket.getaddrinfo(
-                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0]
-            holder = socket.socket(family, kind, proto)
-            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            holder.bind(address)
+            return self._held.hold(port)
         except OSError as exc:
+            host = self.settings.host
             raise ConfigError(f"{flag}: cannot listen on {host}:{port} ({exc})") from None
-        self._holders.append(holder)
-        return int(holder.getsockname()[1])
 
     def _release_ports(self) -> None:
-        for holder in self._holders:
-            holder.close()
-        self._holders = []
+        self._held.release()
 
     async def _shutdown(self, code: int) -> int:
         """SIGTERM to every worker; each drains as one server does; 0 only if all exit 0."""
@@ -517,6 +497,23 @@ class Supervisor:
         task = asyncio.create_task(coroutine, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+async def wait_or_stop(
+    waiting: Awaitable[Any], stop: asyncio.Event, timeout_s: float | None = None
+) -> bool:
+    """Wait for ``waiting``, ``stop`` or ``timeout_s``, whichever comes first; True when
+    ``stop`` is set. Nothing is left waiting, however the wait ends (cancelled too): a
+    task left on an Event stays in its waiters for good, two per poll interval here
+    once (~31.6 MiB a day at ``--poll-interval-s 5``)."""
+    task = asyncio.ensure_future(waiting)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        task.cancel()
+        stopped.cancel()
+    return stop.is_set()
 
 
 def supervise(settings: Settings, argv: Sequence[str]) -> int:

@@ -1,7 +1,9 @@
 """The supervisor's ``/metrics``: its workers' series summed, and its own.
 
 * every worker's exposition, read when scraped and every few seconds besides, merged
-  by :func:`server.metrics_merge.merge` (with what dead workers had counted);
+  by :func:`server.metrics_merge.merge` (with what dead workers had counted); read
+  with it, its Triton statistics, so that a dead worker's are carried too
+  (:meth:`server.coordinator.Coordinator.carry`);
 * ``process_*`` for the supervisor, each worker and the processes a worker started,
   labelled ``process`` (``supervisor``, ``worker-0``, ``worker-0/rest-parse``, …);
 * ``fashion_server_ready`` (every worker ready), ``fashion_workers{state}``,
@@ -28,6 +30,7 @@ from server.http import HttpServer
 from server.http_limits import HttpLimits
 from server.metrics_merge import merge, parse
 from server.process_metrics import ProcessTree, Root
+from server.statistics import from_dict
 
 # How often the supervisor reads every worker's counters (what a dead worker leaves behind).
 SAMPLE_EVERY_S = 2.0
@@ -97,6 +100,7 @@ class SupervisorMetrics:
         for worker, reply in zip(live, replies, strict=True):
             if isinstance(reply, dict):
                 worker.families = parse(reply["text"])
+                worker.statistics = [from_dict(item) for item in reply["statistics"]]
         self._merged = merge([w.families for w in workers], self.coordinator.carried)
 
     async def sample(self, stop: asyncio.Event) -> None:

@@ -12,7 +12,8 @@ does what the supervisor says:
   (:meth:`server.manager.ModelManager.prepare`);
 * ``start`` / ``wait``: ready, or live and waiting for a first model;
 * ``peers``: whether every other worker is ready (health reports ready only then);
-* ``metrics``, ``local-statistics``: its counts, summed by the supervisor.
+* ``metrics``, ``local-statistics``: its counts, summed by the supervisor (``metrics``
+  with the Triton statistics of every version it serves: a dead worker's are carried).
 
 It asks the supervisor in turn for what needs every worker: a model load or unload
 that reached it through the shared port, and Triton's statistics summed over all.
@@ -110,7 +111,17 @@ class Worker:
         if op == "metrics":
             from prometheus_client import generate_latest
 
-            return {"text": generate_latest(app.registry).decode()}
+            # With its Triton statistics: what the supervisor carries if this worker dies.
+            statistics = app.metrics.statistics
+            served = [
+                (name, int(version))
+                for name, entry in app.manager.state().items()
+                for version in entry["versions"]
+            ]
+            return {
+                "text": generate_latest(app.registry).decode(),
+                "statistics": [to_dict(statistics.of(m, v)) for m, v in served],
+            }
         if op == "local-statistics":
             statistics = app.metrics.statistics
             return {"statistics": [to_dict(statistics.of(m, v)) for m, v in message["versions"]]}

@@ -6,21 +6,27 @@ killed and restarted (--worker-timeout-s); one that cannot rejoin is stopped and
 again; one lost while every worker waits for a first model is restarted to wait too;
 SIGTERM under load loses nothing; the metrics and Triton's statistics are the sums over
 the workers; a reload, and an explicit load, reach every worker, and a change that one
-worker cannot make is made by none."""
+worker cannot make is made by none, nor left half made by a worker lost during it; SIGHUP
+ends an explicit-mode wait for a first model; a second server on the same port refuses to
+start."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -456,4 +462,149 @@ async def test_a_worker_that_dies_while_all_wait_is_restarted_and_waits_too(
             assert await ready(server.target)
         assert scrape(server)["fashion_workers{state=ready}"] == 2
     finally:
+        assert server.stop() == 0
+
+
+def accepted_by(server: ServerProcess, connection: http.client.HTTPConnection) -> int | None:
+    """The worker that accepted ``connection`` (the kernel picks it); None until one has."""
+    local = connection.sock.getsockname()[1]
+    for pid in workers_of(server):
+        for conn in psutil.Process(pid).net_connections(kind="tcp"):
+            if conn.raddr and conn.raddr.port == local:
+                return pid
+    return None
+
+
+def post_on(connection: http.client.HTTPConnection, path: str) -> str:
+    try:
+        connection.request("POST", path, body=b"{}", headers={"Content-Type": "application/json"})
+        return str(connection.getresponse().status)
+    except (OSError, http.client.HTTPException) as exc:
+        return type(exc).__name__
+
+
+async def test_a_worker_lost_during_a_load_it_forwarded_leaves_no_change_half_made(
+    repo, log, model_repo
+) -> None:
+    """A load reaches worker A, which asks the supervisor to make it in every worker; A dies
+    while its peer B is still preparing (a slow load: B is stopped here). Closing A's
+    channel used to cancel the change in the supervisor: B's plan was never committed nor
+    aborted and kept B's control lock, so every later load and unload waited for ever and
+    SIGTERM ended in a forced kill (exit 1). The change now runs to its end without its
+    caller: B commits or aborts it, the restarted A serves what B serves, and later
+    changes reach both."""
+    publish(model_repo, repo, "other", 1)
+    server = start(repo, log, "--model-control-mode", "explicit", "--load-model", "fashion")
+    stopped = None
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
+    try:
+        connection.connect()
+        await wait_until(lambda: accepted_by(server, connection))
+        forwarder = accepted_by(server, connection)
+        (peer,) = set(workers_of(server)) - {forwarder}
+        os.kill(peer, signal.SIGSTOP)
+        stopped = peer
+        path = "/v2/repository/models/other/load"
+        first = asyncio.create_task(asyncio.to_thread(post_on, connection, path))
+        await wait_until(lambda: "loaded model 'other'" in log.read_text())  # A prepared it
+        os.kill(forwarder, signal.SIGKILL)
+        await wait_until(lambda: f"(pid {forwarder}) died" in log.read_text())
+        os.kill(peer, signal.SIGCONT)
+        stopped = None
+        assert await first != "200"  # its worker died before answering
+        await wait_until(lambda: scrape(server)["fashion_server_ready{}"] == 1)
+        async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
+            control = oip_grpc.GRPCInferenceServiceStub(ch)
+            load = oip.RepositoryModelLoadRequest(model_name="other")
+            await control.RepositoryModelLoad(load, timeout=20)
+        for _ in range(12):  # whichever worker a connection reaches serves "other"
+            async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
+                reply = await oip_grpc.GRPCInferenceServiceStub(ch).ModelReady(
+                    oip.ModelReadyRequest(name="other"), timeout=10
+                )
+                assert reply.ready
+        async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
+            unload = oip.RepositoryModelUnloadRequest(model_name="other")
+            await oip_grpc.GRPCInferenceServiceStub(ch).RepositoryModelUnload(unload, timeout=20)
+    finally:
+        connection.close()
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        assert server.stop() == 0
+
+
+async def test_sighup_ends_an_explicit_mode_wait_for_a_first_model(model_repo, tmp_path, log):
+    """As one process does, and as documented: the wait for the --load-model models looks
+    again on SIGHUP (before, only poll mode did with --workers)."""
+    repo = tmp_path / "empty"
+    (repo / "fashion").mkdir(parents=True)
+    explicit = ("--model-control-mode", "explicit", "--load-model", "fashion")
+    server = start_waiting(repo, log, *explicit)
+    try:
+        assert not await ready(server.target)
+        publish(model_repo, repo, "fashion", 1)
+        server.process.send_signal(signal.SIGHUP)
+        await wait_until(lambda: ready(server.target), timeout_s=30)
+        for _ in range(6):
+            assert await ready(server.target)
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("flag", ["--port", "--http-port"])
+async def test_a_second_server_on_the_same_port_refuses_to_start(repo, log, flag) -> None:
+    """As one process does. Both supervisors bind with SO_REUSEPORT, which the kernel allows:
+    the second used to start, and new connections were split between two servers."""
+    server = start(repo, log)
+    try:
+        taken = server.port if flag == "--port" else server.http_port
+        command = [
+            sys.executable, "-m", "server.main", "--model-repo", str(repo), "--workers", "2",
+            "--host", "127.0.0.1", "--port", "0", "--http-port", "0", "--metrics-port", "-1",
+            flag, str(taken),
+        ]  # fmt: skip
+        second = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1
+        assert f"cannot start: {flag}: cannot listen on 127.0.0.1:{taken}" in second.stderr
+        assert f"another fashion-serve --workers server holds port {taken}" in second.stderr
+        assert await ready(server.target)
+    finally:
+        assert server.stop() == 0
+
+
+async def test_a_dead_workers_triton_statistics_stay_counted(repo, log) -> None:
+    """As its /metrics counters do (before, ModelStatistics dropped what a dead worker had
+    counted, while /metrics kept it)."""
+    server = start(repo, log)
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
+    body = json.dumps(
+        {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8",
+                     "data": [0] * 784}]}
+    )  # fmt: skip
+
+    async def statistics() -> oip.ModelStatistics:
+        async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
+            reply = await oip_grpc.GRPCInferenceServiceStub(ch).ModelStatistics(
+                oip.ModelStatisticsRequest(name="fashion")
+            )
+        (only,) = reply.model_stats
+        return only
+
+    try:
+        for _ in range(10):  # one connection: all on the worker that accepted it
+            connection.request("POST", "/v2/models/fashion/infer", body=body)
+            response = connection.getresponse()
+            assert response.status == 200, response.read()
+            response.read()
+        victim = accepted_by(server, connection)
+        scrape(server)  # the supervisor reads every worker's counts (as it does every 2 s)
+        assert (await statistics()).inference_count == 10
+        os.kill(victim, signal.SIGKILL)
+        await wait_until(lambda: restarts(server) == 1)
+        await wait_until(lambda: scrape(server)["fashion_server_ready{}"] == 1)
+        after = await statistics()
+        assert after.inference_count == 10
+        assert after.inference_stats.success.count == after.inference_stats.queue.count == 10
+    finally:
+        connection.close()
         assert server.stop() == 0
