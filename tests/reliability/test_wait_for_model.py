@@ -102,7 +102,8 @@ async def test_an_unreadable_repository_on_the_first_look_is_waited_out(
         publish(model_repo, repo)
         await wait_for_status(channel, READINESS_SERVICE, SERVING)
     await loading
-    assert "model 'fashion': cannot list" in caplog.text  # logged, then looked at again
+    # Logged, then looked at again (its config.json is the first thing read of a model).
+    assert "fashion/config.json is unreadable: Too many levels" in caplog.text
 
 
 def test_without_the_flag_an_empty_repository_is_still_an_error(tmp_path) -> None:
