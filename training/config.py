@@ -146,7 +146,7 @@ class TrainConfig:
     )
     label: str = _setting(
         "",
-        "after publishing, point this label of the model's config.json at the new version "
+        "point this label of the model's config.json at the new version as it is published "
         "(e.g. canary; see fashion-repo). Checked before training: a label the server would "
         "refuse stops the run before it starts",
         shown="none",
