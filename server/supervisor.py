@@ -104,6 +104,8 @@ class Supervisor:
         self._readiness_changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._spawning = 0  # workers being started: the orphan reaper waits meanwhile
+        self._none_spawning = asyncio.Event()  # set while _spawning is 0
+        self._none_spawning.set()
         self.metrics = SupervisorMetrics(self.coordinator)
         self.watchdog = Watchdog(self.coordinator, settings.worker_timeout_s)
 
@@ -328,6 +330,7 @@ class Supervisor:
         worker.failed, worker.phase, worker.joined = "", "starting", False
         worker.stopped_for = ""
         self._spawning += 1
+        self._none_spawning.clear()
         try:
             worker.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -340,6 +343,8 @@ class Supervisor:
             )
         finally:
             self._spawning -= 1
+            if not self._spawning:
+                self._none_spawning.set()
         theirs.close()
         worker.started_at = time.monotonic()
 
@@ -467,6 +472,11 @@ class Supervisor:
         logger.info(
             "shutdown: draining %d workers for up to %.1f s", self.count, self.settings.grace_s
         )
+        # A worker being started now (a restart under way) is one of them: its process
+        # exists once the start returns, and it is signalled and waited for like the others
+        # (taken before, the list missed it: no SIGTERM, not waited for). No start begins
+        # after this: _stop is set.
+        await self._none_spawning.wait()
         processes = [w.process for w in self.workers if w.process is not None]
         for process in processes:
             if process.returncode is None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 
 import pytest
 
+from server import supervisor as supervisor_module
+from server.config import Settings
 from server.held_ports import HeldPorts
-from server.supervisor import wait_or_stop
+from server.supervisor import Supervisor, wait_or_stop
 
 
 async def test_a_wait_that_times_out_leaves_no_task_behind() -> None:
@@ -86,3 +89,46 @@ def test_the_workers_can_listen_on_a_held_port() -> None:
             worker.close()
     finally:
         held.release()
+
+
+async def test_a_worker_started_while_the_server_stops_is_stopped_and_waited_for(
+    tmp_path, monkeypatch
+) -> None:
+    """SIGTERM while a restart is starting a worker: the shutdown took its list of processes
+    before the new one existed, so that worker got no SIGTERM and was not waited for. Here
+    the start is held at the process's creation while the shutdown begins."""
+    supervisor = Supervisor(Settings(model_repo=tmp_path, workers="2", grace_s=5.0), [])
+    gate = asyncio.Event()
+    create = asyncio.create_subprocess_exec
+    sleeper = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+        "print('up', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+
+    async def held_start(*args: object, pass_fds: tuple[int, ...] = (), **kwargs: object):
+        await gate.wait()
+        process = await create(
+            sys.executable, "-c", sleeper, pass_fds=pass_fds, stdout=asyncio.subprocess.PIPE
+        )
+        assert process.stdout is not None
+        assert await process.stdout.readline() == b"up\n"  # its SIGTERM handler is set
+        return process
+
+    monkeypatch.setattr(supervisor_module.asyncio, "create_subprocess_exec", held_start)
+    worker = supervisor.workers[0]
+    starting = asyncio.create_task(supervisor._spawn(worker))
+    await asyncio.sleep(0.05)
+    supervisor._stop.set()
+    stopping = asyncio.create_task(supervisor._shutdown(0))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await starting
+    try:
+        assert await asyncio.wait_for(stopping, 20) == 0
+        assert worker.process is not None and worker.process.returncode == 0
+    finally:
+        if worker.process is not None and worker.process.returncode is None:
+            worker.process.kill()
+            await worker.process.wait()
