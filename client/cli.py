@@ -18,14 +18,10 @@ from client.predictor import PredictClient, PredictError, TlsConfig
 from client.reflection import ReflectionError, call_json, list_services
 from client.testset import DataSetError, load_test_split
 from server._proto.fashion.v1 import prediction_pb2 as pb
-from server.contract import IMAGE_SHAPE, NUM_CLASSES
+from server.contract import IMAGE_SHAPE, MAX_ENCODED_BYTES, NUM_CLASSES
 
 # Well under the server's default --max-images-per-request (256).
 DEFAULT_BATCH_SIZE = 64
-# The server refuses an encoded image above 64 KiB (server/codec.py MAX_ENCODED_BYTES, not
-# imported: it would load the server's model code; a unit test keeps the two equal). Checked
-# here so that a stray photo is named without being sent, and never overflows a request.
-MAX_ENCODED_BYTES = 64 * 1024
 # What a request holds beside its files' bytes: each image's two field tags and lengths
 # (under 16 bytes), and top_k, model and label (the reserve; names are short).
 _IMAGE_OVERHEAD_BYTES = 16
@@ -176,7 +172,7 @@ def _predict_files(
             _file_error(path, exc.strerror or str(exc))
             failures += 1
             continue
-        if len(data) > MAX_ENCODED_BYTES:
+        if len(data) > MAX_ENCODED_BYTES:  # named without being sent; never overflows a request
             _file_error(
                 path,
                 f"{len(data)} bytes; the server accepts encoded images of at most "

@@ -18,10 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from server.contract import IMAGE_SHAPE
+from server.tensor import exact_pixels
 
-# As the server's FP32 check: float32(k / 255) * 255 lands within a few ulps of k, and
-# 1e-3 is far below the 1/255 spacing, so only true multiples of 1/255 pass.
-_FLOAT_TOLERANCE = 1e-3
 _SIDE = "x".join(map(str, IMAGE_SHAPE))
 
 
@@ -52,14 +50,9 @@ def _as_uint8(array: np.ndarray) -> np.ndarray:
             )
         return array.astype(np.uint8)
     if np.issubdtype(array.dtype, np.floating):
-        scaled = array.astype(np.float64) * 255.0
-        rounded = np.rint(scaled)
-        if (
-            np.all(np.isfinite(scaled))
-            and np.all((rounded >= 0) & (rounded <= 255))
-            and np.all(np.abs(scaled - rounded) <= _FLOAT_TOLERANCE)
-        ):
-            return rounded.astype(np.uint8)
+        pixels = exact_pixels(array)
+        if pixels is not None:
+            return pixels
         raise ValueError(
             f"{array.dtype} pixels must be uint8 values divided by 255 (multiples of 1/255 "
             "in [0, 1]), as the server reads FP32 pixels; these are not. Send uint8: for "

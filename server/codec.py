@@ -21,15 +21,12 @@ from PIL import UnidentifiedImageError
 
 from server._proto.fashion.v1 import prediction_pb2 as pb
 from server.config import Settings
-from server.contract import IMAGE_BYTES, IMAGE_SHAPE, NUM_CLASSES
+from server.contract import IMAGE_BYTES, IMAGE_SHAPE, MAX_ENCODED_BYTES, NUM_CLASSES
 from server.errors import InvalidInput, TooLarge
 from server.model import LoadedModel
 from server.routing import Route
 from server.target import Target
 
-# A real 28x28 PNG or JPEG is a few hundred bytes, a few KiB with an ICC profile or
-# EXIF; 64 KiB leaves room for any honest file and bounds what a crafted one costs.
-MAX_ENCODED_BYTES = 64 * 1024
 _ENCODED_FORMATS = {"PNG", "JPEG"}
 # Modes with more than 8 bits per channel: converting them to 8-bit would silently
 # rescale or clip the pixels, so they are refused instead.

@@ -31,6 +31,11 @@ OUTPUT_NAME = "probabilities"
 IMAGE_SHAPE = (28, 28)
 IMAGE_BYTES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 NUM_CLASSES = 10
+# The largest encoded (PNG/JPEG) image the Predict API accepts. A real 28x28 PNG or JPEG is
+# a few hundred bytes, a few KiB with an ICC profile or EXIF; 64 KiB leaves room for any
+# honest file and bounds what a crafted one costs (server/codec.py; fashion-predict checks
+# it before sending).
+MAX_ENCODED_BYTES = 64 * 1024
 # The exporter's name for the variable first dimension of both tensors.
 BATCH_DIM = "batch"
 

@@ -247,6 +247,19 @@ def _images(values: np.ndarray, header: Header) -> np.ndarray:
 
 
 def _from_fp32(values: np.ndarray) -> np.ndarray:
+    pixels = exact_pixels(values)
+    if pixels is None:
+        raise InvalidInput(
+            "FP32 pixels must be uint8 values divided by 255 (multiples of 1/255 in [0, 1]); "
+            "send UINT8 to avoid the conversion"
+        )
+    return pixels
+
+
+def exact_pixels(values: np.ndarray) -> np.ndarray | None:
+    """Floats holding ``pixel / 255`` back as uint8 pixels, exactly; None unless every value
+    is a multiple of 1/255 in [0, 1]. The server's FP32 input and the client's float arrays
+    (client/pixels.py) are converted by this one rule."""
     scaled = values.astype(np.float64) * 255.0
     rounded = np.rint(scaled)
     if not (
@@ -254,8 +267,5 @@ def _from_fp32(values: np.ndarray) -> np.ndarray:
         and np.all((rounded >= 0) & (rounded <= 255))
         and np.all(np.abs(scaled - rounded) <= _FP32_TOLERANCE)
     ):
-        raise InvalidInput(
-            "FP32 pixels must be uint8 values divided by 255 (multiples of 1/255 in [0, 1]); "
-            "send UINT8 to avoid the conversion"
-        )
+        return None
     return rounded.astype(np.uint8)
