@@ -29,6 +29,9 @@ _REQUEST_RESERVE_BYTES = 4096
 # How the server begins a message about one image of the request (server/codec.py): only
 # those are worth resending one file at a time; anything else would fail for every file.
 _ABOUT_AN_IMAGE = re.compile(r"image \d+: ")
+# grpc core's words for a message over the receiver's limit ("Received message larger than
+# max (N vs. M)"): the same in every gRPC implementation built on core.
+_LARGER_THAN_MAX = "larger than max"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,20 +186,38 @@ def _predict_files(
             continue
         readable.append((path, data))
     for chunk in _chunks(readable, batch_size, client.max_message_bytes):
-        try:
-            response = client.predict([data for _, data in chunk], top_k=top_k, **which)
-        except PredictError as exc:
-            if not _about_an_image(exc):
-                raise
-            if len(chunk) > 1:
-                failures += _predict_files_one_by_one(client, chunk, top_k, which)
-            else:
-                _file_error(chunk[0][0], _single_image_problem(exc))
-                failures += 1
-            continue
-        for (path, _), prediction in zip(chunk, response.predictions, strict=True):
-            _print_prediction(path, prediction, top_k)
+        failures += _predict_chunk(client, chunk, top_k, which)
     return failures
+
+
+def _predict_chunk(
+    client: PredictClient,
+    chunk: Sequence[tuple[Path, bytes]],
+    top_k: int,
+    which: dict[str, Any],
+) -> int:
+    """One request for ``chunk``; returns how many of its files failed.
+
+    A server run with a smaller ``--max-message-bytes`` than this client's refuses the
+    request unread (RESOURCE_EXHAUSTED); the client cannot know that limit beforehand, so
+    it sends each half again, down to single files (a file alone over the limit is named)."""
+    try:
+        response = client.predict([data for _, data in chunk], top_k=top_k, **which)
+    except PredictError as exc:
+        if _too_large(exc) and len(chunk) > 1:
+            half = len(chunk) // 2
+            return _predict_chunk(client, chunk[:half], top_k, which) + _predict_chunk(
+                client, chunk[half:], top_k, which
+            )
+        if not (_about_an_image(exc) or _too_large(exc)):
+            raise
+        if len(chunk) > 1:
+            return _predict_files_one_by_one(client, chunk, top_k, which)
+        _file_error(chunk[0][0], _single_image_problem(exc))
+        return 1
+    for (path, _), prediction in zip(chunk, response.predictions, strict=True):
+        _print_prediction(path, prediction, top_k)
+    return 0
 
 
 def _predict_files_one_by_one(
@@ -221,6 +242,11 @@ def _predict_files_one_by_one(
 
 def _about_an_image(exc: PredictError) -> bool:
     return exc.code == grpc.StatusCode.INVALID_ARGUMENT and bool(_ABOUT_AN_IMAGE.match(exc.details))
+
+
+def _too_large(exc: PredictError) -> bool:
+    """The server's (grpc core's) refusal of a message over its ``--max-message-bytes``."""
+    return exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED and _LARGER_THAN_MAX in exc.details
 
 
 def _single_image_problem(exc: PredictError) -> str:

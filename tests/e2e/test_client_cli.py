@@ -205,6 +205,21 @@ async def test_a_full_batch_of_files_at_the_size_limit_is_split_to_fit_a_message
     assert {line["class"] for line in lines} == {"Shirt"}
 
 
+async def test_files_overflowing_a_server_with_a_smaller_message_limit_are_split_until_they_fit(
+    start_app, tmp_path: Path, capsys
+) -> None:
+    # The client packs requests up to its own 4 MiB; a server run with --max-message-bytes
+    # 1 MiB refuses such a request (RESOURCE_EXHAUSTED, "larger than max") before reading it.
+    # The client halves the request until each half fits, and answers every file.
+    app = await start_app(max_message_bytes=1024 * 1024, http_max_body_bytes_in_flight=2**26)
+    files = [padded_png(tmp_path / f"{i}.png", MAX_ENCODED_BYTES) for i in range(40)]
+    code, out, err = await run_cli(["--target", f"127.0.0.1:{app.port}", *map(str, files)], capsys)
+    assert (code, err) == (0, "")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["file"] for line in lines] == [str(f) for f in files]
+    assert {line["class"] for line in lines} == {"Shirt"}
+
+
 async def test_top_k_above_the_class_count_is_refused_before_any_request(app, capsys) -> None:
     argv = ["--target", f"127.0.0.1:{app.port}", "--top-k", str(NUM_CLASSES + 1)]
     files = [str(EXAMPLES / name) for name in ("shirt.png", "bag.png", "sneaker.png")]
