@@ -28,6 +28,7 @@ from typing import ClassVar
 from aiohttp import hdrs, web
 
 from server.errors import Code, InvalidInput, Overloaded, ServingError
+from server.http_limits import json_answer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -146,7 +147,7 @@ class RequestLimits:
             return await handler(request)
         if self.in_progress >= self.max_concurrent:
             self.count_rejected("http_concurrency")
-            response = web.json_response(
+            response = json_answer(
                 {
                     "error": f"{self.in_progress} requests are in progress (at most "
                     f"{self.max_concurrent}, --http-max-concurrent-requests); retry shortly"

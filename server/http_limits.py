@@ -48,6 +48,20 @@ SERVER_NAME = "fashion-serving"
 MAX_HEAD_BYTES = 64 * 1024
 # How often a repeated warning (malformed requests, failed accepts) reaches the log.
 LOG_INTERVAL_S = 10.0
+# The media type of every JSON answer, without aiohttp's "; charset=utf-8": RFC 8259 defines
+# no parameter for it (JSON is UTF-8), Triton and KServe's server send it bare, and KServe's
+# REST client reads an error's message only when the header is exactly this.
+JSON_TYPE = "application/json"
+
+
+def json_answer(
+    document: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """``document`` as a JSON answer with ``Content-Type: application/json`` (see
+    :data:`JSON_TYPE`); use it instead of ``web.json_response``."""
+    return web.Response(
+        body=json.dumps(document).encode(), status=status, content_type=JSON_TYPE, headers=headers
+    )
 
 
 @dataclass(frozen=True)
@@ -299,7 +313,7 @@ class LimitedRequestHandler(RequestHandler, Slot):
             text = "malformed HTTP/1.1 request"
         if status != 500:
             self.malformed.note(self._loop.time(), self.peername, type(exc).__name__)
-        response = web.json_response({"error": text}, status=status)
+        response = json_answer({"error": text}, status=status)
         response.headers["Server"] = SERVER_NAME
         response.force_close()
         return response

@@ -15,6 +15,7 @@ from server._proto.inference import grpc_predict_v2_pb2 as oip
 from server._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from server.catalog import Catalog
 from server.dataplane import DataPlane
+from server.errors import VersionNotFound
 from server.grpc_binding import deadline_of
 from server.oip_codec import INFER
 
@@ -40,7 +41,13 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: oip.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelReadyResponse:
-        ready, _ = self.catalog.model_ready(request.name, request.version)
+        try:
+            ready, _ = self.catalog.model_ready(request.name, request.version)
+        except VersionNotFound:
+            # Not served is not ready: an answer, not an error, as Triton gives it
+            # (InferenceServer::ModelIsReady) and as REST's 404 reads to HTTP clients.
+            # tritonclient.grpc's is_model_ready raises on an error status.
+            ready = False
         return oip.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(

@@ -21,6 +21,7 @@ from server.model import LoadedModel
 from server.request_context import MAX_REQUEST_ID_CHARS, check_request_id, id_problem
 from server.target import Target
 from server.tensor import (
+    BINARY_DATA_SIZE,
     EMPTY_FINAL_RESPONSE,
     TIMEOUT,
     check_input,
@@ -73,9 +74,11 @@ def decode_infer_request(request: oip.ModelInferRequest, max_images: int) -> np.
     """The request's ``images`` tensor -> uint8 [N, 28, 28]."""
     tensors = request.inputs
     tensor = tensors[0] if tensors else oip.ModelInferRequest.InferInputTensor()
+    # binary_data_size is the one input parameter accepted (checked below): KServe's client
+    # sends it with raw_input_contents, as its REST form needs it.
     header = check_input(
-        [t.name for t in tensors], tensor.datatype, list(tensor.shape), tensor.parameters,
-        max_images,
+        [t.name for t in tensors], tensor.datatype, list(tensor.shape),
+        [k for k in tensor.parameters if k != BINARY_DATA_SIZE], max_images,
     )  # fmt: skip
     has_typed = tensor.HasField("contents") and any(
         len(getattr(tensor.contents, f.name)) for f in tensor.contents.DESCRIPTOR.fields
@@ -83,13 +86,21 @@ def decode_infer_request(request: oip.ModelInferRequest, max_images: int) -> np.
     has_raw = len(request.raw_input_contents) > 0
     if has_raw and has_typed:
         raise InvalidInput("send the input either in raw_input_contents or in contents, not both")
+    if BINARY_DATA_SIZE in tensor.parameters and not has_raw:
+        raise InvalidInput(
+            f"input {INPUT_NAME!r} sets {BINARY_DATA_SIZE}, which describes raw_input_contents; "
+            "send the bytes there, or drop the parameter"
+        )
     if has_raw:
         if len(request.raw_input_contents) != 1:
             raise InvalidInput(
                 f"raw_input_contents has {len(request.raw_input_contents)} entries; expected 1 "
                 "(one per input)"
             )
-        return pixels_from_bytes("raw_input_contents[0]", request.raw_input_contents[0], header)
+        raw = request.raw_input_contents[0]
+        if BINARY_DATA_SIZE in tensor.parameters:
+            _check_binary_data_size(tensor.parameters[BINARY_DATA_SIZE], len(raw))
+        return pixels_from_bytes("raw_input_contents[0]", raw, header)
     if not has_typed:
         raise InvalidInput(
             f"input {INPUT_NAME!r} has no data; fill raw_input_contents (fast) or contents"
@@ -105,6 +116,18 @@ def decode_infer_request(request: oip.ModelInferRequest, max_images: int) -> np.
         raise InvalidInput(f"{header.datatype} data goes in contents.{field}, not {others}")
     check_value_count(f"contents.{field}", len(typed), header)
     return pixels_from_values(np.asarray(typed, dtype=_WIDE_DTYPE[header.datatype]), header)
+
+
+def _check_binary_data_size(parameter: oip.InferParameter, sent: int) -> None:
+    """The input's ``binary_data_size`` (an integer) must be the byte count actually sent."""
+    choice = parameter.WhichOneof("parameter_choice")
+    size = getattr(parameter, choice) if choice in ("int64_param", "uint64_param") else None
+    if size != sent:
+        shown_size = "not an integer" if size is None else str(size)
+        raise InvalidInput(
+            f"input {INPUT_NAME!r} {BINARY_DATA_SIZE} is {shown_size} but "
+            f"raw_input_contents[0] has {sent} bytes"
+        )
 
 
 def encode_infer_response(

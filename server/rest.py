@@ -40,8 +40,9 @@ from server.catalog import Catalog
 from server.config import Settings
 from server.control import AUTHORIZATION, ModelControl
 from server.dataplane import DataPlane, Failure
-from server.errors import Code
+from server.errors import Code, Unimplemented
 from server.http_body import HttpRefusal, RequestLimits
+from server.http_limits import JSON_TYPE, json_answer
 from server.request_context import REQUEST_ID_HEADER, answer_id
 from server.rest_codec import (
     HEADER_LENGTH,
@@ -53,6 +54,7 @@ from server.rest_codec import (
     parse_infer_body,
 )
 from server.rest_worker import OFF_LOOP_BYTES, ParseWorker
+from server.triton_codec import not_implemented_message
 
 logger = logging.getLogger(__name__)
 
@@ -79,17 +81,45 @@ HTTP_EXTENSIONS = ("binary_tensor_data",)
 # Bytes of bodies that may wait for the parse worker (at least one --max-message-bytes body).
 PARSE_QUEUE_BYTES = 16 * 1024 * 1024
 
+# Triton's HTTP endpoints of the extensions this server does not implement, as
+# tritonclient.http calls them, and the gRPC method of each: they answer as that method does
+# (UNIMPLEMENTED, 501, with the reason), not with a 404 that says nothing of why.
+_SHM = (
+    ("/v2/systemsharedmemory", "SystemSharedMemory"),
+    ("/v2/cudasharedmemory", "CudaSharedMemory"),
+)
+UNIMPLEMENTED_ROUTES: tuple[tuple[str, str, str], ...] = (
+    *(
+        (method, path, "TraceSetting")
+        for path in ("/v2/trace/setting", "/v2/models/{model}/trace/setting")
+        for method in ("GET", "POST")
+    ),
+    ("GET", "/v2/logging", "LogSettings"),
+    ("POST", "/v2/logging", "LogSettings"),
+    *(
+        route
+        for base, name in _SHM
+        for route in (
+            ("GET", base + "/status", name + "Status"),
+            ("GET", base + "/region/{region}/status", name + "Status"),
+            ("POST", base + "/region/{region}/register", name + "Register"),
+            ("POST", base + "/region/{region}/unregister", name + "Unregister"),
+            ("POST", base + "/unregister", name + "Unregister"),
+        )
+    ),
+)
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(failure: Failure, exc: BaseException | None = None) -> web.Response:
     if isinstance(exc, HttpRefusal):
-        response = web.json_response({"error": failure.message}, status=exc.http_status)
+        response = json_answer({"error": failure.message}, status=exc.http_status)
         response.headers.update(exc.headers)
         if exc.close:  # its body was not read (or not all of it)
             response.force_close()
         return response
-    response = web.json_response({"error": failure.message}, status=HTTP_STATUS[failure.code])
+    response = json_answer({"error": failure.message}, status=HTTP_STATUS[failure.code])
     retry = _RETRY_AFTER.get(failure.code)
     if retry is not None:
         response.headers["Retry-After"] = retry
@@ -102,14 +132,14 @@ async def expect_later(request: web.Request) -> web.StreamResponse | None:
     """``Expect: 100-continue`` is answered when the body is read (server.http_body), after
     every check: a refused client is told so without sending its body first."""
     if request.headers.get("Expect", "").lower() != "100-continue":
-        return web.json_response(
+        return json_answer(
             {"error": f"Expect {request.headers['Expect'][:32]!r} is not supported"}, status=417
         )
     return None
 
 
 def _json(document: Any) -> web.Response:
-    return web.json_response(document)
+    return json_answer(document)
 
 
 @web.middleware
@@ -137,7 +167,7 @@ def _routing_error(request: web.Request, exc: web.HTTPException) -> web.Response
         message = f"{request.method} is not allowed on {request.path[:64]!r} (use {allowed})"
     else:
         message = exc.reason
-    response = web.json_response({"error": message}, status=exc.status)
+    response = json_answer({"error": message}, status=exc.status)
     if "Allow" in exc.headers:
         response.headers["Allow"] = exc.headers["Allow"]
     return response
@@ -191,6 +221,10 @@ class RestApi:
             app.router.add_get(base + "/stats", route("ModelStatistics", self._stats))
             app.router.add_post(
                 base + "/infer", route("ModelInfer", self._infer), expect_handler=expect_later
+            )
+        for method, path, name in UNIMPLEMENTED_ROUTES:
+            app.router.add_route(
+                method, path, route(name, self._unimplemented(name)), expect_handler=expect_later
             )
 
     async def _close(self, app: web.Application) -> None:
@@ -293,12 +327,22 @@ class RestApi:
         # No deadline of its own: a Triton "timeout" parameter is the data plane's to enforce.
         encoded = await self.plane.infer(REST_INFER, parsed, None)
         if encoded.header_length is None:
-            response = web.Response(body=encoded.body, content_type="application/json")
+            response = web.Response(body=encoded.body, content_type=JSON_TYPE)
         else:
             response = web.Response(body=encoded.body, content_type="application/octet-stream")
             response.headers[HEADER_LENGTH] = str(encoded.header_length)
         response.enable_compression()  # only when the client sent Accept-Encoding
         return response
+
+    def _unimplemented(self, method: str) -> Handler:
+        message = not_implemented_message(method)
+
+        async def handle(request: web.Request) -> web.Response:
+            if request.body_exists:  # read (under the limits), so the connection stays usable
+                await self._read_body(request)
+            raise Unimplemented(message)
+
+        return handle
 
     async def _read_body(self, request: web.Request) -> bytes:
         """The whole body, under the limits of :class:`server.http_body.RequestLimits`."""

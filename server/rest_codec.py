@@ -37,6 +37,7 @@ from server.request_context import check_request_id
 from server.target import Target
 from server.tensor import (
     BINARY_DATA_OUTPUT,
+    BINARY_DATA_SIZE,
     TIMEOUT,
     Header,
     RequestOptions,
@@ -61,8 +62,6 @@ _INPUT_KEYS = frozenset({"name", "shape", "datatype", "parameters", "data"})
 _OUTPUT_KEYS = frozenset({"name", "parameters"})
 # Request parameters understood here; any other is refused, never silently ignored.
 SUPPORTED_PARAMETERS = frozenset({BINARY_DATA_OUTPUT, TIMEOUT})
-# The input parameter of Triton's binary tensor extension: the tensor's bytes follow the JSON.
-BINARY_DATA_SIZE = "binary_data_size"
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,9 @@ BINARY_DATA_OUTPUT = "binary_data_output"
 # request with exactly one, final response, so the request is already met either way.
 EMPTY_FINAL_RESPONSE = "triton_enable_empty_final_response"
 _BOOLEAN_PARAMETERS = frozenset({BINARY_DATA_OUTPUT, EMPTY_FINAL_RESPONSE})
+# The input parameter of Triton's binary tensor extension: how many bytes the input has
+# outside the JSON (REST). KServe's client keeps it over gRPC too, for raw_input_contents.
+BINARY_DATA_SIZE = "binary_data_size"
 
 
 def shown(value: object, limit: int = 32) -> str:

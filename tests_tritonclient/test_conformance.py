@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2
 
 from client.predictor import PredictClient
@@ -147,3 +148,14 @@ from server._proto.inference import model_config_pb2 as c
 from tests_tritonclient.descriptors import dump
 print(json.dumps(dump([m.DESCRIPTOR, c.DESCRIPTOR], "GRPCInferenceService")))
 """
+
+
+def test_model_ready_of_what_is_not_served_is_false_as_over_http(client, server_process) -> None:
+    """tritonclient.grpc's is_model_ready answers False for a model or version that is not
+    served, as Triton's server does and as tritonclient.http's does against our REST port;
+    it used to raise (NOT_FOUND)."""
+    with httpclient.InferenceServerClient(f"127.0.0.1:{server_process.http_port}") as http:
+        for name, version in (("nope", ""), ("fashion", "9"), ("fashion", "01")):
+            assert client.is_model_ready(name, version) is False
+            assert http.is_model_ready(name, version) is False
+    assert client.is_model_ready("fashion")

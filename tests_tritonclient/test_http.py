@@ -145,3 +145,29 @@ def test_bad_requests_are_4xx_with_a_message(client) -> None:
         client.infer("fashion", [too_many])
     assert info.value.status() == "400" and f"at most {MAX_IMAGES}" in info.value.message()
     assert client.is_server_ready()
+
+
+@pytest.mark.parametrize(
+    ("call", "method"),
+    [
+        (lambda c: c.get_trace_settings(), "TraceSetting"),
+        (lambda c: c.update_trace_settings(settings={"trace_level": ["OFF"]}), "TraceSetting"),
+        (lambda c: c.get_log_settings(), "LogSettings"),
+        (lambda c: c.get_system_shared_memory_status(), "SystemSharedMemoryStatus"),
+        (lambda c: c.register_system_shared_memory("r", "/k", 16), "SystemSharedMemoryRegister"),
+        (lambda c: c.unregister_cuda_shared_memory(), "CudaSharedMemoryUnregister"),
+    ],
+    ids=["trace", "trace-update", "log", "shm-status", "shm-register", "cuda-unregister"],
+)
+def test_unimplemented_extensions_give_the_grpc_reason(client, grpc_client, call, method) -> None:
+    """tritonclient.http's calls of the extensions this server lacks get the reason the same
+    call gets over gRPC (UNIMPLEMENTED, 501 here), not a bare "no such endpoint"."""
+    with pytest.raises(InferenceServerException) as info:
+        call(client)
+    assert info.value.status() == "501"
+    assert info.value.message().startswith(f"fashion-serve does not implement {method}: ")
+    if method == "LogSettings":
+        with pytest.raises(InferenceServerException) as over_grpc:
+            grpc_client.get_log_settings()
+        assert info.value.message() == over_grpc.value.message()
+    assert client.is_server_ready()

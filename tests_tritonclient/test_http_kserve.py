@@ -1,4 +1,4 @@
-"""KServe's own Python REST client (kserve 0.21, protocol v2), unchanged, against the REST API.
+"""KServe's own Python clients (kserve 0.21, protocol v2), unchanged, against REST and gRPC.
 
 kserve cannot live in the project's venv (it needs psutil<6, the dev extra pins psutil 7),
 so scripts/bootstrap.sh ``ensure_kserve_client`` makes ``.venv-kserve`` and the client runs
@@ -36,7 +36,7 @@ def test_kserve_rest_client_gets_the_grpc_answers(kserve_python, server_process)
     seed = 5
     url = f"http://127.0.0.1:{server_process.http_port}"
     done = subprocess.run(
-        [str(kserve_python), str(CLIENT), url, str(seed)],
+        [str(kserve_python), str(CLIENT), url, str(seed), server_process.target],
         capture_output=True,
         text=True,
         timeout=120,
@@ -54,3 +54,10 @@ def test_kserve_rest_client_gets_the_grpc_answers(kserve_python, server_process)
         answer = result[mode]
         assert answer["id"] == f"kserve-{mode == 'binary'}" and answer["name"] == "probabilities"
         np.testing.assert_array_equal(np.asarray(answer["probabilities"], np.float32), expected)
+    # A refusal's message reaches KServe's exception: its client reads it only from an answer
+    # whose Content-Type is exactly application/json.
+    assert "unknown model 'nope'" in result["rest_error"], result["rest_error"]
+    # KServe's gRPC client keeps the input parameter binary_data_size beside
+    # raw_input_contents: the same request as over REST, answered the same.
+    assert result["grpc"].get("id") == "kserve-grpc", result["grpc"]
+    np.testing.assert_array_equal(np.asarray(result["grpc"]["probabilities"], np.float32), expected)

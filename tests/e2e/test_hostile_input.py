@@ -171,7 +171,6 @@ async def test_odd_version_strings_are_not_found_without_a_traceback(
     calls = [
         stub.ModelInfer(infer_request(np.zeros((1, 28, 28), np.uint8), model_version=version)),
         stub.ModelMetadata(oip.ModelMetadataRequest(name="fashion", version=version)),
-        stub.ModelReady(oip.ModelReadyRequest(name="fashion", version=version)),
     ]
     for call in calls:
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -179,6 +178,9 @@ async def test_odd_version_strings_are_not_found_without_a_traceback(
         assert info.value.code() == NOT_FOUND, info.value.details()
         assert "versions are positive integers" in info.value.details()
         assert len(info.value.details()) < 300  # a 4,301-digit version is not echoed back
+    # ModelReady answers (as Triton does): a version that is not served is not ready.
+    ready = await stub.ModelReady(oip.ModelReadyRequest(name="fashion", version=version))
+    assert ready.ready is False
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     ok = await stub.ModelInfer(infer_request(np.zeros((1, 28, 28), np.uint8), model_version="1"))
     assert ok.model_version == "1"

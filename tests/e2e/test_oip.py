@@ -267,11 +267,7 @@ async def test_metadata_and_readiness(start_app) -> None:
         assert (await stub.ServerLive(oip.ServerLiveRequest())).live
         assert (await stub.ServerReady(oip.ServerReadyRequest())).ready
         assert (await stub.ModelReady(oip.ModelReadyRequest(name="fashion", version="1"))).ready
-        await assert_status(
-            stub.ModelReady(oip.ModelReadyRequest(name="fashion", version="3")),
-            NOT_FOUND,
-            "version 3 is not served",
-        )
+        assert not (await stub.ModelReady(oip.ModelReadyRequest(name="fashion", version="3"))).ready
         await assert_status(
             stub.ModelMetadata(oip.ModelMetadataRequest(name="cifar")),
             NOT_FOUND,
@@ -424,3 +420,60 @@ async def test_triton_timeout_parameter_zero_means_no_timeout(
         assert len(response.raw_output_contents[0]) == 40
     else:
         await assert_status(oip_stub.ModelInfer(request, timeout=10), INVALID, fragment)
+
+
+async def test_binary_data_size_input_parameter_as_kserve_sends_it_over_grpc(
+    app, oip_stub, test_set
+) -> None:
+    """KServe's Python client (``InferInput.set_data_from_numpy``, binary by default, then
+    ``InferRequest.to_grpc``) sends the bytes in ``raw_input_contents`` *and* keeps the input
+    parameter ``binary_data_size`` (int64_param) that its REST form needs: the same request
+    REST accepts. It is accepted when it agrees with the bytes sent, and refused, saying
+    what disagrees, when it does not."""
+    images = test_set[0][:3]
+    expected = await oip_stub.ModelInfer(infer_request(images), timeout=10)
+    request = infer_request(images)
+    request.inputs[0].parameters["binary_data_size"].int64_param = images.nbytes
+    response = await oip_stub.ModelInfer(request, timeout=10)
+    assert response.raw_output_contents == expected.raw_output_contents
+    request.inputs[0].parameters["binary_data_size"].int64_param = 784
+    await assert_status(
+        oip_stub.ModelInfer(request, timeout=10),
+        INVALID,
+        "input 'images' binary_data_size is 784 but raw_input_contents[0] has 2352 bytes",
+    )
+    typed = oip.ModelInferRequest(
+        model_name="fashion",
+        inputs=[
+            Tensor(
+                name="images",
+                datatype="UINT8",
+                shape=[1, 28, 28],
+                contents=oip.InferTensorContents(uint_contents=[0] * 784),
+                parameters={"binary_data_size": oip.InferParameter(int64_param=784)},
+            )
+        ],
+    )
+    await assert_status(
+        oip_stub.ModelInfer(typed, timeout=10),
+        INVALID,
+        "sets binary_data_size, which describes raw_input_contents",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "version"),
+    [("mnist", ""), ("fashion", "3"), ("fashion", "01"), ("", "")],
+    ids=["unknown-model", "unknown-version", "not-a-version", "no-name"],
+)
+async def test_model_ready_of_what_is_not_served_is_false_not_an_error(
+    app, oip_stub, name, version
+) -> None:
+    """ModelReady answers the question: a model or version that is not served is not ready
+    (OK, ``ready: false``), as Triton answers it (``InferenceServer::ModelIsReady``) and as
+    REST does for HTTP clients (a 404 is "false" to tritonclient.http and KServe's client).
+    A NOT_FOUND error made tritonclient.grpc's ``is_model_ready`` raise where
+    tritonclient.http's returns False, e.g. in a loop waiting for a version to be loaded."""
+    answer = await oip_stub.ModelReady(oip.ModelReadyRequest(name=name, version=version))
+    assert answer.ready is False
+    assert (await oip_stub.ModelReady(oip.ModelReadyRequest(name="fashion"))).ready

@@ -479,3 +479,73 @@ async def test_unreadable_body_is_400_not_500(app, caplog) -> None:
     await assert_still_serving(app)
     metrics = await scrape(app)
     assert metrics["fashion_requests_total{code=INVALID_ARGUMENT,method=HTTP/ModelInfer}"] == 1
+
+
+async def test_every_json_answer_is_plain_application_json(app) -> None:
+    """``Content-Type: application/json``, as Triton and KServe's server send it: RFC 8259
+    defines no charset parameter for it, and KServe's own REST client
+    (``InferenceRESTClient._construct_http_status_error``) reads an error's message only when
+    the header is exactly ``application/json``; with ``; charset=utf-8`` its exception said
+    only "'400 Bad Request' for url ...", not what to change."""
+    url = base(app)
+    replies = {
+        "bad body": await infer(app, b"{bad"),
+        "unknown model": await infer(
+            app, json_body(np.zeros((1, 28, 28), np.uint8)), path="/v2/models/x/infer"
+        ),
+        "no such path": await curl(url + "/v3/nothing"),
+        "wrong method": await curl(url + "/v2/models/fashion/infer"),
+        "metadata": await curl(url + "/v2/models/fashion"),
+        "ready": await curl(url + "/v2/health/ready"),
+        "infer": await infer(app, json_body(np.zeros((1, 28, 28), np.uint8))),
+    }
+    found = {what: reply.headers["content-type"] for what, reply in replies.items()}
+    assert found == dict.fromkeys(replies, "application/json")
+    assert "not valid JSON" in replies["bad body"].json()["error"]
+
+
+# The HTTP paths of Triton's extensions this server does not implement, as tritonclient.http
+# calls them, and the gRPC method each one mirrors.
+UNIMPLEMENTED_PATHS = [
+    ("GET", "/v2/trace/setting", "TraceSetting"),
+    ("POST", "/v2/trace/setting", "TraceSetting"),
+    ("GET", "/v2/models/fashion/trace/setting", "TraceSetting"),
+    ("POST", "/v2/models/fashion/trace/setting", "TraceSetting"),
+    ("GET", "/v2/logging", "LogSettings"),
+    ("POST", "/v2/logging", "LogSettings"),
+    ("GET", "/v2/systemsharedmemory/status", "SystemSharedMemoryStatus"),
+    ("GET", "/v2/systemsharedmemory/region/r0/status", "SystemSharedMemoryStatus"),
+    ("POST", "/v2/systemsharedmemory/region/r0/register", "SystemSharedMemoryRegister"),
+    ("POST", "/v2/systemsharedmemory/region/r0/unregister", "SystemSharedMemoryUnregister"),
+    ("POST", "/v2/systemsharedmemory/unregister", "SystemSharedMemoryUnregister"),
+    ("GET", "/v2/cudasharedmemory/status", "CudaSharedMemoryStatus"),
+    ("GET", "/v2/cudasharedmemory/region/r0/status", "CudaSharedMemoryStatus"),
+    ("POST", "/v2/cudasharedmemory/region/r0/register", "CudaSharedMemoryRegister"),
+    ("POST", "/v2/cudasharedmemory/region/r0/unregister", "CudaSharedMemoryUnregister"),
+    ("POST", "/v2/cudasharedmemory/unregister", "CudaSharedMemoryUnregister"),
+]
+
+
+async def test_unimplemented_triton_extensions_say_so_as_over_grpc(app) -> None:
+    """Triton's trace, logging and shared-memory endpoints, which tritonclient.http offers
+    (``get_trace_settings``, ``get_log_settings``, ``register_system_shared_memory``, ...):
+    501 with the reason the gRPC method gives (UNIMPLEMENTED), not a 404 "no such endpoint"
+    that tells the client nothing of why; counted under the gRPC method's name."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.LogSettings(oip.LogSettingsRequest(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    grpc_message = info.value.details()
+    assert "logging is configured at start-up" in grpc_message
+    for method, path, name in UNIMPLEMENTED_PATHS:
+        args = ("-X", "POST", "-d", "{}") if method == "POST" else ()
+        reply = await curl(base(app) + path, *args)
+        assert reply.status == 501, (method, path, reply.body)
+        message = reply.json()["error"]
+        assert message.startswith(f"fashion-serve does not implement {name}: "), message
+        if name == "LogSettings":
+            assert message == grpc_message
+    metrics = await scrape(app)
+    assert metrics["fashion_requests_total{code=UNIMPLEMENTED,method=HTTP/LogSettings}"] == 2
+    await assert_still_serving(app)
