@@ -100,6 +100,10 @@ class Channel:
                 task = asyncio.create_task(self._handle(message))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+        except ConnectionResetError:
+            # The other end closed with a message of ours unread: it exited (a worker that
+            # drained and stopped while told something), which EOF says too; not broken.
+            logger.debug("control channel closed by the other end (reset)")
         except (ConnectionError, ValueError) as exc:
             logger.error("control channel broken: %s", exc)
         finally:

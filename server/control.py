@@ -20,6 +20,7 @@ from server.config import EXPLICIT
 from server.errors import InvalidInput, Unauthenticated
 from server.manager import ModelManager
 from server.plans import Change
+from server.serving_config import ConfigRefused, parse_config
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,14 @@ class ModelControl:
         config = parameters.get(CONFIG)
         if config is not None and not isinstance(config, str):
             raise InvalidInput(f"load parameter {CONFIG!r} must be a string (JSON)")
+        if config is not None:
+            # The caller's input, checked before any worker sees it: malformed, it was taken
+            # for the repository's fault (FAILED_PRECONDITION, a refused model load counted
+            # and alerted on, and kept as the model's problem in its index).
+            try:
+                parse_config(config, f"the load request's config for {name[:64]!r}")
+            except ConfigRefused as exc:
+                raise InvalidInput(str(exc)) from None
         if self._peers is not None:
             change = await self._peers("load", name, config)
         else:

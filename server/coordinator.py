@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.channel import Channel, ChannelClosed, Message
-from server.errors import FailedPrecondition, LoadRefused, ServingError
+from server.errors import FailedPrecondition, LoadRefused, ModelNotReady, ServingError
 from server.metrics_merge import Family, Key, cumulative_samples, served_only
 from server.statistics import VersionStatistics, from_dict, merged, to_dict
 
@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 # A worker that does not answer a metrics or statistics request within this is skipped.
 ASK_TIMEOUT_S = 5.0
+# How many times a change is prepared in every worker before their disagreement refuses it.
+PREPARE_ATTEMPTS = 2
 
 
 @dataclass
@@ -89,14 +91,23 @@ class Coordinator:
         self, operation: Message, workers: list[WorkerHandle]
     ) -> list[dict[str, Any]]:
         if not workers:
-            raise FailedPrecondition("no worker is running; retry shortly")
-        replies = await asyncio.gather(
-            *(self.ask(w, "prepare", **operation) for w in workers), return_exceptions=True
-        )
-        prepared = [(w, r) for w, r in zip(workers, replies, strict=True) if isinstance(r, dict)]
-        failed = [(w, r) for w, r in zip(workers, replies, strict=True) if not isinstance(r, dict)]
-        states = [reply["state"] for _, reply in prepared]
-        if failed or any(state != states[0] for state in states):
+            # A worker already took the request, so one runs: its peers have not all started
+            # yet (the server is starting, or every worker is being restarted). Retryable:
+            # UNAVAILABLE, not FAILED_PRECONDITION ("no worker is running"; HTTP 400).
+            raise ModelNotReady(
+                "this server's workers have not all started yet, so the change cannot reach "
+                "every one of them; nothing changed; retry shortly"
+            )
+        for attempt in range(PREPARE_ATTEMPTS):
+            replies = await asyncio.gather(
+                *(self.ask(w, "prepare", **operation) for w in workers), return_exceptions=True
+            )
+            pairs = list(zip(workers, replies, strict=True))
+            prepared = [(w, r) for w, r in pairs if isinstance(r, dict)]
+            failed = [(w, r) for w, r in pairs if not isinstance(r, dict)]
+            states = [reply["state"] for _, reply in prepared]
+            if not failed and all(state == states[0] for state in states):
+                break
             await asyncio.gather(
                 *(self.ask(w, "abort", plan=r["plan"]) for w, r in prepared),
                 return_exceptions=True,
@@ -105,11 +116,18 @@ class Coordinator:
                 worker, error = failed[0]
                 if isinstance(error, ServingError):
                     raise error
-                raise FailedPrecondition(
+                # Retryable (it is restarted): UNAVAILABLE, as for any server going away.
+                raise ModelNotReady(
                     f"worker {worker.index} went away while the change was prepared; nothing "
                     "changed; retry"
                 )
-            raise LoadRefused(disagreement(prepared))
+            if attempt + 1 == PREPARE_ATTEMPTS:
+                raise LoadRefused(disagreement(prepared))
+            # Each worker reads the repository as it prepares: a version or config.json
+            # published between two of those reads makes them disagree although none failed
+            # (a load was refused for it, a poll logged an error). Read again: what differed
+            # because of the disk now agrees; a version one worker refused still differs.
+            logger.info("the workers would not serve the same thing; preparing the change again")
         # What every worker serves from here on, recorded before they commit: one that dies
         # meanwhile is restarted into it.
         self.committed = states[0]

@@ -148,6 +148,11 @@ class ModelManager:
     def refused_versions(self, name: str) -> list[int]:
         return self.view.refused_versions(name)
 
+    def records(self) -> dict[str, dict[str, Any]]:
+        """What this manager remembers of the repository beside what it serves (JSON-able):
+        a worker joining its peers is synced with it (:class:`server.plans.Sync`)."""
+        return self.view.export_records()
+
     def index(self, *, ready: bool) -> list[IndexEntry]:
         """Every model and version on disk or loaded, with its state (lists directories)."""
         return self.view.index(self._routes, ready=ready)
@@ -260,7 +265,10 @@ class ModelManager:
                     f"no model {operation.name[:64]!r} is loaded or in the repository"
                 )
             return [self._unload_step(operation.name)]
-        # Sync: serve exactly ``operation.state`` (a worker joining its peers).
+        # Sync: serve exactly ``operation.state`` (a worker joining its peers), knowing what
+        # they refused.
+        for name in self.view.adopt_records(operation.records):
+            self.metrics.model_seen(name)
         steps = []
         for name, wanted in operation.state.items():
             config = ServingConfig.from_state(wanted["config"])

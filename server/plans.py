@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: server.worker imports this module, and a worker's
@@ -48,9 +48,15 @@ class Unload:
 
 @dataclass(frozen=True)
 class Sync:
-    """Serve exactly ``state`` (a :meth:`ModelManager.state`): a worker joining its peers."""
+    """Serve exactly ``state`` (a :meth:`ModelManager.state`): a worker joining its peers.
+
+    ``records``: what the peers remember of the repository beside what they serve (the
+    versions they refused and why, :meth:`ModelManager.records`), so that the joining worker
+    reports the repository as they do.
+    """
 
     state: Mapping[str, Mapping[str, Any]]
+    records: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 Operation = Poll | Load | Unload | Sync

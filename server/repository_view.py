@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from server.config import EXPLICIT
 from server.config_store import read_config
@@ -119,6 +120,36 @@ class RepositoryView:
     def problems(self) -> dict[str, str]:
         """Models that are not served as asked, and why."""
         return {name: r.problem for name, r in self.records.items() if r.problem}
+
+    def export_records(self) -> dict[str, dict[str, Any]]:
+        """What :meth:`adopt_records` takes (JSON-able): per model, the versions refused
+        (with their files' fingerprints) and the problem."""
+        return {
+            name: {
+                "refused": {str(v): list(files) for v, files in sorted(r.refused.items())},
+                "problem": r.problem,
+            }
+            for name, r in sorted(self.records.items())
+            if r.refused or r.problem
+        }
+
+    def adopt_records(self, records: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Remember what a peer remembers (a worker joining its peers); the names of the
+        models not known here before.
+
+        Without it a restarted worker's index, errors and next poll knew nothing of the
+        versions its peers had refused: "not loaded yet" where they said "refused", and
+        the refusal logged and counted again at its next poll.
+        """
+        new = []
+        for name, record in records.items():
+            if name not in self.records:
+                self.records[name] = ModelRecord(name)
+                new.append(name)
+            mine = self.records[name]
+            mine.refused = {int(v): tuple(files) for v, files in record["refused"].items()}
+            mine.problem = str(record["problem"])
+        return new
 
     def refused_versions(self, name: str) -> list[int]:
         record = self.records.get(name)

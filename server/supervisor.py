@@ -422,7 +422,11 @@ class Supervisor:
         or waiting for a first model with them."""
         async with self.coordinator.lock:
             try:
-                sync = {"operation": "sync", "state": self.coordinator.committed}
+                sync = {
+                    "operation": "sync",
+                    "state": self.coordinator.committed,
+                    "records": await self._peer_records(worker),
+                }
                 await self.coordinator.apply_to(sync, [worker])
             except ServingError as exc:
                 worker.failed = f"cannot serve what the other workers serve: {exc}"
@@ -445,6 +449,18 @@ class Supervisor:
                 return False
         logger.info("worker %d (pid %s) is back", worker.index, worker.pid)
         return True
+
+    async def _peer_records(self, joining: WorkerHandle) -> dict[str, Any]:
+        """What a serving peer remembers of the repository (the versions it refused, and
+        why), for ``joining``: so that its index and its errors say what its peers' say.
+        Empty when no peer answers (the first poll or load after it joins tells it again)."""
+        for peer in self.workers:
+            if peer is joining or not peer.joined:
+                continue
+            with contextlib.suppress(ServingError, ChannelClosed, TimeoutError):
+                reply = await self.coordinator.ask(peer, "records", timeout_s=ASK_TIMEOUT_S)
+                return dict(reply["records"])
+        return {}
 
     # -- ports, shutdown ----------------------------------------------------------------------
 

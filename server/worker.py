@@ -31,12 +31,20 @@ import socket
 import sys
 from typing import Any
 
-from server.channel import FD_VARIABLE, INDEX_VARIABLE, PORTS_VARIABLE, Channel, Message
+from server.channel import (
+    FD_VARIABLE,
+    INDEX_VARIABLE,
+    PORTS_VARIABLE,
+    Channel,
+    ChannelClosed,
+    Message,
+)
 from server.config import Settings, load_settings
-from server.errors import ConfigError, InvalidInput, ServingError
+from server.errors import ConfigError, FailedPrecondition, InvalidInput, ModelNotReady, ServingError
 from server.logs import configure_logging
 from server.main import prepare_memory
 from server.plans import Change, Load, Operation, Plan, Poll, Sync, Unload
+from server.readiness import Phase
 from server.statistics import VersionStatistics, from_dict, to_dict
 
 logger = logging.getLogger("server.worker")
@@ -48,20 +56,28 @@ class WorkerLink:
     def __init__(self) -> None:
         self.channel: Channel | None = None
 
-    def _channel(self) -> Channel:
+    async def _request(self, op: str, **fields: Any) -> Message:
         assert self.channel is not None, "the channel is set before the ports open"
-        return self.channel
+        try:
+            return await self.channel.request(op, **fields)
+        except ChannelClosed:
+            # The supervisor is gone (this worker stops now): the client is told so, as a
+            # stopping server tells it, not INTERNAL with a traceback in the log. A change
+            # may or may not have been made in the other workers before it went.
+            unsure = "; a model change may or may not have been made" if op == "control" else ""
+            raise ModelNotReady(
+                "this server is shutting down (its supervisor went away before it answered"
+                f"{unsure}); retry on another replica"
+            ) from None
 
     async def statistics(self, versions: list[tuple[str, int]]) -> list[VersionStatistics]:
-        reply = await self._channel().request(
+        reply = await self._request(
             "statistics", versions=[[name, version] for name, version in versions]
         )
         return [from_dict(item) for item in reply["statistics"]]
 
     async def control(self, action: str, name: str, config_text: str | None) -> Change:
-        reply = await self._channel().request(
-            "control", action=action, name=name, config=config_text
-        )
+        reply = await self._request("control", action=action, name=name, config=config_text)
         return Change(name, tuple(reply["loaded"]), tuple(reply["unloaded"]))
 
 
@@ -74,7 +90,7 @@ def operation_of(message: Message) -> Operation:
     if kind == "unload":
         return Unload(message["name"])
     if kind == "sync":
-        return Sync(message["state"])
+        return Sync(message["state"], message.get("records") or {})
     raise InvalidInput(f"unknown operation {kind!r}")
 
 
@@ -85,11 +101,28 @@ class Worker:
         self.app = app
         self._plans: dict[int, Plan] = {}
         self._next_plan = 0
+        self._orphaned = False  # the supervisor is gone: no plan will be committed
+
+    async def abandon_plans(self) -> None:
+        """The supervisor is gone: nobody will commit or abort what it had prepared here.
+
+        A prepared plan holds the manager's control lock until then, and stopping the
+        manager waits for that lock: kept, it made a worker whose supervisor was killed
+        mid-change hang in its shutdown for ever (its sessions and REST parse worker with
+        it). Every plan held is aborted now, and one still being prepared once it is.
+        """
+        self._orphaned = True
+        plans, self._plans = list(self._plans.values()), {}
+        for plan in plans:
+            await self.app.manager.abort(plan)
 
     async def handle(self, message: Message) -> Message | None:
         app, op = self.app, message["op"]
         if op == "prepare":
             plan = await app.manager.prepare(operation_of(message))
+            if self._orphaned:
+                await app.manager.abort(plan)
+                raise FailedPrecondition("the supervisor went away; nothing changed")
             self._next_plan += 1
             self._plans[self._next_plan] = plan
             return {"plan": self._next_plan, "state": plan.state}
@@ -98,6 +131,11 @@ class Worker:
             return {"changes": [dataclasses.asdict(c) for c in changes]}
         if op == "abort":
             await app.manager.abort(self._plans.pop(message["plan"]))
+            return {}
+        if op in ("start", "wait") and app.plane.readiness.phase is Phase.STOPPING:
+            # Told to serve (or wait) after it began draining: a change the supervisor was
+            # still making when SIGTERM or Ctrl-C (the whole process group) reached this
+            # worker. It stays stopping; before, this was a RuntimeError and a traceback.
             return {}
         if op == "start":
             await app.plane.start()
@@ -129,6 +167,8 @@ class Worker:
             return {}
         if op == "state":
             return {"state": app.manager.state(), "problems": app.manager.problems()}
+        if op == "records":
+            return {"records": app.manager.records()}
         raise InvalidInput(f"unknown control message {op!r}")
 
 
@@ -158,7 +198,14 @@ async def serve(settings: Settings, sock: socket.socket) -> int:
         await channel.close()
         return 1
     await channel.notify("listening")
-    orphaned = asyncio.create_task(channel.closed.wait(), name="supervisor-gone")
+
+    async def abandon_when_orphaned() -> None:
+        # Once the supervisor is gone (now, or while this worker drains after SIGTERM),
+        # nothing it had prepared here will be committed: stopping must not wait for it.
+        await channel.closed.wait()
+        await worker.abandon_plans()
+
+    orphaned = asyncio.create_task(abandon_when_orphaned(), name="supervisor-gone")
     stopping = asyncio.create_task(stop.wait(), name="stop")
     await asyncio.wait({orphaned, stopping}, return_when=asyncio.FIRST_COMPLETED)
     code = 0

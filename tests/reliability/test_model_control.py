@@ -402,6 +402,45 @@ async def test_a_ready_server_serving_no_model_answers_not_found_not_retry(start
         assert reply.status == 404 and "retry-after" not in reply.headers, (name, reply.body)
 
 
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        ("{not json", "is not valid JSON"),
+        (json.dumps({"version_policy": {"newest": 1}}), "unknown version_policy 'newest'"),
+        (json.dumps({"labels": {"3": 2}}), "label '3' is not a name"),
+    ],
+    ids=["json", "policy", "numeric-label"],
+)
+async def test_a_malformed_config_in_a_load_request_is_the_callers_mistake(
+    start_app, repo, config, fragment
+) -> None:
+    """Triton's ``config`` load parameter is the caller's input. A malformed one was taken for
+    the repository's fault: FAILED_PRECONDITION, counted as a refused model load (the
+    ModelVersionRefused alert), logged as an error and kept as the model's problem (its index
+    said a version was not served because of that request). It is INVALID_ARGUMENT (HTTP
+    400), and nothing of the model changes."""
+    app = await start_app(repo, model_control_mode="explicit", load_model="fashion")
+    before = app.catalog.repository_index(only_ready=False)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        oip_stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        bad = oip.ModelRepositoryParameter(string_param=config)
+        error = await refused(
+            oip_stub.RepositoryModelLoad(
+                oip.RepositoryModelLoadRequest(model_name="fashion", parameters={"config": bad})
+            )
+        )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert "the load request's config for 'fashion'" in error.details()
+    assert fragment in error.details()
+    url = f"http://127.0.0.1:{app.http_port}/v2/repository/models/fashion/load"
+    reply = await curl(url, "-X", "POST", "-d", json.dumps({"parameters": {"config": config}}))
+    assert reply.status == 400 and fragment in reply.json()["error"], reply.body
+    assert app.catalog.repository_index(only_ready=False) == before
+    assert app.manager.problems() == {}
+    metrics = await scrape(app)
+    assert metrics["fashion_model_loads_total{model=fashion,result=refused}"] == 0
+
+
 async def test_loading_a_broken_model_says_why_and_changes_nothing(start_app, repo) -> None:
     app = await start_app(repo, model_control_mode="explicit", load_model="fashion")
     for version in (1, 2):

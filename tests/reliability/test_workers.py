@@ -8,7 +8,9 @@ SIGTERM under load loses nothing; the metrics and Triton's statistics are the su
 the workers; a reload, and an explicit load, reach every worker, and a change that one
 worker cannot make is made by none, nor left half made by a worker lost during it; SIGHUP
 ends an explicit-mode wait for a first model; a second server on the same port refuses to
-start."""
+start; a worker whose supervisor is killed mid-change ends; a restarted worker reports what
+its peers refused as they do; a load before every worker is up is refused as retryable;
+Ctrl-C while the first models load ends quietly; a load racing a publish is made."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -607,4 +610,249 @@ async def test_a_dead_workers_triton_statistics_stay_counted(repo, log) -> None:
         assert after.inference_stats.success.count == after.inference_stats.queue.count == 10
     finally:
         connection.close()
+        assert server.stop() == 0
+
+
+def ended(pid: int) -> bool:
+    """Exited (gone, or a zombie left for whoever adopted it)."""
+    return state(pid) in ("", "Z")
+
+
+async def test_workers_holding_a_prepared_change_end_when_the_supervisor_is_gone(
+    repo, log, model_repo
+) -> None:
+    """A worker ends when its supervisor is gone (killed outright: the OOM killer, kill -9).
+    One that had prepared a change the supervisor never committed nor aborted kept the plan,
+    and with it its manager's control lock: its shutdown waited for that lock for ever, and
+    the process (its model sessions, its REST parse worker) lived on unseen."""
+    publish(model_repo, repo, "other", 1)
+    server = start(repo, log, "--model-control-mode", "explicit", "--load-model", "fashion")
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
+    workers = workers_of(server)
+    try:
+        connection.connect()
+        await wait_until(lambda: accepted_by(server, connection))
+        forwarder = accepted_by(server, connection)
+        (peer,) = set(workers) - {forwarder}
+        os.kill(peer, signal.SIGSTOP)  # the change waits for it: the forwarder holds its plan
+        path = "/v2/repository/models/other/load"
+        load = asyncio.create_task(asyncio.to_thread(post_on, connection, path))
+        await wait_until(lambda: "loaded model 'other'" in log.read_text())
+        os.kill(server.pid, signal.SIGKILL)
+        os.kill(peer, signal.SIGCONT)
+        # Told the server is going away (UNAVAILABLE), not INTERNAL with a traceback logged.
+        assert await load == "503"
+        await wait_until(lambda: all(ended(pid) for pid in workers), timeout_s=30)
+        assert log.read_text().count("the supervisor is gone: stopping") == 2
+    finally:
+        connection.close()
+        for pid in workers:
+            if not ended(pid):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+        server.stop()
+
+
+async def index_rows(target: str) -> list[tuple[str, str, str, str]]:
+    """RepositoryIndex on a connection of its own (whichever worker the kernel picks)."""
+    async with grpc.aio.insecure_channel(target, options=OWN_CONNECTION) as ch:
+        index = await oip_grpc.GRPCInferenceServiceStub(ch).RepositoryIndex(
+            oip.RepositoryIndexRequest(), timeout=10
+        )
+    return [(m.name, m.version, m.state, m.reason) for m in index.models]
+
+
+async def test_a_restarted_worker_reports_the_repository_as_its_peers_do(
+    repo, log, model_repo
+) -> None:
+    """A restarted worker loads what its peers serve; it must also know what they refused
+    and why. It did not: after a refused load, the peers' index said the version was
+    refused, the restarted worker's "not loaded (... load it through the API)", and a
+    request for the model was told the refusal by one worker and not by the other."""
+    broken = publish(model_repo, repo, "broken", 1)
+    meta = json.loads((broken / "metadata.json").read_text())
+    (broken / "metadata.json").write_text(json.dumps({**meta, "model_sha256": "0" * 64}))
+    server = start(repo, log, "--model-control-mode", "explicit", "--load-model", "fashion")
+    try:
+        async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await oip_grpc.GRPCInferenceServiceStub(ch).RepositoryModelLoad(
+                    oip.RepositoryModelLoadRequest(model_name="broken"), timeout=20
+                )
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        before = await index_rows(server.target)
+        assert ("broken", "1", "UNAVAILABLE") == before[0][:3]
+        assert before[0][3].startswith("refused"), before
+        os.kill(workers_of(server)[0], signal.SIGKILL)
+        await wait_until(lambda: restarts(server) == 1)
+        await wait_until(lambda: scrape(server)["fashion_server_ready{}"] == 1)
+        answers = set()
+        for _ in range(12):  # fresh connections: both workers, the restarted one too
+            assert await index_rows(server.target) == before
+            async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await pb_grpc.PredictionServiceStub(ch).Predict(
+                        pb.PredictRequest(images=[IMAGE], model_name="broken"), timeout=10
+                    )
+            answers.add((info.value.code(), info.value.details()))
+        assert len(answers) == 1, answers
+    finally:
+        assert server.stop() == 0
+
+
+async def test_a_restarted_worker_does_not_refuse_again_what_its_peers_refused(
+    repo, log, model_repo
+) -> None:
+    """Poll mode: a version both workers refused is not tried (loaded, refused, logged and
+    counted) again by a worker restarted since, at the next poll, nor reported otherwise."""
+    broken = publish(model_repo, repo, "fashion", 2)
+    meta = json.loads((broken / "metadata.json").read_text())
+    (broken / "metadata.json").write_text(json.dumps({**meta, "model_sha256": "0" * 64}))
+    server = start(repo, log)
+    refused = "fashion_model_loads_total{model=fashion,result=refused}"
+    try:
+        before = await index_rows(server.target)
+        assert before[1][:3] == ("fashion", "2", "UNAVAILABLE") and "refused" in before[1][3]
+        counted = scrape(server)[refused]
+        os.kill(workers_of(server)[0], signal.SIGKILL)
+        await wait_until(lambda: restarts(server) == 1)
+        await wait_until(lambda: scrape(server)["fashion_server_ready{}"] == 1)
+        publish(model_repo, repo, "other", 1)  # says when the poll is done
+        server.process.send_signal(signal.SIGHUP)  # a poll in every worker
+        await wait_until(lambda: log.read_text().count("model 'other' serves version 1") == 2)
+        for _ in range(12):
+            rows = await index_rows(server.target)
+            assert [row for row in rows if row[0] == "fashion"] == before
+        assert log.read_text().count("refusing model 'fashion' version 2") == 2  # once each
+        assert scrape(server)[refused] == counted
+    finally:
+        assert server.stop() == 0
+
+
+def listens(pid: int) -> bool:
+    return any(c.status == psutil.CONN_LISTEN for c in psutil.Process(pid).net_connections("tcp"))
+
+
+async def test_a_load_before_every_worker_is_up_is_refused_as_retryable(repo, log) -> None:
+    """A worker opens the shared port before its peers have: a load it takes then cannot
+    reach every worker. It was refused FAILED_PRECONDITION (HTTP 400: do not retry) saying
+    "no worker is running", by a worker that was; it is UNAVAILABLE, saying why."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    command = [
+        sys.executable, "-m", "server.main", "--model-repo", str(repo), "--workers", "2",
+        "--host", "127.0.0.1", "--port", str(port), "--http-port", "-1", "--metrics-port", "-1",
+        "--model-control-mode", "explicit", "--load-model", "fashion", "--poll-interval-s", "0",
+    ]  # fmt: skip
+    process = spawn(command, log)
+    late = None
+    try:
+        while late is None:  # stopped before it imports grpc: it opens the port last
+            children = psutil.Process(process.pid).children()
+            if len(children) == 2:
+                late = children[1].pid
+                os.kill(late, signal.SIGSTOP)
+            assert process.poll() is None
+        target = f"127.0.0.1:{port}"
+
+        async def first_listens() -> bool:
+            return any(listens(pid) for pid in set(workers_of_pid(process.pid)) - {late})
+
+        await wait_until(first_listens)
+        if listens(late):
+            pytest.skip("the second worker opened its port before it could be stopped")
+        async with grpc.aio.insecure_channel(target) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await oip_grpc.GRPCInferenceServiceStub(ch).RepositoryModelLoad(
+                    oip.RepositoryModelLoadRequest(model_name="fashion"), timeout=10
+                )
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+        assert "not all started yet" in info.value.details(), info.value
+        os.kill(late, signal.SIGCONT)
+        late = None
+        await wait_until(lambda: ready(target))
+        async with grpc.aio.insecure_channel(target) as ch:  # and once they are, it is taken
+            await oip_grpc.GRPCInferenceServiceStub(ch).RepositoryModelLoad(
+                oip.RepositoryModelLoadRequest(model_name="fashion"), timeout=10
+            )
+    finally:
+        if late is not None:
+            os.kill(late, signal.SIGCONT)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+
+
+def spawn(command: list[str], log: Path, *, new_session: bool = False) -> subprocess.Popen[bytes]:
+    with log.open("a") as stderr:
+        return subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=new_session
+        )
+
+
+def workers_of_pid(pid: int) -> list[int]:
+    return sorted(children_by_parent().get(pid, []))
+
+
+async def test_ctrl_c_while_the_first_models_load_ends_quietly(repo, log) -> None:
+    """Ctrl-C reaches the supervisor and every worker at once (the terminal's process group).
+    Workers already draining were then told to start serving once the first load ended in
+    all of them: `control request 'start' failed` and a traceback in their log."""
+    command = [
+        sys.executable, "-m", "server.main", "--model-repo", str(repo), "--workers", "2",
+        "--host", "127.0.0.1", "--port", "0", "--http-port", "-1", "--metrics-port", "-1",
+        "--poll-interval-s", "0", "--log-level", "info",
+    ]  # fmt: skip
+    process = spawn(command, log, new_session=True)
+    try:
+        await wait_until(lambda: log.read_text().count("INFO server.app: listening on") == 2)
+        slow = workers_of_pid(process.pid)[1]
+        os.kill(slow, signal.SIGSTOP)  # a slow first load: the change waits for it
+        await wait_until(lambda: "loaded model 'fashion'" in log.read_text())
+        os.killpg(process.pid, signal.SIGINT)
+        await asyncio.sleep(0.5)  # the others take it first (the slow one on SIGCONT)
+        os.kill(slow, signal.SIGCONT)
+        assert await asyncio.to_thread(process.wait, 30) == 0
+        text = log.read_text()
+        assert "Traceback" not in text and "ERROR" not in text, text
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+async def test_a_load_that_races_a_publish_is_made_not_refused(repo, log, model_repo) -> None:
+    """Each worker reads the repository when it prepares a change: a version published in
+    between (training publishes whenever it ends) made them disagree, and the load was
+    refused, FAILED_PRECONDITION (HTTP 400), blaming "the versions that failed" when none
+    had; a poll alike logged an error and changed nothing. The change is prepared again."""
+    publish(model_repo, repo, "other", 1)
+    server = start(repo, log, "--model-control-mode", "explicit", "--load-model", "fashion")
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
+    stopped = None
+    try:
+        connection.connect()
+        await wait_until(lambda: accepted_by(server, connection))
+        forwarder = accepted_by(server, connection)
+        (peer,) = set(workers_of(server)) - {forwarder}
+        os.kill(peer, signal.SIGSTOP)
+        stopped = peer
+        path = "/v2/repository/models/other/load"
+        load = asyncio.create_task(asyncio.to_thread(post_on, connection, path))
+        await wait_until(lambda: "loaded model 'other' version 1" in log.read_text())
+        publish(model_repo, repo, "other", 2)  # after the forwarder read, before its peer
+        os.kill(peer, signal.SIGCONT)
+        stopped = None
+        assert await load == "200"
+        for _ in range(12):  # whichever worker a connection reaches serves version 2
+            async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
+                reply = await pb_grpc.PredictionServiceStub(ch).Predict(
+                    pb.PredictRequest(images=[IMAGE], model_name="other"), timeout=10
+                )
+            assert reply.model_version == 2
+    finally:
+        connection.close()
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
         assert server.stop() == 0
