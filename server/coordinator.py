@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.channel import Channel, ChannelClosed, Message
-from server.errors import FailedPrecondition, LoadRefused, ModelNotReady, ServingError
+from server.errors import LoadRefused, ModelNotReady, ServingError
 from server.metrics_merge import Family, Key, cumulative_samples, served_only
 from server.statistics import VersionStatistics, from_dict, merged, to_dict
 
@@ -191,7 +191,8 @@ class Coordinator:
         )
         parts = [r["statistics"] for r in replies if isinstance(r, dict)]
         if not parts:
-            raise FailedPrecondition("no worker answered; retry shortly")
+            # Every worker restarting or busy past the timeout: retryable (UNAVAILABLE).
+            raise ModelNotReady("no worker answered for the statistics; retry shortly")
         summed = []
         for i, (model, version) in enumerate(versions):
             these = [from_dict(part[i]) for part in parts]

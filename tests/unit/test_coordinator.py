@@ -14,6 +14,7 @@ from typing import Any
 
 from server.channel import Channel, Message
 from server.coordinator import Coordinator, WorkerHandle
+from server.errors import Code, ServingError
 from server.statistics import VersionStatistics
 
 NEW_STATE = {"fashion": {"versions": ["2"]}}
@@ -145,3 +146,16 @@ async def test_a_dead_workers_statistics_are_carried_until_their_version_leaves(
         assert list(coordinator.carried_statistics) == [("fashion", 2)]
     finally:
         await close(coordinator, tasks)
+
+
+async def test_statistics_no_worker_answers_are_retryable():
+    """Asked while no worker answers (every one restarting), the caller is told to retry
+    with a status that says so: UNAVAILABLE, not FAILED_PRECONDITION (HTTP 400)."""
+    coordinator = Coordinator([WorkerHandle(0, channel=None, joined=False)])
+    try:
+        await coordinator.statistics([["fashion", 1]])
+    except ServingError as exc:
+        assert exc.code is Code.UNAVAILABLE, exc.code
+        assert "retry" in str(exc)
+    else:
+        raise AssertionError("statistics with no worker answering did not fail")
