@@ -221,9 +221,11 @@ class DynamicBatcher(Generic[T]):
         try:
             return await pending.future
         except asyncio.CancelledError:
-            # The caller went away: free its queue space now, not at the next flush.
+            # The caller went away: free its queue space now, not at the next flush. Or its
+            # deadline passed while it waited (grpc cancels the call then): "deadline".
             if pending.queued:
-                self._forget(pending, "cancelled")
+                expired = deadline is not None and deadline <= loop.time()
+                self._forget(pending, "deadline" if expired else "cancelled")
             raise
 
     def _forget(self, pending: _Pending[T], reason: str) -> None:

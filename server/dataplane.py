@@ -511,10 +511,14 @@ class DataPlane:
                 if (item := queue.get_nowait()) is not None:
                     unanswered.append(item)
             now = loop.time()
+            # The stream's deadline passed (grpc cancels it then, the client is told
+            # DEADLINE_EXCEEDED): the server was too slow for it, not a caller that left.
+            expired = deadline is not None and now >= deadline
+            ended = Code.DEADLINE_EXCEEDED if expired else Code.CANCELLED
             for item in unanswered:
                 if not item.future.cancel() and not item.future.cancelled():
                     item.future.exception()  # finished unread: retrieved, so nothing is logged
-                self.observe(method, Code.CANCELLED, now - item.started, item.context)
+                self.observe(method, ended, now - item.started, item.context)
 
 
 @dataclass(frozen=True, slots=True)

@@ -300,6 +300,11 @@ def _unary(
             failure = plane.failure(method, exc)
             code = failure.code
             if code is Code.CANCELLED:
+                if _deadline_passed(context):
+                    # grpc ends a call whose deadline passed by cancelling its handler, and
+                    # the client got DEADLINE_EXCEEDED: the server was too slow for it (a
+                    # server-side error to the alerts), not a caller that went away.
+                    code = Code.DEADLINE_EXCEEDED
                 raise
             # Counted and logged before the status is sent, as an answer is before it is
             # returned: a client that reads the status then finds its request in the metrics
@@ -311,6 +316,12 @@ def _unary(
                 end()
 
     return handle
+
+
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call had a deadline and it has passed."""
+    remaining: float | None = context.time_remaining()
+    return remaining is not None and remaining <= 0
 
 
 def _request_id(metadata: Any) -> str | None:
@@ -363,18 +374,27 @@ def _streaming(
         metadata = context.invocation_metadata()
         carrier = dict(metadata or ()) if plane.tracing is not None else None
         stream = plane.begin_stream(_request_id(metadata), carrier)
+        peer = context.peer()
+
+        def end_whole(code: Code) -> None:
+            """The stream ended as a whole, not by a message (refused before its first read,
+            or broken): counted, logged and traced under the id its trailers carry (without
+            a context the access line had no id, and the call no span)."""
+            whole = plane.begin(method, stream.id, peer=peer, carrier=carrier)
+            plane.observe(method, code, time.perf_counter() - t0, whole)
+
         if stream.refusal:
-            plane.observe(method, Code.INVALID_ARGUMENT, time.perf_counter() - t0)
+            end_whole(Code.INVALID_ARGUMENT)
             await _abort(context, Failure(Code.INVALID_ARGUMENT, stream.refusal), stream.id)
             return
         try:
             limits.calls.enter()
         except Overloaded as exc:
             plane.metrics.count_rejected("too_many_calls")
-            plane.observe(method, exc.code, time.perf_counter() - t0)
+            end_whole(exc.code)
             await _abort(context, Failure(exc.code, str(exc)), stream.id)
             return
-        client_key.set(context.peer())
+        client_key.set(peer)
         budget = StreamBudget(limits.stream_bytes, limits.bytes)
         responses = implementation(_metered(context, parse, budget), context)
         try:
@@ -395,7 +415,7 @@ def _streaming(
         except Exception as exc:
             failure = plane.failure(method, exc)
             if not isinstance(exc, Refused):  # a refused stream counted its own messages
-                plane.observe(method, failure.code, time.perf_counter() - t0)
+                end_whole(failure.code)
             await _abort(context, failure, stream.id)
         finally:
             close = getattr(responses, "aclose", None)

@@ -4,10 +4,12 @@ Each worker keeps its own series (server/metrics.py). The supervisor asks every 
 for its exposition when it is scraped (and every few seconds besides, so what a worker
 had counted is known when it dies) and merges them:
 
-* counters and histograms are summed, and so are most gauges (queue depth and
-  capacity: the workers' queues together); the gauges that describe what is served
+* counters and histograms are summed; the gauges that describe what is served
   (model info, versions loaded, labels) are the same in every worker and are taken
-  once (their maximum);
+  once (their maximum); a version's queue depth and capacity are those of its fullest
+  worker's queue (their maximum): each worker has its own queue, bounded by
+  --max-queue, and a client's calls on one connection all go to one worker, so that
+  queue refuses first (summed, one full queue of two read 50 % full);
 * a worker that died leaves its counters and histograms behind ("carried"), so a
   restart is not a counter reset: the sums never go down. What it counted after the
   supervisor's last look is lost. Carried series of a model version that is no
@@ -27,6 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 SAME_IN_EVERY_WORKER = frozenset(
     {"fashion_model_info", "fashion_model_versions_loaded", "fashion_model_version_label"}
 )
+# Each worker's own queue of a version: the fullest one's (see the module docstring).
+FULLEST_WORKER = frozenset({"fashion_queue_depth_images", "fashion_queue_capacity_images"})
 CUMULATIVE = frozenset({"counter", "histogram", "summary"})
 
 Key = tuple[str, tuple[tuple[str, str], ...]]  # sample name, sorted labels
@@ -49,6 +53,11 @@ def parse(text: str) -> dict[str, Family]:
             if sample.name.endswith("_created"):
                 continue
             family.samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        if parsed.name.endswith("_created") and not family.samples:
+            # The text format writes a counter's or histogram's ``_created`` samples as a
+            # gauge family of that name: left empty, it would still be exposed, and
+            # OpenMetrics reserves the name (a strict parser refuses the scrape).
+            continue
         families[parsed.name] = family
     return families
 
@@ -73,7 +82,7 @@ def merge(
             total = merged.setdefault(
                 family.name, Family(family.name, family.kind, family.documentation)
             )
-            keep_max = family.name in SAME_IN_EVERY_WORKER
+            keep_max = family.name in SAME_IN_EVERY_WORKER or family.name in FULLEST_WORKER
             for key, value in family.samples.items():
                 if key in total.samples:
                     total.samples[key] = (
@@ -89,10 +98,29 @@ def merge(
     metrics = []
     for family in merged.values():
         metric = Metric(family.name, family.documentation, family.kind)
-        for (name, labels), value in sorted(family.samples.items()):
+        for (name, labels), value in sorted(family.samples.items(), key=_exposition_order):
             metric.add_sample(name, dict(labels), value)
         metrics.append(metric)
     return metrics
+
+
+def _exposition_order(sample: tuple[Key, float]) -> tuple[tuple[tuple[str, str], ...], str, float]:
+    """Where a sample goes in the exposition: each series' samples together (its buckets,
+    then ``_count``, then ``_sum``) and its buckets by increasing ``le``, ``+Inf`` last.
+
+    OpenMetrics, which Prometheus asks for first, requires both; sorted by their labels as
+    they are, the samples of every histogram came out by ``le`` as text (``+Inf`` first),
+    each bucket bound's series of every method interleaved, and strict parsers refused the
+    whole scrape.
+    """
+    (name, labels), _ = sample
+    series = tuple(item for item in labels if item[0] not in _BOUNDS)
+    bound = next((value for key, value in labels if key in _BOUNDS), None)
+    return series, name, float(bound) if bound is not None else 0.0
+
+
+# The labels that order the samples within one series: a bucket's bound, a quantile.
+_BOUNDS = frozenset({"le", "quantile"})
 
 
 def served_only(

@@ -132,9 +132,13 @@ async def expect_later(request: web.Request) -> web.StreamResponse | None:
     """``Expect: 100-continue`` is answered when the body is read (server.http_body), after
     every check: a refused client is told so without sending its body first."""
     if request.headers.get("Expect", "").lower() != "100-continue":
-        return json_answer(
+        response = json_answer(
             {"error": f"Expect {request.headers['Expect'][:32]!r} is not supported"}, status=417
         )
+        # aiohttp sends an expect handler's answer as is, before any middleware
+        # (_every_answer): its id is given here.
+        response.headers[REQUEST_ID_HEADER] = answer_id(request.headers.get(REQUEST_ID_HEADER))
+        return response
     return None
 
 

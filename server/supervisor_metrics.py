@@ -92,13 +92,29 @@ class SupervisorMetrics:
     async def gather(self) -> None:
         """Read every live worker's exposition and merge them all."""
         workers = self.coordinator.workers
-        live = [w for w in workers if w.channel is not None and not w.channel.closed.is_set()]
+        # Only workers that have started: one still starting (a restart) answers its channel
+        # only after its imports, which take a second or more on a busy machine, and has
+        # counted nothing yet. Asked, it held every scrape until it answered (up to
+        # ASK_TIMEOUT_S): longer than a short scrape_timeout, and the target read as down.
+        live = [
+            (w, w.channel)
+            for w in workers
+            if w.channel is not None and not w.channel.closed.is_set() and w.listening.is_set()
+        ]
         replies = await asyncio.gather(
-            *(self.coordinator.ask(w, "metrics", timeout_s=ASK_TIMEOUT_S) for w in live),
+            *(self.coordinator.ask(w, "metrics", timeout_s=ASK_TIMEOUT_S) for w, _ in live),
             return_exceptions=True,
         )
-        for worker, reply in zip(live, replies, strict=True):
-            if isinstance(reply, dict):
+        for (worker, channel), reply in zip(live, replies, strict=True):
+            # A worker that answered, then died while the others were waited for (up to
+            # ASK_TIMEOUT_S), had its last families carried when it died (its channel is
+            # closed before): stored now, they would be counted twice until its successor
+            # answers, and the sums would then fall (a counter reset to Prometheus).
+            if (
+                isinstance(reply, dict)
+                and worker.channel is channel
+                and not channel.closed.is_set()
+            ):
                 worker.families = parse(reply["text"])
                 worker.statistics = [from_dict(item) for item in reply["statistics"]]
         self._merged = merge([w.families for w in workers], self.coordinator.carried)

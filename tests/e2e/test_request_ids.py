@@ -281,3 +281,32 @@ async def test_concurrent_requests_each_log_their_own_id(app, oip_stub, logs) ->
     for i, call in enumerate(calls):
         assert trailing_id(await call.trailing_metadata()) == f"c-{i}"
         assert logs.access(f"c-{i}")["images"] == 1
+
+
+async def test_a_refused_streams_access_line_carries_the_id_it_was_answered_under(
+    app, stub, logs
+) -> None:
+    """A stream refused whole (its x-request-id cannot be one) is answered under a generated
+    id in its trailers; its access line must carry that id, as a refused unary call's does,
+    or the operator cannot find the line the client reports."""
+    call = stub.PredictStream(
+        iter([predict_request(np.zeros((1, 28, 28), np.uint8))]),
+        metadata=((HEADER, "s" * 2000),),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        [answer async for answer in call]
+    assert info.value.code() == INVALID
+    generated = trailing_id(await call.trailing_metadata())
+    assert GENERATED.fullmatch(generated)
+    line = logs.access(generated)
+    assert line["method"] == "PredictStream" and line["status"] == "INVALID_ARGUMENT"
+
+
+async def test_an_unsupported_expect_is_answered_with_an_id(app) -> None:
+    """aiohttp sends what an expect handler returns as is, before any middleware: the 417
+    for an Expect other than 100-continue was the one REST answer without x-request-id."""
+    images = np.zeros((1, 28, 28), np.uint8)
+    reply = await infer(app, json_body(images), "-H", "Expect: teapot", "-H", f"{HEADER}: exp-1")
+    assert reply.status == 417 and reply.headers[HEADER] == "exp-1"
+    reply = await infer(app, json_body(images), "-H", "Expect: teapot")
+    assert reply.status == 417 and GENERATED.fullmatch(reply.headers[HEADER])

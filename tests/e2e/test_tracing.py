@@ -177,6 +177,19 @@ async def test_stream_messages_each_get_a_span_under_the_streams_trace(app, stub
     for span in spans:
         assert (span.context.trace_id, span.parent.span_id) == (int(TRACE_B, 16), int(PARENT_B, 16))
         children_of(exporter, span)
+    # A stream refused whole (an id that cannot be one) is a span too, under the id its
+    # trailers carry and in the client's trace (it had none).
+    call = stub.PredictStream(
+        iter([predict_request(np.zeros((1, 28, 28), np.uint8))]),
+        metadata=((HEADER, "s" * 2000), ("traceparent", traceparent(TRACE_B, PARENT_B))),
+    )
+    with pytest.raises(grpc.aio.AioRpcError):
+        [answer async for answer in call]
+    (trailer,) = [v for k, v in await call.trailing_metadata() if k == HEADER]
+    (refused,) = [s for s in request_spans(exporter, "PredictStream") if s not in spans]
+    assert refused.attributes["fashion.request_id"] == trailer
+    assert refused.attributes["fashion.status"] == "INVALID_ARGUMENT"
+    assert refused.context.trace_id == int(TRACE_B, 16)
 
 
 async def test_failed_requests_end_their_span_with_the_code(

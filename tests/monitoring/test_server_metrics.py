@@ -7,11 +7,25 @@ exposition passes ``promtool check metrics``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
+import os
 import re
+import signal
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.registry import Collector
 
 from bench.memory import large_json_body, post
 from bench.serverproc import descendants, memory_mib, start_server
@@ -19,10 +33,14 @@ from server._proto.fashion.v1 import prediction_pb2 as pb
 from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
 from server.app import App
 from server.cgroup import memory_limit_bytes
+from server.metrics import Metrics
+from server.metrics_merge import merge, parse
 from server.process_metrics import role
 from tests.e2e.conftest import Samples, parse_samples
 from tests.monitoring import dashboard, rules
 from tests.monitoring.prometheus import promtool
+from tests.reliability.test_limits import connection, open_idle_streams
+from tests.reliability.test_limits import predict as limits_predict
 
 # A series name; recorded ones (level:metric:operations) are not the server's.
 METRIC = re.compile(r"(?<![:\w])((?:fashion|process)_[a-z_]+)(?![:\w])")
@@ -33,11 +51,12 @@ async def exposition(app: App) -> str:
     return await scrape(app.metrics_port)
 
 
-async def scrape(metrics_port: int) -> str:
+async def scrape(metrics_port: int, accept: str = "", timeout_s: float = 5.0) -> str:
     url = f"http://127.0.0.1:{metrics_port}/metrics"
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
 
     def get() -> str:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return response.read().decode()
 
     return await asyncio.to_thread(get)
@@ -195,3 +214,276 @@ async def test_exposition_passes_promtool_check_metrics(start_app) -> None:
     for name in ("fashion_server_ready", "fashion_queue_capacity_images"):
         assert f"# TYPE {name} gauge" in text
     assert "# TYPE fashion_memory_limit_bytes gauge" in text
+
+
+# What Prometheus asks for first (its default scrape_protocols).
+OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+
+
+async def test_the_supervisors_openmetrics_exposition_is_valid(model_repo: Path) -> None:
+    """Behind ``--workers 2`` the supervisor writes the merged series itself. OpenMetrics
+    wants each series' samples together and a histogram's buckets by increasing ``le``;
+    the merge sorted them by their labels as text (``+Inf`` first, every method's buckets
+    interleaved) and kept the text format's empty ``*_created`` families, names OpenMetrics
+    reserves: prometheus_client's OpenMetrics parser refused the whole scrape."""
+    server = await asyncio.to_thread(start_server, model_repo, ["--workers", "2"])
+    try:
+        await predict_once(server.target)  # two methods: two series of every request metric
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = pb_grpc.PredictionServiceStub(channel)
+            await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+        text = await scrape(server.metrics_port, OPENMETRICS)
+        plain = await scrape(server.metrics_port)
+    finally:
+        assert await asyncio.to_thread(server.stop) == 0
+    assert text.rstrip().endswith("# EOF")
+    families = {family.name: family for family in openmetrics_families(text)}  # strict
+    buckets: dict[str, list[float]] = {}
+    for sample in families["fashion_request_duration_seconds"].samples:
+        if sample.name.endswith("_bucket"):
+            buckets.setdefault(sample.labels["method"], []).append(float(sample.labels["le"]))
+    assert set(buckets) == {"Predict", "GetModelInfo"}
+    assert all(bounds == sorted(bounds) and bounds[-1] == math.inf for bounds in buckets.values())
+    assert not re.search(r"^# TYPE \S+_created ", plain, flags=re.MULTILINE)
+
+
+async def test_calls_refused_at_the_servers_limits_count_as_rejected_requests(
+    start_app, tmp_path: Path
+) -> None:
+    """A call refused beyond --max-concurrent-rpcs is RESOURCE_EXHAUSTED: left out of the
+    error ratio as load shedding, which FashionServingRequestsRejected is for. Its share,
+    read by promtool with the production rules from what a real server exported, was no
+    sample at all (the rule counted the two queues' reasons only): no alert, whatever the
+    share."""
+    app = await start_app(max_concurrent_rpcs=2, max_concurrent_streams=100)
+    async with connection(app.port) as channel:
+        streams = await open_idle_streams(channel, 2)  # two PredictStream messages answered
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await limits_predict(channel)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for call in streams:
+            await call.done_writing()
+            assert await call.read() == grpc.aio.EOF
+        await limits_predict(channel)  # a slot is free again
+    found = await samples(app)
+    assert found["fashion_rejected_requests_total{model=,reason=too_many_calls,version=}"] == 1
+    counted = {k: v for k, v in found.items() if k.startswith("fashion_requests_total{")}
+    assert sum(counted.values()) == 4  # 2 stream messages, 1 refused, 1 answered
+    # The same counts every minute, one target: the share of the requests refused.
+    share = "instance:fashion_overload_rejections:ratio_rate5m"
+    expected = [{"labels": share + TARGET + "}", "value": 0.25}]
+    assert_promql(tmp_path, found, share, expected)
+
+
+async def test_readiness_probes_of_a_pod_not_ready_are_not_server_errors(
+    start_app, tmp_path: Path
+) -> None:
+    """A pod waiting for its model answers REST readiness probes 503 (UNAVAILABLE), as it
+    must. Counted as server errors, a kubelet's probes of that one pod made the job's error
+    ratio 75 % here (FashionServingHighErrorRatio, critical) while no client request failed."""
+    empty = tmp_path / "empty"
+    (empty / "fashion").mkdir(parents=True)
+    app = await start_app(empty, load=False, wait_for_model=True, poll_interval_s=0)
+    await app.plane.wait_for_model()
+    base = f"http://127.0.0.1:{app.http_port}/v2/health"
+    for path, status in (("ready", 503), ("ready", 503), ("ready", 503), ("live", 200)):
+        assert await asyncio.to_thread(http_status, f"{base}/{path}") == status
+    found = await samples(app)
+    assert (
+        found["fashion_requests_total{code=UNAVAILABLE,method=HTTP/ServerReady,model=,version=}"]
+        == 3
+    )
+    requests = "job:fashion_requests:rate5m"
+    assert_promql(
+        tmp_path,
+        found,
+        requests,
+        [{"labels": requests + '{job="fashion-serving"}', "value": 4 / 60}],
+    )
+    assert_promql(tmp_path, found, "job:fashion_request_errors:ratio_rate5m", [])
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+TARGET = '{instance="10.0.0.1:9090", job="fashion-serving"'
+
+
+def assert_promql(
+    tmp_path: Path,
+    found: Samples,
+    expr: str,
+    expected: list[dict[str, object]],
+    gauges: tuple[str, ...] = (),
+) -> None:
+    """promtool evaluates ``expr`` with the production rules over the counters a real server
+    exported (``found``), as one target whose counts grow by that much every minute, and
+    the ``gauges`` it exported, as they were throughout."""
+    counters = ("fashion_requests_total{", "fashion_rejected_requests_total{")
+    series = [
+        {"series": promtool_series(key), "values": f"0+{value:g}x20"}
+        for key, value in found.items()
+        if key.startswith(counters)
+    ]
+    series += [
+        {"series": promtool_series(key), "values": f"{value:g}x20"}
+        for key, value in found.items()
+        if key.startswith(tuple(name + "{" for name in gauges))
+    ]
+    case = {"expr": expr, "eval_time": "10m", "exp_samples": expected}
+    spec = {
+        "rule_files": [str(rules.RULES)],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": [case]}],
+    }
+    test_file = tmp_path / "exported.test.yml"
+    test_file.write_text(yaml.safe_dump(spec))
+    result = promtool("test", "rules", str(test_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def promtool_series(key: str) -> str:
+    """``name{a=1,b=}`` (tests.e2e.conftest.Samples) -> a promtool series of one target."""
+    name, _, labels = key.partition("{")
+    pairs = [pair.split("=", 1) for pair in labels.rstrip("}").split(",") if pair]
+    rest = "".join(f', {k}="{v}"' for k, v in pairs if v)
+    return name + TARGET + rest + "}"
+
+
+def requests_counted(text: str) -> float:
+    return sum(v for k, v in parse_samples(text).items() if k.startswith("fashion_requests_total{"))
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    found = []
+    for pid in descendants(supervisor):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            if b"\0server.worker\0" in cmdline.read():
+                found.append(pid)
+    return sorted(found)
+
+
+async def test_a_worker_that_dies_while_a_scrape_waits_for_its_peer_is_counted_once(
+    model_repo: Path,
+) -> None:
+    """The supervisor reads every worker, then merges. A worker that answered and then died
+    while the read still waited for a slow peer (hung, up to the 5 s a worker is waited
+    for) had what it counted carried when it died, and then its answer stored as a live
+    worker's: its requests counted twice (61 of 40 here), until its successor answered and
+    the sum fell back, a counter reset to Prometheus (rate() and increase() jump)."""
+    server = await asyncio.to_thread(start_server, model_repo, ["--workers", "2"])
+    stopped = None
+    try:
+        sent = 40
+        for _ in range(sent):  # a connection each: the kernel spreads them over both workers
+            async with connection(server.port) as channel:
+                await limits_predict(channel)
+        assert requests_counted(await scrape(server.metrics_port)) == sent
+        stopped, dying = worker_pids(server.pid)
+        os.kill(stopped, signal.SIGSTOP)  # answers nothing: every read waits for it
+        reading = asyncio.ensure_future(scrape(server.metrics_port, timeout_s=30))
+        await asyncio.sleep(1)  # the other worker has answered that read (and the sampler's)
+        os.kill(dying, signal.SIGKILL)
+        seen = [requests_counted(await reading)]
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        for _ in range(100):  # until the restarted worker serves and has been read
+            text = await scrape(server.metrics_port)
+            seen.append(requests_counted(text))
+            if (
+                parse_samples(text).get("fashion_workers{state=ready}") == 2
+                and len(worker_pids(server.pid)) == 2
+            ):
+                break
+            await asyncio.sleep(0.1)
+        seen.append(requests_counted(await scrape(server.metrics_port)))
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        assert await asyncio.to_thread(server.stop) == 0
+    assert seen == [sent] * len(seen)
+
+
+async def test_calls_whose_deadline_passes_in_the_server_count_as_deadline_exceeded(
+    start_app, faults
+) -> None:
+    """A server too slow for its callers' deadlines: the clients get DEADLINE_EXCEEDED, which
+    the error ratio counts as the server's failure (FashionServingHighErrorRatio). grpc ends
+    such a call by cancelling its handler, and the server counted it CANCELLED (a caller that
+    went away, not an error), and a request dropped from the queue for it ``cancelled``:
+    a server missing every deadline alerted nothing."""
+    app = await start_app()
+    faults.hold()  # a slow model: the first batch holds, the next request waits in the queue
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.PredictionServiceStub(channel)
+        request = pb.PredictRequest(images=[pb.Image(raw=bytes(784))])
+        computing = asyncio.ensure_future(stub.Predict(request, timeout=0.5))
+        assert await asyncio.to_thread(faults.entered.wait, 5)
+        queued = asyncio.ensure_future(stub.Predict(request, timeout=0.5))
+        stream = stub.PredictStream(iter([request] * 2), timeout=0.5)
+        for call in (computing, queued):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            [answer async for answer in stream]
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        faults.clear()
+    for _ in range(100):  # the stream's messages are counted as it ends in the server
+        found = await samples(app)
+        if found.get(STREAM_EXPIRED, 0) == 2:
+            break
+        await asyncio.sleep(0.05)
+    counted = {k: v for k, v in found.items() if k.startswith("fashion_requests_total{")}
+    assert counted == {
+        "fashion_requests_total{code=DEADLINE_EXCEEDED,method=Predict,model=fashion,version=1}": 2,
+        STREAM_EXPIRED: 2,
+    }
+    rejected = {k: v for k, v in found.items() if k.startswith("fashion_rejected_requests_total")}
+    assert set(rejected) == {
+        "fashion_rejected_requests_total{model=fashion,reason=deadline,version=1}"
+    }
+
+
+STREAM_EXPIRED = (
+    "fashion_requests_total{code=DEADLINE_EXCEEDED,method=PredictStream,model=fashion,version=1}"
+)
+
+
+def worker_exposition(depth: int, capacity: int) -> str:
+    """What one ``--workers`` process reports (its real Metrics) with ``depth`` of
+    ``capacity`` images in the queue of version 1."""
+    metrics = Metrics(CollectorRegistry(), worker=True)
+    metrics.queue_depth.labels("fashion", "1").set(depth)
+    metrics.queue_capacity.labels("fashion", "1").set(capacity)
+    return generate_latest(metrics.registry).decode()
+
+
+class Exposition(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+def test_the_queue_a_worker_refuses_from_shows_as_saturated(tmp_path: Path) -> None:
+    """A client's calls on one connection stay on one worker (SO_REUSEPORT spreads
+    connections): its queue fills and refuses while the other worker's is empty. Each
+    worker's queue is bounded by --max-queue, so saturation is that of the fullest one; the
+    supervisor summed depths and capacities, so the instance read 50 % full with
+    ``--workers 2`` (1/N with N) while it refused: FashionServingQueueSaturated (75 %)
+    could not fire, nor the dashboard show it."""
+    workers = [parse(worker_exposition(1024, 1024)), parse(worker_exposition(0, 1024))]
+    registry = CollectorRegistry()
+    registry.register(Exposition(merge(workers, {})))
+    found = parse_samples(generate_latest(registry).decode())
+    share = "instance:fashion_queue_saturation:ratio_avg5m"
+    labels = share + TARGET + ', model="fashion", version="1"}'
+    queue = ("fashion_queue_depth_images", "fashion_queue_capacity_images")
+    assert_promql(tmp_path, found, share, [{"labels": labels, "value": 1.0}], gauges=queue)
