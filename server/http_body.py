@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import mmap
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import ClassVar
@@ -122,6 +123,10 @@ class Held:
 
 
 HELD = web.RequestKey("held_body_bytes", Held)
+# When the request's body had arrived (time.perf_counter()): where its duration starts, as a
+# gRPC call's starts once its whole message has arrived. A client's upload is not the
+# server's latency: timed from the head, a slow sender fed the p99 the latency alert reads.
+BODY_ARRIVED = web.RequestKey("body_arrived", float)
 
 
 class RequestLimits:
@@ -185,6 +190,7 @@ class RequestLimits:
         try:
             async with asyncio.timeout(self.timeout_s):
                 body = await self._receive(request, declared, held)
+            request[BODY_ARRIVED] = time.perf_counter()
         except TimeoutError:
             raise BodyTimeout(
                 f"the request body did not arrive within {self.timeout_s:g} s "

@@ -41,7 +41,7 @@ from server.config import Settings
 from server.control import AUTHORIZATION, ModelControl
 from server.dataplane import DataPlane, Failure
 from server.errors import Code, Unimplemented
-from server.http_body import HttpRefusal, RequestLimits
+from server.http_body import BODY_ARRIVED, HttpRefusal, RequestLimits
 from server.http_limits import JSON_TYPE, json_answer
 from server.request_context import REQUEST_ID_HEADER, answer_id
 from server.rest_codec import (
@@ -259,7 +259,9 @@ class RestApi:
                     raise
                 response = error_response(failure, exc)
             finally:
-                plane.observe(label, code, time.perf_counter() - t0, context)
+                # From the body's arrival when there was one (see BODY_ARRIVED).
+                started = request.get(BODY_ARRIVED, t0)
+                plane.observe(label, code, time.perf_counter() - started, context)
             response.headers[REQUEST_ID_HEADER] = context.id
             return response
 

@@ -549,3 +549,27 @@ async def test_unimplemented_triton_extensions_say_so_as_over_grpc(app) -> None:
     metrics = await scrape(app)
     assert metrics["fashion_requests_total{code=UNIMPLEMENTED,method=HTTP/LogSettings}"] == 2
     await assert_still_serving(app)
+
+
+async def test_a_slow_upload_is_not_the_servers_latency(app) -> None:
+    """The request's duration (``fashion_request_duration_seconds``, the access log, the
+    latency alert) starts when its body has arrived, as a gRPC call's starts with its whole
+    message: a client that takes its time to send is not the server being slow."""
+    body = json_body(np.zeros((1, 28, 28), np.uint8))
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.http_port)
+    head = (
+        "POST /v2/models/fashion/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    writer.write(head.encode() + body[:10])
+    await writer.drain()
+    await asyncio.sleep(1.5)  # the client's upload, not the server's work
+    writer.write(body[10:])
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    metrics = await scrape(app)
+    key = "fashion_request_duration_seconds_{}{{method=HTTP/ModelInfer}}"
+    assert metrics[key.format("count")] == 1
+    assert metrics[key.format("sum")] < 1.0, metrics[key.format("sum")]
