@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from server.catalog import Catalog
 from server.config import Settings
@@ -146,21 +147,45 @@ def _json(document: Any) -> web.Response:
     return json_answer(document)
 
 
-@web.middleware
-async def _every_answer(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every answer in one form: the router's own 404 and 405 as ``{"error": ...}`` like
-    every other error, and each with an ``x-request-id``. A route sets its request's; an
-    answer given before any request began (the router's, the concurrency cap's 429; not
-    logged) gets the client's id when it can be one, else a generated one."""
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        response = _routing_error(request, exc)
-    if REQUEST_ID_HEADER not in response.headers:
-        response.headers[REQUEST_ID_HEADER] = answer_id(request.headers.get(REQUEST_ID_HEADER))
-    return response
+# What a request that matches no route (the router's own 404 and 405) is counted and logged
+# as: one bounded label, never its path. 405: the path exists, not with that method.
+UNROUTED = METHOD_PREFIX + "Unrouted"
+_UNROUTED_CODE = {404: Code.NOT_FOUND, 405: Code.UNIMPLEMENTED}
+
+
+def _every_answer(plane: DataPlane) -> Middleware:
+    """A middleware: every answer in one form, the router's own 404 and 405 as
+    ``{"error": ...}`` like every other error, and each with an ``x-request-id``. A route
+    sets its request's. A request that matches no route is counted, logged and traced as
+    ``HTTP/Unrouted`` (an operator sees a misdirected client, e.g. a KServe v1 one, in
+    ``fashion_requests_total``); an answer given before any request began (the concurrency
+    cap's 429, counted in ``fashion_rejected_requests_total``) gets the client's id when it
+    can be one, else a generated one."""
+
+    @web.middleware
+    async def every_answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = _routing_error(request, exc)
+            headers = request.headers
+            context = plane.begin(
+                UNROUTED,
+                headers.get(REQUEST_ID_HEADER),
+                peer=request.remote or "",
+                carrier=headers if plane.tracing is not None else None,
+            )
+            code = _UNROUTED_CODE.get(exc.status, Code.INVALID_ARGUMENT)
+            plane.observe(UNROUTED, code, time.perf_counter() - t0, context)
+            response.headers[REQUEST_ID_HEADER] = context.id
+        if REQUEST_ID_HEADER not in response.headers:
+            response.headers[REQUEST_ID_HEADER] = answer_id(request.headers.get(REQUEST_ID_HEADER))
+        return response
+
+    return every_answer
 
 
 def _routing_error(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -200,7 +225,7 @@ class RestApi:
         )
 
     def add_routes(self, app: web.Application) -> None:
-        app.middlewares.append(_every_answer)  # outermost: sees every answer
+        app.middlewares.append(_every_answer(self.plane))  # outermost: sees every answer
         app.middlewares.append(self.limits.middleware)
         app.on_cleanup.append(self._close)
         route = self._route

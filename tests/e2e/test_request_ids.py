@@ -310,3 +310,23 @@ async def test_an_unsupported_expect_is_answered_with_an_id(app) -> None:
     assert reply.status == 417 and reply.headers[HEADER] == "exp-1"
     reply = await infer(app, json_body(images), "-H", "Expect: teapot")
     assert reply.status == 417 and GENERATED.fullmatch(reply.headers[HEADER])
+
+
+async def test_a_rest_request_that_matches_no_route_is_counted_and_logged(app, logs) -> None:
+    """A path or method the REST API does not have (a KServe v1 client's ``/v1/models/...``,
+    a GET on ``infer``): 404 and 405 are counted (``method="HTTP/Unrouted"``) and logged under
+    the id they are answered with; before, an operator saw nothing of a misdirected client."""
+    from tests.e2e.conftest import scrape
+    from tests.e2e.curl import curl
+
+    url = f"http://127.0.0.1:{app.http_port}"
+    reply = await curl(url + "/v1/models/fashion:predict", "-X", "POST", "-H", f"{HEADER}: v1-1")
+    assert reply.status == 404 and reply.headers[HEADER] == "v1-1"
+    line = logs.access("v1-1")
+    assert (line["method"], line["status"]) == ("HTTP/Unrouted", "NOT_FOUND")
+    reply = await curl(url + "/v2/models/fashion/infer")  # GET
+    assert reply.status == 405
+    assert logs.access(reply.headers[HEADER])["status"] == "UNIMPLEMENTED"
+    metrics = await scrape(app)
+    assert metrics["fashion_requests_total{code=NOT_FOUND,method=HTTP/Unrouted}"] == 1
+    assert metrics["fashion_requests_total{code=UNIMPLEMENTED,method=HTTP/Unrouted}"] == 1
