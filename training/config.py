@@ -33,7 +33,7 @@ from server.contract import MODEL_NAME, is_model_name
 from server.env_vars import BadValue, closest_setting, is_service_link, parse_value
 from server.serving_config import ConfigRefused, check_label_name
 from training.model import ARCHITECTURES
-from training.recipe import AUGMENTATIONS, RECIPES, SCHEDULES
+from training.recipe import AUGMENTATIONS, RECIPES, SCHEDULES, split_sizes
 
 ENV_PREFIX = "FASHION_TRAIN_"
 ENV_MODEL_REPO = "FASHION_MODEL_REPO"
@@ -175,6 +175,11 @@ class TrainConfig:
                 # Frozen: the recipe's value takes the place of the None given.
                 object.__setattr__(self, name, getattr(recipe, name))
         self._check_plateau()
+        if self.limit is not None:
+            # The number trained on when the data set holds at least --limit images (the
+            # real one has 60,000): refused now, before the data loads and TensorFlow starts;
+            # run() checks again with the images actually loaded.
+            check_split(self, self.limit)
 
     def _check_plateau(self) -> None:
         """ReduceLROnPlateau's settings: filled where it runs, refused where it cannot."""
@@ -200,6 +205,25 @@ class TrainConfig:
             ):
                 if getattr(self, name) is None:
                     object.__setattr__(self, name, default)
+
+
+def check_split(config: TrainConfig, images: int) -> None:
+    """ConfigError unless ``images`` (the first ``--limit`` training images) split into at
+    least one to train on and, with a validation split, one to validate on.
+
+    ``Model.fit(validation_split=...)`` refuses anything less with a ValueError, which came out
+    of fashion-train as a traceback once TensorFlow had started (``--limit 1``, or a split
+    close to 0 or 1).
+    """
+    trained, held = split_sizes(images, config.validation_split)
+    if trained and (held or config.validation_split == 0):
+        return
+    split = f"{names('validation_split')} {config.validation_split:g}"
+    given = f"{names('limit')} {config.limit} with {split}" if config.limit is not None else split
+    raise ConfigError(
+        f"{given} splits {images} training image(s) into {trained} to train on and {held} "
+        "to validate on: training needs at least one of each (or --validation-split 0)"
+    )
 
 
 def variable(name: str) -> str:
@@ -320,9 +344,16 @@ def check_environment(environ: Mapping[str, str]) -> None:
     )
     if not unknown:
         return
+    # FASHION_TRAIN_<FLAG> of the two settings shared with other commands: the rule every
+    # other flag follows, so the likeliest slip; their own variable is the one meant.
+    shared = {
+        f"{ENV_PREFIX}{name.upper()}": variable(name)
+        for name in _FIELDS
+        if not variable(name).startswith(ENV_PREFIX)
+    }
     problems = []
     for name in unknown:
-        close = closest_setting(name, known, ENV_PREFIX)
+        close = shared.get(name) or closest_setting(name, known, ENV_PREFIX)
         hint = f"did you mean {close}?" if close else "fashion-train --help lists them"
         problems.append(f"unknown setting {name}; {hint}")
     raise ConfigError("; ".join(problems))

@@ -126,6 +126,10 @@ def _load_split(
     labels_payload, digests[labels_name] = _read_gz(labels_path)
     images = parse_idx_images(images_payload, images_path)
     labels = parse_idx_labels(labels_payload, labels_path)
+    if not len(images):
+        # Valid headers that say 0: nothing to train on or to evaluate (Keras' predict on an
+        # empty test set failed with a traceback after the whole training).
+        raise DataError(f"{images_path}: holds no images (its header says 0)")
     if len(images) != len(labels):
         raise DataError(
             f"{images_path}: count mismatch: {len(images)} images but "

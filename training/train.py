@@ -27,7 +27,7 @@ import numpy as np
 
 from server.errors import ModelLoadError
 from training.config import ENV_MODEL_REPO as ENV_MODEL_REPO
-from training.config import TrainConfig, names, parse_args
+from training.config import ConfigError, TrainConfig, check_split, names, parse_args
 from training.data import CLASS_NAMES, DataError, FashionMNIST, load_fashion_mnist
 from training.export import (
     ExportError,
@@ -108,6 +108,10 @@ def distribution_strategy() -> Any:
     return tf.distribute.MirroredStrategy([gpu.name for gpu in gpus])
 
 
+class TrainingDiverged(Exception):
+    """The trained network's outputs are not finite (NaN or infinite): nothing is published."""
+
+
 # --- the hand-offs between steps ----------------------------------------------------------
 
 
@@ -181,6 +185,8 @@ class Published:
 def load_data(config: TrainConfig) -> FashionMNIST:
     """data: the four IDX files, each validated (``--data-dir``, else the lookup order)."""
     data = load_fashion_mnist(config.data_dir, origin=names("data_dir"))
+    # Keras' fit() would refuse a split leaving no image on one side, with a traceback.
+    check_split(config, len(data.train_images[: config.limit]))
     logger.info(
         "data: %s (%d train, %d test images)",
         data.source_dir,
@@ -218,15 +224,23 @@ def build(config: TrainConfig, data: FashionMNIST) -> Built:
     return Built(model, trainee, distribution)
 
 
-def fit(data: FashionMNIST, config: TrainConfig, built: Built | None = None) -> FitResult:
+def fit(
+    data: FashionMNIST,
+    config: TrainConfig,
+    built: Built | None = None,
+    stops: StopRequests | None = None,
+) -> FitResult:
     """fit: early stopping on val_loss (best weights restored), the plateau callback under
-    ``--schedule plateau``. Without ``built``, :func:`build` makes it (seeding again)."""
+    ``--schedule plateau``. Without ``built``, :func:`build` makes it (seeding again).
+    With ``stops``, a SIGINT or SIGTERM ends training after the current step (Interrupted)."""
     import keras
 
     if built is None:
         built = build(config, data)
     # First, so the logged rate is the one before ReduceLROnPlateau lowers it.
     callbacks: list[keras.callbacks.Callback] = [learning_rate_log()]
+    if stops is not None:
+        callbacks.append(stop_on_request(stops))
     stopper = None
     if config.validation_split > 0:
         stopper = keras.callbacks.EarlyStopping(
@@ -258,6 +272,8 @@ def fit(data: FashionMNIST, config: TrainConfig, built: Built | None = None) -> 
         verbose=1 if sys.stdout.isatty() else 2,
     )
     seconds = time.monotonic() - started
+    if stops is not None:
+        stops.check()  # fit() returned early because of a signal
     best = stopper.best_epoch + 1 if stopper is not None else None
     per_epoch = {
         key: [float(value) for value in values]
@@ -274,6 +290,14 @@ def export(data: FashionMNIST, trained: FitResult) -> Exported:
     keras_probs = trained.model.predict(
         scale_images(data.test_images), batch_size=PREDICT_BATCH, verbose=0
     )
+    if not np.isfinite(keras_probs).all():
+        # A diverged training (NaN weights) would reach the parity gate, which refuses it
+        # as "max |delta| = nan": an export failure to chase, when the export is right.
+        loss = trained.history["loss"][-1] if trained.history.get("loss") else float("nan")
+        raise TrainingDiverged(
+            f"training diverged: the network's outputs are not finite (last epoch's loss "
+            f"{loss:g}); nothing was published: try a lower --learning-rate"
+        )
     test_accuracy, per_class = accuracies(data.test_labels, keras_probs.argmax(1), CLASS_NAMES)
     print(f"test accuracy: {test_accuracy:.4f} on {len(data.test_images)} images", flush=True)
     proto = to_onnx(trained.model, list(CLASS_NAMES))
@@ -401,13 +425,23 @@ def publish(config: TrainConfig, exported: Exported, report: Report) -> Publishe
     return Published(version, path, written)
 
 
-def run(config: TrainConfig, command_line: Sequence[str]) -> Published:
+def run(
+    config: TrainConfig, command_line: Sequence[str], stops: StopRequests | None = None
+) -> Published:
+    """The steps in order. With ``stops``, a SIGINT or SIGTERM stops the run between steps
+    (or training after its current step); once publishing has begun, it runs to its end."""
+    check = stops.check if stops is not None else lambda: None
     data = load_data(config)
+    check()
     built = build(config, data)
-    trained = fit(data, config, built)
+    check()
+    trained = fit(data, config, built, stops)
     exported = export(data, trained)
+    check()
     gated = gate(config, data, exported)
+    check()
     described = report(config, data, trained, exported, gated, command_line)
+    check()
     return publish(config, exported, described)
 
 
@@ -441,8 +475,75 @@ def quantize_variant(
     return entry, {}, payload
 
 
+class Interrupted(SystemExit):
+    """A signal as an exception: it unwinds like Ctrl-C (the staging directory is removed)
+    and, uncaught, exits 128 + the signal's number without a traceback."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+class StopRequests:
+    """SIGINT and SIGTERM during a run, as requests to stop at the next safe point.
+
+    Raising from the signal handler (as :func:`exit_on_sigterm` does) lands wherever Python
+    happens to be: inside TensorFlow's tracing of the training step, that left its device
+    scopes unbalanced (``RuntimeError: Exiting device scope without proper scope nesting``,
+    exit 1, a traceback), and the interpreter then sometimes crashed on the way out (SIGSEGV,
+    SIGABRT). The handler only records the signal; training stops after its current step,
+    the run between its steps (:meth:`check` raises :class:`Interrupted`). A second signal
+    stops at once, wherever that is.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def handle(self, signum: int, frame: object) -> None:
+        # No output here: a write to a stream the main thread is writing to raises
+        # "reentrant call" inside a signal handler.
+        if self.signum is not None:
+            raise Interrupted(signum)
+        self.signum = signum
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+    def install(self) -> dict[int, Any]:
+        """Handle SIGINT and SIGTERM; returns the previous handlers (empty off the main
+        thread). SIGINT stays ignored when it was (``nohup``, a shell's background job)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is signal.SIG_IGN and signum == signal.SIGINT:
+                continue
+            previous[signum] = signal.signal(signum, self.handle)
+        return previous
+
+
+def stop_on_request(stops: StopRequests) -> keras.callbacks.Callback:
+    """Ends ``fit()`` after the current step once a stop was requested (Keras checks
+    ``stop_training`` and, in the epoch's validation, ``stop_evaluating`` after every step):
+    the loop unwinds through its own code."""
+    import keras
+
+    class StopOnRequest(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            if stops.signum is not None:
+                self.model.stop_training = True
+
+        def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            if stops.signum is not None:
+                self.model.stop_evaluating = True
+
+    return StopOnRequest()
+
+
 def exit_on_sigterm() -> Any:
-    """Turn SIGTERM into SystemExit so the staging directory is cleaned up like on Ctrl-C.
+    """Turn SIGTERM into :class:`Interrupted` so the staging directory is cleaned up like on
+    Ctrl-C.
 
     Returns the previous handler, or None when not on the main thread (signals unavailable).
     """
@@ -450,7 +551,7 @@ def exit_on_sigterm() -> Any:
         return None
 
     def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+        raise Interrupted(signum)
 
     return signal.signal(signal.SIGTERM, handler)
 
@@ -469,10 +570,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         flag = f"--label {config.label}: " if config.label else ""
         print(f"fashion-train: error: {flag}{exc}; nothing was trained", file=sys.stderr)
         return 2
-    previous = exit_on_sigterm()
+    stops = StopRequests()
+    previous = stops.install()
     try:
-        published = run(config, command_line)
-    except (DataError, ExportError) as exc:
+        published = run(config, command_line, stops)
+    except ConfigError as exc:
+        # A setting that only the loaded data set shows to be unusable (check_split).
+        print(f"fashion-train: error: {exc}", file=sys.stderr)
+        return 2
+    except (DataError, ExportError, TrainingDiverged) as exc:
         # Known failures get one clear line; nothing was published.
         print(f"fashion-train: error: {exc}", file=sys.stderr)
         return 1
@@ -483,6 +589,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # the repository became unwritable (or full) meanwhile
         print(f"fashion-train: error: nothing was published: {exc}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, Interrupted) as exc:
+        # Ctrl-C or a deleted Job: one line, not Keras' and TensorFlow's stack (a version
+        # is published whole or not at all, so there is nothing to clean up by hand).
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"fashion-train: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     except PublishedUnlabelled as exc:
         print(f"published version {exc.version} to {exc.path.resolve()}", flush=True)
         print(
@@ -492,8 +604,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     # Absolute: the default ./models is relative to wherever the command was run.
     print(f"published version {published.version} to {published.path.resolve()}", flush=True)
     if config.label:

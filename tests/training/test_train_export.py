@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +131,59 @@ def test_label_marks_the_published_version_and_a_publish_that_would_break_trains
     assert "error: label 'canary' -> 1: version policy latest 1 serves [2]" in err
     assert "nothing was trained" in err
     assert list_versions(tmp_path) == [1]
+
+
+def test_a_validation_split_that_leaves_no_image_to_train_on_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Known only once the data set is loaded (no --limit): 60,000 x (1 - 0.99999) = 0.6, and
+    # Keras keeps floor(0.6) = 0 images to train on. It raised a ValueError out of fit(): a
+    # traceback after TensorFlow had started, exit 1.
+    argv = ["--validation-split", "0.99999", "--epochs", "1", "--model-repo", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fashion-train: error: --validation-split")
+    assert "0 to train on and 60000 to validate on" in err and "Traceback" not in err
+    assert list(tmp_path.rglob("*")) == []
+
+
+def test_a_diverged_training_is_reported_as_such_not_as_an_export_failure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Adam at 1e10 turns every weight into NaN in the first epoch. The parity gate refused
+    # the model (nothing was published), but said "parity gate failed ... max |delta| = nan":
+    # an ONNX export problem to chase, when the export was right and the training was not.
+    argv = ["--limit", "500", "--epochs", "1", "--no-report", "--learning-rate", "1e10"]
+    assert main([*argv, "--model-repo", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "--learning-rate" in err
+    assert "parity" not in err
+    assert list(tmp_path.rglob("*")) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_training_says_so_in_one_line(tmp_path: Path, signum: int) -> None:
+    # Ctrl-C printed a 40-line KeyboardInterrupt traceback through Keras and TensorFlow;
+    # SIGTERM (a deleted Kubernetes Job) ended the log mid-epoch without a word.
+    command = [sys.executable, "-m", "training.train", "--limit", "3000", "--epochs", "50"]
+    child = subprocess.Popen(
+        [*command, "--no-report", "--model-repo", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # "Epoch 1/50" as it is printed
+        # A shell's background job inherits SIGINT ignored; Ctrl-C reaches a foreground one.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert child.stdout is not None
+    for line in child.stdout:  # Keras prints "Epoch 1/50" as training starts
+        if line.startswith("Epoch 1/"):
+            break
+    child.send_signal(signum)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 128 + signum
+    assert "Traceback" not in err
+    assert err.rstrip().splitlines()[-1] == (
+        f"fashion-train: interrupted by {signal.Signals(signum).name}"
+    )
+    assert list(tmp_path.rglob("*")) == []  # no version, no staging directory

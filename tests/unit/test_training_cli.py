@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
-from training.train import ENV_MODEL_REPO, parse_args
+from training.train import ENV_MODEL_REPO, Interrupted, StopRequests, parse_args
 
 
 def test_defaults() -> None:
@@ -98,3 +99,15 @@ def test_without_a_validation_split_no_plateau_schedule_is_recorded() -> None:
     # Nothing to watch, so no ReduceLROnPlateau runs; the metadata must not claim one.
     args = parse_args(["--validation-split", "0"], {})
     assert args.schedule == "plateau" and (args.lr_patience, args.lr_factor) == (None, None)
+
+
+def test_a_first_signal_is_a_request_to_stop_and_a_second_stops_at_once() -> None:
+    stops = StopRequests()
+    stops.check()  # nothing asked
+    stops.handle(signal.SIGTERM, None)  # recorded only: it may land inside TensorFlow
+    with pytest.raises(Interrupted) as first:
+        stops.check()  # at the next safe point
+    assert first.value.code == 143 and first.value.signum == signal.SIGTERM
+    with pytest.raises(Interrupted) as second:
+        stops.handle(signal.SIGINT, None)
+    assert second.value.code == 130

@@ -347,6 +347,23 @@ def test_a_misspelt_training_variable_is_refused_with_a_suggestion() -> None:
         load_config([], {"FASHION_TRAIN_COLOUR": "red"})
 
 
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("FASHION_TRAIN_MODEL_REPO", "FASHION_MODEL_REPO"),
+        ("FASHION_TRAIN_DATA_DIR", "FASHION_MNIST_DIR"),
+    ],
+)
+def test_the_two_shared_settings_under_the_training_prefix_point_at_their_variable(
+    name: str, meant: str
+) -> None:
+    # "Every flag is FASHION_TRAIN_<FLAG>" but these two: refused with "fashion-train --help
+    # lists them", where the setting the operator meant is known.
+    with pytest.raises(ConfigError) as info:
+        load_config([], {name: "/srv"})
+    assert str(info.value) == f"unknown setting {name}; did you mean {meant}?"
+
+
 def test_other_variables_are_not_trainings_business() -> None:
     env = {
         # The server's settings, in the same pod spec.
@@ -398,3 +415,27 @@ def test_importing_the_config_does_not_import_tensorflow() -> None:
         "sys.exit(repr(bad) if bad else 0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("argv", "trained", "held"),
+    [
+        (["--limit", "1"], 0, 1),  # 10 % of one image: Keras keeps floor(0.9) = 0 to train on
+        (["--limit", "3000", "--validation-split", "0.9999"], 0, 3000),
+        (["--limit", "5", "--validation-split", "1e-17"], 5, 0),  # 1 - 1e-17 == 1.0
+    ],
+)
+def test_a_limit_that_leaves_nothing_to_train_or_validate_on_is_refused(
+    argv: list[str], trained: int, held: int
+) -> None:
+    # Keras' fit(validation_split=...) raised a ValueError after TensorFlow had started: a
+    # traceback, exit 1. Now a usage error naming both settings, before anything starts.
+    with pytest.raises(ConfigError) as info:
+        load_config(argv, {})
+    message = str(info.value)
+    assert "--limit / FASHION_TRAIN_LIMIT" in message
+    assert "--validation-split / FASHION_TRAIN_VALIDATION_SPLIT" in message
+    assert f"{trained} to train on and {held} to validate on" in message
+    # Without a validation split one image is enough.
+    assert load_config(["--limit", "1", "--validation-split", "0"], {}).limit == 1
+    assert load_config(["--limit", "10"], {}).limit == 10  # 9 + 1

@@ -139,6 +139,18 @@ def test_label_out_of_range(tmp_path: Path) -> None:
         load_from_dir(tmp_path)
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_split_with_no_images_is_refused(tmp_path: Path, split: str) -> None:
+    # Valid IDX headers that say 0: an empty test set went through training and then
+    # failed in Keras' predict with a traceback (UnboundLocalError 'batch_outputs').
+    write_dataset(
+        tmp_path, n_train=0 if split == "train" else 12, n_test=0 if split == "test" else 5
+    )
+    images = TRAIN_IMAGES if split == "train" else TEST_IMAGES
+    with pytest.raises(DataError, match=rf"{images}: holds no images"):
+        load_from_dir(tmp_path)
+
+
 def test_missing_file_is_named(tmp_path: Path) -> None:
     write_dataset(tmp_path)
     (tmp_path / TEST_LABELS).unlink()
