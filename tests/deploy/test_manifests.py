@@ -312,12 +312,14 @@ def test_termination_grace_covers_prestop_and_the_server_drain(overlay: str) -> 
     assert live["periodSeconds"] * live["failureThreshold"] > SETTLE_S + settings.grace_s
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_a_hung_worker_is_replaced_before_liveness_restarts_the_container(overlay: str) -> None:
-    settings = settings_of(overlay)
+@pytest.mark.parametrize("pod", [*OVERLAYS, "kserve"])
+def test_a_hung_worker_is_replaced_before_liveness_restarts_the_container(pod: str) -> None:
+    """Every server pod, the KServe predictor included (it ran 2 workers with the default
+    --worker-timeout-s of 30 s: liveness could restart the whole container first)."""
+    (container, settings) = {name: (c, s) for name, c, s in server_pods()}[pod]
     if settings.worker_count == 1:
         pytest.skip("one worker: no supervisor, liveness alone watches the process")
-    live = server_container(render(f"overlays/{overlay}"))["livenessProbe"]
+    live = container["livenessProbe"]
     # Liveness restarts the container after failureThreshold failed probes periodSeconds
     # apart: (failureThreshold - 1) periods after the first at the earliest. The watchdog
     # kills a silent worker within --worker-timeout-s plus one ping interval.
