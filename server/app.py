@@ -78,10 +78,14 @@ def grpc_options(settings: Settings, *, reuse_port: bool = False) -> list[tuple[
         ("grpc.http2.lookahead_bytes", settings.stream_window_bytes),
     ]
     if settings.max_connection_age_s > 0:
-        options += [
-            ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
-            ("grpc.max_connection_age_grace_ms", int(settings.grace_s * 1000)),
-        ]
+        options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
+        # The age only sends GOAWAY: new calls go to a new connection (rebalancing), and the
+        # calls in progress may finish. Not bounded by default (grpc's own default): bounded
+        # by the shutdown grace, as it was, every stream was cut with UNAVAILABLE once its
+        # connection was --max-connection-age-s + --grace-s old, however busy.
+        if settings.max_connection_age_grace_s > 0:
+            grace_ms = int(settings.max_connection_age_grace_s * 1000)
+            options.append(("grpc.max_connection_age_grace_ms", grace_ms))
     return options
 
 

@@ -190,6 +190,14 @@ class Settings:
         min=0.0,
         max=float(MAX_CONNECTION_AGE_S),
     )
+    max_connection_age_grace_s: float = _setting(
+        0.0,
+        "after --max-connection-age-s, how long the calls in progress on a connection, streams "
+        "included, may go on before it is closed (0 = until they end; new calls go to a new "
+        f"connection at once either way; at most {MAX_CONNECTION_AGE_S})",
+        min=0.0,
+        max=float(MAX_CONNECTION_AGE_S),
+    )
     poll_interval_s: float = _setting(
         5.0,
         "how often to look for a newer model version (0 = only on SIGHUP)",

@@ -120,3 +120,42 @@ async def test_malformed_message_ends_the_stream_promptly(app, channel) -> None:
     metrics = await scrape(app)
     assert metrics["fashion_requests_total{code=OK,method=PredictStream}"] == 1
     assert metrics["fashion_requests_total{code=INVALID_ARGUMENT,method=PredictStream}"] == 1
+
+
+async def stream_for(app, seconds: float) -> tuple[int, grpc.StatusCode | None]:
+    """One stream sending a message every 0.1 of a second for ``seconds``: (answers, the
+    status it ended with, None when it was not ended by the server)."""
+    from server._proto.fashion.v1 import prediction_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        call = pb_grpc.PredictionServiceStub(channel).PredictStream()
+        answers = 0
+        try:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + seconds
+            while loop.time() < end:
+                await call.write(GOOD)
+                await call.read()
+                answers += 1
+                await asyncio.sleep(0.1)
+            await call.done_writing()
+            return answers, None
+        except grpc.aio.AioRpcError as exc:
+            return answers, exc.code()
+        except (grpc.aio.UsageError, asyncio.InvalidStateError):  # written after its end
+            return answers, await call.code()
+
+
+async def test_a_stream_outlives_its_connections_max_age(start_app) -> None:
+    """--max-connection-age-s recycles connections so that new calls rebalance; a stream in
+    progress is not ended by it unless --max-connection-age-grace-s says so (before, the
+    shutdown grace, --grace-s, bounded it: a busy stream was cut with UNAVAILABLE)."""
+    app = await start_app(max_connection_age_s=1.0, grace_s=0.5)
+    answers, ended = await stream_for(app, 3.0)
+    assert ended is None and answers >= 10, (answers, ended)
+
+
+async def test_max_connection_age_grace_bounds_a_stream_when_set(start_app) -> None:
+    app = await start_app(max_connection_age_s=1.0, max_connection_age_grace_s=0.5)
+    answers, ended = await stream_for(app, 5.0)
+    assert ended == grpc.StatusCode.UNAVAILABLE, (answers, ended)
