@@ -44,7 +44,7 @@ from server.dataplane import DataPlane, Failure
 from server.errors import Code, Unimplemented
 from server.http_body import BODY_ARRIVED, HttpRefusal, RequestLimits
 from server.http_limits import JSON_TYPE, json_answer
-from server.request_context import REQUEST_ID_HEADER, answer_id
+from server.request_context import REQUEST_ID_HEADER, RequestContext, answer_id
 from server.rest_codec import (
     HEADER_LENGTH,
     REST_INFER,
@@ -171,13 +171,7 @@ def _every_answer(plane: DataPlane) -> Middleware:
             if exc.status < 400:
                 raise
             response = _routing_error(request, exc)
-            headers = request.headers
-            context = plane.begin(
-                UNROUTED,
-                headers.get(REQUEST_ID_HEADER),
-                peer=request.remote or "",
-                carrier=headers if plane.tracing is not None else None,
-            )
+            context = _begin(plane, UNROUTED, request)
             code = _UNROUTED_CODE.get(exc.status, Code.INVALID_ARGUMENT)
             plane.observe(UNROUTED, code, time.perf_counter() - t0, context)
             response.headers[REQUEST_ID_HEADER] = context.id
@@ -186,6 +180,18 @@ def _every_answer(plane: DataPlane) -> Middleware:
         return response
 
     return every_answer
+
+
+def _begin(plane: DataPlane, label: str, request: web.Request) -> RequestContext:
+    """One REST request begun in the data plane: its id header, its peer, its headers as the
+    trace carrier (read only when tracing is on)."""
+    headers = request.headers
+    return plane.begin(
+        label,
+        headers.get(REQUEST_ID_HEADER),
+        peer=request.remote or "",
+        carrier=headers if plane.tracing is not None else None,
+    )
 
 
 def _routing_error(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -267,13 +273,7 @@ class RestApi:
         async def handle(request: web.Request) -> web.StreamResponse:
             t0 = time.perf_counter()
             code = Code.OK
-            headers = request.headers
-            context = plane.begin(
-                label,
-                headers.get(REQUEST_ID_HEADER),
-                peer=request.remote or "",
-                carrier=headers if plane.tracing is not None else None,
-            )
+            context = _begin(plane, label, request)
             try:
                 context.check()
                 response = await call(request)

@@ -15,6 +15,7 @@ Ctrl-C while the first models load ends quietly; a load racing a publish is made
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -25,7 +26,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -486,6 +488,45 @@ def post_on(connection: http.client.HTTPConnection, path: str) -> str:
         return type(exc).__name__
 
 
+@dataclass
+class ForwardedLoad:
+    """A load sent over REST to one worker (the forwarder), whose peer is stopped (SIGSTOP)
+    so that the change waits for it: ``load`` ends with the answer's status."""
+
+    forwarder: int
+    peer: int
+    load: asyncio.Task[str]
+    stopped: bool = True
+
+    def resume_peer(self) -> None:
+        os.kill(self.peer, signal.SIGCONT)
+        self.stopped = False
+
+
+@contextlib.asynccontextmanager
+async def a_load_whose_peer_is_stopped(
+    server: ServerProcess, name: str
+) -> AsyncIterator[ForwardedLoad]:
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
+    held: ForwardedLoad | None = None
+    try:
+        connection.connect()
+        await wait_until(lambda: accepted_by(server, connection))
+        forwarder = accepted_by(server, connection)
+        assert forwarder is not None
+        (peer,) = set(workers_of(server)) - {forwarder}
+        os.kill(peer, signal.SIGSTOP)
+        path = f"/v2/repository/models/{name}/load"
+        load = asyncio.create_task(asyncio.to_thread(post_on, connection, path))
+        held = ForwardedLoad(forwarder, peer, load)
+        yield held
+    finally:
+        connection.close()
+        if held is not None and held.stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(held.peer, signal.SIGCONT)
+
+
 async def test_a_worker_lost_during_a_load_it_forwarded_leaves_no_change_half_made(
     repo, log, model_repo
 ) -> None:
@@ -498,23 +539,13 @@ async def test_a_worker_lost_during_a_load_it_forwarded_leaves_no_change_half_ma
     changes reach both."""
     publish(model_repo, repo, "other", 1)
     server = start(repo, log, "--model-control-mode", "explicit", "--load-model", "fashion")
-    stopped = None
-    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
     try:
-        connection.connect()
-        await wait_until(lambda: accepted_by(server, connection))
-        forwarder = accepted_by(server, connection)
-        (peer,) = set(workers_of(server)) - {forwarder}
-        os.kill(peer, signal.SIGSTOP)
-        stopped = peer
-        path = "/v2/repository/models/other/load"
-        first = asyncio.create_task(asyncio.to_thread(post_on, connection, path))
-        await wait_until(lambda: "loaded model 'other'" in log.read_text())  # A prepared it
-        os.kill(forwarder, signal.SIGKILL)
-        await wait_until(lambda: f"(pid {forwarder}) died" in log.read_text())
-        os.kill(peer, signal.SIGCONT)
-        stopped = None
-        assert await first != "200"  # its worker died before answering
+        async with a_load_whose_peer_is_stopped(server, "other") as held:
+            await wait_until(lambda: "loaded model 'other'" in log.read_text())  # A prepared it
+            os.kill(held.forwarder, signal.SIGKILL)
+            await wait_until(lambda: f"(pid {held.forwarder}) died" in log.read_text())
+            held.resume_peer()
+            assert await held.load != "200"  # its worker died before answering
         await wait_until(lambda: scrape(server)["fashion_server_ready{}"] == 1)
         async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
             control = oip_grpc.GRPCInferenceServiceStub(ch)
@@ -530,9 +561,6 @@ async def test_a_worker_lost_during_a_load_it_forwarded_leaves_no_change_half_ma
             unload = oip.RepositoryModelUnloadRequest(model_name="other")
             await oip_grpc.GRPCInferenceServiceStub(ch).RepositoryModelUnload(unload, timeout=20)
     finally:
-        connection.close()
-        if stopped is not None:
-            os.kill(stopped, signal.SIGCONT)
         assert server.stop() == 0
 
 
@@ -627,25 +655,18 @@ async def test_workers_holding_a_prepared_change_end_when_the_supervisor_is_gone
     the process (its model sessions, its REST parse worker) lived on unseen."""
     publish(model_repo, repo, "other", 1)
     server = start(repo, log, "--model-control-mode", "explicit", "--load-model", "fashion")
-    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
     workers = workers_of(server)
     try:
-        connection.connect()
-        await wait_until(lambda: accepted_by(server, connection))
-        forwarder = accepted_by(server, connection)
-        (peer,) = set(workers) - {forwarder}
-        os.kill(peer, signal.SIGSTOP)  # the change waits for it: the forwarder holds its plan
-        path = "/v2/repository/models/other/load"
-        load = asyncio.create_task(asyncio.to_thread(post_on, connection, path))
-        await wait_until(lambda: "loaded model 'other'" in log.read_text())
-        os.kill(server.pid, signal.SIGKILL)
-        os.kill(peer, signal.SIGCONT)
-        # Told the server is going away (UNAVAILABLE), not INTERNAL with a traceback logged.
-        assert await load == "503"
+        # The change waits for the stopped peer: the forwarder holds its plan.
+        async with a_load_whose_peer_is_stopped(server, "other") as held:
+            await wait_until(lambda: "loaded model 'other'" in log.read_text())
+            os.kill(server.pid, signal.SIGKILL)
+            held.resume_peer()
+            # Told the server is going away (UNAVAILABLE), not INTERNAL with a traceback logged.
+            assert await held.load == "503"
         await wait_until(lambda: all(ended(pid) for pid in workers), timeout_s=30)
         assert log.read_text().count("the supervisor is gone: stopping") == 2
     finally:
-        connection.close()
         for pid in workers:
             if not ended(pid):
                 os.kill(pid, signal.SIGCONT)
@@ -829,22 +850,12 @@ async def test_a_load_that_races_a_publish_is_made_not_refused(repo, log, model_
     had; a poll alike logged an error and changed nothing. The change is prepared again."""
     publish(model_repo, repo, "other", 1)
     server = start(repo, log, "--model-control-mode", "explicit", "--load-model", "fashion")
-    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
-    stopped = None
     try:
-        connection.connect()
-        await wait_until(lambda: accepted_by(server, connection))
-        forwarder = accepted_by(server, connection)
-        (peer,) = set(workers_of(server)) - {forwarder}
-        os.kill(peer, signal.SIGSTOP)
-        stopped = peer
-        path = "/v2/repository/models/other/load"
-        load = asyncio.create_task(asyncio.to_thread(post_on, connection, path))
-        await wait_until(lambda: "loaded model 'other' version 1" in log.read_text())
-        publish(model_repo, repo, "other", 2)  # after the forwarder read, before its peer
-        os.kill(peer, signal.SIGCONT)
-        stopped = None
-        assert await load == "200"
+        async with a_load_whose_peer_is_stopped(server, "other") as held:
+            await wait_until(lambda: "loaded model 'other' version 1" in log.read_text())
+            publish(model_repo, repo, "other", 2)  # after the forwarder read, before its peer
+            held.resume_peer()
+            assert await held.load == "200"
         for _ in range(12):  # whichever worker a connection reaches serves version 2
             async with grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION) as ch:
                 reply = await pb_grpc.PredictionServiceStub(ch).Predict(
@@ -852,7 +863,4 @@ async def test_a_load_that_races_a_publish_is_made_not_refused(repo, log, model_
                 )
             assert reply.model_version == 2
     finally:
-        connection.close()
-        if stopped is not None:
-            os.kill(stopped, signal.SIGCONT)
         assert server.stop() == 0
