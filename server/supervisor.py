@@ -62,6 +62,8 @@ from server.supervisor_metrics import SupervisorMetrics
 from server.watchdog import Watchdog
 
 logger = logging.getLogger("server.supervisor")
+# How a process ends when a stop signal finds no handler (subprocess's -N): see shutdown.
+STOP_SIGNAL_CODES = frozenset({-signal.SIGTERM, -signal.SIGINT})
 
 # A worker that opens its ports slower than this at start-up is a failed start.
 LISTEN_TIMEOUT_S = 120.0
@@ -509,7 +511,13 @@ class Supervisor:
                     process.kill()
             codes = [await process.wait() for process in processes]
             code = code or 1
-        if any(c != 0 for c in codes):
+        # A worker ended by the stop signal itself had not installed its handler yet: it was
+        # still importing, before it listened on anything (it installs the handler first), so
+        # it served nothing and lost nothing. SIGINT too: Ctrl-C reaches the whole group.
+        unstarted = [c for c in codes if c in STOP_SIGNAL_CODES]
+        if unstarted:
+            logger.info("%d worker(s) stopped while still starting", len(unstarted))
+        if any(c != 0 and c not in STOP_SIGNAL_CODES for c in codes):
             logger.error("worker exit codes: %s", codes)
             code = code or 1
         for task in list(self._tasks):

@@ -864,3 +864,26 @@ async def test_a_load_that_races_a_publish_is_made_not_refused(repo, log, model_
             assert reply.model_version == 2
     finally:
         assert server.stop() == 0
+
+
+async def test_sigterm_while_the_workers_start_is_a_clean_stop(repo, log) -> None:
+    """SIGTERM to the supervisor (a rollout, a scale-down) while its workers are still
+    importing: a worker has no handler yet and ends by the signal itself, having listened on
+    nothing. That is not a failure: exit 0, no ERROR (before: exit 1 and `worker exit codes:
+    [-15, -15]` at ERROR, a pod that "failed" for being stopped)."""
+    command = [
+        sys.executable, "-m", "server.main", "--model-repo", str(repo), "--workers", "2",
+        "--host", "127.0.0.1", "--port", "0", "--http-port", "-1", "--metrics-port", "-1",
+        "--log-level", "info",
+    ]  # fmt: skip
+    process = spawn(command, log, new_session=True)
+    try:
+        await wait_until(lambda: len(workers_of_pid(process.pid)) == 2, timeout_s=30)
+        process.send_signal(signal.SIGTERM)  # the workers are still importing
+        assert await asyncio.to_thread(process.wait, 30) == 0
+        text = log.read_text()
+        assert "ERROR" not in text, text
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
