@@ -123,6 +123,7 @@ def parse_infer_body(
         named = document.get(key, in_path)
         if not isinstance(named, str):
             raise InvalidInput(f"{key!r} must be a string, got {type_name(named)}")
+        named = named or in_path  # "" is not given, as gRPC reads it
         if named != in_path and (key == "model_name" or in_path):
             raise InvalidInput(
                 f"the body's {key} {named[:32]!r} differs from the path's {in_path[:32]!r}"

@@ -573,3 +573,12 @@ async def test_a_slow_upload_is_not_the_servers_latency(app) -> None:
     key = "fashion_request_duration_seconds_{}{{method=HTTP/ModelInfer}}"
     assert metrics[key.format("count")] == 1
     assert metrics[key.format("sum")] < 1.0, metrics[key.format("sum")]
+
+
+async def test_an_empty_model_name_or_version_in_the_body_is_absent_as_over_grpc(app) -> None:
+    """gRPC reads "" as not given (the path's model, the default version); so does the body."""
+    body = json_body(np.zeros((1, 28, 28), np.uint8), model_name="", model_version="")
+    for path in ("/v2/models/fashion/infer", "/v2/models/fashion/versions/1/infer"):
+        reply = await infer(app, body, path=path)
+        assert reply.status == 200, (path, reply.body)
+        assert reply.json()["model_version"] == "1"
