@@ -19,6 +19,7 @@ from server.control import ModelControl
 from server.dataplane import DataPlane
 from server.errors import ConfigError, LoadRefused, ModelLoadError, VersionNotFound
 from server.grpc_binding import Limits, add_foreign_service, add_service
+from server.health import HealthServicer
 from server.http import HttpServer
 from server.http_limits import limits_of
 from server.manager import (
@@ -31,6 +32,7 @@ from server.metrics import Metrics
 from server.oip import SERVICE as OIP_SERVICE
 from server.plans import Change
 from server.readiness import Phase
+from server.reflection import ReflectionServicer
 from server.repository_view import NO_VERSION
 from server.rest import RestApi
 from server.servicer import SERVICE as PREDICTION_SERVICE
@@ -44,6 +46,10 @@ logger = logging.getLogger(__name__)
 # The named health service that turns SERVING once the model is warm and
 # NOT_SERVING when shutdown starts: point readiness probes at it.
 READINESS_SERVICE = SERVICE_NAME
+# Every service a client calls answers health by its own name, all with the readiness
+# state: `grpc_health_probe -service=inference.GRPCInferenceService` (the Open Inference
+# Protocol's) got NOT_FOUND, and a Watch on it SERVICE_UNKNOWN, while the server served it.
+READY_SERVICES = (READINESS_SERVICE, OIP_SERVICE.full_name)
 SETTLE_S = 0.2
 SERVING = health_pb2.HealthCheckResponse.SERVING
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
@@ -158,7 +164,7 @@ class App:
             token=settings.model_control_token,
             peers=peers.control if peers else None,
         )
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()  # its Watch streams end at shutdown
         # What every gRPC call is held to. Ours (server/budget.py), not grpc's
         # maximum_concurrent_rpcs, which counts health checks too: a flood of idle
         # streams made every probe fail (issue #28).
@@ -183,7 +189,8 @@ class App:
         """Bind and start answering: health NOT_SERVING, predictions UNAVAILABLE until load()."""
         s = self.settings
         await self.health.set("", NOT_SERVING)
-        await self.health.set(READINESS_SERVICE, NOT_SERVING)
+        for service in READY_SERVICES:
+            await self.health.set(service, NOT_SERVING)
         limits = self.limits
         server = grpc.aio.server(options=grpc_options(s, reuse_port=self.peers is not None))
         predict = PredictionServicer(self.plane, self.catalog, s)
@@ -195,7 +202,7 @@ class App:
         names = [READINESS_SERVICE, OIP_SERVICE.full_name, health.SERVICE_NAME]
         add_foreign_service(
             server,
-            reflection.aio.ReflectionServicer([*names, reflection.SERVICE_NAME]),
+            ReflectionServicer([*names, reflection.SERVICE_NAME]),
             REFLECTION_SERVICE,
             limits.calls,
         )
@@ -378,7 +385,8 @@ class App:
             return
         await self.health.set("", SERVING if phase.live else NOT_SERVING)
         ready = self.plane.readiness.reported_ready
-        await self.health.set(READINESS_SERVICE, SERVING if ready else NOT_SERVING)
+        for service in READY_SERVICES:
+            await self.health.set(service, SERVING if ready else NOT_SERVING)
 
     async def _report_ready(self, phase: Phase) -> None:
         """``fashion_server_ready`` follows the same state (alerts: not ready, nothing served)."""

@@ -200,7 +200,12 @@ class DynamicBatcher(Generic[T]):
                 self._count_rejected("deadline")
                 raise DeadlineExpired("the deadline passed before the request was queued")
             expected_s = (self._queued_images + n) * self._s_per_image / self.concurrency
-            if deadline - now < expected_s:
+            # Only with work ahead of it (queued, or a batch running): an idle batcher
+            # computes it at once, and that batch is what corrects the estimate. Refused
+            # when idle too, one slow batch (a throttled CPU, a pause) made every later
+            # request with a shorter deadline unmeetable for good, nothing left computed.
+            busy = self._queued_images > 0 or self._running > 0
+            if busy and deadline - now < expected_s:
                 # Fail fast instead of computing an answer nobody will read.
                 self._count_rejected("deadline_unmeetable")
                 raise DeadlineExpired(

@@ -179,6 +179,28 @@ async def test_deadline_passed_in_queue_is_not_computed(start_app, faults) -> No
     )
 
 
+async def test_one_slow_batch_does_not_refuse_every_later_deadline(start_app, faults) -> None:
+    """The batcher refuses a request whose deadline is closer than its estimate of the work
+    ahead. One slow batch (a CPU-throttled pod, a pause) set that estimate to a second per
+    image; after it every request with a shorter deadline was refused at once as
+    unmeetable, on an idle server, and for good: nothing was computed any more to correct
+    the estimate."""
+    app = await start_app()
+    faults.hold()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.PredictionServiceStub(channel)
+        slow = asyncio.ensure_future(stub.Predict(pb.PredictRequest(images=[OK_IMAGE])))
+        await asyncio.to_thread(faults.entered.wait, 5)
+        await asyncio.sleep(1.0)  # the batch is held: the estimate will say >= 1 s per image
+        faults.clear()
+        assert len((await slow).predictions) == 1
+        for _ in range(3):  # the batcher is idle: nothing ahead, computed at once
+            response = await stub.Predict(pb.PredictRequest(images=[OK_IMAGE]), timeout=0.5)
+            assert len(response.predictions) == 1
+    metrics = await scrape(app)
+    assert "fashion_rejected_requests_total{reason=deadline_unmeetable}" not in metrics
+
+
 async def test_unexpected_error_is_internal_without_details(start_app, faults, caplog) -> None:
     app = await start_app()
     faults.fail("secret internal detail")

@@ -56,9 +56,11 @@ class CertificateAuthority:
         )
         self.pair = _write(directory, name, self.cert, self.key)
 
-    def issue(self, stem: str, *, server: bool) -> Pair:
+    def issue(self, stem: str, *, server: bool, expired: bool = False) -> Pair:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
+        if expired:  # valid for a day that ended an hour ago
+            now -= datetime.timedelta(days=1, hours=1)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = (
             x509.CertificateBuilder()

@@ -99,3 +99,12 @@ def test_tls_settings_are_validated(pki, tmp_path) -> None:
         Settings(tls_client_ca=cert)
     with pytest.raises(ConfigError, match="no such file"):
         Settings(tls_cert=cert, tls_key=str(tmp_path / "missing.key"))
+
+
+def test_expired_server_certificate_is_refused_at_start(pki) -> None:
+    """An expired certificate used to start without a word, and then every TLS client
+    failed its handshake (UNAVAILABLE, `certificate has expired` only in the client's
+    debug string). One line at start-up instead."""
+    expired = pki["ca"].issue("expired", server=True, expired=True)
+    with pytest.raises(ConfigError, match=r"--tls-cert / FASHION_TLS_CERT: .* has expired"):
+        Settings(tls_cert=str(expired.cert), tls_key=str(expired.key))

@@ -260,11 +260,32 @@ async def test_unmeetable_deadline_fails_fast(make) -> None:
     batcher = await make(slow, max_batch_size=64, metrics=flushes)
     await batcher.submit(rows(2))  # teaches the batcher ~10 ms per image
     loop = asyncio.get_running_loop()
+    running = asyncio.ensure_future(batcher.submit(rows(20)))  # work ahead of the next one
+    await asyncio.sleep(0)
     with pytest.raises(DeadlineExpired, match="cannot be met"):
         await batcher.submit(rows(50), deadline=loop.time() + 0.1)  # needs ~500 ms
     assert flushes.rejected == ["deadline_unmeetable"]
+    await running
     out, *_ = await batcher.submit(rows(1), deadline=loop.time() + 5)
     assert out.shape == (1, 2)
+
+
+async def test_an_idle_batcher_never_refuses_a_deadline_as_unmeetable(make) -> None:
+    """Nothing ahead of it: computed at once, so a wrong estimate is corrected."""
+    hold = threading.Event()
+
+    def slow_once(batch: np.ndarray) -> tuple[np.ndarray, None]:
+        hold.wait(0.5)  # the first batch: ~0.5 s for 1 image
+        hold.set()
+        return batch, None
+
+    flushes = Flushes()
+    batcher = await make(slow_once, max_batch_size=64, metrics=flushes)
+    await batcher.submit(rows(1))
+    loop = asyncio.get_running_loop()
+    out, *_ = await batcher.submit(rows(1), deadline=loop.time() + 0.2)
+    assert out.shape == (1, 2)
+    assert flushes.rejected == []
 
 
 async def test_cancelled_caller_frees_its_queue_space_at_once(make) -> None:
