@@ -487,7 +487,7 @@ class Interrupted(SystemExit):
 class StopRequests:
     """SIGINT and SIGTERM during a run, as requests to stop at the next safe point.
 
-    Raising from the signal handler (as :func:`exit_on_sigterm` does) lands wherever Python
+    Raising from the signal handler (as fashion-train once did) lands wherever Python
     happens to be: inside TensorFlow's tracing of the training step, that left its device
     scopes unbalanced (``RuntimeError: Exiting device scope without proper scope nesting``,
     exit 1, a traceback), and the interpreter then sometimes crashed on the way out (SIGSEGV,
@@ -539,21 +539,6 @@ def stop_on_request(stops: StopRequests) -> keras.callbacks.Callback:
                 self.model.stop_evaluating = True
 
     return StopOnRequest()
-
-
-def exit_on_sigterm() -> Any:
-    """Turn SIGTERM into :class:`Interrupted` so the staging directory is cleaned up like on
-    Ctrl-C.
-
-    Returns the previous handler, or None when not on the main thread (signals unavailable).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum: int, frame: object) -> None:
-        raise Interrupted(signum)
-
-    return signal.signal(signal.SIGTERM, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

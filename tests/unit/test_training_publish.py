@@ -28,9 +28,11 @@ CHILD = textwrap.dedent(
     import sys
     from pathlib import Path
     from training.publish import publish_model
-    from training.train import exit_on_sigterm
+    from training.train import StopRequests
 
-    exit_on_sigterm()  # what fashion-train's main() installs
+    stops = StopRequests()
+    stops.install()  # what fashion-train's main() installs,
+    stops.signum = 15  # after a first SIGTERM: the next signal stops at once, wherever it lands
     WAIT = sys.argv[3]
 
     def wait(step):
